@@ -1,0 +1,1 @@
+"""alignment layer of fedsim."""
