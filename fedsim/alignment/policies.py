@@ -1,0 +1,476 @@
+"""Client-expert alignment policies: who trains which experts this round.
+
+One small interface, :class:`AlignmentPolicy`, whose hook :meth:`~AlignmentPolicy.assign`
+maps the selected clients and their expert budgets to sorted lists of expert
+indices. A policy reads the :class:`~fedsim.alignment.state.AlignmentState`
+(fitness, usage) and, where it needs them, capacity estimates in an
+:class:`AssignContext`; it never touches the SimPy environment, so it can be
+tested with hand-computed numbers. Policies are registered by name in
+:data:`POLICIES` and built with :func:`make_policy`. (:func:`expert_load_cv`
+is re-exported here from :mod:`fedsim.alignment.metrics` for convenience.)
+
+Contract of ``assign`` (all policies):
+
+- every client in ``clients`` appears in the result, with a sorted list of
+  distinct expert indices in ``[0, E)``; no other key appears;
+- client ``c`` gets at most ``min(budgets[c], E)`` experts (a budget above
+  ``E`` is clipped to ``E``); a budget of 0 gives ``[]``;
+- empty ``clients`` gives ``{}`` (``rng`` untouched);
+- ties in a score are broken by the lowest expert index, so every policy but
+  ``random`` is a deterministic function of its inputs, and ``random`` is a
+  deterministic function of its inputs and the ``rng`` state;
+- sequential policies (``load_balanced``, ``deadline_aware``) visit clients in
+  the order given in ``clients``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import networkx as nx
+import numpy as np
+
+from fedsim.alignment.capacity import CapacityEstimate
+from fedsim.alignment.metrics import expert_load_cv
+from fedsim.alignment.state import AlignmentState
+
+__all__ = [
+    "POLICIES",
+    "AlignmentPolicy",
+    "AssignContext",
+    "DeadlineAwarePolicy",
+    "GreedyPolicy",
+    "InfeasibleAssignmentError",
+    "LoadBalancedPolicy",
+    "OptimalPolicy",
+    "RandomPolicy",
+    "expert_load_cv",
+    "make_policy",
+]
+
+Assignment = dict[Hashable, list[int]]
+
+
+class InfeasibleAssignmentError(ValueError):
+    """No assignment meets every budget and the expert load bounds."""
+
+
+@dataclass(frozen=True)
+class AssignContext:
+    """Capacity information for policies that reason about time.
+
+    Attributes:
+        estimates: the server's capacity estimate of each client.
+        deadline_s: round deadline (seconds) measured from dispatch.
+        safety_margin: fraction in ``[0, 1)`` of the deadline kept in reserve:
+            a client must be predicted to finish by ``deadline_s * (1 - safety_margin)``.
+        bytes_shared: bytes of the shared part (gate, backbone) sent each way.
+        bytes_per_expert: bytes of one expert sent each way.
+        flops_shared: FLOPs of training the shared part; a number, or a
+            mapping client -> number (clients hold different amounts of data).
+        flops_per_expert: FLOPs of training one expert; a number, a mapping
+            client -> number, or a mapping client -> ``(E,)`` array (the cost
+            of expert ``e`` for that client, e.g. proportional to the data the
+            gate routes to it).
+    """
+
+    estimates: Mapping[Hashable, CapacityEstimate]
+    deadline_s: float
+    safety_margin: float = 0.0
+    bytes_shared: float = 0.0
+    bytes_per_expert: float = 0.0
+    flops_shared: float | Mapping[Hashable, float] = 0.0
+    flops_per_expert: float | Mapping[Hashable, float | np.ndarray] = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.deadline_s) and self.deadline_s > 0):
+            raise ValueError(f'"deadline_s" must be finite and > 0, got {self.deadline_s}')
+        if not 0.0 <= self.safety_margin < 1.0:
+            raise ValueError(f'"safety_margin" must be in [0, 1), got {self.safety_margin}')
+
+    @property
+    def time_limit_s(self) -> float:
+        """``deadline_s * (1 - safety_margin)`` (seconds)."""
+        return self.deadline_s * (1.0 - self.safety_margin)
+
+    def expert_flops(self, client: Hashable, num_experts: int) -> np.ndarray:
+        """FLOPs of training each expert on ``client``, shape ``(num_experts,)``."""
+        v = self.flops_per_expert
+        if isinstance(v, Mapping):
+            v = _lookup(v, client, "flops_per_expert")
+        arr = np.broadcast_to(np.asarray(v, dtype=float), (num_experts,))
+        return arr.copy()
+
+    def finish_time(self, client: Hashable, experts: Iterable[int], num_experts: int) -> float:
+        """Predicted round time (seconds) of ``client`` training ``experts``.
+
+        ``latency + B*8/down_bps + (flops_shared + sum_e flops_e)/flops_per_s
+        + B*8/up_bps`` with ``B = bytes_shared + len(experts)*bytes_per_expert``;
+        equals :func:`~fedsim.alignment.capacity.predicted_time` for scalar FLOPs.
+        """
+        est = _lookup(self.estimates, client, "estimates")
+        es = list(experts)
+        fs = self.flops_shared
+        if isinstance(fs, Mapping):
+            fs = _lookup(fs, client, "flops_shared")
+        flops = float(fs) + float(self.expert_flops(client, num_experts)[es].sum())
+        b = self.bytes_shared + len(es) * self.bytes_per_expert
+        return (
+            est.latency_s + b * 8.0 / est.down_bps + flops / est.flops_per_s + b * 8.0 / est.up_bps
+        )
+
+
+def _lookup(m: Mapping[Hashable, Any], client: Hashable, what: str) -> Any:
+    try:
+        return m[client]
+    except KeyError:
+        raise ValueError(f"AssignContext.{what} has no entry for client {client!r}") from None
+
+
+def _top_k(score: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` largest scores, ties to the lowest index."""
+    return [int(e) for e in np.argsort(-score, kind="stable")[:k]]
+
+
+class AlignmentPolicy(ABC):
+    """Base class of alignment policies (template method).
+
+    :meth:`assign` validates its inputs, clips budgets to ``[0, E]``, calls
+    the subclass hook :meth:`_assign` and checks and normalises (sorts) its
+    answer. A subclass sets ``name`` and implements :meth:`_assign`.
+    """
+
+    name: ClassVar[str]
+
+    def assign(
+        self,
+        clients: Sequence[Hashable],
+        budgets: Mapping[Hashable, int],
+        state: AlignmentState,
+        rng: np.random.Generator,
+        ctx: AssignContext | None = None,
+    ) -> Assignment:
+        """Give each client in ``clients`` a sorted list of at most ``budgets[c]`` experts.
+
+        See the module docstring for the contract. ``ValueError`` if a client
+        repeats, lacks a budget, has a negative budget or is unknown to ``state``.
+        """
+        clients = list(clients)
+        if len(set(clients)) != len(clients):
+            raise ValueError("clients must be distinct")
+        E = state.num_experts
+        ks: dict[Hashable, int] = {}
+        for c in clients:
+            if c not in budgets:
+                raise ValueError(f"no budget for client {c!r}")
+            k = budgets[c]
+            if int(k) != k or k < 0:
+                raise ValueError(f"budget of client {c!r} must be an integer >= 0, got {k}")
+            state.row(c)
+            ks[c] = min(int(k), E)
+        if not clients:
+            return {}
+        raw = self._assign(clients, ks, state, rng, ctx)
+        out: Assignment = {}
+        for c in clients:
+            es = sorted({int(e) for e in raw.get(c, [])})
+            if len(es) > ks[c] or any(not 0 <= e < E for e in es):
+                raise AssertionError(f"policy {self.name!r} broke the contract for client {c!r}")
+            out[c] = es
+        return out
+
+    @abstractmethod
+    def _assign(
+        self,
+        clients: list[Hashable],
+        budgets: dict[Hashable, int],
+        state: AlignmentState,
+        rng: np.random.Generator,
+        ctx: AssignContext | None,
+    ) -> Mapping[Hashable, Iterable[int]]:
+        """The policy proper; ``budgets`` are already clipped to ``[0, E]``."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class RandomPolicy(AlignmentPolicy):
+    """``min(k_c, E)`` distinct experts uniformly at random per client (draws from ``rng``).
+
+    Clients are drawn in the given order; a client with budget 0 draws nothing.
+    """
+
+    name = "random"
+
+    def _assign(self, clients, budgets, state, rng, ctx):
+        E = state.num_experts
+        return {
+            c: rng.choice(E, size=budgets[c], replace=False).tolist() if budgets[c] else []
+            for c in clients
+        }
+
+
+class GreedyPolicy(AlignmentPolicy):
+    """Top-``k_c`` experts by the client's fitness alone (ignores usage and load)."""
+
+    name = "greedy"
+
+    def _assign(self, clients, budgets, state, rng, ctx):
+        F = state.fitness_rows(clients)
+        return {c: _top_k(F[i], budgets[c]) for i, c in enumerate(clients)}
+
+
+class LoadBalancedPolicy(AlignmentPolicy):
+    """Top experts by desirability, fitness against load (the paper's design).
+
+    Desirability of expert ``e`` for client ``c``::
+
+        w_f * F[c, e] / max_j F[c, j]      (per-client max normalisation; 0 if the row is all 0)
+      - w_u * U[e] / max_j U[j]            (global usage; 0 if all usage is 0)
+      - w_r * m[e] / n                     (in-round provisional load)
+
+    where ``m[e]`` is the number of clients already given ``e`` earlier in this
+    call and ``n = len(clients)``. Assignment is a round-robin draft: in pass
+    1 each client (in the order given) takes its most desirable expert, in
+    pass 2 its next one, and so on until every budget is used, ``m`` updated
+    after every pick. ``w_r = 0`` gives the paper's rule exactly (top-``k_c`` by
+    current scores, order-independent); the default ``w_r = 0.5`` also spreads
+    clients within a round, which matters in round 1 when all usage is 0.
+    Max normalisation (not min-max) keeps fitness ratios: an expert with half
+    the client's best fitness scores 0.5.
+
+    Args:
+        w_f: weight of normalised fitness (>= 0).
+        w_u: weight of normalised usage (>= 0).
+        w_r: weight of in-round provisional load (>= 0).
+    """
+
+    name = "load_balanced"
+
+    def __init__(self, w_f: float = 1.0, w_u: float = 0.5, w_r: float = 0.5) -> None:
+        for n, v in (("w_f", w_f), ("w_u", w_u), ("w_r", w_r)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f'"{n}" must be finite and >= 0, got {v}')
+        self.w_f, self.w_u, self.w_r = float(w_f), float(w_u), float(w_r)
+
+    def desirability(
+        self,
+        clients: Sequence[Hashable],
+        state: AlignmentState,
+        provisional: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Desirability matrix ``(len(clients), E)`` given provisional loads ``m`` (default 0)."""
+        F = state.fitness_rows(clients)
+        rowmax = F.max(axis=1, keepdims=True) if F.size else np.zeros((0, 1))
+        nf = np.divide(F, rowmax, out=np.zeros_like(F), where=rowmax > 0)
+        U = np.asarray(state.usage, dtype=float)
+        nu = U / U.max() if U.max() > 0 else np.zeros_like(U)
+        m = np.zeros(state.num_experts) if provisional is None else provisional
+        n = max(len(clients), 1)
+        return self.w_f * nf - self.w_u * nu[None, :] - self.w_r * (m / n)[None, :]
+
+    def _may_add(
+        self,
+        client: Hashable,
+        held: list[int],
+        e: int,
+        state: AlignmentState,
+        ctx: AssignContext | None,
+    ) -> bool:
+        """Whether ``client`` holding ``held`` may also take expert ``e`` (hook for subclasses)."""
+        return True
+
+    def _assign(self, clients, budgets, state, rng, ctx):
+        E = state.num_experts
+        base = self.desirability(clients, state)
+        m = np.zeros(E)
+        n = len(clients)
+        held: dict[Hashable, list[int]] = {c: [] for c in clients}
+        active = [c for c in clients if budgets[c] > 0]
+        rows = {c: i for i, c in enumerate(clients)}
+        while active:
+            still = []
+            for c in active:
+                score = base[rows[c]] - self.w_r * (m / n)
+                score[held[c]] = -np.inf
+                pick = None
+                for e in np.argsort(-score, kind="stable"):
+                    if not np.isfinite(score[e]):
+                        break
+                    if self._may_add(c, held[c], int(e), state, ctx):
+                        pick = int(e)
+                        break
+                if pick is None:
+                    continue
+                held[c].append(pick)
+                m[pick] += 1
+                if len(held[c]) < budgets[c]:
+                    still.append(c)
+            active = still
+        return held
+
+
+class DeadlineAwarePolicy(LoadBalancedPolicy):
+    """``load_balanced``, but a client takes another expert only while it is predicted to finish.
+
+    At each pick the client takes its most desirable expert ``e`` among those
+    for which ``ctx.finish_time(c, held + [e]) <= ctx.time_limit_s``; when
+    none qualifies it stops (with equal per-expert FLOPs: exactly at the
+    largest ``k`` whose predicted time fits). Its first ``min(min_k, k_c)``
+    experts are given regardless of time (``min_k=0`` by default: a client
+    that cannot finish with one expert gets ``[]``). Needs ``ctx``.
+
+    Args:
+        w_f, w_u, w_r: as in :class:`LoadBalancedPolicy`.
+        min_k: experts given regardless of the deadline (>= 0).
+    """
+
+    name = "deadline_aware"
+
+    def __init__(
+        self, w_f: float = 1.0, w_u: float = 0.5, w_r: float = 0.5, min_k: int = 0
+    ) -> None:
+        super().__init__(w_f=w_f, w_u=w_u, w_r=w_r)
+        if int(min_k) != min_k or min_k < 0:
+            raise ValueError(f'"min_k" must be an integer >= 0, got {min_k}')
+        self.min_k = int(min_k)
+
+    def _may_add(self, client, held, e, state, ctx):
+        if len(held) < self.min_k:
+            return True
+        assert ctx is not None
+        return ctx.finish_time(client, [*held, e], state.num_experts) <= ctx.time_limit_s
+
+    def _assign(self, clients, budgets, state, rng, ctx):
+        if ctx is None:
+            raise ValueError('policy "deadline_aware" needs an AssignContext (ctx)')
+        return super()._assign(clients, budgets, state, rng, ctx)
+
+
+class OptimalPolicy(AlignmentPolicy):
+    """Maximum total fitness under budgets and expert load bounds, solved exactly.
+
+    Every client ``c`` gets *exactly* ``min(k_c, E)`` experts (its whole
+    budget: fitness is >= 0, so filling never lowers the total), and every
+    expert is given to between ``min_load`` and ``max_load`` clients
+    (``max_load=None``: no upper bound). Solved as a min-cost flow
+    (``networkx.network_simplex``): source -> client (capacity ``k_c``) ->
+    expert (capacity 1, cost ``-round(F * scale) * W + e``) -> sink (capacity
+    ``max_load - min_load``) with the lower bounds moved into node demands.
+    The ``+ e`` term with ``W`` larger than any sum of indices breaks ties
+    between optima (at fitness resolution ``1/scale``) towards lower expert
+    indices without changing the optimum.
+
+    When no assignment meets the bounds: ``on_infeasible="raise"`` raises
+    :class:`InfeasibleAssignmentError` (a ``ValueError``); ``"relax"`` first
+    drops ``min_load`` (to 0), then also ``max_load`` (to None), and solves
+    again; the bounds actually used are left in ``last_bounds``.
+
+    Args:
+        min_load: least number of clients per expert (>= 0).
+        max_load: most number of clients per expert (>= min_load) or None.
+        on_infeasible: ``"raise"`` or ``"relax"``.
+        scale: fitness resolution multiplier (fitness is rounded to ``1/scale``).
+    """
+
+    name = "optimal"
+
+    def __init__(
+        self,
+        min_load: int = 0,
+        max_load: int | None = None,
+        on_infeasible: Literal["raise", "relax"] = "raise",
+        scale: float = 1e6,
+    ) -> None:
+        if int(min_load) != min_load or min_load < 0:
+            raise ValueError(f'"min_load" must be an integer >= 0, got {min_load}')
+        if max_load is not None and (int(max_load) != max_load or max_load < min_load):
+            raise ValueError(f'"max_load" must be an integer >= min_load or None, got {max_load}')
+        if on_infeasible not in ("raise", "relax"):
+            raise ValueError(f'"on_infeasible" must be "raise" or "relax", got {on_infeasible!r}')
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError('"scale" must be > 0')
+        self.min_load = int(min_load)
+        self.max_load = None if max_load is None else int(max_load)
+        self.on_infeasible = on_infeasible
+        self.scale = float(scale)
+        self.last_bounds: tuple[int, int | None] | None = None
+
+    def _assign(self, clients, budgets, state, rng, ctx):
+        tries: list[tuple[int, int | None]] = [(self.min_load, self.max_load)]
+        if self.on_infeasible == "relax":
+            tries += [(0, self.max_load), (0, None)]
+        for lo, hi in tries:
+            result = self._solve(clients, budgets, state, lo, hi)
+            if result is not None:
+                self.last_bounds = (lo, hi)
+                return result
+        raise InfeasibleAssignmentError(
+            f"no assignment gives every client exactly min(budget, E) experts with "
+            f"{self.min_load} <= clients per expert <= {self.max_load} "
+            f"(budgets {budgets}, E={state.num_experts}); "
+            f'use on_infeasible="relax" or change the bounds'
+        )
+
+    def _solve(self, clients, budgets, state, lo, hi):
+        E = state.num_experts
+        n = len(clients)
+        hi_eff = n if hi is None else min(hi, n)
+        K = sum(budgets[c] for c in clients)
+        if lo > hi_eff or E * lo > K or K > E * hi_eff:
+            return None
+        F = np.rint(state.fitness_rows(clients) * self.scale).astype(np.int64)
+        W = K * E + 1
+        src, sink = "s", "t"
+        G = nx.DiGraph()
+        G.add_node(src, demand=-K)
+        G.add_node(sink, demand=K - E * lo)
+        for j in range(E):
+            G.add_node(("e", j), demand=lo)
+            G.add_edge(("e", j), sink, capacity=hi_eff - lo, weight=0)
+        for i, c in enumerate(clients):
+            if budgets[c] == 0:
+                continue
+            G.add_edge(src, ("c", i), capacity=budgets[c], weight=0)
+            for j in range(E):
+                G.add_edge(("c", i), ("e", j), capacity=1, weight=int(-F[i, j] * W + j))
+        try:
+            _, flow = nx.network_simplex(G)
+        except nx.NetworkXUnfeasible:
+            return None
+        return {
+            c: [j for j in range(E) if flow.get(("c", i), {}).get(("e", j), 0) > 0]
+            for i, c in enumerate(clients)
+        }
+
+
+POLICIES: dict[str, type[AlignmentPolicy]] = {
+    cls.name: cls
+    for cls in (RandomPolicy, GreedyPolicy, LoadBalancedPolicy, OptimalPolicy, DeadlineAwarePolicy)
+}
+
+
+def make_policy(name: str, **params: Any) -> AlignmentPolicy:
+    """Build the policy registered as ``name`` with keyword ``params``.
+
+    ``ValueError`` listing the valid names for an unknown name, and listing
+    the policy's valid parameters for an unknown parameter.
+    """
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise ValueError(
+            f"unknown alignment policy {name!r}; valid names: {', '.join(sorted(POLICIES))}"
+        )
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"policy {name!r} got unknown parameter(s) {unknown}; valid parameters: {valid}"
+        )
+    return cls(**params)
