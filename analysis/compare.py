@@ -1,0 +1,315 @@
+"""Comparing runs and aggregating sweeps.
+
+- :func:`run_summary` / :func:`compare_runs`: one summary row per run
+  (accuracy, time to a target accuracy, failures, bytes) plus overlaid
+  accuracy curves and ``summary.csv`` / ``summary.md``.
+- :func:`aggregate_cells`: mean and 95 % Student-t confidence interval of
+  metrics per grid cell of a sweep (one row per run in, one per cell out).
+- :func:`plot_metric_vs_param`: a metric against a swept parameter, one line
+  per policy, with the confidence intervals as error bars.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis._style import FORMATS, colours, new_figure, save, style
+from analysis.plots import RunLike, plot_accuracy
+from analysis.rundir import RunDir, as_rundir
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "run_summary",
+    "compare_runs",
+    "aggregate_cells",
+    "plot_metric_vs_param",
+]
+
+#: Columns of the summary table, in order.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "name",
+    "protocol",
+    "policy",
+    "seed",
+    "rounds",
+    "final_accuracy",
+    "best_accuracy",
+    "rounds_to_target",
+    "sim_s_to_target",
+    "stragglers",
+    "dropouts",
+    "ooms",
+    "bytes_total",
+    "sim_s_total",
+    "wall_s",
+    "status",
+    "path",
+)
+
+
+def run_summary(run: RunLike, *, target_accuracy: float | None = None) -> dict[str, Any]:
+    """Summary numbers of one run.
+
+    Definitions:
+
+    - ``final_accuracy``: accuracy of the last evaluated round (NaN if none).
+    - ``best_accuracy``: maximum accuracy over evaluated rounds.
+    - ``rounds_to_target``: number of rounds run until the first evaluated round
+      whose accuracy is >= ``target_accuracy`` (``round + 1`` of that round,
+      rounds are numbered from 0); NaN if never reached or no target given.
+    - ``sim_s_to_target``: simulated seconds at the end of that round
+      (``t_end_s``); NaN likewise.
+    - ``stragglers``, ``dropouts``, ``ooms``: totals over rounds.
+    - ``bytes_total``: sum of ``bytes_up + bytes_down`` over rounds (bytes).
+    - ``sim_s_total``: simulated seconds at the end of the last round
+      (manifest ``sim_end_s`` when there are no rounds).
+
+    Column names match the headline metrics of a sweep index
+    (``fedsim.experiment.METRICS``) so run and sweep tables read alike.
+    """
+    run = as_rundir(run)
+    r = run.rounds.sort_values("round")
+    acc = r["accuracy"].astype(float) if "accuracy" in r.columns else pd.Series(dtype=float)
+    ev = r[np.isfinite(acc)]
+    evacc = ev["accuracy"].astype(float) if len(ev) else pd.Series(dtype=float)
+    rtt = ttt = math.nan
+    if target_accuracy is not None and len(ev):
+        hit = ev[evacc >= target_accuracy]
+        if len(hit):
+            first = hit.iloc[0]
+            rtt = int(first["round"]) + 1
+            ttt = float(first["t_end_s"])
+
+    def _sum(col: str) -> float:
+        return float(r[col].sum()) if col in r.columns else math.nan
+
+    man = run.manifest
+    return {
+        "name": run.name,
+        "protocol": run.protocol,
+        "policy": run.policy,
+        "seed": run.seed,
+        "rounds": int(len(r)),
+        "final_accuracy": float(evacc.iloc[-1]) if len(evacc) else math.nan,
+        "best_accuracy": float(evacc.max()) if len(evacc) else math.nan,
+        "rounds_to_target": rtt,
+        "sim_s_to_target": ttt,
+        "stragglers": _sum("stragglers"),
+        "dropouts": _sum("dropouts"),
+        "ooms": _sum("ooms"),
+        "bytes_total": _sum("bytes_up") + _sum("bytes_down"),
+        "sim_s_total": float(r["t_end_s"].max())
+        if len(r)
+        else float(man.get("sim_end_s") or math.nan),
+        "wall_s": float(man["wall_s"]) if man.get("wall_s") is not None else math.nan,
+        "status": str(man.get("status", "?")),
+        "path": str(run.path),
+    }
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "—"
+        if v.is_integer() and abs(v) < 1e15:
+            return f"{int(v):,}"
+        return f"{v:.4g}"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    return str(v).replace("|", "\\|")
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of ``df`` (no external dependency)."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(
+    run_dirs: Sequence[RunLike],
+    out_dir: str | Path,
+    *,
+    target_accuracy: float | None = None,
+    formats: Sequence[str] = FORMATS,
+) -> pd.DataFrame:
+    """Overlay accuracy curves of several runs and tabulate their summaries.
+
+    Writes into ``out_dir``: ``accuracy_vs_round``, ``accuracy_vs_time``
+    (PNG and SVG), ``summary.csv`` and ``summary.md``.
+
+    Args:
+        run_dirs: run directories (paths or :class:`RunDir`).
+        target_accuracy: accuracy level for ``rounds_to_target`` and
+            ``sim_s_to_target`` (see :func:`run_summary`).
+
+    Returns:
+        One row per run with the columns :data:`SUMMARY_COLUMNS`.
+    """
+    runs: list[RunDir] = [as_rundir(r) for r in run_dirs]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(
+        [run_summary(r, target_accuracy=target_accuracy) for r in runs],
+        columns=list(SUMMARY_COLUMNS),
+    )
+    if runs:
+        plot_accuracy(runs, out, target=target_accuracy, formats=formats)
+    df.to_csv(out / "summary.csv", index=False)
+    md = df.drop(columns=["path"])
+    header = "# Run comparison\n\n"
+    if target_accuracy is not None:
+        header += f"Target accuracy: {target_accuracy:g}\n\n"
+    (out / "summary.md").write_text(header + to_markdown(md), encoding="utf-8")
+    return df
+
+
+def aggregate_cells(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Mean and 95 % confidence interval of ``metrics`` per cell of ``by``.
+
+    The interval is the two-sided Student-t interval of the mean,
+    ``mean ± t_{0.975, n-1} * s / sqrt(n)`` with ``s`` the sample standard
+    deviation (ddof=1). NaN values of a metric (e.g. a target never reached)
+    are left out of that metric's ``n``. With ``n < 2`` the half-width is NaN.
+
+    Returns:
+        One row per cell: the ``by`` columns, then for each metric ``m``:
+        ``m_mean``, ``m_std``, ``m_n``, ``m_ci95`` (half-width), ``m_lo``, ``m_hi``.
+    """
+    from scipy.stats import t as student_t
+
+    missing = [c for c in [*by, *metrics] if c not in df.columns]
+    if missing:
+        raise KeyError(f"aggregate_cells: columns not in DataFrame: {missing}")
+    rows = []
+    groups = df.groupby(by, dropna=False, sort=True) if by else [((), df)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, Any] = dict(zip(by, key))
+        for m in metrics:
+            v = pd.to_numeric(g[m], errors="coerce").to_numpy(float)
+            v = v[np.isfinite(v)]
+            n = int(v.size)
+            mean = float(v.mean()) if n else math.nan
+            std = float(v.std(ddof=1)) if n >= 2 else math.nan
+            half = float(student_t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n >= 2 else math.nan
+            row.update(
+                {
+                    f"{m}_mean": mean,
+                    f"{m}_std": std,
+                    f"{m}_n": n,
+                    f"{m}_ci95": half,
+                    f"{m}_lo": mean - half,
+                    f"{m}_hi": mean + half,
+                }
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+_PRETTY = {
+    "final_accuracy": "Final accuracy",
+    "best_accuracy": "Best accuracy",
+    "rounds_to_target": "Rounds to target",
+    "sim_s_to_target": "Simulated time to target [s]",
+    "bytes_total": "Bytes moved [B]",
+    "sim_s_total": "Simulated time [s]",
+    "stragglers": "Stragglers",
+    "dropouts": "Dropouts",
+    "ooms": "OOMs",
+}
+
+
+def plot_metric_vs_param(
+    df: pd.DataFrame,
+    param: str,
+    metric: str,
+    hue: str = "policy",
+    out: str | Path = ".",
+    *,
+    formats: Sequence[str] = FORMATS,
+) -> list[Path]:
+    """Plot ``metric`` against swept ``param``, one line per ``hue`` value, 95 % CI bars.
+
+    ``df`` is either one row per run (it is aggregated with
+    :func:`aggregate_cells` by ``[hue, param]``) or already aggregated (has
+    ``{metric}_mean`` and ``{metric}_ci95``). A numeric ``param`` is drawn on a
+    numeric axis, anything else as categories in order of appearance.
+
+    Args:
+        out: a directory (the file stem is ``{metric}_vs_{param}``) or a file
+            path whose suffix is dropped and replaced by each format.
+
+    Returns:
+        The written paths.
+    """
+    mean_c, ci_c = f"{metric}_mean", f"{metric}_ci95"
+    if mean_c in df.columns:
+        agg = df.copy()
+        if ci_c not in agg.columns:
+            agg[ci_c] = math.nan
+    else:
+        by = [hue, param] if hue in df.columns else [param]
+        agg = aggregate_cells(df, by, [metric])
+    out = Path(out)
+    if out.suffix:
+        out_dir, stem = out.parent, out.stem
+    else:
+        out_dir, stem = out, f"{metric}_vs_{param}"
+    numeric = pd.api.types.is_numeric_dtype(agg[param])
+    cats = list(dict.fromkeys(agg[param].tolist()))
+    hues = list(dict.fromkeys(agg[hue].tolist())) if hue in agg.columns else [None]
+    cols = colours(len(hues))
+    n_h = len(hues)
+    with style():
+        fig = new_figure(8.0, 4.8)
+        ax = fig.add_subplot()
+        for i, (h, c) in enumerate(zip(hues, cols)):
+            g = agg if h is None else agg[agg[hue] == h]
+            if numeric:
+                g = g.sort_values(param)
+                x = g[param].to_numpy(float)
+            else:
+                # dodge categories so error bars of different policies do not overlap
+                off = (i - (n_h - 1) / 2) * 0.08
+                x = np.array([cats.index(v) for v in g[param]], dtype=float) + off
+            yerr = g[ci_c].to_numpy(float)
+            yerr = np.where(np.isfinite(yerr), yerr, 0.0)
+            ax.errorbar(
+                x,
+                g[mean_c].to_numpy(float),
+                yerr=yerr,
+                color=c,
+                marker="o",
+                ms=5,
+                lw=1.8,
+                capsize=4,
+                label=str(h) if h is not None else metric,
+            )
+        if numeric:
+            xs = np.asarray(sorted(set(agg[param].astype(float))), dtype=float)
+            if xs.size and xs.min() > 0 and xs.max() / xs.min() >= 100:
+                ax.set_xscale("log")
+            if xs.size <= 12:
+                ax.set_xticks(xs)
+                ax.set_xticklabels([f"{v:g}" for v in xs])
+                ax.minorticks_off()
+        else:
+            ax.set_xticks(range(len(cats)))
+            ax.set_xticklabels([str(v) for v in cats])
+        ax.set_xlabel(param)
+        ax.set_ylabel(_PRETTY.get(metric, metric))
+        ax.set_title(f"{_PRETTY.get(metric, metric)} vs {param} (mean ± 95 % CI)")
+        if hues != [None]:
+            ax.legend(title=hue)
+        return save(fig, out_dir, stem, formats)

@@ -1,0 +1,216 @@
+"""Lazy, read-only access to a saved run directory.
+
+A run directory is the only thing the analysis layer reads; it never imports
+the simulator. Layout (the contract written by the simulator)::
+
+    RUN_DIR/
+      manifest.json        resolved scenario, seed, versions, status, wall time
+      rounds.parquet       one row per round (required)
+      clients.parquet      one row per (round, selected client)
+      events.parquet       flat event log
+      links.parquet        periodic link utilisation samples
+      nodes.parquet        topology nodes with positions (m)
+      edges.parquet        topology edges with bytes carried
+      assignments.parquet  (round, client, expert) pairs (fedmoe)
+      experts.parquet      per-round expert load
+      requests.parquet     inference requests (nmoe)
+      figures/             plots written by :mod:`analysis.plots`
+
+Every table except ``manifest.json`` and ``rounds.parquet`` may be missing;
+use :meth:`RunDir.has` before :meth:`RunDir.table` or the named properties.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TABLES: tuple[str, ...] = (
+    "rounds",
+    "clients",
+    "events",
+    "links",
+    "nodes",
+    "edges",
+    "assignments",
+    "experts",
+    "requests",
+)
+
+
+class RunDir:
+    """A saved run directory, loaded lazily and cached per table.
+
+    Args:
+        path: the run directory. It must exist; the files inside are only
+            read when first asked for.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a directory.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"run directory not found: {self.path}")
+        self._cache: dict[str, pd.DataFrame] = {}
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- files -------------------------------------------------------------
+
+    @property
+    def figures_dir(self) -> Path:
+        """``RUN_DIR/figures`` (not created here)."""
+        return self.path / "figures"
+
+    def file(self, name: str) -> Path:
+        """Path of table ``name`` (``"rounds"`` -> ``RUN_DIR/rounds.parquet``)."""
+        return self.path / f"{name}.parquet"
+
+    def has(self, name: str) -> bool:
+        """Whether table ``name`` exists in this run directory."""
+        if name == "manifest":
+            return (self.path / "manifest.json").is_file()
+        return self.file(name).is_file()
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Load (once) and return table ``name`` as a DataFrame.
+
+        Raises:
+            FileNotFoundError: naming the missing ``<name>.parquet`` file.
+        """
+        if name not in self._cache:
+            f = self.file(name)
+            if not f.is_file():
+                raise FileNotFoundError(
+                    f"{f.name} not found in run directory {self.path} "
+                    f"(this run did not record the '{name}' table)"
+                )
+            self._cache[name] = pd.read_parquet(f)
+        return self._cache[name]
+
+    def maybe(self, name: str) -> pd.DataFrame | None:
+        """Table ``name`` or ``None`` when the file is absent."""
+        return self.table(name) if self.has(name) else None
+
+    # -- manifest ----------------------------------------------------------
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        """Parsed ``manifest.json``.
+
+        Raises:
+            FileNotFoundError: naming ``manifest.json``.
+        """
+        f = self.path / "manifest.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"manifest.json not found in run directory {self.path}")
+        with f.open(encoding="utf-8") as fh:
+            return json.load(fh)
+
+    @property
+    def scenario(self) -> dict[str, Any]:
+        """The resolved scenario dict from the manifest (``{}`` if absent)."""
+        return dict(self.manifest.get("scenario") or {})
+
+    @property
+    def name(self) -> str:
+        """Run name (``scenario.run.name``), else the directory name."""
+        run = self.scenario.get("run") or {}
+        return str(run.get("name") or self.path.name)
+
+    @property
+    def protocol(self) -> str:
+        """Protocol name (``"fedmoe"`` / ``"nmoe"``), ``"?"`` if unknown."""
+        proto = self.scenario.get("protocol") or {}
+        return str(proto.get("name") or "?")
+
+    @property
+    def policy(self) -> str:
+        """Alignment policy name; ``"-"`` when the run has none (e.g. nmoe)."""
+        align = self.scenario.get("alignment") or {}
+        pol = align.get("policy")
+        if isinstance(pol, dict):
+            pol = pol.get("name")
+        return str(pol) if pol else "-"
+
+    @property
+    def seed(self) -> int | None:
+        """Root seed of the run."""
+        s = self.manifest.get("seed")
+        if s is None:
+            s = (self.scenario.get("run") or {}).get("seed")
+        return None if s is None else int(s)
+
+    @property
+    def label(self) -> str:
+        """Short legend label: run name, plus policy when there is one."""
+        pol = self.policy
+        return self.name if pol in ("-", self.name) else f"{self.name} ({pol})"
+
+    # -- named tables --------------------------------------------------------
+
+    @property
+    def rounds(self) -> pd.DataFrame:
+        """``rounds.parquet`` (required)."""
+        return self.table("rounds")
+
+    @property
+    def clients(self) -> pd.DataFrame:
+        """``clients.parquet``."""
+        return self.table("clients")
+
+    @property
+    def events(self) -> pd.DataFrame:
+        """``events.parquet``."""
+        return self.table("events")
+
+    @property
+    def links(self) -> pd.DataFrame:
+        """``links.parquet``."""
+        return self.table("links")
+
+    @property
+    def nodes(self) -> pd.DataFrame:
+        """``nodes.parquet``."""
+        return self.table("nodes")
+
+    @property
+    def edges(self) -> pd.DataFrame:
+        """``edges.parquet``."""
+        return self.table("edges")
+
+    @property
+    def assignments(self) -> pd.DataFrame:
+        """``assignments.parquet``."""
+        return self.table("assignments")
+
+    @property
+    def experts(self) -> pd.DataFrame:
+        """``experts.parquet``."""
+        return self.table("experts")
+
+    @property
+    def requests(self) -> pd.DataFrame:
+        """``requests.parquet`` (nmoe runs only)."""
+        return self.table("requests")
+
+
+def as_rundir(run: RunDir | str | Path) -> RunDir:
+    """Coerce a path or a :class:`RunDir` into a :class:`RunDir`."""
+    return run if isinstance(run, RunDir) else RunDir(run)
+
+
+def finite(x: Any) -> bool:
+    """True when ``x`` is a finite real number."""
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
