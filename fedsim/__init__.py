@@ -1,3 +1,13 @@
 """fedsim: discrete-event simulator of federated Mixture-of-Experts at the wireless edge."""
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load_scenario", "run", "RunResult"]
+
+
+def __getattr__(name: str):  # lazy: importing fedsim stays cheap and side-effect free
+    if name in ("load_scenario", "run", "RunResult"):
+        from fedsim import api
+
+        return getattr(api, name)
+    raise AttributeError(name)

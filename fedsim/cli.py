@@ -1,0 +1,244 @@
+"""The ``fedsim`` command.
+
+    fedsim run SCENARIO [--out DIR] [--seed N] [--set k=v ...] [--quiet]
+    fedsim validate SCENARIO...
+    fedsim plot RUN_DIR
+    fedsim info RUN_DIR
+    fedsim compare RUN_DIR... --out DIR [--target ACC]   (or one sweep directory)
+    fedsim sweep SCENARIO --grid key=v1,v2 ... --seeds 0-4 --out DIR [--workers N] [--backend B]
+    fedsim defaults
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback),
+1 internal error (the run directory keeps what was written, and
+``error.txt`` holds the traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.print_usage(sys.stderr)
+        print(f"fedsim: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fedsim`` command."""
+    p = _Parser(prog="fedsim", description="Discrete-event simulator of federated Mixture-of-Experts at the wireless edge.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a scenario and write a run directory")
+    r.add_argument("scenario")
+    r.add_argument("--out", help="run directory to create (default: <output.dir>/<run.name>-seed<seed>)")
+    r.add_argument("--seed", type=int, help="override run.seed")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any scenario key, e.g. --set model.num_experts=8")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--no-figures", action="store_true", help="skip figures")
+
+    v = sub.add_parser("validate", help="validate scenario files")
+    v.add_argument("scenarios", nargs="+")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    pl = sub.add_parser("plot", help="write figures of a run directory into RUN_DIR/figures")
+    pl.add_argument("run_dir")
+
+    i = sub.add_parser("info", help="summary table of a run directory")
+    i.add_argument("run_dir")
+
+    c = sub.add_parser("compare", help="overlay runs and write a summary table")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--out", required=True)
+    c.add_argument("--target", type=float, default=None, help="target accuracy for time-to-target (default: each run's evaluation.target_accuracy)")
+
+    from fedsim.experiment import add_sweep_parser
+
+    add_sweep_parser(sub)
+    sub.add_parser("defaults", help="print the fully defaulted scenario as YAML")
+    return p
+
+
+def _err(msg: str, code: int = 2) -> int:
+    print(f"fedsim: {msg}", file=sys.stderr)
+    return code
+
+
+def _progress_bar(quiet: bool, rounds: int) -> tuple[Any, Any]:
+    if quiet:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(
+        TextColumn("[bold]round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("sim {task.fields[t]}"),
+        TextColumn("acc {task.fields[acc]}"),
+        TextColumn("moved {task.fields[moved]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+    task = prog.add_task("run", total=rounds, t="0 s", acc="-", moved="0 B")
+
+    def update(**kw: Any) -> None:
+        fields: dict[str, Any] = {}
+        if "t_s" in kw:
+            fields["t"] = _fmt_s(kw["t_s"])
+        if kw.get("accuracy") is not None and kw["accuracy"] == kw["accuracy"]:
+            fields["acc"] = f"{kw['accuracy']:.3f}"
+        if "bytes" in kw:
+            fields["moved"] = _fmt_bytes(kw["bytes"])
+        if "rounds" in kw:
+            prog.update(task, total=kw["rounds"])
+        prog.update(task, completed=kw.get("round", 0), **fields)
+
+    return prog, update
+
+
+def _fmt_s(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(b) < 1000:
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1000
+    return f"{b:.1f} PB"
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from fedsim.api import load_scenario, run
+
+    loaded = load_scenario(a.scenario, a.overrides, seed=a.seed)
+    prog, update = _progress_bar(a.quiet, loaded.scenario.run.rounds)
+    try:
+        if prog is not None:
+            with prog:
+                res = run(loaded, a.out, progress=update, figures=False if a.no_figures else None)
+        else:
+            res = run(loaded, a.out, figures=False if a.no_figures else None)
+    except KeyboardInterrupt:
+        return _err("interrupted; files written so far are kept", 130)
+    rounds = res.rounds
+    last = rounds["accuracy"].dropna().iloc[-1] if "accuracy" in rounds and rounds["accuracy"].notna().any() else float("nan")
+    print(f"run directory: {res.run_dir}")
+    print(f"figures:       {res.run_dir / 'figures'} ({len(res.figures)} files)")
+    print(f"final accuracy {last:.4f}, simulated time {_fmt_s(res.manifest.get('sim_end_s', 0.0))}, wall {res.manifest['wall_s']:.1f} s")
+    return 0
+
+
+def _cmd_validate(a: argparse.Namespace) -> int:
+    from fedsim.config import ScenarioError, load_scenario
+
+    bad = 0
+    for path in a.scenarios:
+        try:
+            load_scenario(path, a.overrides)
+            print(f"ok  {path}")
+        except ScenarioError as e:
+            print(f"fedsim: {e}", file=sys.stderr)
+            bad += 1
+    return 2 if bad else 0
+
+
+def _run_dir_arg(path: str) -> Path:
+    from fedsim.config import ScenarioError
+
+    p = Path(path)
+    if not (p / "manifest.json").is_file():
+        raise ScenarioError("not a run directory (no manifest.json)", file=path)
+    return p
+
+
+def _cmd_plot(a: argparse.Namespace) -> int:
+    from analysis.plots import plot_run
+
+    d = _run_dir_arg(a.run_dir)
+    paths = plot_run(d)
+    print(f"wrote {len(paths)} figures to {d / 'figures'}")
+    return 0
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from analysis.info import summary_table
+
+    d = _run_dir_arg(a.run_dir)
+    t = Table(title=str(d), show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    for k, v in summary_table(d):
+        t.add_row(k, v)
+    Console().print(t)
+    return 0
+
+
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from analysis.compare import compare_runs
+
+    if len(a.run_dirs) == 1 and (Path(a.run_dirs[0]) / "sweep.parquet").is_file():
+        from analysis.sweep import compare_sweep
+
+        print(compare_sweep(a.run_dirs[0], a.out).to_string(index=False))
+        print(f"cell table and figures in {a.out}")
+        return 0
+    dirs = [_run_dir_arg(p) for p in a.run_dirs]
+    df = compare_runs(dirs, Path(a.out), target_accuracy=a.target)
+    print(df.to_string(index=False))
+    print(f"summary and figures in {a.out}")
+    return 0
+
+
+def _cmd_sweep(a: argparse.Namespace) -> int:
+    from fedsim.experiment import cmd_sweep
+
+    return cmd_sweep(a)
+
+
+def _cmd_defaults(a: argparse.Namespace) -> int:
+    import yaml
+
+    from fedsim.config.schema import Scenario
+
+    print(yaml.safe_dump(Scenario().model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedsim`` command; returns the exit code."""
+    from fedsim.config import ScenarioError
+
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "run": _cmd_run,
+        "validate": _cmd_validate,
+        "plot": _cmd_plot,
+        "info": _cmd_info,
+        "compare": _cmd_compare,
+        "defaults": _cmd_defaults,
+        "sweep": _cmd_sweep,
+    }
+    try:
+        return handlers[args.cmd](args)
+    except ScenarioError as e:
+        return _err(str(e))
+    except KeyboardInterrupt:
+        return _err("interrupted", 130)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
