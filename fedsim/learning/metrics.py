@@ -1,0 +1,104 @@
+"""Evaluation metrics: accuracy, macro F1, one-vs-rest macro AUC.
+
+``evaluate`` runs the model in eval mode without gradients, in batches, and
+computes the metrics with scikit-learn. AUC is NaN-safe: classes absent from
+``y`` (or present with no negatives) are skipped and the macro average is over
+the classes where it is defined; if none is, AUC is NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score, roc_auc_score
+from torch import nn
+
+from fedsim.learning.partition import ClientSplit
+
+__all__ = ["predict_proba", "evaluate", "personalised_accuracy"]
+
+
+def predict_proba(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    batch_size: int = 1024,
+    expert_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Class probabilities (N, num_classes) of ``model`` on ``x`` (eval mode, no grad).
+    ``expert_mask`` is passed to MoE models (restricts the gate)."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        with torch.no_grad():
+            for s in range(0, x.shape[0], batch_size):
+                xb = x[s : s + batch_size]
+                out = model(xb, expert_mask=expert_mask) if expert_mask is not None else model(xb)
+                logits = out[0] if isinstance(out, tuple) else out
+                outs.append(torch.softmax(logits.float(), dim=-1))
+    finally:
+        model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    aucs = []
+    for c in range(p.shape[1]):
+        pos = y == c
+        if pos.any() and (~pos).any():
+            aucs.append(roc_auc_score(pos.astype(int), p[:, c]))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 1024,
+    *,
+    expert_mask: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """``{"accuracy", "f1", "auc", "n"}`` of ``model`` on ``(x, y)``: accuracy in
+    [0, 1], macro F1 over the classes present in ``y`` or predicted, one-vs-rest
+    macro AUC over the classes where it is defined (NaN if none)."""
+    if x.shape[0] == 0:
+        return {"accuracy": float("nan"), "f1": float("nan"), "auc": float("nan"), "n": 0.0}
+    p = predict_proba(model, x, batch_size=batch_size, expert_mask=expert_mask).numpy()
+    yt = y.cpu().numpy()
+    pred = p.argmax(1)
+    return {
+        "accuracy": float((pred == yt).mean()),
+        "f1": float(f1_score(yt, pred, average="macro", zero_division=0)),
+        "auc": _auc(yt, p),
+        "n": float(len(yt)),
+    }
+
+
+def personalised_accuracy(
+    model: nn.Module | Sequence[nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    splits: Sequence[ClientSplit],
+    *,
+    expert_masks: Sequence[torch.Tensor | None] | None = None,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Accuracy of each client on its own test split, shape (num_clients,).
+
+    ``x``, ``y`` are the training pool the splits index into. ``model`` is one
+    global model or one model per client; ``expert_masks`` optionally restricts
+    each client's gate to its experts. A client with an empty test split gets NaN.
+    """
+    out = np.full(len(splits), np.nan)
+    for i, s in enumerate(splits):
+        if len(s.test_idx) == 0:
+            continue
+        m = model[i] if isinstance(model, Sequence) else model
+        mask = expert_masks[i] if expert_masks is not None else None
+        idx = torch.as_tensor(s.test_idx)
+        p = predict_proba(m, x[idx], batch_size=batch_size, expert_mask=mask)
+        out[i] = float((p.argmax(1) == y[idx]).float().mean())
+    return out

@@ -1,0 +1,266 @@
+"""The Mixture-of-Experts classifier, in one readable file.
+
+    x --backbone--> features (N, feature_dim) --gate--> softmax (N, E) --top-k-->
+    output = sum over the top-k experts of (renormalised gate weight) * expert(features)
+
+Parameter names say who owns them, so federated code can slice a state dict:
+``backbone.*`` (feature extractor), ``gate.*`` (router) and ``experts.{e}.*``
+(expert e). :func:`expert_keys` and :func:`shared_keys` do the slicing.
+
+``forward(x, expert_mask)`` takes an optional bool ``(E,)`` mask: the gate is
+restricted to the masked experts (others get probability 0) and only those
+experts are ever computed, which is what a client that holds a subset of the
+experts can run. The load-balancing loss is the Switch Transformer's
+``E' * sum_e f_e * P_e`` over the E' allowed experts, with ``f_e`` the share of
+top-k assignments routed to e and ``P_e`` the mean gate probability of e
+(1.0 when perfectly balanced).
+
+Gate noise (``gate_noise_std``, added to the gate logits in training mode) is
+drawn only from a ``torch.Generator`` passed to ``forward``; without one there
+is no noise, so nothing ever touches the global torch RNG.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MoEConfig",
+    "MoEOutput",
+    "MoEClassifier",
+    "ResNet18",
+    "expert_keys",
+    "shared_keys",
+    "expert_index",
+]
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Architecture of an :class:`MoEClassifier`.
+
+    ``input_shape``: one sample's shape, ``(C, H, W)`` or ``(D,)``.
+    ``backbone``: ``"mlp"`` (flatten, hidden layers ``widths``), ``"cnn"`` (one
+    3x3 conv + ReLU + 2x2 max-pool per entry of ``widths`` channels) or
+    ``"resnet18"`` (CIFAR ResNet-18, ``widths`` ignored). Every backbone ends in a
+    linear projection to ``feature_dim`` followed by ReLU.
+    ``num_experts`` E, ``top_k`` experts per sample, ``expert_hidden`` the hidden
+    width of each expert MLP head. ``aux_loss_weight`` is used by training.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    backbone: str = "mlp"
+    widths: tuple[int, ...] = (128,)
+    feature_dim: int = 64
+    num_experts: int = 4
+    top_k: int = 1
+    expert_hidden: int = 64
+    gate_noise_std: float = 0.0
+    aux_loss_weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("mlp", "cnn", "resnet18"):
+            raise ValueError('"backbone" must be "mlp", "cnn" or "resnet18"')
+        if self.num_experts < 1:
+            raise ValueError('"num_experts" must be >= 1')
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError('"top_k" must be in [1, num_experts]')
+        if self.backbone in ("cnn", "resnet18") and len(self.input_shape) != 3:
+            raise ValueError(f'backbone "{self.backbone}" needs input_shape (C, H, W)')
+
+
+class MoEOutput(NamedTuple):
+    """What :meth:`MoEClassifier.forward` returns.
+
+    ``logits`` (N, num_classes); ``gate_probs`` (N, E) softmax after masking
+    (masked experts have 0); ``topk_idx`` (N, k) chosen experts; ``aux_loss``
+    scalar load-balancing loss.
+    """
+
+    logits: torch.Tensor
+    gate_probs: torch.Tensor
+    topk_idx: torch.Tensor
+    aux_loss: torch.Tensor
+
+
+# ----------------------------------------------------------------------------- backbones
+
+
+def _mlp_backbone(cfg: MoEConfig) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(cfg.input_shape)
+    for w in cfg.widths:
+        layers += [nn.Linear(width, w), nn.ReLU()]
+        width = w
+    layers += [nn.Linear(width, cfg.feature_dim), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def _cnn_backbone(cfg: MoEConfig) -> nn.Sequential:
+    c, h, w = cfg.input_shape
+    layers: list[nn.Module] = []
+    for width in cfg.widths:
+        layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c, h, w = width, h // 2, w // 2
+    layers += [nn.Flatten(), nn.Linear(c * h * w, cfg.feature_dim), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv-BN, identity or 1x1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18 (3x3 stem, no initial max-pool), output (N, 512)."""
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        )
+        blocks: list[nn.Module] = []
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flatten(self.pool(self.layers(self.stem(x))))
+
+
+def _resnet18_backbone(cfg: MoEConfig) -> nn.Sequential:
+    return nn.Sequential(ResNet18(cfg.input_shape[0]), nn.Linear(512, cfg.feature_dim), nn.ReLU())
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class Expert(nn.Module):
+    """An expert: MLP head feature_dim -> expert_hidden -> num_classes."""
+
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.feature_dim, cfg.expert_hidden)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(cfg.expert_hidden, cfg.num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(h)))
+
+
+class MoEClassifier(nn.Module):
+    """Backbone -> gate -> top-k of E expert heads (see module docstring)."""
+
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        builders = {"mlp": _mlp_backbone, "cnn": _cnn_backbone, "resnet18": _resnet18_backbone}
+        self.backbone = builders[cfg.backbone](cfg)
+        self.gate = nn.Linear(cfg.feature_dim, cfg.num_experts)
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.num_experts))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features, shape (N, feature_dim)."""
+        return self.backbone(x)
+
+    def route(
+        self,
+        h: torch.Tensor,
+        expert_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gate probabilities (N, E) after masking, top-k indices (N, k) and
+        their renormalised weights (N, k)."""
+        logits = self.gate(h)
+        if self.training and self.cfg.gate_noise_std > 0 and generator is not None:
+            noise = torch.randn(logits.shape, generator=generator, dtype=logits.dtype)
+            logits = logits + self.cfg.gate_noise_std * noise.to(logits.device)
+        k = self.cfg.top_k
+        if expert_mask is not None:
+            expert_mask = expert_mask.to(device=logits.device, dtype=torch.bool)
+            allowed = int(expert_mask.sum())
+            if allowed == 0:
+                raise ValueError('"expert_mask" must allow at least one expert')
+            logits = logits.masked_fill(~expert_mask, float("-inf"))
+            k = min(k, allowed)
+        probs = F.softmax(logits, dim=-1)
+        top_w, top_idx = probs.topk(k, dim=-1)
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        return probs, top_idx, top_w
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        expert_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MoEOutput:
+        """Run the model; only the experts in ``expert_mask`` (all if None) are
+        eligible and only experts chosen by some sample are computed, on the
+        samples that chose them."""
+        h = self.features(x)
+        probs, top_idx, top_w = self.route(h, expert_mask, generator)
+        out = h.new_zeros(h.shape[0], self.cfg.num_classes)
+        for e, expert in enumerate(self.experts):
+            rows, slot = (top_idx == e).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            y = expert(h[rows]) * top_w[rows, slot].unsqueeze(-1)
+            out = out.index_add(0, rows, y)
+        e_allowed = self.cfg.num_experts if expert_mask is None else int(expert_mask.sum())
+        counts = torch.zeros(self.cfg.num_experts, device=h.device, dtype=h.dtype)
+        counts = counts.index_add(
+            0, top_idx.reshape(-1), torch.ones_like(top_idx.reshape(-1), dtype=h.dtype)
+        )
+        f = counts / max(1, top_idx.numel())
+        aux = e_allowed * (f * probs.mean(dim=0)).sum()
+        return MoEOutput(out, probs, top_idx, aux)
+
+
+# ----------------------------------------------------------------------------- state slicing
+
+
+def expert_keys(state: dict[str, torch.Tensor] | list[str], e: int) -> list[str]:
+    """Keys of expert ``e`` (``experts.{e}.*``) in ``state`` (a state dict or key list)."""
+    prefix = f"experts.{e}."
+    return [k for k in state if k.startswith(prefix)]
+
+
+def shared_keys(state: dict[str, torch.Tensor] | list[str]) -> list[str]:
+    """Keys of everything but the experts: backbone and gate (parameters and buffers)."""
+    return [k for k in state if not k.startswith("experts.")]
+
+
+def expert_index(key: str) -> int | None:
+    """The expert that owns ``key``, or None for a shared (backbone / gate) key."""
+    if not key.startswith("experts."):
+        return None
+    return int(key.split(".", 2)[1])

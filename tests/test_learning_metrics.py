@@ -1,0 +1,55 @@
+"""Metrics: accuracy / F1 / AUC with hand-made predictions, personalised accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedsim.learning.metrics import evaluate, personalised_accuracy
+from fedsim.learning.partition import ClientSplit
+
+
+class Lookup(nn.Module):
+    """Predicts class x[:, 0] with certainty (logits one-hot * 10)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.c = num_classes
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 10.0 * nn.functional.one_hot(x[:, 0].long(), self.c).float()
+
+
+def test_evaluate_hand_computed() -> None:
+    x = torch.tensor([[0.0], [1.0], [2.0], [2.0]])
+    y = torch.tensor([0, 1, 2, 1])  # last one wrong
+    m = evaluate(Lookup(3), x, y, batch_size=3)
+    assert m["accuracy"] == pytest.approx(0.75)
+    # per-class F1: c0 = 1, c1 = 2/3 (P=1, R=1/2), c2 = 2/3 (P=1/2, R=1)
+    assert m["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert 0.5 < m["auc"] <= 1.0
+
+
+def test_auc_nan_safe_with_absent_class() -> None:
+    x = torch.tensor([[0.0], [1.0]])
+    m = evaluate(Lookup(4), x, torch.tensor([0, 1]))
+    assert m["auc"] == pytest.approx(1.0)  # classes 2 and 3 absent: skipped
+    m = evaluate(Lookup(4), x[:1], torch.tensor([0]))
+    assert math.isnan(m["auc"])  # one class only: AUC undefined, no exception
+
+
+def test_personalised_accuracy_per_client() -> None:
+    x = torch.tensor([[0.0], [1.0], [2.0], [0.0]])
+    y = torch.tensor([0, 1, 0, 0])
+    splits = [
+        ClientSplit(0, np.array([], dtype=np.int64), np.array([0, 1], dtype=np.int64)),
+        ClientSplit(1, np.array([], dtype=np.int64), np.array([2, 3], dtype=np.int64)),
+        ClientSplit(2, np.array([0], dtype=np.int64), np.array([], dtype=np.int64)),
+    ]
+    acc = personalised_accuracy(Lookup(3), x, y, splits)
+    assert acc[0] == 1.0 and acc[1] == 0.5 and math.isnan(acc[2])
