@@ -112,7 +112,7 @@ class ChannelConfig(_Strict):
     bs_height_small_m: float = Field(10.0, gt=0, le=300, description="Small-cell antenna height, m.")
     noise_figure_db: float = Field(7.0, ge=0, le=30, description="Receiver noise figure, dB (thermal noise is -174 dBm/Hz).")
     shadowing_std_db: float | None = Field(None, ge=0, le=20, description="Log-normal shadowing std, dB (null: the model's TR 38.901 value).")
-    shadowing_decorrelation_m: float = Field(13.0, gt=0, description="Shadowing decorrelation distance for moving clients, m.")
+    shadowing_decorrelation_m: float = Field(50.0, gt=0, description="Shadowing decorrelation distance for moving clients, m (13 m gave handover ping-pong).")
     log_distance_exponent: float = Field(3.0, gt=1, le=8, description="log_distance: path-loss exponent.")
     fading: Literal["rayleigh", "rician", "none"] = Field("rayleigh", description="Block fading of the serving link.")
     rician_k_db: float = Field(9.0, ge=-20, le=40, description="Rician K factor, dB.")
@@ -122,7 +122,9 @@ class ChannelConfig(_Strict):
     interference_margin_db: float = Field(0.0, ge=0, le=40, description="Extra noise rise on every link, dB.")
     interference_load_factor: float = Field(0.0, ge=0, le=1, description="Downlink inter-cell interference: share of time other cells transmit.")
     handover_hysteresis_db: float = Field(3.0, ge=0, le=20, description="Hand over when another cell is better by this margin, dB.")
+    handover_time_to_trigger_s: float = Field(2.0, ge=0, description="A better cell must stay better this long before a handover, s.")
     access_latency_s: float = Field(1e-3, ge=0, description="One-way latency of the radio hop, s.")
+    max_ue_height_m: float = Field(22.5, gt=0, description="Terminal heights are clamped to this inside UMi/UMa (their validity range).")
 
 
 class DeviceClassConfig(_Strict):

@@ -1,0 +1,195 @@
+"""Wireless channel models: path loss, shadowing, fading, noise, SINR, rate.
+
+Pure functions on numpy arrays (scalars work too). Units: distances in
+metres, frequencies in GHz (``fc_ghz``) or Hz where named, powers in dBm,
+gains and losses in dB unless the name says ``_linear``.
+
+Path loss follows 3GPP TR 38.901 V17 Table 7.4.1-1 (UMi street canyon and
+UMa). Distances below 10 m are clamped to 10 m (the table's validity range
+starts there); beyond 5 km the formulas are extrapolated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import exp1
+
+__all__ = [
+    "SPEED_OF_LIGHT_MPS",
+    "THERMAL_NOISE_DBM_HZ",
+    "breakpoint_distance_m",
+    "pathloss_umi",
+    "pathloss_uma",
+    "los_probability_umi",
+    "los_probability_uma",
+    "pathloss_free_space",
+    "pathloss_log_distance",
+    "shadowing_db",
+    "rayleigh_power",
+    "rician_power",
+    "noise_power_dbm",
+    "sinr_linear",
+    "spectral_efficiency",
+    "rayleigh_ergodic_capacity",
+    "db_to_linear",
+    "linear_to_db",
+]
+
+SPEED_OF_LIGHT_MPS = 299_792_458.0
+#: Thermal noise power spectral density at 290 K (dBm/Hz).
+THERMAL_NOISE_DBM_HZ = -174.0
+
+Array = NDArray[np.float64]
+
+
+def db_to_linear(x_db: ArrayLike) -> Array:
+    """10^(x/10)."""
+    return np.power(10.0, np.asarray(x_db, dtype=float) / 10.0)
+
+
+def linear_to_db(x: ArrayLike) -> Array:
+    """10 log10(x) (``-inf`` for 0)."""
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(np.asarray(x, dtype=float))
+
+
+def _d3d(d2d_m: ArrayLike, h_bs_m: float, h_ut_m: ArrayLike) -> tuple[Array, Array]:
+    d2 = np.maximum(np.asarray(d2d_m, dtype=float), 10.0)
+    d3 = np.sqrt(d2 * d2 + (h_bs_m - np.asarray(h_ut_m, dtype=float)) ** 2)
+    return d2, d3
+
+
+def breakpoint_distance_m(fc_ghz: float, h_bs_m: float, h_ut_m: ArrayLike, h_e_m: float = 1.0) -> Array:
+    """TR 38.901 breakpoint distance d'_BP = 4 h'_BS h'_UT f_c / c (m), h' = h - h_E."""
+    return 4.0 * (h_bs_m - h_e_m) * (np.asarray(h_ut_m, dtype=float) - h_e_m) * fc_ghz * 1e9 / SPEED_OF_LIGHT_MPS
+
+
+def pathloss_umi(
+    d2d_m: ArrayLike, fc_ghz: float, h_bs_m: float = 10.0, h_ut_m: ArrayLike = 1.5, los: ArrayLike = True
+) -> Array:
+    """UMi street-canyon path loss (dB), TR 38.901 Table 7.4.1-1.
+
+    LOS: PL1 = 32.4 + 21 log10(d3D) + 20 log10(fc) up to d'_BP (h_E = 1 m),
+    PL2 = 32.4 + 40 log10(d3D) + 20 log10(fc) - 9.5 log10(d'_BP^2 + (h_BS - h_UT)^2)
+    beyond. NLOS: max(PL_LOS, 35.3 log10(d3D) + 22.4 + 21.3 log10(fc) - 0.3 (h_UT - 1.5)).
+    ``los`` may be an array of booleans (per link).
+    """
+    d2, d3 = _d3d(d2d_m, h_bs_m, h_ut_m)
+    h_ut = np.asarray(h_ut_m, dtype=float)
+    dbp = breakpoint_distance_m(fc_ghz, h_bs_m, h_ut)
+    lf = 20.0 * math.log10(fc_ghz)
+    pl1 = 32.4 + 21.0 * np.log10(d3) + lf
+    pl2 = 32.4 + 40.0 * np.log10(d3) + lf - 9.5 * np.log10(dbp * dbp + (h_bs_m - h_ut) ** 2)
+    pl_los = np.where(d2 <= dbp, pl1, pl2)
+    pl_nlos = 35.3 * np.log10(d3) + 22.4 + 21.3 * math.log10(fc_ghz) - 0.3 * (h_ut - 1.5)
+    return np.where(np.asarray(los, dtype=bool), pl_los, np.maximum(pl_los, pl_nlos))
+
+
+def pathloss_uma(
+    d2d_m: ArrayLike, fc_ghz: float, h_bs_m: float = 25.0, h_ut_m: ArrayLike = 1.5, los: ArrayLike = True
+) -> Array:
+    """UMa path loss (dB), TR 38.901 Table 7.4.1-1.
+
+    LOS: PL1 = 28.0 + 22 log10(d3D) + 20 log10(fc) up to d'_BP,
+    PL2 = 28.0 + 40 log10(d3D) + 20 log10(fc) - 9 log10(d'_BP^2 + (h_BS - h_UT)^2).
+    NLOS: max(PL_LOS, 13.54 + 39.08 log10(d3D) + 20 log10(fc) - 0.6 (h_UT - 1.5)).
+
+    Simplification: the effective environment height is fixed at h_E = 1 m,
+    which the standard prescribes for h_UT < 13 m; for taller terminals
+    (drones) it draws h_E at random, which we do not.
+    """
+    d2, d3 = _d3d(d2d_m, h_bs_m, h_ut_m)
+    h_ut = np.asarray(h_ut_m, dtype=float)
+    dbp = breakpoint_distance_m(fc_ghz, h_bs_m, h_ut)
+    lf = 20.0 * math.log10(fc_ghz)
+    pl1 = 28.0 + 22.0 * np.log10(d3) + lf
+    pl2 = 28.0 + 40.0 * np.log10(d3) + lf - 9.0 * np.log10(dbp * dbp + (h_bs_m - h_ut) ** 2)
+    pl_los = np.where(d2 <= dbp, pl1, pl2)
+    pl_nlos = 13.54 + 39.08 * np.log10(d3) + lf - 0.6 * (h_ut - 1.5)
+    return np.where(np.asarray(los, dtype=bool), pl_los, np.maximum(pl_los, pl_nlos))
+
+
+def los_probability_umi(d2d_m: ArrayLike) -> Array:
+    """UMi LOS probability: 1 for d <= 18 m, else 18/d + exp(-d/36) (1 - 18/d)."""
+    d = np.maximum(np.asarray(d2d_m, dtype=float), 1e-9)
+    p = 18.0 / d + np.exp(-d / 36.0) * (1.0 - 18.0 / d)
+    return np.where(d <= 18.0, 1.0, p)
+
+
+def los_probability_uma(d2d_m: ArrayLike, h_ut_m: ArrayLike = 1.5) -> Array:
+    """UMa LOS probability (TR 38.901 Table 7.4.2-1), with the h_UT > 13 m term."""
+    d = np.maximum(np.asarray(d2d_m, dtype=float), 1e-9)
+    h = np.asarray(h_ut_m, dtype=float)
+    c = np.where(h <= 13.0, 0.0, np.power(np.clip((h - 13.0) / 10.0, 0.0, None), 1.5))
+    base = 18.0 / d + np.exp(-d / 63.0) * (1.0 - 18.0 / d)
+    p = base * (1.0 + c * 1.25 * (d / 100.0) ** 3 * np.exp(-d / 150.0))
+    return np.where(d <= 18.0, 1.0, np.minimum(p, 1.0))
+
+
+def pathloss_free_space(d3d_m: ArrayLike, fc_ghz: float) -> Array:
+    """Friis free-space loss (dB): 20 log10(4 pi d f / c), d clamped to >= 1 m."""
+    d = np.maximum(np.asarray(d3d_m, dtype=float), 1.0)
+    return 20.0 * np.log10(4.0 * math.pi * d * fc_ghz * 1e9 / SPEED_OF_LIGHT_MPS)
+
+
+def pathloss_log_distance(d3d_m: ArrayLike, fc_ghz: float, exponent: float = 3.0, d0_m: float = 1.0) -> Array:
+    """Log-distance loss (dB): free space at ``d0_m`` + 10 n log10(d / d0)."""
+    d = np.maximum(np.asarray(d3d_m, dtype=float), d0_m)
+    return pathloss_free_space(d0_m, fc_ghz) + 10.0 * exponent * np.log10(d / d0_m)
+
+
+def shadowing_db(rng: np.random.Generator, std_db: float, size: int | tuple[int, ...] | None = None) -> Array:
+    """Log-normal shadowing: zero-mean Gaussian in dB with std ``std_db``."""
+    return rng.normal(0.0, std_db, size=size)
+
+
+def rayleigh_power(rng: np.random.Generator, size: int | tuple[int, ...] | None = None) -> Array:
+    """Rayleigh block-fading power gain |h|^2 ~ Exp(1) (unit mean)."""
+    return rng.exponential(1.0, size=size)
+
+
+def rician_power(rng: np.random.Generator, k_db: float, size: int | tuple[int, ...] | None = None) -> Array:
+    """Rician block-fading power gain with K factor ``k_db`` (unit mean).
+
+    h = sqrt(K/(K+1)) + sqrt(1/(K+1)) CN(0, 1).
+    """
+    k = 10.0 ** (k_db / 10.0)
+    s = math.sqrt(1.0 / (2.0 * (k + 1.0)))
+    re = math.sqrt(k / (k + 1.0)) + rng.normal(0.0, s, size=size)
+    im = rng.normal(0.0, s, size=size)
+    return re * re + im * im
+
+
+def noise_power_dbm(bandwidth_hz: float, noise_figure_db: float = 0.0) -> float:
+    """Thermal noise power (dBm) over ``bandwidth_hz``: -174 + 10 log10(B) + NF."""
+    return THERMAL_NOISE_DBM_HZ + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
+
+
+def sinr_linear(
+    rx_power_dbm: ArrayLike, noise_dbm: ArrayLike, interference_mw: ArrayLike = 0.0
+) -> Array:
+    """SINR (linear) = P_rx / (N + I), powers in dBm, interference in mW."""
+    s = db_to_linear(rx_power_dbm)
+    return s / (db_to_linear(noise_dbm) + np.asarray(interference_mw, dtype=float))
+
+
+def spectral_efficiency(sinr: ArrayLike) -> Array:
+    """Shannon spectral efficiency log2(1 + SINR) in bit/s/Hz (SINR linear)."""
+    return np.log2(1.0 + np.asarray(sinr, dtype=float))
+
+
+def rayleigh_ergodic_capacity(snr: ArrayLike) -> Array:
+    """E[log2(1 + g |h|^2)] over Rayleigh fading, |h|^2 ~ Exp(1) (bit/s/Hz).
+
+    Closed form e^(1/g) E1(1/g) / ln 2. For 1/g > 500 (tiny SNR) the
+    asymptotic series e^x E1(x) ~ (1/x)(1 - 1/x + 2/x^2) avoids overflow.
+    """
+    g = np.asarray(snr, dtype=float)
+    x = 1.0 / np.maximum(g, 1e-300)
+    with np.errstate(over="ignore", invalid="ignore"):
+        exact = np.exp(np.minimum(x, 500.0)) * exp1(np.minimum(x, 500.0))
+    asym = (1.0 / x) * (1.0 - 1.0 / x + 2.0 / (x * x))
+    return np.where(x > 500.0, asym, exact) / math.log(2.0)
