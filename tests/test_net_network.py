@@ -143,3 +143,23 @@ def test_uma_umi_models_give_finite_rates() -> None:
                       default_device_classes())
         rates = [net.nominal_rate_bps(c, "down") for c in net.client_ids]
         assert all(np.isfinite(rates)) and max(rates) > 1e6
+
+
+def test_link_samples_are_interval_means() -> None:
+    """A burst shorter than the sampling interval shows up with its exact mean load."""
+    sim = Simulation(1)
+    params = NetworkParams(channel=_params().channel, link_sample_interval_s=10.0)
+    net = Network(sim, _two_cells([("c1", 50.0, 0.0)]), params, server="cloud")
+    p = net.transfer("c1", "cloud", 2.5e6, round=0, tag="up")  # 20 Mbit
+    sim.env.run(until=25.0)
+    assert p.value.completed
+    secs = p.value.seconds - 0.003  # minus path latency
+    links = sim.rec.frame("links")
+    wired = links[links.link == "bsA->cloud"]
+    assert list(wired.t_s) == [10.0]  # only the interval that saw traffic
+    # mean load over the 10 s window = bits moved / 10 s; utilisation = that / 1e9
+    assert wired.load_bps.iloc[0] == pytest.approx(2.5e6 * 8 / 10.0, rel=1e-9)
+    assert wired.utilisation.iloc[0] == pytest.approx(2.5e6 * 8 / 10.0 / 1e9, rel=1e-9)
+    cell = links[links.link == "bsA/up"]
+    # the cell was fully used while the single flow ran: utilisation = busy time / window
+    assert cell.utilisation.iloc[0] == pytest.approx(secs / 10.0, rel=1e-6)

@@ -52,10 +52,14 @@ class Link:
         bytes_carried: bytes that crossed the link so far (exact).
         usage: current sum of ``a_lf * r_f`` (capacity units).
         load_bps: current sum of the rates of its flows (bit/s).
+        usage_s: time integral of ``usage`` up to ``t_mark`` (capacity units x s);
+            its increase over an interval / (capacity x interval) is the mean
+            utilisation of the link over that interval.
+        load_bits: time integral of ``load_bps`` up to ``t_mark`` (bits).
     """
 
     __slots__ = ("name", "kind", "node", "capacity", "latency_s", "flows", "bytes_carried",
-                 "usage", "load_bps", "min_coeff", "_direct", "_groups", "_demand", "_dirty", "_abs")
+                 "usage", "load_bps", "usage_s", "load_bits", "t_mark", "min_coeff", "_direct", "_groups", "_demand", "_dirty", "_abs")
 
     def __init__(self, name: str, kind: str, node: str, capacity: float, latency_s: float = 0.0) -> None:
         if capacity < 0:
@@ -69,6 +73,9 @@ class Link:
         self.bytes_carried = 0.0
         self.usage = 0.0
         self.load_bps = 0.0
+        self.usage_s = 0.0
+        self.load_bits = 0.0
+        self.t_mark = 0.0
         #: smallest coefficient any flow can have here (1 wired; 1 / SE cap for a
         #: cell; 0 = unknown): bounds the link's total bit rate by capacity / min_coeff.
         self.min_coeff = 1.0 if kind == "wired" else 0.0
@@ -291,6 +298,8 @@ class FlowSystem:
         self._dirty_flows: dict[Flow, None] = {}
         self._batch_depth = 0
         self.recomputations = 0
+        #: links whose usage changed since the last :meth:`take_touched` (for sampling)
+        self.touched: dict[Link, None] = {}
         self.flows_started = 0
 
     # -- links ---------------------------------------------------------------
@@ -457,10 +466,27 @@ class FlowSystem:
         self._maybe_flush()
 
     # -- internals -----------------------------------------------------------
+    def mark(self, lk: Link) -> None:
+        """Bring ``lk``'s usage and load integrals up to now."""
+        now = self.env.now
+        dt = now - lk.t_mark
+        if dt > 0.0:
+            lk.usage_s += lk.usage * dt
+            lk.load_bits += lk.load_bps * dt
+        lk.t_mark = now
+
+    def take_touched(self) -> list[Link]:
+        """Links whose usage changed since the last call (and clear the set)."""
+        out = list(self.touched)
+        self.touched.clear()
+        return out
+
     def _unlink(self, lk: Link, f: Flow) -> None:
         del lk.flows[f]
         self._dirty[lk] = None
         if not lk.flows:
+            self.mark(lk)
+            self.touched[lk] = None
             lk.usage = 0.0
             lk.load_bps = 0.0
             lk._direct = 0.0
@@ -496,7 +522,10 @@ class FlowSystem:
         d = rate - f.rate
         if d == 0.0:
             return
+        touched = self.touched
         for lk, a in zip(f.path, f.coeffs):
+            self.mark(lk)
+            touched[lk] = None
             if a != _INF:
                 lk.usage += a * d
             lk.load_bps += d
