@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fedsim.experiment import add_sweep_parser
 
     add_sweep_parser(sub)
-    sub.add_parser("defaults", help="print the fully defaulted scenario as YAML")
+    sub.add_parser("defaults", help="print every scenario key with its default, unit and rule (commented YAML)")
     return p
 
 
@@ -210,11 +210,9 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def _cmd_defaults(a: argparse.Namespace) -> int:
-    import yaml
+    from fedsim.config.reference import defaults_yaml
 
-    from fedsim.config.schema import Scenario
-
-    print(yaml.safe_dump(Scenario().model_dump(mode="json"), sort_keys=False), end="")
+    print(defaults_yaml(), end="")
     return 0
 
 

@@ -52,3 +52,24 @@ def test_default_scenario_loads() -> None:
     ld = load_scenario(REPO / "scenarios" / "smart-city-small.yaml")
     assert ld.scenario.data.dataset == "digits"
     assert ld.scenario.model.num_experts == 4
+
+
+def test_defaults_reference_roundtrips_and_documents_every_key() -> None:
+    import yaml
+
+    from fedsim.config.loader import _Loader
+    from fedsim.config.reference import defaults_yaml
+
+    text = defaults_yaml()
+    assert Scenario.model_validate(yaml.load(text, Loader=_Loader)) == Scenario()
+
+    def walk(model: type) -> None:
+        for name, field in model.model_fields.items():
+            sub = field.annotation
+            if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                walk(sub)
+            else:
+                assert field.description or name in ("grid",), f"{model.__name__}.{name} has no description"
+
+    for section in Scenario.model_fields.values():
+        walk(section.annotation)

@@ -91,7 +91,7 @@ class GridConfig(_Strict):
 class TopologyConfig(_Strict):
     """``topology``: how the network graph is built."""
 
-    kind: Literal["manhattan_grid", "explicit", "graphml"] = Field("manhattan_grid")
+    kind: Literal["manhattan_grid", "explicit", "graphml"] = Field("manhattan_grid", description='manhattan_grid: generated street grid; explicit: nodes/edges lists; graphml: a file.')
     server: str = Field("cloud", min_length=1, description="Node id of the federated server.")
     grid: GridConfig = Field(default_factory=GridConfig)
     nodes: list[dict] = Field(default_factory=list, description="explicit: node dicts (id, kind, x, y, z, device_class).")
@@ -169,9 +169,9 @@ class DevicesConfig(_Strict):
 class DataConfig(_Strict):
     """``data``: dataset and how it is split across clients."""
 
-    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "synthetic"] = Field("digits")
+    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "synthetic"] = Field("digits", description='digits (bundled, no files), mnist / fashion_mnist (IDX), cifar10 (python batches), synthetic (Gaussian clusters).')
     dir: str | None = Field(None, description="Dataset directory (relative to the scenario file); required except for digits and synthetic.")
-    partition: Literal["iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew"] = Field("dirichlet")
+    partition: Literal["iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew"] = Field("dirichlet", description='How the training pool is split across clients (non-IID schemes: dirichlet, noniid_tau, label_clusters, quantity_skew).')
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet, quantity_skew).")
     tau: float = Field(0.3, ge=0, le=1, description="non-IID(tau): share of a client's data outside its dominant class.")
     clusters: int = Field(4, ge=1, description="label_clusters: number of client groups.")
@@ -182,25 +182,25 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """``model``: the MoE classifier."""
 
-    backbone: Literal["mlp", "cnn", "resnet18"] = Field("mlp")
+    backbone: Literal["mlp", "cnn", "resnet18"] = Field("mlp", description='Feature extractor: mlp, a small cnn, or a CIFAR resnet18 (for GPU users).')
     hidden: int = Field(64, ge=1, le=65536, description="Backbone width.")
     feature_dim: int = Field(32, ge=1, le=65536, description="Feature dimension fed to gate and experts.")
-    num_experts: int = Field(4, ge=1, le=1024)
+    num_experts: int = Field(4, ge=1, le=1024, description='Experts E of the MoE.')
     top_k: int = Field(2, ge=1, description="Experts combined per sample; must be <= num_experts.")
-    expert_hidden: int = Field(32, ge=1, le=65536)
-    gate_noise_std: float = Field(0.0, ge=0)
+    expert_hidden: int = Field(32, ge=1, le=65536, description='Hidden width of each expert MLP head.')
+    gate_noise_std: float = Field(0.0, ge=0, description='Std of Gaussian noise added to gate logits during training.')
     aux_loss_weight: float = Field(0.01, ge=0, description="Switch-style load-balancing loss weight.")
 
 
 class TrainingConfig(_Strict):
     """``training``: local training on clients."""
 
-    optimizer: Literal["sgd", "adam"] = Field("sgd")
-    lr: float = Field(0.05, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    local_epochs: int = Field(1, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description='Local optimizer.')
+    lr: float = Field(0.05, gt=0, le=10, description='Learning rate.')
+    momentum: float = Field(0.9, ge=0, lt=1, description='SGD momentum.')
+    weight_decay: float = Field(0.0, ge=0, description='L2 weight decay.')
+    local_epochs: int = Field(1, ge=1, le=1000, description='Passes over the local data per round.')
+    batch_size: int = Field(32, ge=1, description='Samples per local step.')
     fedprox_mu: float = Field(0.0, ge=0, description="FedProx proximal term weight (0 = FedAvg).")
     executor: Literal["sequential"] = Field("sequential", description="Training executor.")
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads used for training.")
@@ -220,12 +220,12 @@ class FedMoEConfig(_Strict):
 class NMoEConfig(_Strict):
     """``protocol.nmoe``: Networked MoE (three-stage training, serverless inference)."""
 
-    extractor: Literal["fedce", "fedsc"] = Field("fedce")
-    gate: Literal["rangate", "rollgate", "fedgate"] = Field("fedgate")
-    rollgate_p: float = Field(0.7, gt=0, lt=1)
-    fedgate_fraction: float = Field(0.7, gt=0, le=1)
-    dp_epsilon: float | None = Field(None, gt=0)
-    dp_delta: float = Field(1e-5, gt=0, lt=1)
+    extractor: Literal["fedce", "fedsc"] = Field("fedce", description='Stage 1: fedce (FedAvg with cross-entropy) or fedsc (federated spectral contrastive).')
+    gate: Literal["rangate", "rollgate", "fedgate"] = Field("fedgate", description='Stage 3: rangate (random routing), rollgate (pseudo client-id classifier), fedgate (FedAvg inside the MoE).')
+    rollgate_p: float = Field(0.7, gt=0, lt=1, description="rollgate: share of a client's data labelled with its own id.")
+    fedgate_fraction: float = Field(0.7, gt=0, le=1, description='fedgate: share of clients sampled per epoch.')
+    dp_epsilon: float | None = Field(None, gt=0, description='fedsc: differential-privacy epsilon of the shared correlation matrices (null: no noise).')
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description='fedsc: differential-privacy delta.')
     request_rate_per_s: float = Field(0.5, gt=0, description="Poisson inference request rate per client, 1/s.")
     inference_horizon_s: float = Field(120.0, gt=0, description="Simulated seconds of inference traffic.")
 
@@ -233,7 +233,7 @@ class NMoEConfig(_Strict):
 class ProtocolConfig(_Strict):
     """``protocol``: which protocol runs and its settings."""
 
-    name: Literal["fedmoe", "nmoe"] = Field("fedmoe")
+    name: Literal["fedmoe", "nmoe"] = Field("fedmoe", description='fedmoe: server-side federated MoE with alignment; nmoe: networked MoE with serverless inference.')
     fedmoe: FedMoEConfig = Field(default_factory=FedMoEConfig)
     nmoe: NMoEConfig = Field(default_factory=NMoEConfig)
 
@@ -241,7 +241,7 @@ class ProtocolConfig(_Strict):
 class CapacityConfig(_Strict):
     """``alignment.capacity``: how the server estimates client capacity."""
 
-    mode: Literal["self_reported", "learned"] = Field("learned")
+    mode: Literal["self_reported", "learned"] = Field("learned", description='self_reported: noisy reports only; learned: EWMA of observed completion times, starting from the report.')
     report_noise_cv: float = Field(0.2, ge=0, le=5, description="Noise of self-reports (lognormal coefficient of variation).")
     safety_margin: float = Field(0.2, ge=0, lt=1, description="Share of the deadline kept in reserve when budgeting experts.")
     ewma: float = Field(0.5, gt=0, le=1, description="Weight of a new observation in learned estimates.")
@@ -258,10 +258,10 @@ class AlignmentConfig(_Strict):
     max_load: int | None = Field(None, ge=1, description="optimal: most clients per expert each round (null: unbounded).")
     on_infeasible: Literal["raise", "relax"] = Field("relax", description="optimal: when load bounds cannot be met, fail or drop them.")
     min_k: int = Field(0, ge=0, description="deadline_aware: experts given regardless of predicted time.")
-    reward: Literal["gate_prob", "loss"] = Field("gate_prob")
-    fitness_ema: float = Field(0.3, gt=0, le=1)
-    fitness_decay: float = Field(0.95, gt=0, le=1)
-    usage_decay: float = Field(0.9, ge=0, le=1)
+    reward: Literal["gate_prob", "loss"] = Field("gate_prob", description="Fitness reward: the gate's mean routing probability (all experts) or loss reduction (trained experts).")
+    fitness_ema: float = Field(0.3, gt=0, le=1, description='Weight of a new reward in the fitness EMA.')
+    fitness_decay: float = Field(0.95, gt=0, le=1, description='Per-round decay of fitness for pairs without feedback.')
+    usage_decay: float = Field(0.9, ge=0, le=1, description='Per-round decay of expert usage (U <- decay x U + load).')
     max_experts_per_client: int | None = Field(None, ge=1, description="Cap on k_c regardless of capacity.")
     capacity: CapacityConfig = Field(default_factory=CapacityConfig)
 
@@ -269,9 +269,9 @@ class AlignmentConfig(_Strict):
 class EvaluationConfig(_Strict):
     """``evaluation``: when and how the global model is evaluated."""
 
-    every_rounds: int = Field(1, ge=1)
+    every_rounds: int = Field(1, ge=1, description='Evaluate the global model every this many rounds (and at the last).')
     target_accuracy: float = Field(0.8, gt=0, le=1, description="Accuracy for time-to-target metrics.")
-    max_test_samples: int | None = Field(None, ge=10)
+    max_test_samples: int | None = Field(None, ge=10, description='Cap on the global test set size (null: all).')
 
 
 class OutputConfig(_Strict):
