@@ -293,6 +293,7 @@ def plot_metric_vs_param(
                 marker="o",
                 ms=5,
                 lw=1.8,
+                ls="-" if numeric else "none",  # categories are not ordered: no connecting line
                 capsize=4,
                 label=str(h) if h is not None else metric,
             )
