@@ -1,0 +1,383 @@
+"""``nmoe``: Networked Mixture-of-Experts, trained in three stages, served without a server.
+
+Training (:mod:`fedsim.protocols.nmoe_learning`, real PyTorch at zero simulated
+time): stage 1 learns the shared feature extractor by FL (``fedce`` or
+``fedsc``, ``run.rounds`` rounds of ``training.local_epochs``), stage 2 every
+client's own expert on its local data, stage 3 the shared gate (``rangate``,
+``rollgate``, ``fedgate``). There is one expert per client (expert i belongs to
+the i-th client in sorted id order), so ``model.num_experts`` is ignored;
+``model.top_k`` is the number of experts a request uses. The trained model is
+evaluated (table ``nmoe_eval``: accuracy / F1 / AUC on each client's own test
+split and on the global test set, and LR).
+
+Serverless inference (:class:`InferenceSim`, on the simulated clock): every
+client issues requests as a Poisson process of rate
+``protocol.nmoe.request_rate_per_s`` for ``inference_horizon_s`` seconds. A
+request is a random sample of the client's own test split; it is routed with
+the *real* extractor and gate (so the expert choice, LR and correctness are
+the trained model's). Its life:
+
+0. an arrival while the origin is offline (``world.is_online``) is dropped;
+   the gate chooses among the experts whose owners are online at issue time
+   (masked top-k; with a world that has no ``is_online``, among all);
+1. extraction on the origin's compute queue: ``extract_flops / speed``;
+2. for each chosen expert, in parallel: if remote, the latent
+   (``feature_dim`` float32 = ``4 * feature_dim`` bytes) travels origin -> owner
+   through ``transfer`` (the flow model: concurrent flows share links, so
+   contention counts); it waits in the owner's compute queue (a
+   ``simpy.Resource`` of capacity 1, FIFO) and runs for ``expert_flops / speed``;
+   the answer (``num_classes`` float32) travels back. A local expert skips
+   both transfers;
+3. the origin combines the answers when the last branch is back.
+
+Each request is one row of table ``requests``: ``request``, ``client``,
+``t_s`` (issue time), ``latency_s`` (issue -> combined answer), ``t_extract_s``
+(queue + extraction at the origin), and for the slowest branch (the critical
+path) ``t_network_s`` (both transfers), ``t_queue_s`` (waiting for the owner's
+compute), ``t_expert_s`` (expert compute); ``bytes`` (all transfers of the
+request), ``experts`` (comma-separated expert indices), ``local`` (the origin's
+own expert was among them), ``remote`` (number of remote experts),
+``completed`` (every transfer completed), ``failed`` (branches whose transfer
+failed, e.g. the owner was offline: the origin combines the answers it got)
+and ``correct`` (the combined answer of
+all chosen experts is the true label; failed branches are not discounted).
+
+Systems interface. With a built :class:`~fedsim.build.World` the transfers are
+``world.transfer(src, dst, nbytes, round, tag)`` (a SimPy process returning an
+object with ``delivered_bytes`` and ``completed``) and a client's speed is
+``world.devices[c].speed_flops()`` (FLOP/s) when the world has devices. Without
+them (or for unit tests) :class:`StarNetwork` is the minimal stand-in: every
+client has an uplink and a downlink of fixed capacity to a switch, each a FIFO
+``simpy.Resource`` (one flow at a time, so queueing is the contention), plus a
+fixed one-way latency; speeds are given per client.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import simpy
+import torch
+
+from fedsim.protocols.base import Protocol
+
+__all__ = ["NMoE", "InferenceSim", "StarNetwork", "TransferOutcome", "InferenceCosts", "latency_summary"]
+
+
+@dataclass(frozen=True)
+class TransferOutcome:
+    """Result of a :class:`StarNetwork` transfer (same fields as the flow model's)."""
+
+    nbytes: float
+    delivered_bytes: float
+    completed: bool
+    start_s: float
+    end_s: float
+
+
+class StarNetwork:
+    """Minimal network: clients on a switch, per-client uplink / downlink FIFO
+    links of ``rate_bps`` and a one-way ``latency_s``. ``transfer(src, dst,
+    nbytes)`` is a process: latency, then the sender's uplink, then the
+    receiver's downlink (each held for ``8 * nbytes / rate_bps`` seconds)."""
+
+    def __init__(self, env: simpy.Environment, clients: Sequence[str], rate_bps: float = 10e6, latency_s: float = 0.005) -> None:
+        if rate_bps <= 0 or latency_s < 0:
+            raise ValueError('"rate_bps" must be > 0 and "latency_s" >= 0')
+        self.env = env
+        self.rate_bps = float(rate_bps)
+        self.latency_s = float(latency_s)
+        self.up = {c: simpy.Resource(env, capacity=1) for c in clients}
+        self.down = {c: simpy.Resource(env, capacity=1) for c in clients}
+
+    def transfer(self, src: str, dst: str, nbytes: float, round: int = -1, tag: str = "") -> simpy.Process:  # noqa: A002
+        """Move ``nbytes`` from ``src`` to ``dst``; the process returns a :class:`TransferOutcome`."""
+        return self.env.process(self._transfer(src, dst, float(nbytes)))
+
+    def _transfer(self, src: str, dst: str, nbytes: float) -> Any:
+        start = self.env.now
+        yield self.env.timeout(self.latency_s)
+        for link in (self.up[src], self.down[dst]):
+            with link.request() as rq:
+                yield rq
+                yield self.env.timeout(8.0 * nbytes / self.rate_bps)
+        return TransferOutcome(nbytes, nbytes, True, float(start), float(self.env.now))
+
+
+@dataclass(frozen=True)
+class InferenceCosts:
+    """Per-request costs: ``extract_flops`` (extractor + gate forward on one
+    sample), ``expert_flops`` (one expert's forward), ``latent_bytes`` (request
+    payload to a remote expert), ``reply_bytes`` (its answer)."""
+
+    extract_flops: float
+    expert_flops: float
+    latent_bytes: float
+    reply_bytes: float
+
+
+class InferenceSim:
+    """Serverless NMoE inference traffic on a SimPy environment (module docstring).
+
+    ``clients``: node ids, client i owns expert i. ``routes[c]``: a function
+    ``(rng, allowed) -> (experts, correct)`` giving the experts (indices) a new
+    request of client ``c`` uses and whether the combined answer is right;
+    ``allowed`` is None or a bool list over experts (owners online).
+    ``transfer(src, dst, nbytes, round, tag)``: a process returning an object
+    with ``delivered_bytes`` and ``completed``. ``speed(c)``: FLOP/s of client
+    ``c`` now. ``rngs[c]``: the numpy Generator of client ``c``'s arrivals and
+    sample choices. ``online(c)`` (optional): whether ``c`` is online; an
+    arrival at an offline client is dropped and counted in ``skipped_offline``.
+    Rows go to ``rec.row("requests", ...)``.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        rec: Any,
+        clients: Sequence[str],
+        routes: dict[str, Callable[[np.random.Generator, list[bool] | None], tuple[list[int], bool]]],
+        transfer: Callable[..., simpy.Process],
+        speed: Callable[[str], float],
+        costs: InferenceCosts,
+        rate_per_s: float,
+        horizon_s: float,
+        rngs: dict[str, np.random.Generator],
+        online: Callable[[str], bool] | None = None,
+    ) -> None:
+        if rate_per_s <= 0 or horizon_s <= 0:
+            raise ValueError('"request_rate_per_s" and "inference_horizon_s" must be > 0')
+        self.env, self.rec = env, rec
+        self.clients = list(clients)
+        self.routes, self.transfer, self.speed, self.costs = routes, transfer, speed, costs
+        self.rate, self.horizon = float(rate_per_s), float(horizon_s)
+        self.rngs = rngs
+        self.online = online
+        self.skipped_offline = 0
+        self.cpu = {c: simpy.Resource(env, capacity=1) for c in self.clients}
+        self.pending: list[simpy.Process] = []
+        self._next_id = 0
+        self.t_start = float(env.now)
+
+    def start(self) -> list[simpy.Process]:
+        """Start one request generator per client (sorted order); returns them."""
+        return [self.env.process(self.generate(c)) for c in sorted(self.clients)]
+
+    def run(self) -> None:
+        """Generate requests for ``horizon_s``, then wait for the in-flight ones."""
+        gens = self.start()
+        self.env.run(until=self.env.all_of(gens))
+        while any(p.is_alive for p in self.pending):
+            self.env.run(until=self.env.all_of([p for p in self.pending if p.is_alive]))
+
+    def generate(self, c: str) -> Any:
+        """Poisson arrivals of client ``c``'s requests until the horizon."""
+        rng = self.rngs[c]
+        end = self.t_start + self.horizon
+        while True:
+            gap = float(rng.exponential(1.0 / self.rate))
+            if self.env.now + gap >= end:
+                return
+            yield self.env.timeout(gap)
+            if self.online is not None and not self.online(c):
+                self.skipped_offline += 1  # an offline client issues no request
+                continue
+            allowed = [bool(self.online(x)) for x in self.clients] if self.online is not None else None
+            experts, correct = self.routes[c](rng, allowed)
+            rid = self._next_id
+            self._next_id += 1
+            self.pending.append(self.env.process(self.serve(rid, c, experts, correct)))
+
+    def _compute(self, node: str, flops: float) -> Any:
+        t0 = self.env.now
+        with self.cpu[node].request() as rq:
+            yield rq
+            t1 = self.env.now
+            yield self.env.timeout(flops / max(self.speed(node), 1e-9))
+        return t1 - t0, self.env.now - t1
+
+    def branch(self, rid: int, origin: str, e: int) -> Any:
+        """One expert's part of a request: (t_network_s, t_queue_s, t_expert_s, bytes, ok)."""
+        owner = self.clients[e]
+        t_net, nbytes, ok = 0.0, 0.0, True
+        if owner != origin:
+            t0 = self.env.now
+            res = yield self.transfer(origin, owner, self.costs.latent_bytes, -1, "nmoe_latent")
+            t_net += self.env.now - t0
+            nbytes += float(res.delivered_bytes)
+            if not res.completed:
+                return t_net, 0.0, 0.0, nbytes, False
+        t_queue, t_exp = yield from self._compute(owner, self.costs.expert_flops)
+        if owner != origin:
+            t0 = self.env.now
+            res = yield self.transfer(owner, origin, self.costs.reply_bytes, -1, "nmoe_reply")
+            t_net += self.env.now - t0
+            nbytes += float(res.delivered_bytes)
+            ok = bool(res.completed)
+        return t_net, t_queue, t_exp, nbytes, ok
+
+    def serve(self, rid: int, c: str, experts: list[int], correct: bool) -> Any:
+        """The life of request ``rid`` of client ``c`` (module docstring); records its row."""
+        t0 = float(self.env.now)
+        _, t_ext = yield from self._compute(c, self.costs.extract_flops)
+        t_extract = self.env.now - t0
+        procs = [self.env.process(self.branch(rid, c, int(e))) for e in experts]
+        done = yield self.env.all_of(procs)
+        outs = [done[p] for p in procs]
+        crit = max(outs, key=lambda o: o[0] + o[1] + o[2])
+        own = self.clients.index(c)
+        self.rec.row(
+            "requests", request=rid, client=c, t_s=t0, latency_s=float(self.env.now) - t0,
+            t_extract_s=float(t_extract), t_network_s=float(crit[0]), t_queue_s=float(crit[1]), t_expert_s=float(crit[2]),
+            bytes=float(sum(o[3] for o in outs)), experts=",".join(str(int(e)) for e in experts),
+            local=bool(own in [int(e) for e in experts]), remote=int(sum(1 for e in experts if int(e) != own)),
+            completed=bool(all(o[4] for o in outs)), failed=int(sum(1 for o in outs if not o[4])), correct=bool(correct),
+        )
+
+
+def latency_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """``n``, latency ``p50_s`` / ``p95_s`` / ``p99_s`` / ``mean_s``, ``bytes_per_request``,
+    ``local_share`` (requests that used the own expert) and ``accuracy`` of ``requests`` rows."""
+    if not rows:
+        return {"n": 0.0}
+    lat = np.array([r["latency_s"] for r in rows], dtype=float)
+    return {
+        "n": float(len(rows)),
+        "p50_s": float(np.percentile(lat, 50)),
+        "p95_s": float(np.percentile(lat, 95)),
+        "p99_s": float(np.percentile(lat, 99)),
+        "mean_s": float(lat.mean()),
+        "bytes_per_request": float(np.mean([r["bytes"] for r in rows])),
+        "local_share": float(np.mean([r["local"] for r in rows])),
+        "accuracy": float(np.mean([r["correct"] for r in rows])),
+    }
+
+
+class NMoE(Protocol):
+    """The nmoe protocol: three-stage training, evaluation, serverless inference."""
+
+    name = "nmoe"
+
+    def __init__(self, world: Any, progress: Any = None) -> None:
+        super().__init__(world, progress)
+        self.s = world.scenario
+        self.cfg = self.s.protocol.nmoe
+        self.model: Any = None
+
+    # --------------------------------------------------------------- training
+    def train_config(self) -> Any:
+        """The :class:`~fedsim.protocols.nmoe_learning.NMoETrainConfig` of the scenario."""
+        from fedsim.protocols.nmoe_learning import NMoETrainConfig
+
+        s, c = self.s, self.cfg
+        return NMoETrainConfig(
+            extractor=c.extractor, gate=c.gate, top_k=min(s.model.top_k, len(self.world.clients)),
+            rounds=s.run.rounds, local_epochs=s.training.local_epochs, batch_size=s.training.batch_size,
+            lr=s.training.lr, momentum=s.training.momentum, dp_epsilon=c.dp_epsilon, dp_delta=c.dp_delta,
+            rollgate_p=c.rollgate_p, fedgate_fraction=c.fedgate_fraction,
+        )
+
+    def train(self) -> Any:
+        """Run the three stages on the world's data; record ``nmoe_eval``; return the model."""
+        from fedsim.learning.datasets import Dataset
+        from fedsim.protocols.nmoe_learning import (
+            client_data,
+            evaluate_per_client,
+            local_ratio,
+            train_nmoe,
+        )
+
+        w = self.world
+        ds: Dataset = w.dataset
+        splits = [w.splits[c] for c in w.clients]
+        self.clients_data = client_data(ds, splits)
+        tc = self.train_config()
+        self.model_config = replace(w.model_config, num_experts=len(w.clients), top_k=tc.top_k)
+        model, ext, info = train_nmoe(self.clients_data, self.model_config, tc, self.sim.rng.seed_int("nmoe/train"), dataset=ds.name)
+        own = evaluate_per_client(model, self.clients_data)
+        glob = evaluate_per_client(model, self.clients_data, x_global=w.x_test, y_global=w.y_test)
+        lr = local_ratio(model, self.clients_data)
+        for test, m in (("own", own), ("global", glob)):
+            self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr)
+        for h in ext.history:
+            self.rec.row("nmoe_stage1", extractor=tc.extractor, round=int(h["round"]), loss=float(h["loss"]))
+        self.progress(round=tc.rounds, rounds=tc.rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=0.0)
+        self.model = model
+        return model
+
+    # -------------------------------------------------------------- inference
+    def costs(self) -> Any:
+        """FLOPs and bytes of one request, from the actual modules."""
+        from fedsim.learning.accounting import flops_per_sample
+        from fedsim.learning.models import MoEClassifier
+
+        cfg = self.model_config
+        ext = flops_per_sample(MoEClassifier(replace(cfg, num_experts=1, top_k=1)), cfg.input_shape, experts_active=0, train=False)
+        exp = flops_per_sample(self.model.experts[0], (cfg.feature_dim,), train=False)
+        return InferenceCosts(ext, exp, 4.0 * cfg.feature_dim, 4.0 * cfg.num_classes)
+
+    def routes(self) -> dict[str, Callable[[np.random.Generator, list[bool] | None], tuple[list[int], bool]]]:
+        """Per client: draw one of its test samples, route it with the real model."""
+        m = self.model
+        out = {}
+        with torch.no_grad():
+            for c, cd in zip(self.world.clients, self.clients_data):
+                if cd.x_test.shape[0] == 0:
+                    cd_x, cd_y = cd.x[:1], cd.y[:1]
+                else:
+                    cd_x, cd_y = cd.x_test, cd.y_test
+                h = m.backbone(cd_x)
+                out[c] = self._router(h, cd_y)
+        return out
+
+    def _router(self, h: torch.Tensor, y: torch.Tensor) -> Callable[[np.random.Generator, list[bool] | None], tuple[list[int], bool]]:
+        m = self.model
+
+        def route(rng: np.random.Generator, allowed: list[bool] | None) -> tuple[list[int], bool]:
+            i = int(rng.integers(h.shape[0]))
+            mask = None if allowed is None else torch.tensor(allowed, dtype=torch.bool)
+            with torch.no_grad():
+                idx, wts = m.route(h[i : i + 1], mask)
+                p = m.expert_proba(h[i : i + 1], idx, wts)
+            return [int(e) for e in idx[0]], bool(int(p.argmax(1)) == int(y[i]))
+
+        return route
+
+    def speed(self, c: str) -> float:
+        """FLOP/s of client ``c``: the world's device speed if it has devices, else 1 GFLOP/s."""
+        devs = getattr(self.world, "devices", None)
+        if devs is not None and c in devs:
+            sp = devs[c].speed_flops
+            return float(sp() if callable(sp) else sp)
+        return 1e9
+
+    def inference(self) -> InferenceSim:
+        """Build the inference simulation on the world's network (or a :class:`StarNetwork`)."""
+        w = self.world
+        transfer = getattr(w, "transfer", None)
+        if transfer is None:
+            transfer = StarNetwork(self.env, w.clients).transfer
+        rngs = {c: self.sim.rng.numpy(f"nmoe/requests/{c}") for c in w.clients}
+        return InferenceSim(
+            self.env, self.rec, w.clients, self.routes(), transfer, self.speed, self.costs(),
+            self.cfg.request_rate_per_s, self.cfg.inference_horizon_s, rngs,
+            online=getattr(w, "is_online", None),
+        )
+
+    def run(self) -> None:
+        """Train (zero simulated time), evaluate, then simulate the inference traffic."""
+        self.train()
+        sim = self.inference()
+        sim.run()
+        summ = latency_summary(self.rec.rows("requests"))
+        summ["skipped_offline"] = float(sim.skipped_offline)
+        rows = self.rec.rows("requests")
+        summ["completed_share"] = float(np.mean([r["completed"] for r in rows])) if rows else math.nan
+        self.rec.row("nmoe_inference", **{k: (v if not isinstance(v, float) or math.isfinite(v) else math.nan) for k, v in summ.items()})
+        finish = getattr(self.world, "finish", None)
+        if callable(finish):
+            finish()

@@ -1,0 +1,826 @@
+"""Networked MoE (NMoE) training stages as pure functions (no SimPy).
+
+Every client ``i`` of ``K`` holds three parts: a feature extractor and a gate
+that are *shared* (same architecture and weights on every client) and its own
+*expert*. The parts are the building blocks of
+:class:`~fedsim.learning.models.MoEClassifier`: the extractor is its
+``backbone`` (input -> ``feature_dim`` features, ReLU), an expert is its
+``Expert`` MLP head (``feature_dim -> expert_hidden -> num_classes``) and a
+learned gate is a parameter-free LayerNorm of the features followed by a
+linear layer ``feature_dim -> K`` (one logit per client's expert;
+:func:`gate_module`). Inference: ``h = extractor(x)``; the gate picks the top-k experts with
+renormalised weights ``w``; the answer is the mixture of the chosen experts'
+class probabilities ``p(y|x) = sum_{e in topk} w_e softmax(expert_e(h))``.
+
+Stages (every function is a pure function of its inputs and ``seed``; every
+random draw comes from :class:`~fedsim.rng.RngStreams` named streams):
+
+1. Feature extractor by federated learning (``rounds`` FedAvg rounds, all
+   clients every round, weights by local sample count, via
+   :func:`fedsim.learning.aggregation.aggregate`):
+
+   - ``fedce`` (:func:`train_extractor_fedce`): FedAvg of a full classifier
+     (extractor + predictor head) trained with cross-entropy through
+     :func:`fedsim.learning.training.train_local`; then split into extractor
+     and predictor.
+   - ``fedsc`` (:func:`train_extractor_fedsc`): federated spectral contrastive
+     learning (FedSC). The extractor is followed by a projection head
+     ``g`` (an ``Expert``-shaped MLP to ``proj_dim``) and the representation of
+     an input is ``z = g(h) / ||g(h)||`` (unit L2 norm). Definitions, for a
+     batch of ``n`` samples with two augmented views ``Z1, Z2`` (``n x d``):
+
+       ``R_i+ = Z1^T Z2 / n`` (cross-correlation of the two views),
+       ``R_i  = (Z1^T Z1 + Z2^T Z2) / (2 n)`` (the client's own correlation),
+       ``R_-i = sum_{j != i} q_j S_j / sum_{j != i} q_j`` where ``S_j`` is the
+       correlation matrix client ``j`` shared at the start of the round
+       (``Z^T Z / n_j`` over its whole local training set, one augmented
+       view, with Gaussian DP noise), ``q_j = n_j / sum_l n_l`` its data share.
+
+     Local objective (:func:`fedsc_loss`):
+     ``L_i = -Tr(R_i+) + q_i / 2 ||R_i||_F^2 + (1 - q_i) Tr(R_i R_-i)``,
+     which is ``1 / (2 q_i)`` times client i's part of the global spectral
+     contrastive loss ``-2 Tr(R+) + ||sum_j q_j R_j||_F^2`` (HaoChen et al.).
+
+     Differential privacy (:func:`gaussian_mechanism`): each shared ``S_j`` is
+     released with symmetric Gaussian noise of per-entry standard deviation
+     ``sigma = sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon``. Since
+     ``||z|| = 1``, one sample contributes ``z z^T / n_j`` with Frobenius norm
+     ``1 / n_j``, so the L2 sensitivity used is ``1 / n_j`` (add/remove one
+     sample's contribution, ``n_j`` public). The guarantee is per release
+     (per round); composition over rounds is not accounted here.
+
+2. Experts (:func:`train_experts`): every client trains its own expert on its
+   local data, extractor frozen (features are computed once). ``fedce`` starts
+   every expert from the stage-1 predictor; ``fedsc`` from a seeded random init.
+
+3. Gate:
+
+   - ``rangate`` (:class:`RanGate`): ignores the input; draws ``k`` distinct
+     experts from a given distribution ``probs`` (uniform by default),
+     weights ``1/k``.
+   - ``rollgate`` (:func:`train_rollgate`): a classifier of pseudo client IDs.
+     Client i labels exactly ``round(p n_i)`` of its samples with its own ID
+     and spreads the other ``n_i - round(p n_i)`` uniformly over the other
+     ``K - 1`` IDs (counts differ by at most one; :func:`rollgate_labels`). The
+     gate visits the clients one after another (0, 1, ..., K-1, repeated
+     ``gate_rounds`` times), each training it for ``gate_local_epochs`` with
+     cross-entropy before passing it on.
+   - ``fedgate`` (:func:`train_fedgate`): FedAvg of the gate inside the full
+     MoE, extractor and experts fixed. Each round a random
+     ``max(1, round(fraction * K))`` clients (without replacement) train the
+     gate locally on the MoE likelihood loss
+     ``-log sum_e g_e(h) softmax(expert_e(h))_y`` (dense gate in training,
+     top-k at inference) with *normalised gradients*: every step the gate's
+     whole gradient is rescaled to unit L2 norm (:func:`normalise_gradients_`),
+     so each step moves the gate by exactly ``gate_lr`` (plain SGD) and clients
+     with large losses do not dominate the average.
+
+Baselines (:func:`train_centralised_moe`, :func:`train_local_classifiers`,
+FedAvg = the stage-1 ``fedce`` classifier): see their docstrings.
+
+Evaluation (:func:`evaluate_per_client`, :func:`local_ratio`): accuracy,
+macro-F1 and macro one-vs-rest AUC from :func:`fedsim.learning.metrics.evaluate`.
+LR (local processing ratio) = the share of the top-k expert slots of a
+client's test samples that its own expert serves, averaged over clients: about
+``1/K`` for a uniform random gate and at most ``1/k`` (``k = top_k``), since the
+own expert fills at most one of a sample's ``k`` slots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedsim.learning.aggregation import aggregate
+from fedsim.learning.datasets import Dataset
+from fedsim.learning.metrics import evaluate
+from fedsim.learning.models import Expert, MoEClassifier, MoEConfig
+from fedsim.learning.partition import ClientSplit
+from fedsim.learning.training import TrainConfig, TrainJob, Update, init_state, train_local
+from fedsim.rng import RngStreams
+
+__all__ = [
+    "NMoETrainConfig",
+    "ClientData",
+    "ExtractorResult",
+    "NMoEModel",
+    "RanGate",
+    "client_data",
+    "augment",
+    "correlation",
+    "cross_correlation",
+    "fedsc_loss",
+    "dp_sigma",
+    "gaussian_mechanism",
+    "train_extractor",
+    "train_extractor_fedce",
+    "train_extractor_fedsc",
+    "extract_features",
+    "train_experts",
+    "rollgate_labels",
+    "train_rollgate",
+    "gate_module",
+    "select_clients",
+    "normalise_gradients_",
+    "fedgate_local",
+    "train_fedgate",
+    "build_nmoe",
+    "train_nmoe",
+    "train_centralised_moe",
+    "train_local_classifiers",
+    "evaluate_per_client",
+    "local_ratio",
+    "EXTRACTORS",
+    "GATES",
+]
+
+EXTRACTORS = ("fedce", "fedsc")
+GATES = ("rangate", "rollgate", "fedgate")
+
+
+@dataclass(frozen=True)
+class NMoETrainConfig:
+    """Settings of the three NMoE stages.
+
+    ``extractor`` ``"fedce"`` | ``"fedsc"``; ``gate`` ``"rangate"`` | ``"rollgate"`` |
+    ``"fedgate"``; ``top_k`` experts per sample at inference.
+    Stage 1: ``rounds`` FedAvg rounds of ``local_epochs`` epochs, SGD with
+    ``lr`` / ``momentum``, ``batch_size``; FedSC: ``proj_dim`` representation
+    size, ``dp_epsilon`` (None = no noise) and ``dp_delta``.
+    Stage 2: ``expert_epochs`` epochs on frozen
+    features (Adam, ``expert_lr``). Stage 3: ``gate_rounds`` (rollgate passes over all clients /
+    fedgate rounds), ``gate_local_epochs``, ``gate_lr`` (fedgate, normalised SGD),
+    ``rollgate_lr`` (plain SGD: small steps keep the last-visited client from
+    dominating), ``rollgate_p``,
+    ``fedgate_fraction``, ``rangate_probs`` (None = uniform).
+    """
+
+    extractor: str = "fedce"
+    gate: str = "fedgate"
+    top_k: int = 1
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    proj_dim: int = 32
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    expert_epochs: int = 50
+    expert_lr: float = 0.01
+    gate_rounds: int = 50
+    gate_local_epochs: int = 1
+    gate_lr: float = 0.3
+    rollgate_lr: float = 0.01
+    rollgate_p: float = 0.7
+    fedgate_fraction: float = 0.7
+    rangate_probs: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.extractor not in EXTRACTORS:
+            raise ValueError(f'"extractor" must be one of {", ".join(EXTRACTORS)}')
+        if self.gate not in GATES:
+            raise ValueError(f'"gate" must be one of {", ".join(GATES)}')
+        if self.top_k < 1:
+            raise ValueError('"top_k" must be >= 1')
+        if not 0.0 < self.rollgate_p < 1.0:
+            raise ValueError('"rollgate_p" must be in (0, 1)')
+        if not 0.0 < self.fedgate_fraction <= 1.0:
+            raise ValueError('"fedgate_fraction" must be in (0, 1]')
+        if self.dp_epsilon is not None and self.dp_epsilon <= 0:
+            raise ValueError('"dp_epsilon" must be > 0')
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ValueError('"dp_delta" must be in (0, 1)')
+
+
+@dataclass
+class ClientData:
+    """One client's tensors: local train ``(x, y)`` and own test ``(x_test, y_test)``."""
+
+    client_id: int
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        """Number of local training samples."""
+        return int(self.y.shape[0])
+
+
+def client_data(ds: Dataset, splits: Sequence[ClientSplit]) -> list[ClientData]:
+    """Tensors of each client's train / test split of the dataset's training pool."""
+    out = []
+    for s in splits:
+        tr, te = torch.as_tensor(s.train_idx), torch.as_tensor(s.test_idx)
+        out.append(ClientData(s.client_id, ds.x_train[tr], ds.y_train[tr], ds.x_train[te], ds.y_train[te]))
+    return out
+
+
+# ------------------------------------------------------------------------ augmentation
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, *, dataset: str | None = None) -> torch.Tensor:
+    """One random augmented view of the batch ``x`` (new tensor; ``x`` untouched).
+
+    Images ``(N, C, H, W)``: ``cifar10`` (or any 3-channel image): random crop
+    with 4-pixel zero padding + horizontal flip with probability 1/2; one-channel
+    digits / MNIST: random shift of up to ``max(1, H // 8)`` pixels (zero fill)
+    + Gaussian noise of std 0.1. Vectors ``(N, D)``: Gaussian noise of std 0.1.
+    All randomness comes from ``generator``.
+    """
+    if x.dim() == 2:
+        return x + 0.1 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    n, c, h, w = x.shape
+    colour = (dataset == "cifar10") or (dataset is None and c == 3)
+    pad = 4 if colour else max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = dy[:, None] + torch.arange(h)[None, :]  # (N, H)
+    cols = dx[:, None] + torch.arange(w)[None, :]  # (N, W)
+    nn_idx = torch.arange(n)[:, None, None]
+    out = xp.permute(0, 2, 3, 1)[nn_idx, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+    out = out.permute(0, 3, 1, 2).contiguous()
+    if colour:
+        flip = torch.rand(n, generator=generator) < 0.5
+        out[flip] = out[flip].flip(-1)
+    else:
+        out = out + 0.1 * torch.randn(out.shape, generator=generator, dtype=out.dtype)
+    return out
+
+
+# ------------------------------------------------------------------------ FedSC
+
+
+def correlation(z: torch.Tensor) -> torch.Tensor:
+    """Correlation matrix ``Z^T Z / n`` (d x d) of representations ``z`` (n x d)."""
+    return z.T @ z / z.shape[0]
+
+
+def cross_correlation(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Cross-correlation ``Z1^T Z2 / n`` (d x d) of two views' representations."""
+    return z1.T @ z2 / z1.shape[0]
+
+
+def fedsc_loss(z1: torch.Tensor, z2: torch.Tensor, r_others: torch.Tensor | None, q: float) -> torch.Tensor:
+    """FedSC local objective of one client on one batch (module docstring):
+    ``-Tr(R+) + q/2 ||R||_F^2 + (1 - q) Tr(R R_-i)`` with ``R+ = Z1^T Z2 / n``,
+    ``R = (Z1^T Z1 + Z2^T Z2) / (2n)`` and ``R_-i = r_others`` (treated as a
+    constant; ``None`` means no other clients, the term is dropped).
+    ``q`` in (0, 1] is the client's data share. Returns a scalar tensor."""
+    r_plus = cross_correlation(z1, z2)
+    r_own = 0.5 * (correlation(z1) + correlation(z2))
+    loss = -torch.trace(r_plus) + 0.5 * q * (r_own**2).sum()
+    if r_others is not None and q < 1.0:
+        loss = loss + (1.0 - q) * torch.trace(r_own @ r_others.detach())
+    return loss
+
+
+def dp_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
+    """Gaussian-mechanism noise std ``sensitivity * sqrt(2 ln(1.25/delta)) / epsilon``."""
+    if epsilon <= 0 or not 0 < delta < 1 or sensitivity < 0:
+        raise ValueError('"epsilon" must be > 0, "delta" in (0, 1), "sensitivity" >= 0')
+    return float(sensitivity * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon)
+
+
+def gaussian_mechanism(r: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
+    """``r`` (symmetric d x d) plus symmetric Gaussian noise: the upper triangle
+    (diagonal included) is drawn i.i.d. ``N(0, sigma^2)`` and mirrored, so every
+    entry's noise has standard deviation ``sigma`` and the result stays symmetric."""
+    if sigma <= 0:
+        return r.clone()
+    d = r.shape[0]
+    noise = sigma * torch.randn((d, d), generator=generator, dtype=r.dtype)
+    upper = torch.triu(noise)
+    return r + upper + torch.triu(noise, diagonal=1).T
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _classifier_cfg(cfg: MoEConfig, num_classes: int | None = None) -> MoEConfig:
+    """Single-expert config: extractor + one head (the predictor / projection)."""
+    return replace(cfg, num_experts=1, top_k=1, num_classes=num_classes or cfg.num_classes, gate_noise_std=0.0)
+
+
+def _as_update(cid: int, state: dict[str, torch.Tensor], n: int, num_experts: int = 1) -> Update:
+    """Wrap a trained state as an :class:`Update` so :func:`aggregate` can FedAvg it."""
+    return Update(
+        client_id=cid, round=0, experts=list(range(num_experts)), state=state, num_samples=n,
+        samples_per_expert=np.full(num_experts, n, dtype=np.int64), mean_gate_prob=np.full(num_experts, 1.0 / num_experts),
+        loss_first=0.0, loss_last=0.0, flops=0.0, num_steps=0,
+    )
+
+
+def _fedavg(global_state: dict[str, torch.Tensor], states: Sequence[dict[str, torch.Tensor]], ns: Sequence[int], num_experts: int = 1) -> dict[str, torch.Tensor]:
+    """FedAvg (weights by sample count) through :func:`fedsim.learning.aggregation.aggregate`."""
+    ups = [_as_update(i, s, n, num_experts) for i, (s, n) in enumerate(zip(states, ns))]
+    return aggregate(global_state, ups, num_experts).state
+
+
+def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix`` with the prefix stripped (copied)."""
+    return {k[len(prefix):]: v.detach().clone() for k, v in state.items() if k.startswith(prefix)}
+
+
+@dataclass
+class ExtractorResult:
+    """Stage-1 output. ``backbone``: extractor state (``MoEClassifier.backbone``
+    keys without prefix). ``head``: predictor (fedce) or projection (fedsc)
+    state (``Expert`` keys). ``full_state``: the single-expert classifier state
+    (fedce: the FedAvg baseline model). ``history``: per-round info."""
+
+    kind: str
+    backbone: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+    full_state: dict[str, torch.Tensor]
+    config: MoEConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------ stage 1
+
+
+def train_extractor_fedce(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int) -> ExtractorResult:
+    """Stage 1, ``fedce``: FedAvg (all clients, ``tc.rounds`` rounds) of the
+    single-expert classifier trained with cross-entropy by ``train_local``."""
+    rng = RngStreams(seed)
+    ccfg = _classifier_cfg(cfg)
+    state = init_state(ccfg, rng.seed_int("nmoe/fedce/init"))
+    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=tc.local_epochs, batch_size=tc.batch_size)
+    hist = []
+    for r in range(tc.rounds):
+        ups = [
+            train_local(TrainJob(c.client_id, r, state, ccfg, [0], c.x, c.y, train, rng.seed_int(f"nmoe/fedce/client/{c.client_id}/round/{r}")))
+            for c in clients
+        ]
+        state = aggregate(state, ups, 1).state
+        hist.append({"round": float(r), "loss": float(np.mean([u.loss_last for u in ups]))})
+    return ExtractorResult("fedce", _sub(state, "backbone."), _sub(state, "experts.0."), state, ccfg, hist)
+
+
+def _sc_repr(model: MoEClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Unit-norm representation ``g(h) / ||g(h)||`` of a single-head model."""
+    p = model.experts[0](model.backbone(x))
+    return F.normalize(p, dim=-1)
+
+
+def train_extractor_fedsc(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None) -> ExtractorResult:
+    """Stage 1, ``fedsc``: federated spectral contrastive learning with shared,
+    DP-noised correlation matrices (module docstring). ``tc.rounds`` rounds,
+    every client every round; local SGD on :func:`fedsc_loss` over two
+    :func:`augment` views per batch; FedAvg of extractor + projection head."""
+    rng = RngStreams(seed)
+    scfg = _classifier_cfg(cfg, num_classes=tc.proj_dim)
+    state = init_state(scfg, rng.seed_int("nmoe/fedsc/init"))
+    ns = np.array([c.n for c in clients], dtype=float)
+    q = ns / ns.sum()
+    hist = []
+    for r in range(tc.rounds):
+        # 1. every client shares its (noised) correlation matrix under the round's global model
+        model = MoEClassifier(scfg)
+        model.load_state_dict(state)
+        model.eval()
+        shared = []
+        with torch.no_grad():
+            for c in clients:
+                gen = rng.torch(f"nmoe/fedsc/share/{c.client_id}/round/{r}")
+                zs = [_sc_repr(model, augment(c.x[s : s + 512], gen, dataset=dataset)) for s in range(0, c.n, 512)]
+                s_j = correlation(torch.cat(zs))
+                if tc.dp_epsilon is not None:
+                    s_j = gaussian_mechanism(s_j, dp_sigma(tc.dp_epsilon, tc.dp_delta, 1.0 / c.n), gen)
+                shared.append(s_j)
+        # 2. local training against the others' matrices
+        states, losses = [], []
+        for i, c in enumerate(clients):
+            others = [j for j in range(len(clients)) if j != i]
+            r_others = None
+            if others:
+                w = q[others] / q[others].sum()
+                r_others = sum(float(wj) * shared[j] for wj, j in zip(w, others))
+            local = MoEClassifier(scfg)
+            local.load_state_dict(state)
+            local.train()
+            params = [p for n_, p in local.named_parameters() if not n_.startswith("gate.")]
+            opt = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum)
+            gen = rng.torch(f"nmoe/fedsc/client/{c.client_id}/round/{r}")
+            tot, seen = 0.0, 0
+            for _ in range(tc.local_epochs):
+                perm = torch.randperm(c.n, generator=gen)
+                for s in range(0, c.n, tc.batch_size):
+                    idx = perm[s : s + tc.batch_size]
+                    if len(idx) < 2:
+                        continue
+                    xb = c.x[idx]
+                    z1 = _sc_repr(local, augment(xb, gen, dataset=dataset))
+                    z2 = _sc_repr(local, augment(xb, gen, dataset=dataset))
+                    loss = fedsc_loss(z1, z2, r_others, float(q[i]))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    tot += float(loss.detach()) * len(idx)
+                    seen += len(idx)
+            states.append({k: v.detach().clone() for k, v in local.state_dict().items()})
+            losses.append(tot / max(1, seen))
+        state = _fedavg(state, states, [c.n for c in clients])
+        hist.append({"round": float(r), "loss": float(np.mean(losses))})
+    return ExtractorResult("fedsc", _sub(state, "backbone."), _sub(state, "experts.0."), state, scfg, hist)
+
+
+def train_extractor(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None) -> ExtractorResult:
+    """Stage 1 by ``tc.extractor``."""
+    if tc.extractor == "fedce":
+        return train_extractor_fedce(clients, cfg, tc, seed)
+    return train_extractor_fedsc(clients, cfg, tc, seed, dataset=dataset)
+
+
+def _backbone(cfg: MoEConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+    m = MoEClassifier(_classifier_cfg(cfg)).backbone
+    m.load_state_dict(state)
+    m.eval()
+    return m
+
+
+def extract_features(cfg: MoEConfig, backbone_state: dict[str, torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Extractor features (N, feature_dim) of ``x``, eval mode, no gradient."""
+    m = _backbone(cfg, backbone_state)
+    with torch.no_grad():
+        return torch.cat([m(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)]) if x.shape[0] else torch.empty(0, cfg.feature_dim)
+
+
+# ------------------------------------------------------------------------ stage 2
+
+
+def train_experts(feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, init: dict[str, torch.Tensor] | None = None) -> list[dict[str, torch.Tensor]]:
+    """Stage 2: client i trains its own expert on ``(feats[i], ys[i])`` (frozen
+    extractor features) for ``tc.expert_epochs`` epochs of SGD with momentum and
+    cross-entropy (Adam, ``tc.expert_lr``). Every expert starts from ``init`` (``Expert`` keys) if given,
+    else from a seeded uniform init. Returns one ``Expert`` state per client."""
+    rng = RngStreams(seed)
+    out = []
+    for i, (h, y) in enumerate(zip(feats, ys)):
+        ex = Expert(cfg)
+        if init is not None:
+            ex.load_state_dict(init)
+        else:
+            ex.load_state_dict(_sub(init_state(replace(_classifier_cfg(cfg)), rng.seed_int(f"nmoe/expert/{i}/init")), "experts.0."))
+        opt = torch.optim.Adam(ex.parameters(), lr=tc.expert_lr)
+        gen = rng.torch(f"nmoe/expert/{i}/train")
+        n = int(y.shape[0])
+        for _ in range(tc.expert_epochs):
+            perm = torch.randperm(n, generator=gen)
+            for s in range(0, n, tc.batch_size):
+                idx = perm[s : s + tc.batch_size]
+                loss = F.cross_entropy(ex(h[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        out.append({k: v.detach().clone() for k, v in ex.state_dict().items()})
+    return out
+
+
+# ------------------------------------------------------------------------ stage 3: gates
+
+
+class RanGate(nn.Module):
+    """Random gate: ignores the input and draws ``k`` distinct experts per sample
+    from ``probs`` (uniform if None), each with weight ``1/k``."""
+
+    def __init__(self, num_experts: int, probs: Sequence[float] | None = None) -> None:
+        super().__init__()
+        p = torch.full((num_experts,), 1.0 / num_experts) if probs is None else torch.as_tensor(probs, dtype=torch.float64).float()
+        if p.shape != (num_experts,) or bool((p < 0).any()) or float(p.sum()) <= 0:
+            raise ValueError('"probs" must be num_experts non-negative numbers with a positive sum')
+        self.register_buffer("probs", p / p.sum())
+
+    def route(self, n: int, k: int, generator: torch.Generator, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(topk_idx (n, k), weights (n, k))`` for ``n`` samples; ``mask`` (bool
+        (E,)) restricts the draw to the allowed experts (``probs`` renormalised)."""
+        p = self.probs if mask is None else self.probs * mask.to(self.probs.dtype)
+        if float(p.sum()) <= 0:
+            raise ValueError('"mask" must allow an expert with positive probability')
+        k = min(k, int((p > 0).sum()))
+        idx = torch.multinomial(p.expand(n, -1), k, replacement=False, generator=generator)
+        return idx, torch.full((n, k), 1.0 / k)
+
+
+def rollgate_labels(n: int, own: int, num_clients: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Pseudo client-ID labels (int64, length ``n``) of client ``own``'s samples:
+    exactly ``round(p * n)`` are ``own``; the rest are spread over the other
+    ``num_clients - 1`` IDs as evenly as possible (counts differ by <= 1; which
+    IDs get the extra one is random), then the labels are randomly permuted."""
+    n_own = int(round(p * n)) if num_clients > 1 else n
+    labels = [torch.full((n_own,), own, dtype=torch.int64)]
+    others = torch.tensor([j for j in range(num_clients) if j != own], dtype=torch.int64)
+    rest = n - n_own
+    if rest > 0:
+        base, extra = divmod(rest, len(others))
+        counts = torch.full((len(others),), base, dtype=torch.int64)
+        counts[torch.randperm(len(others), generator=generator)[:extra]] += 1
+        labels.append(torch.repeat_interleave(others, counts))
+    lab = torch.cat(labels)
+    return lab[torch.randperm(n, generator=generator)]
+
+
+def gate_module(cfg: MoEConfig, num_experts: int) -> nn.Sequential:
+    """The learned gate: parameter-free LayerNorm of the features (so the gate's
+    step sizes do not depend on the extractor's feature scale) then a linear
+    layer ``feature_dim -> num_experts`` (logits; state keys ``1.weight``, ``1.bias``)."""
+    return nn.Sequential(nn.LayerNorm(cfg.feature_dim, elementwise_affine=False), nn.Linear(cfg.feature_dim, num_experts))
+
+
+def _new_gate(cfg: MoEConfig, num_experts: int, seed: int) -> nn.Sequential:
+    gen = torch.Generator().manual_seed(int(seed))
+    g = gate_module(cfg, num_experts)
+    lin = g[1]
+    b = 1.0 / math.sqrt(cfg.feature_dim)
+    with torch.no_grad():
+        lin.weight.copy_(torch.empty(lin.weight.shape).uniform_(-b, b, generator=gen))
+        lin.bias.copy_(torch.empty(lin.bias.shape).uniform_(-b, b, generator=gen))
+    return g
+
+
+def train_rollgate(feats: Sequence[torch.Tensor], cfg: MoEConfig, tc: NMoETrainConfig, seed: int) -> dict[str, torch.Tensor]:
+    """RollGate: train a linear pseudo-client-ID classifier by rolling it through
+    the clients (0..K-1, ``tc.gate_rounds`` passes), ``tc.gate_local_epochs`` of
+    plain SGD (``tc.rollgate_lr``) with cross-entropy on the
+    labels of :func:`rollgate_labels` (``p = tc.rollgate_p``). Returns the gate state."""
+    rng = RngStreams(seed)
+    k = len(feats)
+    gate = _new_gate(cfg, k, rng.seed_int("nmoe/rollgate/init"))
+    labels = [rollgate_labels(int(h.shape[0]), i, k, tc.rollgate_p, rng.torch(f"nmoe/rollgate/labels/{i}")) for i, h in enumerate(feats)]
+    for r in range(tc.gate_rounds):
+        for i, h in enumerate(feats):
+            opt = torch.optim.SGD(gate.parameters(), lr=tc.rollgate_lr)
+            gen = rng.torch(f"nmoe/rollgate/{i}/pass/{r}")
+            n = int(h.shape[0])
+            for _ in range(tc.gate_local_epochs):
+                perm = torch.randperm(n, generator=gen)
+                for s in range(0, n, tc.batch_size):
+                    idx = perm[s : s + tc.batch_size]
+                    loss = F.cross_entropy(gate(h[idx]), labels[i][idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+    return {k_: v.detach().clone() for k_, v in gate.state_dict().items()}
+
+
+def select_clients(num_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:
+    """A random ``max(1, round(fraction * num_clients))`` distinct clients, sorted."""
+    m = max(1, min(num_clients, int(round(fraction * num_clients))))
+    return sorted(int(i) for i in rng.choice(num_clients, size=m, replace=False))
+
+
+def normalise_gradients_(params: Sequence[torch.Tensor], eps: float = 1e-12) -> float:
+    """Rescale the gradients of ``params`` in place so their joint L2 norm is 1;
+    returns the norm before rescaling (a zero gradient is left as is)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))) if grads else 0.0
+    if norm > eps:
+        for g in grads:
+            g.div_(norm)
+    return norm
+
+
+def _expert_logp(h: torch.Tensor, y: torch.Tensor, experts: Sequence[dict[str, torch.Tensor]], cfg: MoEConfig) -> torch.Tensor:
+    """``log softmax(expert_e(h))_y`` for every expert, shape (N, E), no gradient."""
+    cols = []
+    with torch.no_grad():
+        for st in experts:
+            ex = Expert(cfg)
+            ex.load_state_dict(st)
+            cols.append(F.log_softmax(ex(h), dim=-1).gather(1, y[:, None]).squeeze(1))
+    return torch.stack(cols, dim=1)
+
+
+def fedgate_local(gate_state: dict[str, torch.Tensor], h: torch.Tensor, expert_logp: torch.Tensor, cfg: MoEConfig, tc: NMoETrainConfig, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """One client's local gate training in FedGate: ``tc.gate_local_epochs`` of
+    plain SGD (``tc.gate_lr``) on ``-log sum_e softmax(gate(h))_e exp(expert_logp[:, e])``
+    with the gradient normalised to unit norm each step. ``expert_logp`` (N, E)
+    holds the fixed experts' log-likelihoods of the true labels. Returns the new
+    gate state and the raw gradient norms of the steps."""
+    e = expert_logp.shape[1]
+    gate = gate_module(cfg, e)
+    gate.load_state_dict(gate_state)
+    params = list(gate.parameters())
+    n = int(h.shape[0])
+    norms = []
+    for _ in range(tc.gate_local_epochs):
+        perm = torch.randperm(n, generator=generator)
+        for s in range(0, n, tc.batch_size):
+            idx = perm[s : s + tc.batch_size]
+            loss = -torch.logsumexp(F.log_softmax(gate(h[idx]), dim=-1) + expert_logp[idx], dim=-1).mean()
+            for p in params:
+                p.grad = None
+            loss.backward()
+            norms.append(normalise_gradients_(params))
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p -= tc.gate_lr * p.grad
+    return {k: v.detach().clone() for k, v in gate.state_dict().items()}, norms
+
+
+def train_fedgate(feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], experts: Sequence[dict[str, torch.Tensor]], cfg: MoEConfig, tc: NMoETrainConfig, seed: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
+    """FedGate: ``tc.gate_rounds`` FedAvg rounds of the gate (module docstring);
+    each round :func:`select_clients` picks ``tc.fedgate_fraction`` of the
+    clients, each runs :func:`fedgate_local`, the server averages by sample count.
+    Returns the gate state and the participants of every round."""
+    rng = RngStreams(seed)
+    k = len(feats)
+    state = {k_: v.detach().clone() for k_, v in _new_gate(cfg, k, rng.seed_int("nmoe/fedgate/init")).state_dict().items()}
+    logps = [_expert_logp(h, y, experts, cfg) for h, y in zip(feats, ys)]
+    sel_rng = rng.fresh_numpy("nmoe/fedgate/select")
+    history = []
+    for r in range(tc.gate_rounds):
+        chosen = select_clients(k, tc.fedgate_fraction, sel_rng)
+        history.append(chosen)
+        states = [fedgate_local(state, feats[i], logps[i], cfg, tc, rng.torch(f"nmoe/fedgate/{i}/round/{r}"))[0] for i in chosen]
+        state = _fedavg(state, states, [int(feats[i].shape[0]) for i in chosen])
+    return state, history
+
+
+# ------------------------------------------------------------------------ the assembled model
+
+
+class NMoEModel(nn.Module):
+    """The assembled networked MoE: shared ``backbone`` and ``gate`` (a
+    :func:`gate_module` or a :class:`RanGate`), ``experts[i]`` owned by client i, ``top_k``.
+
+    ``forward(x)`` returns the *log* of the mixture class probabilities (so
+    ``softmax(forward(x))`` is the mixture and :func:`fedsim.learning.metrics.evaluate`
+    applies unchanged). A RanGate draws from ``self.generator`` (reset with
+    :meth:`reseed`)."""
+
+    def __init__(self, cfg: MoEConfig, backbone: dict[str, torch.Tensor], gate: nn.Module, experts: Sequence[dict[str, torch.Tensor]], top_k: int, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = _backbone(cfg, backbone)
+        self.gate = gate
+        self.experts = nn.ModuleList()
+        for st in experts:
+            ex = Expert(cfg)
+            ex.load_state_dict(st)
+            self.experts.append(ex)
+        self.top_k = min(top_k, len(experts))
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def num_experts(self) -> int:
+        """Number of experts (= clients)."""
+        return len(self.experts)
+
+    def reseed(self, seed: int) -> None:
+        """Reset the random gate's generator."""
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def route(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(topk_idx (N, k), renormalised weights (N, k))`` for features ``h``;
+        ``mask`` (bool (E,)) restricts the choice to the allowed experts (e.g. the
+        ones whose owners are online)."""
+        if isinstance(self.gate, RanGate):
+            return self.gate.route(h.shape[0], self.top_k, self.generator, mask)
+        logits = self.gate(h)
+        k = self.top_k
+        if mask is not None:
+            logits = logits.masked_fill(~mask.to(torch.bool), float("-inf"))
+            k = min(k, int(mask.sum()))
+        probs = F.softmax(logits, dim=-1)
+        w, idx = probs.topk(k, dim=-1)
+        return idx, w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    def expert_proba(self, h: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Mixture ``sum_j w[:, j] softmax(expert_{idx[:, j]}(h))`` (N, num_classes)."""
+        out = h.new_zeros(h.shape[0], self.cfg.num_classes)
+        for e, ex in enumerate(self.experts):
+            rows, slot = (idx == e).nonzero(as_tuple=True)
+            if rows.numel():
+                out = out.index_add(0, rows, F.softmax(ex(h[rows]), dim=-1) * w[rows, slot, None])
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log mixture probabilities (N, num_classes)."""
+        h = self.backbone(x)
+        idx, w = self.route(h)
+        return torch.log(self.expert_proba(h, idx, w).clamp_min(1e-12))
+
+
+def build_nmoe(cfg: MoEConfig, ext: ExtractorResult, experts: Sequence[dict[str, torch.Tensor]], feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], tc: NMoETrainConfig, seed: int) -> tuple[NMoEModel, dict[str, object]]:
+    """Stage 3 for ``tc.gate`` on top of a stage-1 extractor and stage-2 experts;
+    returns the assembled model and info (``fedgate``: participants per round)."""
+    k = len(experts)
+    info: dict[str, object] = {}
+    if tc.gate == "rangate":
+        gate: nn.Module = RanGate(k, tc.rangate_probs)
+    elif tc.gate == "rollgate":
+        gate = gate_module(cfg, k)
+        gate.load_state_dict(train_rollgate(feats, cfg, tc, seed))
+    else:
+        st, hist = train_fedgate(feats, ys, experts, cfg, tc, seed)
+        gate = gate_module(cfg, k)
+        gate.load_state_dict(st)
+        info["participants"] = hist
+    model = NMoEModel(cfg, ext.backbone, gate, experts, tc.top_k, seed=RngStreams(seed).seed_int("nmoe/rangate/eval"))
+    model.eval()
+    return model, info
+
+
+def train_nmoe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None, extractor: ExtractorResult | None = None) -> tuple[NMoEModel, ExtractorResult, dict[str, object]]:
+    """All three stages. Pass a stage-1 ``extractor`` to reuse it (several gates
+    on one extractor). Returns ``(model, extractor, info)``."""
+    ext = extractor if extractor is not None else train_extractor(clients, cfg, tc, seed, dataset=dataset)
+    feats = [extract_features(cfg, ext.backbone, c.x) for c in clients]
+    ys = [c.y for c in clients]
+    init = ext.head if ext.kind == "fedce" else None
+    experts = train_experts(feats, ys, cfg, tc, seed, init=init)
+    model, info = build_nmoe(cfg, ext, experts, feats, ys, tc, seed)
+    return model, ext, info
+
+
+# ------------------------------------------------------------------------ baselines
+
+
+def train_centralised_moe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, epochs: int | None = None) -> MoEClassifier:
+    """Upper bound: one :class:`MoEClassifier` with ``len(clients)`` experts and
+    top-``tc.top_k`` gating trained with ``train_local`` on the union of all
+    clients' training data for ``epochs`` (default ``tc.rounds * tc.local_epochs``)."""
+    rng = RngStreams(seed)
+    mcfg = replace(cfg, num_experts=len(clients), top_k=min(tc.top_k, len(clients)))
+    state = init_state(mcfg, rng.seed_int("nmoe/central/init"))
+    x = torch.cat([c.x for c in clients])
+    y = torch.cat([c.y for c in clients])
+    ep = epochs if epochs is not None else tc.rounds * tc.local_epochs
+    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=ep, batch_size=tc.batch_size)
+    up = train_local(TrainJob(-1, 0, state, mcfg, list(range(len(clients))), x, y, train, rng.seed_int("nmoe/central/train")))
+    state = dict(state)
+    state.update(up.state)
+    model = MoEClassifier(mcfg)
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def train_local_classifiers(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, epochs: int | None = None) -> list[MoEClassifier]:
+    """Baseline ``Local``: every client trains its own extractor + classifier
+    (single-expert model) on its own data only, ``epochs`` (default
+    ``tc.rounds * tc.local_epochs``) epochs; no gate, no communication."""
+    rng = RngStreams(seed)
+    ccfg = _classifier_cfg(cfg)
+    ep = epochs if epochs is not None else tc.rounds * tc.local_epochs
+    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=ep, batch_size=tc.batch_size)
+    out = []
+    for c in clients:
+        st = init_state(ccfg, rng.seed_int(f"nmoe/local/{c.client_id}/init"))
+        up = train_local(TrainJob(c.client_id, 0, st, ccfg, [0], c.x, c.y, train, rng.seed_int(f"nmoe/local/{c.client_id}/train")))
+        st = dict(st)
+        st.update(up.state)
+        m = MoEClassifier(ccfg)
+        m.load_state_dict(st)
+        m.eval()
+        out.append(m)
+    return out
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def local_ratio(model: NMoEModel, clients: Sequence[ClientData], *, on: str = "test") -> float:
+    """LR: share of the top-k expert slots of each client's samples (``on`` =
+    ``"test"`` its own test split, ``"train"`` its training data) served by the
+    client's own expert, averaged over clients with samples."""
+    vals = []
+    with torch.no_grad():
+        for i, c in enumerate(clients):
+            x = c.x_test if on == "test" else c.x
+            if x.shape[0] == 0:
+                continue
+            idx, _ = model.route(model.backbone(x))
+            vals.append(float((idx == i).float().mean()))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def evaluate_per_client(models: nn.Module | Sequence[nn.Module], clients: Sequence[ClientData], *, x_global: torch.Tensor | None = None, y_global: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean over clients of :func:`~fedsim.learning.metrics.evaluate` (accuracy,
+    macro-F1, macro AUC) of client i's model (``models[i]`` or the shared
+    ``models``) on its own test split, or, with ``x_global`` / ``y_global``, on
+    that global test set (a shared deterministic model is evaluated once)."""
+    per = []
+    shared = isinstance(models, nn.Module)
+    for i, c in enumerate(clients):
+        m = models if shared else models[i]  # type: ignore[index]
+        if x_global is not None and y_global is not None:
+            if shared and per and not isinstance(getattr(m, "gate", None), RanGate):
+                per.append(per[0])
+                continue
+            per.append(evaluate(m, x_global, y_global))
+        elif c.y_test.shape[0] > 0:
+            per.append(evaluate(m, c.x_test, c.y_test))
+    return {k: float(np.nanmean([p[k] for p in per])) for k in ("accuracy", "f1", "auc")}
