@@ -44,7 +44,7 @@ TINY = [
     "output.figures=false",
 ]
 #: random / greedy take no parameters, so the w_u sweep uses the two policies that do.
-GRID = {"alignment.policy": ["load_balanced", "deadline_aware"], "alignment.params.w_u": [0.1, 1.0]}
+GRID = {"alignment.policy": ["load_balanced", "deadline_aware"], "alignment.w_u": [0.1, 1.0]}
 SEEDS = [0, 1]
 
 
@@ -54,7 +54,7 @@ SEEDS = [0, 1]
 def fake_runner(loaded: LoadedScenario, out_dir: Path) -> None:
     """A deterministic stand-in for fedsim.api.run: a synthetic run directory from (policy, w_u, seed)."""
     s = loaded.scenario
-    w_u = float(s.alignment.params.get("w_u", 0.0))
+    w_u = float(s.alignment.w_u)
     acc = [min(0.99, 0.3 + 0.1 * r + 0.05 * w_u + 0.01 * s.run.seed) for r in range(s.run.rounds)]
     make_run_dir(
         out_dir, policy=s.alignment.policy, seed=s.run.seed, rounds=s.run.rounds, accuracy=acc
@@ -147,20 +147,20 @@ def test_parse_grid_values_are_yaml_scalars() -> None:
     g = parse_grid(
         [
             "alignment.policy=random,greedy",
-            "alignment.params.w_u=0.1,1e9,2",
+            "alignment.w_u=0.1,1e9,2",
             "topology.grid.clients={phone: 3, sensor: 2},{phone: 4}",
             "x.flag=true,'a,b',[1,2]",
         ]
     )
     assert list(g) == [
         "alignment.policy",
-        "alignment.params.w_u",
+        "alignment.w_u",
         "topology.grid.clients",
         "x.flag",
     ]
     assert g["alignment.policy"] == ["random", "greedy"]
-    assert g["alignment.params.w_u"] == [0.1, 1e9, 2] and isinstance(
-        g["alignment.params.w_u"][1], float
+    assert g["alignment.w_u"] == [0.1, 1e9, 2] and isinstance(
+        g["alignment.w_u"][1], float
     )
     assert g["topology.grid.clients"] == [{"phone": 3, "sensor": 2}, {"phone": 4}]
     assert g["x.flag"] == [True, "a,b", [1, 2]]
@@ -267,11 +267,11 @@ def test_index_rows_ordered_by_cell_then_seed(tmp_path: Path) -> None:
     res = run_sweep(_spec(out), runner=fake_runner)
     idx = pd.read_parquet(out / INDEX_FILE)
     assert res.executed == 8 and res.failed == 0
-    assert list(idx.columns[:4]) == ["run_dir", "seed", "alignment.policy", "alignment.params.w_u"]
+    assert list(idx.columns[:4]) == ["run_dir", "seed", "alignment.policy", "alignment.w_u"]
     assert set(METRICS) <= set(idx.columns)
     assert idx["run_dir"].tolist() == run_names(GRID, SEEDS)
     assert (idx["status"] == "completed").all()
-    assert idx["alignment.params.w_u"].dtype == float and idx["seed"].dtype == "int64"
+    assert idx["alignment.w_u"].dtype == float and idx["seed"].dtype == "int64"
     r = pd.read_parquet(out / idx["run_dir"][0] / "rounds.parquet")
     assert idx["final_accuracy"][0] == pytest.approx(r["accuracy"].iloc[-1])
     assert idx["bytes_total"][0] == pytest.approx((r["bytes_up"] + r["bytes_down"]).sum())
@@ -353,7 +353,7 @@ def test_sweep_file(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
         f"scenario: {SCENARIO}\n"
-        "grid:\n  alignment.policy: [random, greedy]\n  alignment.params.w_u: 0.5\n"
+        "grid:\n  alignment.policy: [random, greedy]\n  alignment.w_u: 0.5\n"
         "seeds: 0-1\n"
         "set:\n"
         + "".join(f"  - '{s}'\n" for s in TINY)
@@ -364,7 +364,7 @@ def test_sweep_file(tmp_path: Path) -> None:
     runner = Counting()
     assert cmd_sweep(p.parse_args(["sweep", str(sweep)]), runner=runner) == 0  # with progress bar
     assert runner.calls == run_names(
-        {"alignment.policy": ["random", "greedy"], "alignment.params.w_u": [0.5]}, [0, 1]
+        {"alignment.policy": ["random", "greedy"], "alignment.w_u": [0.5]}, [0, 1]
     )
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"scenario: {SCENARIO}\ngrid: {{alignment.policy: [random]}}\nsedes: 3\n")
@@ -381,11 +381,11 @@ def test_compare_sweep(tmp_path: Path) -> None:
     assert len(cells) == 4 and (cells["runs"] == 3).all()
     assert {"final_accuracy_mean", "final_accuracy_ci95", "bytes_total_mean"} <= set(cells.columns)
     g = pd.read_parquet(out / INDEX_FILE)
-    first = g[(g["alignment.policy"] == "deadline_aware") & (g["alignment.params.w_u"] == 0.1)][
+    first = g[(g["alignment.policy"] == "deadline_aware") & (g["alignment.w_u"] == 0.1)][
         "final_accuracy"
     ]
     row = cells[
-        (cells["alignment.policy"] == "deadline_aware") & (cells["alignment.params.w_u"] == 0.1)
+        (cells["alignment.policy"] == "deadline_aware") & (cells["alignment.w_u"] == 0.1)
     ].iloc[0]
     assert row["final_accuracy_mean"] == pytest.approx(first.mean())
     for f in ("cells.csv", "cells.md", "final_accuracy_vs_w_u.png"):
