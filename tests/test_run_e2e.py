@@ -85,3 +85,17 @@ def test_python_api_mirrors_cli(tmp_path: Path) -> None:
     assert isinstance(res, fedsim.RunResult)
     assert len(res.rounds) == 3 and not res.events.empty and not res.clients.empty
     assert res.manifest["seed"] == 2
+
+
+def test_empty_clients_are_never_selected_and_failures_logged_once(tmp_path: Path) -> None:
+    # 30 clients, 200 samples and a very skewed Dirichlet split: 7 clients hold no training data
+    extra = ["data.partition=dirichlet", "data.alpha=0.05", "data.max_train_samples=200",
+             "topology.grid.clients={phone: 10, sensor: 10, camera: 10}"]
+    d = _run(tmp_path, "skew", extra=extra)
+    cl = pd.read_parquet(d / "clients.parquet")
+    assert (cl["num_samples"] > 0).all()
+    ev = pd.read_parquet(d / "events.parquet")
+    lost = ev[ev.kind == "client_lost"]
+    assert len(lost) == int((cl["status"] != "completed").sum() - (cl["status"] == "skipped").sum())
+    # each OOM appears once, from the device
+    assert (ev.kind == "oom").sum() == (cl["status"] == "oom").sum()

@@ -115,7 +115,8 @@ class FedMoE(Protocol):
         w, s, cfg = self.world, self.s, self.cfg
         t0 = float(self.env.now)
         self.rec.event(t0, "round_start", round=r)
-        online = [c for c in w.clients if w.is_online(c)]
+        # a client without training data has nothing to contribute (skewed partitions can leave some empty)
+        online = [c for c in w.clients if w.is_online(c) and w.num_samples(c) > 0]
         n_sel = min(len(online), math.ceil(cfg.clients_per_round * cfg.over_selection))
         idx = self.rng_select.choice(len(online), size=n_sel, replace=False) if n_sel else []
         selected = sorted(online[i] for i in idx)
@@ -238,9 +239,10 @@ class FedMoE(Protocol):
             o.t_end_s = float(self.env.now)
             self.bytes_moved += o.bytes_down + o.bytes_up
             if o.status not in ("completed",):
+                # one row per lost client-round; the device already logged the oom / dropout itself
                 self.rec.event(
-                    self.env.now, o.status, node=c, round=r, bytes=o.bytes_down + o.bytes_up,
-                    seconds=o.t_end_s - o.t_dispatch_s, phase=phase_name,
+                    self.env.now, "client_lost", node=c, round=r, bytes=o.bytes_down + o.bytes_up,
+                    seconds=o.t_end_s - o.t_dispatch_s, phase=phase_name, status=o.status,
                 )
 
     # ---------------------------------------------------------- aggregation
