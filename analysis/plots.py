@@ -153,7 +153,7 @@ def plot_accuracy(
 def plot_round_breakdown(
     run: RunLike, out_dir: str | Path, *, formats: Sequence[str] = FORMATS
 ) -> list[Path]:
-    """Stacked mean per-client phase times per round (download, compute, upload, waiting).
+    """Stacked mean per-client phase times per round (download, compute, upload, waiting, server).
 
     Bars are the means over the round's completed clients (seconds); black
     dots mark the round duration. Beyond 200 rounds the bars become a stacked
@@ -168,6 +168,7 @@ def plot_round_breakdown(
         ("t_compute_s", "compute"),
         ("t_upload_s", "upload"),
         ("t_wait_s", "waiting"),
+        ("t_server_s", "server (aggregation, idle)"),
     ]
     have = [(c, n) for c, n in phases if c in df.columns]
     if not have:
@@ -261,7 +262,7 @@ def plot_latency_cdf(
             )
         med = float(run.rounds["duration_s"].median()) if "duration_s" in run.rounds else np.nan
         if np.isfinite(med):
-            ax.axvline(med / div, color="0.3", ls=":", lw=1.2, label="median round duration")
+            ax.axvline(med / div, color="0.3", ls=":", lw=1.2, label="median round duration (incl. server time)")
         ax.set_xlabel(f"Client round latency (dispatch to finish) [{unit}]")
         ax.set_ylabel("Fraction of clients")
         ax.set_ylim(0, 1.02)

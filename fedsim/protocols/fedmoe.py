@@ -311,6 +311,7 @@ class FedMoE(Protocol):
             expert_load_cv=float(expert_load_cv({c: v for c, v in assignment.items() if v}, self.E)) if assignment else math.nan,
             t_download_s=mean([o.t_download_s for o in done]), t_compute_s=mean([o.t_compute_s for o in done]),
             t_upload_s=mean([o.t_upload_s for o in done]), t_wait_s=mean([t_close - o.t_end_s for o in done]),
+            t_server_s=t_end - t_close,
             online=sum(1 for c in w.clients if w.is_online(c)),
         )
         for o in outs:
