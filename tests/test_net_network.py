@@ -163,3 +163,76 @@ def test_link_samples_are_interval_means() -> None:
     cell = links[links.link == "bsA/up"]
     # the cell was fully used while the single flow ran: utilisation = busy time / window
     assert cell.utilisation.iloc[0] == pytest.approx(secs / 10.0, rel=1e-6)
+
+
+def _grid_net(seed: int, nearest_bs: int) -> tuple[Simulation, Network]:
+    sim = Simulation(seed)
+    sites = [(ix, iy, "small") for ix in range(1, 9, 2) for iy in range(1, 9, 2)]  # 16 BSs
+    g = manhattan_grid(blocks_x=9, blocks_y=9, bs_sites=sites,
+                       clients_per_class={"vehicle": 20, "drone": 5, "phone": 20},
+                       rng=sim.rng.numpy("topology"))
+    cp = ChannelParams(nearest_bs=nearest_bs, handover_time_to_trigger_s=0.0)
+    net = Network(sim, g, NetworkParams(channel=cp, mobility_interval_s=1.0), "cloud",
+                  default_device_classes())
+    return sim, net
+
+
+def test_nearest_bs_at_least_all_is_exact() -> None:
+    """nearest_bs >= number of BSs switches the approximation off: same events."""
+    runs = []
+    for k in (0, 16, 40):
+        sim, net = _grid_net(3, k)
+        sim.env.run(until=60.0)
+        runs.append(sim.rec.rows("events"))
+    assert runs[0] and runs[0] == runs[1] == runs[2]
+
+
+def test_vectorised_loss_matches_channel_formulas() -> None:
+    """The blocked path-loss update is bitwise the per-BS channel functions."""
+    for model in ("umi", "uma", "free_space", "log_distance"):
+        sim = Simulation(5)
+        g = manhattan_grid(clients_per_class={"vehicle": 5, "drone": 5, "phone": 5},
+                           rng=sim.rng.numpy("topology"))
+        net = Network(sim, g, NetworkParams(channel=ChannelParams(model=model)), "cloud",
+                      default_device_classes())
+        rows = np.arange(len(net.client_ids))
+        net._update_loss(rows)
+        cp = net.cp
+        std_los, std_nlos = {"umi": (4.0, 7.82), "uma": (4.0, 6.0)}.get(model, (8.0, 8.0))
+        for j in range(len(net.bs_ids)):
+            p = net.pos
+            d2 = np.sqrt((p[:, 0] - net.bs_pos[j, 0]) ** 2 + (p[:, 1] - net.bs_pos[j, 1]) ** 2)
+            h_bs, h_ut = net.bs_pos[j, 2], np.minimum(p[:, 2], cp.max_ue_height_m)
+            if model == "umi":
+                los = net._los_u[:, j] < ch.los_probability_umi(d2)
+                pl = ch.pathloss_umi(d2, cp.fc_ghz, h_bs, h_ut, los)
+            elif model == "uma":
+                los = net._los_u[:, j] < ch.los_probability_uma(d2, h_ut)
+                pl = ch.pathloss_uma(d2, cp.fc_ghz, h_bs, h_ut, los)
+            else:
+                d3 = np.sqrt(d2 * d2 + (h_bs - p[:, 2]) ** 2)
+                pl = (ch.pathloss_free_space(d3, cp.fc_ghz) if model == "free_space"
+                      else ch.pathloss_log_distance(d3, cp.fc_ghz, cp.log_distance_exponent))
+                los = np.ones(len(rows), dtype=bool)
+                if model == "free_space":
+                    std_los = std_nlos = 0.0
+            want = pl + np.where(los, std_los, std_nlos) * net._shadow_z[:, j]
+            assert np.array_equal(net.loss_db[:, j], want), (model, j)
+
+
+def test_nearest_bs_approximation() -> None:
+    """Only the k nearest BSs (and the serving one) are evaluated; the serving BS
+    always has a finite channel and handovers go to the best evaluated BS."""
+    sim, net = _grid_net(3, 4)
+    sim.env.run(until=60.0)
+    sim2, _ = _grid_net(3, 4)
+    sim2.env.run(until=60.0)
+    assert sim.rec.rows("events") == sim2.rec.rows("events")  # deterministic too
+    assert net.handovers > 0
+    rows = net.mobility.mobile
+    finite = np.isfinite(net.rsrp_dbm[rows])
+    assert (finite.sum(axis=1) <= 5).all()
+    assert finite[np.arange(rows.size), net.serving[rows]].all()
+    assert np.isfinite(net.se_up[rows]).all()
+    with pytest.raises(ValueError, match="nearest_bs"):
+        ChannelParams(nearest_bs=-1)

@@ -523,8 +523,14 @@ class FlowSystem:
         if d == 0.0:
             return
         touched = self.touched
+        now = self.env.now
         for lk, a in zip(f.path, f.coeffs):
-            self.mark(lk)
+            # self.mark(lk), inlined (hot path)
+            dt = now - lk.t_mark
+            if dt > 0.0:
+                lk.usage_s += lk.usage * dt
+                lk.load_bits += lk.load_bps * dt
+                lk.t_mark = now
             touched[lk] = None
             if a != _INF:
                 lk.usage += a * d

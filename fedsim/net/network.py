@@ -20,6 +20,12 @@ gives the spectral efficiency ``min(log2(1+SINR), cap)``, or 0 below the
 outage threshold. A flow's usage coefficient on its cell is ``1 / SE``
 (``inf`` in outage: the flow stalls).
 
+Cost: every mobility update re-evaluates path loss and shadowing of the
+moved clients against every BS (exact; vectorised in cache-sized blocks).
+``ChannelParams.nearest_bs = k`` is a documented approximation for large
+deployments (off by default): only the ``k`` nearest BSs and the serving
+one are re-evaluated, the others can neither serve nor interfere.
+
 Records: ``nodes`` (once), ``edges`` (at :meth:`finish`), ``links``
 (utilisation samples, only of links carrying traffic at the sample
 instant: a missing row means idle), events ``transfer`` (every completed or
@@ -60,6 +66,11 @@ class MobilitySpec(Protocol):
     altitude_max_m: float
     tx_power_dbm: float
 
+
+#: client-BS pairs per block of the vectorised path-loss update (cache sized)
+_BLOCK_PAIRS = 16384
+#: grid cell of the nearest-BS tables (``ChannelParams.nearest_bs``), m
+_NEAR_CELL_M = 25.0
 
 _SHADOW_STD = {"umi": (4.0, 7.82), "uma": (4.0, 6.0), "free_space": (0.0, 0.0),
                "log_distance": (8.0, 8.0)}
@@ -182,6 +193,12 @@ class Network:
             [(s.altitude_min_m, s.altitude_max_m) if s is not None else (1.5, 1.5) for s in specs],
             graph.graph.get("streets"), bbox, sim.rng.numpy("mobility"))
 
+        # approximation: only the nearest BSs are re-evaluated after a move
+        k = int(self.cp.nearest_bs)
+        self._near_k = k if 0 < k < m else 0
+        if self._near_k:
+            self._init_nearest(bbox)
+
         self._record_nodes()
         if self.cp.fading != "none" and n:
             self.env.process(self._fading_loop())
@@ -191,45 +208,170 @@ class Network:
             self.env.process(self._sample_loop())
 
     # -- channel -------------------------------------------------------------
+    def _init_nearest(self, bbox: tuple[float, float, float, float]) -> None:
+        """Grid of the ``k + 1`` nearest BSs per cell (``nearest_bs`` approximation)."""
+        m = len(self.bs_ids)
+        kk = min(self._near_k + 1, m)
+        x0, y0, x1, y1 = bbox
+        x0 = min(x0, float(self.pos[:, 0].min(initial=x0)))
+        y0 = min(y0, float(self.pos[:, 1].min(initial=y0)))
+        x1 = max(x1, float(self.pos[:, 0].max(initial=x1)))
+        y1 = max(y1, float(self.pos[:, 1].max(initial=y1)))
+        g = max(_NEAR_CELL_M, (x1 - x0) / 1024.0, (y1 - y0) / 1024.0)
+        nx_ = max(1, math.ceil((x1 - x0) / g))
+        ny_ = max(1, math.ceil((y1 - y0) / g))
+        cx = x0 + (np.arange(nx_) + 0.5) * g
+        cy = y0 + (np.arange(ny_) + 0.5) * g
+        gx, gy = np.meshgrid(cx, cy, indexing="ij")
+        d = np.hypot(gx.reshape(-1, 1) - self.bs_pos[None, :, 0],
+                     gy.reshape(-1, 1) - self.bs_pos[None, :, 1])
+        order = np.argsort(d, axis=1, kind="stable")[:, :kk]
+        self._near_grid = (x0, y0, g, nx_, ny_, order)
+        self._odo = np.zeros(len(self.client_ids))
+        self._z_odo = np.zeros((len(self.client_ids), m))
+
+    def _nearest_cols(self, rows: np.ndarray) -> np.ndarray:
+        """The ``k`` nearest BSs of ``rows`` plus the serving one: (rows, k + 1) indices."""
+        x0, y0, g, nx_, ny_, order = self._near_grid
+        p = self.pos[rows]
+        ix = np.clip(((p[:, 0] - x0) / g).astype(np.int64), 0, nx_ - 1)
+        iy = np.clip(((p[:, 1] - y0) / g).astype(np.int64), 0, ny_ - 1)
+        cols = order[ix * ny_ + iy].copy()
+        k = self._near_k
+        s = self.serving[rows]
+        if cols.shape[1] > k:  # the (k+1)-th nearest gives way to the serving BS
+            has = (cols[:, :k] == s[:, None]).any(axis=1)
+            cols[~has, k] = s[~has]
+        return cols
+
+    def _update_loss_pairs(self, rows: np.ndarray, cols: np.ndarray, flat: np.ndarray,
+                           z: np.ndarray) -> np.ndarray:
+        """Path loss + shadowing of the pairs (rows[i], cols[i, c]) (``flat``: their
+        indices into the raveled (clients, BSs) arrays); returns their RSRP."""
+        cp = self.cp
+        p = self.pos[rows]
+        pz = p[:, 2:3]
+        h_ut = np.minimum(pz, cp.max_ue_height_m)
+        bs = self.bs_pos[cols]
+        dx = p[:, 0:1] - bs[..., 0]
+        dy = p[:, 1:2] - bs[..., 1]
+        d2 = np.sqrt(dx * dx + dy * dy)
+        h_bs = bs[..., 2]
+        std_los, std_nlos = _SHADOW_STD[cp.model]
+        if cp.shadowing_std_db is not None:
+            std_los = std_nlos = cp.shadowing_std_db
+        if cp.model in ("umi", "uma"):
+            u = self._los_u.reshape(-1)[flat]
+            if cp.model == "umi":
+                los = u < ch.los_probability_umi(d2)
+                pl = ch.pathloss_umi(d2, cp.fc_ghz, h_bs, h_ut, los)
+            else:
+                los = u < ch.los_probability_uma(d2, h_ut)
+                pl = ch.pathloss_uma(d2, cp.fc_ghz, h_bs, h_ut, los)
+            std = np.where(los, std_los, std_nlos)
+        else:
+            d3 = np.sqrt(d2 * d2 + (h_bs - pz) ** 2)
+            if cp.model == "free_space":
+                pl = ch.pathloss_free_space(d3, cp.fc_ghz)
+            else:
+                pl = ch.pathloss_log_distance(d3, cp.fc_ghz, cp.log_distance_exponent)
+            std = std_los
+        loss = pl + std * z
+        rsrp = self.bs_power_dbm[cols] - loss
+        self.loss_db[rows] = math.inf  # BSs out of reach: no service, no interference
+        self.rsrp_dbm[rows] = -math.inf
+        self.loss_db.reshape(-1)[flat] = loss
+        self.rsrp_dbm.reshape(-1)[flat] = rsrp
+        return rsrp
+
     def _draw_fading(self, size: int) -> np.ndarray:
         if self.cp.fading == "rayleigh":
             return ch.rayleigh_power(self._fad_rng, size)
         return ch.rician_power(self._fad_rng, self.cp.rician_k_db, size)
 
-    def _update_loss(self, rows: np.ndarray) -> None:
-        """Recompute path loss + shadowing and mean received power for ``rows``."""
+    def _update_loss(self, rows: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+        """Recompute path loss + shadowing and mean received power for ``rows``.
+
+        ``z`` is ``self._shadow_z[rows]`` when the caller has it at hand. Works
+        on blocks of base stations (a few tens of thousands of pairs, cache
+        sized) with the same per-element arithmetic as the channel functions
+        applied one BS at a time, so the results are bitwise those of the
+        per-BS formulas. Returns the received powers of ``rows`` (dBm).
+        """
+        m = len(self.bs_ids)
         if rows.size == 0:
-            return
+            return np.zeros((0, m))
         cp = self.cp
+        if z is None:
+            z = self._shadow_z[rows]
+        u = self._los_u[rows] if cp.model in ("umi", "uma") else None
         p = self.pos[rows]
-        h_ut = np.minimum(p[:, 2], cp.max_ue_height_m)
+        px = np.ascontiguousarray(p[:, 0])
+        py = np.ascontiguousarray(p[:, 1])
+        pz = np.ascontiguousarray(p[:, 2])
+        h_ut = np.minimum(pz, cp.max_ue_height_m)
         std_los, std_nlos = _SHADOW_STD[cp.model]
         if cp.shadowing_std_db is not None:
             std_los = std_nlos = cp.shadowing_std_db
-        loss = np.empty((rows.size, len(self.bs_ids)))
-        for j in range(len(self.bs_ids)):
-            dx = p[:, 0] - self.bs_pos[j, 0]
-            dy = p[:, 1] - self.bs_pos[j, 1]
+        # blocks of BSs x clients, clients contiguous (the arrays are transposed)
+        loss = np.empty((m, rows.size))
+        zt = z.T
+        ut = u.T if u is not None else None
+        block = max(1, min(m, _BLOCK_PAIRS // max(rows.size, 1)))
+        if cp.model == "umi":
+            lf = 20.0 * math.log10(cp.fc_ghz)
+            lf_nlos = 21.3 * math.log10(cp.fc_ghz)
+            nlos_h = 0.3 * (h_ut - 1.5)
+            hut1 = h_ut - 1.0
+            # the terms that depend on the antenna heights only, once per BS height
+            hgt: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+            for h in np.unique(self.bs_pos[:, 2]).tolist():
+                dh2 = (h - h_ut) ** 2
+                dbp = 4.0 * (h - 1.0) * hut1 * cp.fc_ghz * 1e9 / ch.SPEED_OF_LIGHT_MPS
+                hgt[h] = (dh2, dbp, 9.5 * np.log10(dbp * dbp + dh2))
+        for j0 in range(0, m, block):
+            j1 = min(m, j0 + block)
+            bx = self.bs_pos[j0:j1, 0:1]
+            by = self.bs_pos[j0:j1, 1:2]
+            h_bs = self.bs_pos[j0:j1, 2:3]
+            dx = px - bx
+            dy = py - by
             d2 = np.sqrt(dx * dx + dy * dy)
-            h_bs = self.bs_pos[j, 2]
-            if cp.model in ("umi", "uma"):
-                if cp.model == "umi":
-                    los = self._los_u[rows, j] < ch.los_probability_umi(d2)
-                    pl = ch.pathloss_umi(d2, cp.fc_ghz, h_bs, h_ut, los)
-                else:
-                    los = self._los_u[rows, j] < ch.los_probability_uma(d2, h_ut)
-                    pl = ch.pathloss_uma(d2, cp.fc_ghz, h_bs, h_ut, los)
+            if cp.model == "umi":
+                # ch.los_probability_umi and ch.pathloss_umi, fused (same operations)
+                d = np.maximum(d2, 1e-9)
+                q = 18.0 / d
+                plos = q + np.exp(-d / 36.0) * (1.0 - q)
+                los = ut[j0:j1] < np.where(d <= 18.0, 1.0, plos)
+                dc = np.maximum(d2, 10.0)
+                hs = self.bs_pos[j0:j1, 2].tolist()
+                dh2 = np.stack([hgt[h][0] for h in hs])
+                dbp = np.stack([hgt[h][1] for h in hs])
+                d3 = np.sqrt(dc * dc + dh2)
+                lg = np.log10(d3)
+                pl1 = 32.4 + 21.0 * lg + lf
+                pl2 = 32.4 + 40.0 * lg + lf - np.stack([hgt[h][2] for h in hs])
+                pl_los = np.where(dc <= dbp, pl1, pl2)
+                pl_nlos = 35.3 * lg + 22.4 + lf_nlos - nlos_h
+                pl = np.where(los, pl_los, np.maximum(pl_los, pl_nlos))
+                std = np.where(los, std_los, std_nlos)
+            elif cp.model == "uma":
+                los = ut[j0:j1] < ch.los_probability_uma(d2, h_ut)
+                pl = ch.pathloss_uma(d2, cp.fc_ghz, h_bs, h_ut, los)
                 std = np.where(los, std_los, std_nlos)
             else:
-                d3 = np.sqrt(d2 * d2 + (h_bs - p[:, 2]) ** 2)
+                d3 = np.sqrt(d2 * d2 + (h_bs - pz) ** 2)
                 if cp.model == "free_space":
                     pl = ch.pathloss_free_space(d3, cp.fc_ghz)
                 else:
                     pl = ch.pathloss_log_distance(d3, cp.fc_ghz, cp.log_distance_exponent)
                 std = std_los
-            loss[:, j] = pl + std * self._shadow_z[rows, j]
+            loss[j0:j1] = pl + std * zt[j0:j1]
+        loss = loss.T
+        rsrp = self.bs_power_dbm[None, :] - loss
         self.loss_db[rows] = loss
-        self.rsrp_dbm[rows] = self.bs_power_dbm[None, :] - loss
+        self.rsrp_dbm[rows] = rsrp
+        return rsrp
 
     def _update_se(self, rows: np.ndarray) -> None:
         """Recompute the spectral efficiencies (up, down) of ``rows`` with the current fading."""
@@ -474,15 +616,37 @@ class Network:
             return
         hyst = self.cp.handover_hysteresis_db
         ttt = max(self.cp.handover_time_to_trigger_s, dt)
-        rho = np.exp(-dist / self.cp.shadowing_decorrelation_m)[:, None]
-        z = self._shadow_rng.standard_normal((rows.size, len(self.bs_ids)))
-        self._shadow_z[rows] = rho * self._shadow_z[rows] + np.sqrt(1.0 - rho * rho) * z
-        self._update_loss(rows)
-        rs = self.rsrp_dbm[rows]
-        best = np.argmax(rs, axis=1)
         cur = self.serving[rows]
         k = np.arange(rows.size)
-        cond = rs[k, best] > rs[k, cur] + hyst
+        if self._near_k:
+            cols = self._nearest_cols(rows)
+            self._odo[rows] += dist
+            odo = self._odo[rows][:, None]
+            flat = rows[:, None] * len(self.bs_ids) + cols  # pair indices into (n, m) arrays
+            z_odo = self._z_odo.reshape(-1)
+            shadow = self._shadow_z.reshape(-1)
+            rho = np.exp(-(odo - z_odo[flat]) / self.cp.shadowing_decorrelation_m)
+            z = self._shadow_rng.standard_normal(cols.shape)
+            zr = rho * shadow[flat] + np.sqrt(1.0 - rho * rho) * z
+            shadow[flat] = zr
+            z_odo[flat] = np.broadcast_to(odo, flat.shape)
+            rc = self._update_loss_pairs(rows, cols, flat, zr)
+            bc = np.argmax(rc, axis=1)
+            best = cols[k, bc]
+            rs_best = rc[k, bc]
+            rs_cur = rc[k, np.argmax(cols == cur[:, None], axis=1)]
+        else:
+            rho = np.exp(-dist / self.cp.shadowing_decorrelation_m)[:, None]
+            z = self._shadow_rng.standard_normal((rows.size, len(self.bs_ids)))
+            z *= np.sqrt(1.0 - rho * rho)
+            zr = rho * self._shadow_z[rows]
+            zr += z
+            self._shadow_z[rows] = zr
+            rs = self._update_loss(rows, zr)
+            best = np.argmax(rs, axis=1)
+            rs_best = rs[k, best]
+            rs_cur = rs[k, cur]
+        cond = rs_best > rs_cur + hyst
         same = cond & (self._ho_cand[rows] == best)
         self._ho_time[rows] = np.where(same, self._ho_time[rows] + dt, np.where(cond, dt, 0.0))
         self._ho_cand[rows] = np.where(cond, best, -1)

@@ -56,6 +56,18 @@ class ChannelParams:
         max_ue_height_m: terminal heights are clamped to this value inside
             the UMi / UMa formulas (their validity range ends at 22.5 m;
             aerial-UE models of TR 36.777 are not implemented).
+        nearest_bs: approximation for large deployments, ``0`` (default) =
+            exact. With ``k > 0``, after a client moves only its ``k``
+            nearest base stations (precomputed on a 25 m grid) and its
+            serving BS have their path loss and shadowing updated; the
+            others can neither be handed over to nor interfere until they
+            are among the nearest again. The shadowing of a pair is then
+            advanced lazily by the distance moved since its last update
+            (the same Gudmundson AR(1) correlation, drawn at once), so the
+            ``"channel/shadowing"`` stream is consumed differently and
+            results differ from the exact model for the same seed even
+            where the candidate set does not matter. Cost per mobility
+            update falls from O(moving clients x BSs) to O(moving clients x k).
     """
 
     model: str = "umi"
@@ -81,6 +93,7 @@ class ChannelParams:
     handover_time_to_trigger_s: float = 2.0
     access_latency_s: float = 1e-3
     max_ue_height_m: float = 22.5
+    nearest_bs: int = 0
 
     def __post_init__(self) -> None:
         if self.model not in _MODELS:
@@ -91,6 +104,8 @@ class ChannelParams:
                      "max_spectral_efficiency_bps_hz", "shadowing_decorrelation_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f'"{name}" must be > 0')
+        if self.nearest_bs < 0:
+            raise ValueError('"nearest_bs" must be >= 0')
         if not 0.0 <= self.interference_load_factor <= 1.0:
             raise ValueError('"interference_load_factor" must be in [0, 1]')
 
