@@ -125,6 +125,7 @@ class ChannelConfig(_Strict):
     handover_time_to_trigger_s: float = Field(2.0, ge=0, description="A better cell must stay better this long before a handover, s.")
     access_latency_s: float = Field(1e-3, ge=0, description="One-way latency of the radio hop, s.")
     max_ue_height_m: float = Field(22.5, gt=0, description="Terminal heights are clamped to this inside UMi/UMa (their validity range).")
+    nearest_bs: int = Field(0, ge=0, description="Approximation for large deployments: a moving client re-evaluates only its k nearest cells (0 = exact; 32 changed handovers by ~2% at 10,000 clients).")
 
 
 class DeviceClassConfig(_Strict):
