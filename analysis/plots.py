@@ -179,7 +179,9 @@ def plot_round_breakdown(
         float(np.nanmax(np.sum(vals, axis=0))), float(np.nanmax(dur)) if dur is not None else 0.0
     )
     div, unit = time_unit(tmax)
-    cols = [OKABE_ITO[0], OKABE_ITO[1], OKABE_ITO[2], "#BBBBBB"][: len(have)]
+    palette = {"t_download_s": OKABE_ITO[0], "t_compute_s": OKABE_ITO[1], "t_upload_s": OKABE_ITO[2],
+               "t_wait_s": "#BBBBBB", "t_server_s": "#555555"}
+    cols = [palette[c] for c, _ in have]  # by name: a missing phase must not shift the colours
     x = df["round"].to_numpy()
     with style():
         fig = new_figure(max(8.0, min(14.0, 4 + 0.12 * len(x))), 4.8)

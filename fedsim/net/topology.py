@@ -137,7 +137,8 @@ def manhattan_grid(
 
     g = nx.Graph(streets={"blocks_x": blocks_x, "blocks_y": blocks_y, "block_m": float(block_m)},
                  area_m=(float(width), float(height)))
-    g.add_node("cloud", kind="cloud", x=width / 2, y=height / 2, z=0.0)
+    # the cloud is reached over the WAN: draw it beyond the top edge, not under a cell
+    g.add_node("cloud", kind="cloud", x=width / 2, y=height + block_m, z=0.0)
     g.add_node("core", kind="edge", x=width / 2, y=height / 2, z=0.0)
     g.add_edge("core", "cloud", kind="wired", capacity_bps=float(cloud_bps),
                latency_s=float(cloud_latency_s))
