@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.cli import main
+from tests.shared_data import missing_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "scenarios" / "smart-city-small.yaml"
@@ -98,9 +99,10 @@ def test_run_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert (out / "precious.txt").read_text() == "keep me"
 
 
-def test_shipped_scenarios_validate(capsys: pytest.CaptureFixture) -> None:
-    files = sorted(str(p) for p in (REPO / "scenarios").glob("*.yaml"))
-    assert files
-    # scenarios needing a dataset directory name it relative to themselves; CI has ../shared beside the repo
-    code = main(["validate", *files])
+@pytest.mark.parametrize("path", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_scenarios_validate(path: Path, capsys: pytest.CaptureFixture) -> None:
+    # data-bound scenarios name ../../shared/data relative to themselves: CI has it beside the repo
+    if (gone := missing_data_dir(path)) is not None:
+        pytest.skip(f"{path.name}: data directory {gone} is missing")
+    code = main(["validate", str(path)])
     assert code == 0, capsys.readouterr().err

@@ -3,7 +3,7 @@ bytes, and the protocol end to end on a stand-in world (StarNetwork)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -129,8 +129,11 @@ def test_nmoe_cifar10_scenario_validates() -> None:
     from pathlib import Path
 
     from fedsim.config.loader import load_scenario
+    from tests.shared_data import missing_data_dir
 
     path = Path(__file__).resolve().parents[1] / "scenarios" / "nmoe-cifar10.yaml"
+    if (gone := missing_data_dir(path)) is not None:
+        pytest.skip(f"{path.name}: data directory {gone} is missing")
     loaded = load_scenario(path)
     s = loaded.scenario
     assert s.protocol.name == "nmoe" and s.data.dataset == "cifar10" and s.data.partition == "noniid_tau"
@@ -157,3 +160,33 @@ def test_offline_origin_issues_nothing_and_routes_see_online_owners() -> None:
     assert rows and all(r["client"] != "b" for r in rows)
     assert inf.skipped_offline > 0
     assert all(a == [True, False, True] for a in seen)
+
+
+def _nmoe_table() -> ModuleType:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "nmoe_table.py"
+    spec = importlib.util.spec_from_file_location("nmoe_table", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_table_method_latency_local_routing_is_cheaper() -> None:
+    """Table I's per-method latency: a routing that never picks the local expert moves
+    more bytes per request (and is slower) than one that always does; deterministic."""
+    mod = _nmoe_table()
+    clients = ["a", "b", "c"]
+    local = {c: (lambda rng, allowed, i=i: ([i], True)) for i, c in enumerate(clients)}
+    remote = {c: (lambda rng, allowed, i=i: ([(i + 1) % 3], True)) for i, c in enumerate(clients)}
+    costs = InferenceCosts(extract_flops=1e5, expert_flops=1e5, latent_bytes=256.0, reply_bytes=40.0)
+    s_loc = mod.method_latency(local, costs, 0, clients=clients, horizon_s=10.0)
+    s_rem = mod.method_latency(remote, costs, 0, clients=clients, horizon_s=10.0)
+    assert s_loc["n"] == s_rem["n"] > 0  # same request streams (routes draw nothing)
+    assert s_loc["bytes_per_request"] == 0.0 and s_loc["local_share"] == 1.0
+    assert s_rem["bytes_per_request"] == pytest.approx(296.0) and s_rem["local_share"] == 0.0
+    assert s_rem["bytes_per_request"] > s_loc["bytes_per_request"]
+    assert s_rem["p50_s"] > s_loc["p50_s"] + 2 * mod.INF_LATENCY_S - 1e-9  # two one-way latencies
+    assert mod.method_latency(remote, costs, 0, clients=clients, horizon_s=10.0) == s_rem

@@ -20,6 +20,7 @@ import pytest
 
 from fedsim.cli import main
 from fedsim.config import load_scenario
+from tests.shared_data import missing_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((REPO / "scenarios").glob("*.yaml"))
@@ -44,6 +45,8 @@ def test_scenarios_found() -> None:
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=_ids(SCENARIOS))
 def test_scenario_validates(path: Path) -> None:
+    if (gone := missing_data_dir(path)) is not None:
+        pytest.skip(f"{path.name}: data directory {gone} is missing")
     loaded = load_scenario(path)
     s = loaded.scenario
     assert s.run.name == path.stem, "run.name should match the file name"
@@ -75,6 +78,8 @@ def _smoke_params() -> list:
 
 @pytest.mark.parametrize("path", _smoke_params())
 def test_scenario_smoke_run(path: Path, tmp_path: Path) -> None:
+    if (gone := missing_data_dir(path)) is not None:
+        pytest.skip(f"{path.name}: data directory {gone} is missing")
     loaded = load_scenario(path)
     s = loaded.scenario
     if s.data.dir is not None:
