@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,9 @@ from analysis._style import (
     unique_labels,
 )
 from analysis.rundir import RunDir, as_rundir
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 RunLike = RunDir | str | Path
 
@@ -657,9 +661,27 @@ def plot_assignment_heatmap(
                 ax.set_yticks(range(n_rows))
                 ax.set_yticklabels([str(c) for c in piv.index], fontsize=8 if n_rows > 30 else 9)
         else:
-            ax.set_ylabel(f"Client group ({r} clients per row, in id order)")
+            ax.set_ylabel(f"Clients ({r} per row, in id order)")
+            _label_class_blocks(ax, run, list(piv.index), r, n_exp)
         ax.set_title(f"Client-expert assignments — {run.label}")
         return save(fig, out_dir, "assignment_heatmap", formats)
+
+
+def _label_class_blocks(ax: Axes, run: RunDir, clients: list[str], r: int, n_exp: int) -> None:
+    """Label the row blocks of a binned client heatmap by device class, with separators."""
+    if not run.has("nodes"):
+        return
+    nd = run.nodes
+    cls = dict(zip(nd["node"].astype(str), nd["device_class"].astype(str)))
+    row_cls = [cls.get(clients[i], "?") for i in range(0, len(clients), r)]
+    starts = [i for i in range(len(row_cls)) if i == 0 or row_cls[i] != row_cls[i - 1]]
+    ends = starts[1:] + [len(row_cls)]
+    counts = {c: sum(1 for x in clients if cls.get(x) == c) for c in set(row_cls)}
+    ax.set_yticks([(a + b - 1) / 2 for a, b in zip(starts, ends)])
+    ax.set_yticklabels([f"{row_cls[a]} ({counts[row_cls[a]]})" for a in starts])
+    for a in starts[1:]:
+        ax.axhline(a - 0.5, color="white", lw=1.2)
+    ax.set_xlim(-0.5, n_exp - 0.5)
 
 
 def plot_expert_load(
