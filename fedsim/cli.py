@@ -134,7 +134,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     rounds = res.rounds
     last = rounds["accuracy"].dropna().iloc[-1] if "accuracy" in rounds and rounds["accuracy"].notna().any() else float("nan")
     print(f"run directory: {res.run_dir}")
-    print(f"figures:       {res.run_dir / 'figures'} ({len(res.figures)} files)")
+    n_fig = len({p.stem for p in res.figures})
+    print(f"figures:       {res.run_dir / 'figures'} ({n_fig} figures, PNG and SVG)")
     print(f"final accuracy {last:.4f}, simulated time {_fmt_s(res.manifest.get('sim_end_s', 0.0))}, wall {res.manifest['wall_s']:.1f} s")
     return 0
 
@@ -167,7 +168,7 @@ def _cmd_plot(a: argparse.Namespace) -> int:
 
     d = _run_dir_arg(a.run_dir)
     paths = plot_run(d)
-    print(f"wrote {len(paths)} figures to {d / 'figures'}")
+    print(f"wrote {len({p.stem for p in paths})} figures (PNG and SVG) to {d / 'figures'}")
     return 0
 
 
