@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import traceback
 from collections.abc import Callable
@@ -105,8 +106,6 @@ def run(
         run_dir = Path(out_dir)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ScenarioError(f"output directory {str(run_dir)!r} already holds files; choose another --out", file="--out")
-
-    import gc
 
     wall0 = time.perf_counter()  # host wall time is reported, never used in the simulation
     threads = torch.get_num_threads()

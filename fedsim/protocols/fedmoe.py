@@ -90,6 +90,7 @@ class FedMoE(Protocol):
         self._k_event: simpy.Event | None = None
         self._k_needed = 0
         self._completed = 0
+        self._last_load = np.zeros(self.E)  # samples routed to each expert in the last aggregation
 
     # ----------------------------------------------------------------- run
     def run(self) -> None:
@@ -129,6 +130,7 @@ class FedMoE(Protocol):
         self._outcomes = {}
         self._procs = {}
         self._completed = 0
+        self._last_load = np.zeros(self.E)
         dispatched = [c for c in selected if assignment.get(c)]
         for c in selected:
             if not assignment.get(c):
@@ -328,7 +330,7 @@ class FedMoE(Protocol):
             )
             for e in o.experts:
                 self.rec.row("assignments", round=r, client=o.client, expert=int(e))
-        load = getattr(self, "_last_load", np.zeros(self.E)) if updates else np.zeros(self.E)
+        load = self._last_load
         per_expert = np.zeros(self.E, dtype=int)
         for _c, ex in assignment.items():
             for e in ex:
