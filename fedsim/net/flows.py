@@ -584,17 +584,25 @@ class FlowSystem:
         t = f.last_t + (f.size_bits - f.done_bits) / f.rate
         heapq.heappush(self._heap, (t, f.seq, f.version, f))
         if t < self._next_wake:
-            self._next_wake = t
-            ev = self.env.timeout(max(t - self.env.now, 0.0))
-            ev.callbacks.append(self._on_wake)
+            self._wake_at(t)
 
-    def _on_wake(self, _ev: simpy.Event) -> None:
+    def _wake_at(self, t: float) -> None:
+        """Schedule a wake for the flow finishing at ``t``. The wake carries ``t``
+        itself: ``now + (t - now)`` can round to just below ``t``, and a wake
+        that compared the clock with ``t`` would then leave ``_next_wake`` stuck
+        in the past and never schedule another (every flow would stall)."""
+        self._next_wake = t
+        ev = self.env.timeout(max(t - self.env.now, 0.0))
+        ev.callbacks.append(lambda e, t=t: self._on_wake(e, t))
+
+    def _on_wake(self, _ev: simpy.Event, target: float | None = None) -> None:
         now = self.env.now
-        if now >= self._next_wake:
+        due = now if target is None else max(now, target)
+        if due >= self._next_wake:
             self._next_wake = _INF
         heap = self._heap
         finished: list[Flow] = []
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= due:
             _, _, version, f = heapq.heappop(heap)
             if f.active and version == f.version:
                 finished.append(f)
@@ -616,10 +624,7 @@ class FlowSystem:
         while heap and (not heap[0][3].active or heap[0][2] != heap[0][3].version):
             heapq.heappop(heap)
         if heap and heap[0][0] < self._next_wake:
-            t = heap[0][0]
-            self._next_wake = t
-            ev = self.env.timeout(max(t - now, 0.0))
-            ev.callbacks.append(self._on_wake)
+            self._wake_at(heap[0][0])
 
     # -- the transfer process ------------------------------------------------
     def transfer(self, path: Sequence[Link], coeffs: Sequence[float], nbytes: float,
