@@ -15,6 +15,23 @@ experts can run. The load-balancing loss is the Switch Transformer's
 top-k assignments routed to e and ``P_e`` the mean gate probability of e
 (1.0 when perfectly balanced).
 
+Stem / expert split: the backbone is the shared *stem* (``widths`` may be empty:
+then the MLP stem is one projection), and each expert is an MLP head with
+``expert_layers`` hidden layers of ``expert_hidden`` units, so widening and
+deepening the experts against a thin stem puts most parameters in the experts
+(:func:`parameter_split` reports the shares).
+
+Gate weights (``gate_weights``): ``"renormalised"`` combines the top-k experts
+with their probabilities renormalised over the top-k (and, with an expert mask,
+over the allowed experts): with ``top_k=1`` the weight is always 1 and the
+gate gets no gradient from the task loss. ``"softmax"`` (Switch Transformer,
+Fedus et al. 2022, JMLR 23(120), Sec. 2.1) takes the softmax over *all* E
+experts, picks the top-k among the allowed ones and weights each chosen
+expert's output by its *unnormalised* probability; the gradient of the task
+loss then reaches every expert's gate logit through the softmax normaliser, so
+a client holding experts {a, b} teaches the gate that its kind of data belongs
+to a or b rather than to any of the other E - 2 experts.
+
 Gate noise (``gate_noise_std``, added to the gate logits in training mode) is
 drawn only from a ``torch.Generator`` passed to ``forward``; without one there
 is no noise, so nothing ever touches the global torch RNG.
@@ -38,7 +55,11 @@ __all__ = [
     "expert_keys",
     "shared_keys",
     "expert_index",
+    "parameter_split",
+    "GATE_WEIGHTS",
 ]
+
+GATE_WEIGHTS = ("renormalised", "softmax")
 
 
 @dataclass(frozen=True)
@@ -51,7 +72,9 @@ class MoEConfig:
     ``"resnet18"`` (CIFAR ResNet-18, ``widths`` ignored). Every backbone ends in a
     linear projection to ``feature_dim`` followed by ReLU.
     ``num_experts`` E, ``top_k`` experts per sample, ``expert_hidden`` the hidden
-    width of each expert MLP head. ``aux_loss_weight`` is used by training.
+    width of each expert MLP head, ``expert_layers`` its number of hidden layers
+    (>= 1). ``gate_weights``: ``"renormalised"`` or ``"softmax"`` (see the module
+    docstring). ``aux_loss_weight`` is used by training.
     """
 
     input_shape: tuple[int, ...]
@@ -64,8 +87,14 @@ class MoEConfig:
     expert_hidden: int = 64
     gate_noise_std: float = 0.0
     aux_loss_weight: float = 0.01
+    expert_layers: int = 1
+    gate_weights: str = "renormalised"
 
     def __post_init__(self) -> None:
+        if self.expert_layers < 1:
+            raise ValueError('"expert_layers" must be >= 1')
+        if self.gate_weights not in GATE_WEIGHTS:
+            raise ValueError(f'"gate_weights" must be one of {", ".join(GATE_WEIGHTS)}')
         if self.backbone not in ("mlp", "cnn", "resnet18"):
             raise ValueError('"backbone" must be "mlp", "cnn" or "resnet18"')
         if self.num_experts < 1:
@@ -165,16 +194,22 @@ def _resnet18_backbone(cfg: MoEConfig) -> nn.Sequential:
 
 
 class Expert(nn.Module):
-    """An expert: MLP head feature_dim -> expert_hidden -> num_classes."""
+    """An expert: MLP head feature_dim -> expert_hidden (x ``expert_layers``) -> num_classes."""
 
     def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
         self.fc1 = nn.Linear(cfg.feature_dim, cfg.expert_hidden)
         self.act = nn.ReLU()
+        self.hidden = nn.ModuleList(
+            nn.Linear(cfg.expert_hidden, cfg.expert_hidden) for _ in range(cfg.expert_layers - 1)
+        )
         self.fc2 = nn.Linear(cfg.expert_hidden, cfg.num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(h)))
+        z = self.act(self.fc1(h))
+        for layer in self.hidden:
+            z = self.act(layer(z))
+        return self.fc2(z)
 
 
 class MoEClassifier(nn.Module):
@@ -198,8 +233,10 @@ class MoEClassifier(nn.Module):
         expert_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Gate probabilities (N, E) after masking, top-k indices (N, k) and
-        their renormalised weights (N, k)."""
+        """Gate probabilities (N, E), top-k indices (N, k) among the allowed
+        experts and their weights (N, k): renormalised over the top-k, or the
+        unmasked softmax probabilities with ``gate_weights="softmax"`` (whose
+        ``probs`` are then the unmasked softmax over all E experts)."""
         logits = self.gate(h)
         if self.training and self.cfg.gate_noise_std > 0 and generator is not None:
             noise = torch.randn(logits.shape, generator=generator, dtype=logits.dtype)
@@ -210,9 +247,16 @@ class MoEClassifier(nn.Module):
             allowed = int(expert_mask.sum())
             if allowed == 0:
                 raise ValueError('"expert_mask" must allow at least one expert')
-            logits = logits.masked_fill(~expert_mask, float("-inf"))
             k = min(k, allowed)
+            if self.cfg.gate_weights == "softmax":
+                probs = F.softmax(logits, dim=-1)
+                top_idx = probs.masked_fill(~expert_mask, -1.0).topk(k, dim=-1).indices
+                return probs, top_idx, probs.gather(1, top_idx)
+            logits = logits.masked_fill(~expert_mask, float("-inf"))
         probs = F.softmax(logits, dim=-1)
+        if self.cfg.gate_weights == "softmax":
+            top_w, top_idx = probs.topk(k, dim=-1)
+            return probs, top_idx, top_w
         top_w, top_idx = probs.topk(k, dim=-1)
         top_w = top_w / top_w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         return probs, top_idx, top_w
@@ -257,6 +301,17 @@ def expert_keys(state: dict[str, torch.Tensor] | list[str], e: int) -> list[str]
 def shared_keys(state: dict[str, torch.Tensor] | list[str]) -> list[str]:
     """Keys of everything but the experts: backbone and gate (parameters and buffers)."""
     return [k for k in state if not k.startswith("experts.")]
+
+
+def parameter_split(model: nn.Module) -> dict[str, int]:
+    """Parameter counts of ``model``'s stem (``backbone.*``), ``gate.*`` and all
+    ``experts.*`` together: ``{"stem", "gate", "experts", "total"}``."""
+    out = {"stem": 0, "gate": 0, "experts": 0}
+    for name, p in model.named_parameters():
+        part = "experts" if name.startswith("experts.") else "gate" if name.startswith("gate.") else "stem"
+        out[part] += p.numel()
+    out["total"] = sum(out.values())
+    return out
 
 
 def expert_index(key: str) -> int | None:

@@ -103,6 +103,23 @@ class Update:
     loss_last: float
     flops: float
     num_steps: int
+    expert_loss: np.ndarray | None = None
+
+
+def _expert_losses(model: MoEClassifier, x: torch.Tensor, y: torch.Tensor, experts: list[int]) -> np.ndarray:
+    """Mean cross-entropy (nats) of each expert in ``experts`` alone on ``(x, y)``, shape (E,), NaN elsewhere."""
+    out = np.full(model.cfg.num_experts, np.nan)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        tot = np.zeros(len(experts))
+        for s in range(0, len(y), 1024):
+            h = model.features(x[s : s + 1024])
+            for i, e in enumerate(experts):
+                tot[i] += float(F.cross_entropy(model.experts[e](h), y[s : s + 1024], reduction="sum"))
+    out[experts] = tot / len(y)
+    model.train(was_training)
+    return out
 
 
 def _empty_model(cfg: MoEConfig) -> MoEClassifier:
@@ -154,12 +171,13 @@ def init_state(cfg: MoEConfig, seed: int) -> dict[str, torch.Tensor]:
 
 
 @lru_cache(maxsize=64)
-def _job_flops_per_sample(cfg: MoEConfig, k: int) -> tuple[float, float]:
-    """(train FLOPs per sample with k experts, forward FLOPs of backbone + gate per sample)."""
+def _job_flops_per_sample(cfg: MoEConfig, k: int, forward_experts: bool = False) -> tuple[float, float]:
+    """(train FLOPs per sample with k experts, forward FLOPs per sample of backbone
+    + gate, or of backbone + gate + k experts with ``forward_experts``)."""
     model = build_model(cfg)
     return (
         flops_per_sample(model, cfg.input_shape, experts_active=k, train=True),
-        flops_per_sample(model, cfg.input_shape, experts_active=0, train=False),
+        flops_per_sample(model, cfg.input_shape, experts_active=k if forward_experts else 0, train=False),
     )
 
 
@@ -197,6 +215,7 @@ def train_local(job: TrainJob) -> Update:
     if not tc.train_shared:
         model.backbone.eval()
     x, y = job.x.to(tc.device), job.y.to(tc.device)
+    expert_loss = _expert_losses(model, x, y, experts)
     steps, loss_first, loss_last = 0, float("nan"), float("nan")
     samples_per_expert = np.zeros(e_total, dtype=np.int64)
     for epoch in range(tc.local_epochs):
@@ -237,7 +256,9 @@ def train_local(job: TrainJob) -> Update:
             keep.append(k)
     state = {k: sd[k].detach().to("cpu", copy=True) for k in keep}
     train_fps, fwd_shared = _job_flops_per_sample(cfg, min(cfg.top_k, len(experts)))
-    flops = train_fps * n * tc.local_epochs + fwd_shared * n
+    _, fwd_experts = _job_flops_per_sample(cfg, len(experts), forward_experts=True)
+    # training + the feedback pass (backbone + gate) + the expert-loss pass (backbone + experts)
+    flops = train_fps * n * tc.local_epochs + fwd_shared * n + fwd_experts * n
     return Update(
         client_id=job.client_id,
         round=job.round,
@@ -250,4 +271,5 @@ def train_local(job: TrainJob) -> Update:
         loss_last=loss_last,
         flops=float(flops),
         num_steps=steps,
+        expert_loss=expert_loss,
     )

@@ -124,7 +124,8 @@ class FedMoE(Protocol):
 
         estimates = {c: self.estimator.estimate(c) for c in selected}
         budgets = {c: self.budget(c, estimates[c]) for c in selected}
-        ctx = self.acct.assign_context(estimates, cfg.deadline_s, s.alignment.capacity.safety_margin, {c: w.num_samples(c) for c in selected})
+        needed = min(cfg.min_completions or cfg.clients_per_round, len(selected))
+        ctx = self.acct.assign_context(estimates, cfg.deadline_s, s.alignment.capacity.safety_margin, {c: w.num_samples(c) for c in selected}, needed)
         assignment = self.policy.assign(selected, budgets, self.align, self.rng_policy, ctx) if selected else {}
 
         self._outcomes = {}
@@ -163,10 +164,12 @@ class FedMoE(Protocol):
         t_end = float(self.env.now)
 
         acc = f1 = auc = math.nan
+        am = dict.fromkeys(("accuracy_client", "accuracy_client_rare", "accuracy_rare", "routing_nmi"), math.nan)
         if (r + 1) % s.evaluation.every_rounds == 0 or r == s.run.rounds - 1:
             m = w.evaluate(self.model, self.global_state)
             acc, f1, auc = m["accuracy"], m["f1"], m["auc"]
-        self.record_round(r, t0, t_close, t_end, selected, assignment, updates, acc, f1, auc)
+            am = w.evaluate_alignment(self.model, self.global_state, np.asarray(self.align.fitness_rows(w.clients)))
+        self.record_round(r, t0, t_close, t_end, selected, assignment, updates, acc, f1, auc, am)
         self.rec.event(t_end, "round_end", round=r, seconds=t_end - t0)
         self.progress(round=r + 1, t_s=t_end, accuracy=acc, bytes=self.bytes_moved)
 
@@ -271,6 +274,7 @@ class FedMoE(Protocol):
                 loss_first=float(u.loss_first),
                 loss_last=float(u.loss_last),
                 samples_per_expert=np.asarray(u.samples_per_expert, dtype=float),
+                expert_loss=None if u.expert_loss is None else np.asarray(u.expert_loss, dtype=float),
             )
             for u in good
         }
@@ -291,7 +295,7 @@ class FedMoE(Protocol):
         self.rec.event(now, "aggregate", round=r, updates=len(good), rejected=len(res.rejected))
 
     # -------------------------------------------------------------- records
-    def record_round(self, r, t0, t_close, t_end, selected, assignment, updates, acc, f1, auc) -> None:  # noqa: ANN001
+    def record_round(self, r, t0, t_close, t_end, selected, assignment, updates, acc, f1, auc, am=None) -> None:  # noqa: ANN001
         """Write the rounds, clients, assignments and experts rows of round ``r``."""
         from fedsim.alignment.policies import expert_load_cv
 
@@ -306,7 +310,7 @@ class FedMoE(Protocol):
         self.rec.row(
             "rounds",
             round=r, t_start_s=t0, t_end_s=t_end, duration_s=t_end - t0,
-            accuracy=acc, f1=f1, auc=auc,
+            accuracy=acc, f1=f1, auc=auc, **(am or {}),
             selected=len(selected), completed=count["completed"], stragglers=count["straggler"],
             dropouts=count["dropout"], ooms=count["oom"], skipped=count["skipped"],
             bytes_up=float(sum(o.bytes_up for o in outs)), bytes_down=float(sum(o.bytes_down for o in outs)),
