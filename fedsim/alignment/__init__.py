@@ -27,6 +27,7 @@ from fedsim.alignment.policies import (
     RandomPolicy,
     make_policy,
 )
+from fedsim.alignment.variants import InRoundBalancedPolicy, SystemsAwarePolicy
 from fedsim.alignment.state import AlignmentState, Feedback, loss_reward
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "DeadlineAwarePolicy",
     "Feedback",
     "GreedyPolicy",
+    "InRoundBalancedPolicy",
+    "SystemsAwarePolicy",
     "InfeasibleAssignmentError",
     "LoadBalancedPolicy",
     "OptimalPolicy",

@@ -261,11 +261,14 @@ def group_sizes(num_clients: int, shares: tuple[float, ...] | list[float]) -> np
         raise ValueError('"group_shares" must be a non-empty list of numbers > 0')
     if len(w) > num_clients:
         raise ValueError(f'{len(w)} groups need at least as many clients, got {num_clients}')
-    exact = w / w.sum() * (num_clients - len(w))
-    sizes = 1 + np.floor(exact).astype(int)
+    exact = w / w.sum() * num_clients
+    sizes = np.floor(exact).astype(int)
     rest = num_clients - int(sizes.sum())
     order = np.argsort(-(exact - np.floor(exact)), kind="stable")
     sizes[order[:rest]] += 1
+    for g in np.flatnonzero(sizes == 0):  # every group gets a client, taken from the largest
+        sizes[int(np.argmax(sizes))] -= 1
+        sizes[g] = 1
     return sizes
 
 
