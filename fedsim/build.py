@@ -210,7 +210,8 @@ class World:
         self.model_config = MoEConfig(
             input_shape=tuple(ds.input_shape), num_classes=ds.num_classes, backbone=m.backbone,
             widths=(m.hidden,) * stem if m.backbone == "mlp" else (16, 32, 64, 128, 128, 128, 128, 128)[:stem],
-            feature_dim=m.feature_dim,
+            feature_dim=m.feature_dim if m.stem_projection else int(np.prod(ds.input_shape)),
+            stem_projection=m.stem_projection,
             num_experts=m.num_experts, top_k=m.top_k, expert_hidden=m.expert_hidden,
             gate_noise_std=m.gate_noise_std, aux_loss_weight=m.aux_loss_weight,
             expert_layers=m.expert_layers, gate_weights=m.gate_weights,

@@ -195,6 +195,7 @@ class ModelConfig(_Strict):
     aux_loss_weight: float = Field(0.01, ge=0, description="Switch-style load-balancing loss weight.")
     stem_layers: int | None = Field(None, ge=0, le=8, description="Hidden layers of the shared stem (mlp: of width hidden; cnn: conv blocks); null: 1 for mlp, 2 for cnn.")
     expert_layers: int = Field(1, ge=1, le=8, description="Hidden layers of expert_hidden units in each expert.")
+    stem_projection: bool = Field(True, description="mlp with stem_layers 0: false drops the shared projection, so gate and experts read the flattened input (feature_dim is then ignored).")
     gate_weights: Literal["renormalised", "softmax"] = Field("renormalised", description="Top-k weights: renormalised over the chosen experts, or the unnormalised softmax over all experts (Switch; the gate learns across experts).")
 
 

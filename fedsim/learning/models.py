@@ -74,7 +74,9 @@ class MoEConfig:
     ``num_experts`` E, ``top_k`` experts per sample, ``expert_hidden`` the hidden
     width of each expert MLP head, ``expert_layers`` its number of hidden layers
     (>= 1). ``gate_weights``: ``"renormalised"`` or ``"softmax"`` (see the module
-    docstring). ``aux_loss_weight`` is used by training.
+    docstring). ``stem_projection`` False (MLP, no hidden widths): no shared
+    layer at all, the gate and the experts read the flattened input
+    (``feature_dim`` must equal its size). ``aux_loss_weight`` is used by training.
     """
 
     input_shape: tuple[int, ...]
@@ -89,8 +91,16 @@ class MoEConfig:
     aux_loss_weight: float = 0.01
     expert_layers: int = 1
     gate_weights: str = "renormalised"
+    stem_projection: bool = True
 
     def __post_init__(self) -> None:
+        if not self.stem_projection and (
+            self.backbone != "mlp" or self.widths or self.feature_dim != math.prod(self.input_shape)
+        ):
+            raise ValueError(
+                '"stem_projection" False needs backbone "mlp", no hidden widths and '
+                "feature_dim = the flattened input size"
+            )
         if self.expert_layers < 1:
             raise ValueError('"expert_layers" must be >= 1')
         if self.gate_weights not in GATE_WEIGHTS:
@@ -125,6 +135,8 @@ class MoEOutput(NamedTuple):
 def _mlp_backbone(cfg: MoEConfig) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(cfg.input_shape)
+    if not cfg.stem_projection:  # no shared layer: gate and experts read the flattened input
+        return nn.Sequential(*layers)
     for w in cfg.widths:
         layers += [nn.Linear(width, w), nn.ReLU()]
         width = w
