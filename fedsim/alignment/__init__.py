@@ -27,8 +27,8 @@ from fedsim.alignment.policies import (
     RandomPolicy,
     make_policy,
 )
-from fedsim.alignment.variants import InRoundBalancedPolicy, SystemsAwarePolicy
 from fedsim.alignment.state import AlignmentState, Feedback, loss_reward
+from fedsim.alignment.variants import InRoundBalancedPolicy, SystemsAwarePolicy
 
 __all__ = [
     "POLICIES",
