@@ -105,6 +105,8 @@ _ROUNDS = TableSchema("rounds", "one row per round (nmoe: per training stage)", 
     _c("t_wait_s", "float", "s", "mean wait from a completed client's end to the round's close"),
     _c("t_server_s", "float", "s", "server time after the close (aggregation, compute)"),
     _c("online", "int", "1", "clients online at the round's end"),
+    _c("stage", "str", "", "nmoe: training stage (extractor / experts / gate)", False),
+    _c("loss", "float", "1", "nmoe: the stage's final training loss (NaN when the stage reports none)", False),
 ))
 
 _CLIENTS = TableSchema("clients", "one row per selected client and round", (

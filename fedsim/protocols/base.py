@@ -283,9 +283,10 @@ class Protocol:
         """
         from fedsim.engine.tables import TABLES
 
-        row = TABLES["rounds"].blank_row()
+        schema = TABLES["rounds"]
+        row = schema.blank_row()
         for k, v in fields.items():
-            if k not in row:
+            if k not in schema.names:
                 raise KeyError(f"rounds: column {k!r} is not declared in fedsim/engine/tables.py")
             row[k] = v
         self.rec.row("rounds", **row)
