@@ -11,7 +11,8 @@ it is worth naming there).
 
 Dtypes: ``int`` (int64), ``float`` (float64; NaN = not measured), ``str``
 (text, may be null), ``bool`` (may be null in ``events``, where a column only
-concerns some event kinds). Units: ``s`` simulated seconds, ``bytes``,
+concerns some event kinds); a column with no value at all passes any dtype
+but ``int`` (pandas stores it as float NaN). Units: ``s`` simulated seconds, ``bytes``,
 ``bps`` bits per second, ``hz``, ``flops``, ``m`` metres, ``1`` a ratio or
 count without unit, ``""`` text.
 """
@@ -271,6 +272,8 @@ _KINDS = {"int": "iu", "float": "f", "bool": "b"}
 def _dtype_ok(col: Column, s: pd.Series) -> bool:
     """Whether series ``s`` holds values of ``col.dtype`` (nulls allowed except in int columns)."""
     kind = s.dtype.kind
+    if col.dtype != "int" and s.isna().all():
+        return True  # a column no row filled (pandas makes it float NaN): nothing to check
     if col.dtype in _KINDS and kind in _KINDS[col.dtype]:
         return True
     if col.dtype == "float" and kind in "iu":
