@@ -112,12 +112,14 @@ class OneExpertFL(Protocol):
         w = self.world
         phase = None
         try:
-            for o.phase, proc in (
+            steps = (
                 ("download", lambda: w.transfer(w.server, o.client, 1e6, o.round, "download")),
                 ("compute", lambda: w.compute(o.client, 2e9, o.round, 0.0)),
                 ("upload", lambda: w.transfer(o.client, w.server, 5e5, o.round, "upload")),
-            ):
-                phase = proc()
+            )
+            for name, start in steps:
+                o.phase = name
+                phase = start()
                 res = yield phase
                 if not res.completed:
                     o.status = w.cause_status(res.cause)
