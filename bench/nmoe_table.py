@@ -60,7 +60,7 @@ from fedsim.learning.datasets import load_dataset
 from fedsim.learning.models import MoEClassifier, MoEConfig
 from fedsim.learning.partition import partition
 from fedsim.protocols.nmoe import InferenceCosts, InferenceSim, StarNetwork, latency_summary
-from fedsim.protocols.nmoe_learning import (
+from fedsim.learning.nmoe import (
     GATES,
     ClientData,
     NMoEModel,

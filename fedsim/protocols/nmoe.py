@@ -1,6 +1,6 @@
 """``nmoe``: Networked Mixture-of-Experts, trained in three stages, served without a server.
 
-Training (:mod:`fedsim.protocols.nmoe_learning`, real PyTorch at zero simulated
+Training (:mod:`fedsim.learning.nmoe`, real PyTorch at zero simulated
 time): stage 1 learns the shared feature extractor by FL (``fedce`` or
 ``fedsc``, ``run.rounds`` rounds of ``training.local_epochs``), stage 2 every
 client's own expert on its local data, stage 3 the shared gate (``rangate``,
@@ -270,8 +270,8 @@ class NMoE(Protocol):
 
     # --------------------------------------------------------------- training
     def train_config(self) -> Any:
-        """The :class:`~fedsim.protocols.nmoe_learning.NMoETrainConfig` of the scenario."""
-        from fedsim.protocols.nmoe_learning import NMoETrainConfig
+        """The :class:`~fedsim.learning.nmoe.NMoETrainConfig` of the scenario."""
+        from fedsim.learning.nmoe import NMoETrainConfig
 
         s, c = self.s, self.cfg
         return NMoETrainConfig(
@@ -284,7 +284,7 @@ class NMoE(Protocol):
     def train(self) -> Any:
         """Run the three stages on the world's data; record ``nmoe_eval``; return the model."""
         from fedsim.learning.datasets import Dataset
-        from fedsim.protocols.nmoe_learning import (
+        from fedsim.learning.nmoe import (
             client_data,
             evaluate_per_client,
             local_ratio,
