@@ -74,6 +74,7 @@ from fedsim.learning.nmoe_model import (
     train_nmoe,
 )
 from fedsim.learning.partition import partition
+from fedsim.learning.threads import set_torch_threads
 from fedsim.net.star import StarNetwork
 from fedsim.protocols.nmoe import InferenceCosts, InferenceSim, latency_summary
 from fedsim.rng import RngStreams
@@ -266,7 +267,7 @@ def main() -> None:
     ap.add_argument("--inference", action="store_true", help="run the serverless-inference demo instead")
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     t0 = time.perf_counter()
     c0 = time.process_time()
     data_dir = args.data_dir if args.data_dir is not None else DEFAULT_DIRS[args.dataset]

@@ -95,9 +95,8 @@ def run(
         rewritten with ``status: failed`` and the traceback goes to
         ``error.txt``; every table recorded so far is still written.
     """
-    import torch
-
     from fedsim.build import build_world
+    from fedsim.learning.threads import set_torch_threads
     from fedsim.protocols import make_protocol
 
     loaded = scenario if isinstance(scenario, LoadedScenario) else load_scenario(scenario)
@@ -108,9 +107,8 @@ def run(
             raise ScenarioError(f"output directory {str(run_dir)!r} already holds files; choose another --out", file="--out")
 
     wall0 = time.perf_counter()  # host wall time is reported, never used in the simulation
-    threads = torch.get_num_threads()
     gc_threshold = gc.get_threshold()
-    torch.set_num_threads(s.training.torch_threads)  # oversubscribed BLAS threads are ~10x slower on busy hosts
+    restore_threads = set_torch_threads(s.training.torch_threads)
     try:
         # build first: bad input found here (a dataset directory that does not
         # hold the expected files, ...) fails before anything is written
@@ -136,7 +134,7 @@ def run(
         except BaseException as exc:  # noqa: BLE001 - re-raised after saving what we have
             failed = exc
     finally:
-        torch.set_num_threads(threads)
+        restore_threads()
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
     frames = world.frames()
