@@ -64,7 +64,15 @@ class RunResult:
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> LoadedScenario:
-    """Load and validate a scenario file (see :func:`fedsim.config.load_scenario`)."""
+    """Load and validate a scenario file (see :func:`fedsim.config.load_scenario`).
+
+    The rules that need the built world (reachability, a registered policy) are
+    checked when :func:`run` builds it (:func:`fedsim.build.check_world_rules`),
+    so the topology is built once per run.
+
+    Raises:
+        ScenarioError: ``FILE:LINE: key.path: rule`` on the first broken rule.
+    """
     return _load(path, overrides, seed=seed)
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsim.build import load_checked
 from fedsim.config import LoadedScenario, ScenarioError
-from fedsim.config import load_scenario as _load_scenario
 from fedsim.sweep.index import _manifest
 from fedsim.sweep.spec import SweepSpec, _value_json, grid_cells, run_names
 
@@ -43,7 +43,8 @@ class RunTask:
 def plan_runs(spec: SweepSpec) -> tuple[list[RunTask], list[LoadedScenario]]:
     """Expand ``spec`` into run tasks (ordered by cell then seed) and validate every one.
 
-    Every run's scenario is loaded with :func:`fedsim.config.load_scenario`
+    Every run's scenario is loaded and checked with
+    :func:`fedsim.build.load_checked` (every rule, world rules included)
     before anything runs, so a grid key or value the schema rejects fails
     the whole sweep up front.
 
@@ -62,7 +63,7 @@ def plan_runs(spec: SweepSpec) -> tuple[list[RunTask], list[LoadedScenario]]:
         for seed in spec.seeds:
             ov = (*spec.overrides, *cell_ov)
             try:
-                ls = _load_scenario(spec.scenario, list(ov), seed=seed)
+                ls = load_checked(spec.scenario, list(ov), seed=seed)
             except ScenarioError as e:
                 hit = [
                     k
