@@ -66,7 +66,15 @@ class RunResult:
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> LoadedScenario:
-    """Load and validate a scenario file (see :func:`fedsim.config.load_scenario`)."""
+    """Load and validate a scenario file (see :func:`fedsim.config.load_scenario`).
+
+    The rules that need the built world (reachability, a registered policy) are
+    checked when :func:`run` builds it (:func:`fedsim.build.check_world_rules`),
+    so the topology is built once per run.
+
+    Raises:
+        ScenarioError: ``FILE:LINE: key.path: rule`` on the first broken rule.
+    """
     return _load(path, overrides, seed=seed)
 
 
@@ -111,9 +119,8 @@ def run(
             :mod:`fedsim.engine.tables` (a bug in the simulator).
         Exception: whatever the simulation raised, after the run directory is saved.
     """
-    import torch
-
     from fedsim.build import build_world
+    from fedsim.learning.threads import set_torch_threads
     from fedsim.protocols import make_protocol
 
     loaded = scenario if isinstance(scenario, LoadedScenario) else load_scenario(scenario)
@@ -124,9 +131,8 @@ def run(
             raise ScenarioError(f"output directory {str(run_dir)!r} already holds files; choose another --out", file="--out")
 
     wall0 = time.perf_counter()  # host wall time is reported, never used in the simulation
-    threads = torch.get_num_threads()
     gc_threshold = gc.get_threshold()
-    torch.set_num_threads(s.training.torch_threads)  # oversubscribed BLAS threads are ~10x slower on busy hosts
+    restore_threads = set_torch_threads(s.training.torch_threads)
     try:
         # build first: bad input found here (a dataset directory that does not
         # hold the expected files, ...) fails before anything is written
@@ -152,7 +158,7 @@ def run(
         except BaseException as exc:  # noqa: BLE001 - re-raised after saving what we have
             failed = exc
     finally:
-        torch.set_num_threads(threads)
+        restore_threads()
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
     frames = world.frames()
