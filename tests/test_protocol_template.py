@@ -222,3 +222,12 @@ def test_registry_is_the_one_list() -> None:
         assert issubclass(cls, Protocol) and cls.name == name
     with pytest.raises(ValueError, match="unknown protocol 'nope'"):
         make_protocol(SimpleNamespace(scenario=SimpleNamespace(protocol=SimpleNamespace(name="nope"))))
+
+
+def test_schema_names_every_registered_protocol() -> None:
+    """The config layer cannot import protocols, so a test holds its ``Literal`` equal to the registry."""
+    import typing
+
+    from fedsim.config.schema import ProtocolConfig
+
+    assert typing.get_args(ProtocolConfig.model_fields["name"].annotation) == PROTOCOL_NAMES
