@@ -152,6 +152,9 @@ def aggregate_cells(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.D
     Returns:
         One row per cell: the ``by`` columns, then for each metric ``m``:
         ``m_mean``, ``m_std``, ``m_n``, ``m_ci95`` (half-width), ``m_lo``, ``m_hi``.
+
+    Raises:
+        KeyError: a ``by`` or ``metrics`` column is not in ``df``.
     """
     from scipy.stats import t as student_t
 

@@ -94,6 +94,9 @@ class InferenceSim:
     sample choices. ``online(c)`` (optional): whether ``c`` is online; an
     arrival at an offline client is dropped and counted in ``skipped_offline``.
     Rows go to ``rec.row("requests", ...)``.
+
+    Raises:
+        ValueError: ``rate_per_s`` or ``horizon_s`` is not > 0.
     """
 
     def __init__(
