@@ -102,6 +102,13 @@ def run(
         The :class:`RunResult`. If the simulation raises, the manifest is
         rewritten with ``status: failed`` and the traceback goes to
         ``error.txt``; every table recorded so far is still written.
+
+    Raises:
+        ScenarioError: bad input (a broken rule, including the world rules
+            checked when the world is built; ``out_dir`` already holds files),
+            before anything is written.
+        Exception: whatever the simulation raised, after the run directory is
+            written with ``status: failed``.
     """
     from fedsim.build import build_world
     from fedsim.learning.threads import set_torch_threads

@@ -469,6 +469,9 @@ class Network:
         ``proc.interrupt(cause)`` ends it early: the process then *returns* a
         result with ``completed=False`` and ``cause``. Each transfer is
         recorded as a ``transfer`` event.
+
+        Raises:
+            ValueError: an unknown node, or ``nbytes < 0``.
         """
         for nd in (src, dst):
             if nd not in self.graph:

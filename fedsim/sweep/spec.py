@@ -200,6 +200,9 @@ def run_names(grid: dict[str, list[Any]], seeds: Sequence[int]) -> list[str]:
     Short names are the last dotted component of each key, lengthened to the
     shortest unique suffix where two keys would clash. Deterministic and
     filesystem safe.
+
+    Raises:
+        ScenarioError: (``file="--grid"``) two cells would get the same name.
     """
     short = _short_keys(list(grid))
     names = []
