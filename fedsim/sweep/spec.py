@@ -1,5 +1,4 @@
-"""What a sweep is: the grid and seed syntax, run names, sweep files and :class:`SweepSpec`.
-"""
+"""What a sweep is: the grid and seed syntax, run names, sweep files and :class:`SweepSpec`."""
 
 from __future__ import annotations
 
