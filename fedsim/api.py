@@ -113,11 +113,13 @@ def run(
         ``error.txt``; every table recorded so far is still written.
 
     Raises:
-        ScenarioError: bad input (``out_dir`` already holds files, a data
-            directory without the expected files, ...).
+        ScenarioError: bad input (a broken rule, including the world rules
+            checked when the world is built; ``out_dir`` already holds files),
+            before anything is written.
         TableSchemaError: a recorded table does not match
             :mod:`fedsim.engine.tables` (a bug in the simulator).
-        Exception: whatever the simulation raised, after the run directory is saved.
+        Exception: whatever the simulation raised, after the run directory is
+            written with ``status: failed``.
     """
     from fedsim.build import build_world
     from fedsim.learning.threads import set_torch_threads

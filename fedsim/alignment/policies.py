@@ -158,8 +158,12 @@ class AlignmentPolicy(ABC):
     ) -> Assignment:
         """Give each client in ``clients`` a sorted list of at most ``budgets[c]`` experts.
 
-        See the module docstring for the contract. ``ValueError`` if a client
-        repeats, lacks a budget, has a negative budget or is unknown to ``state``.
+        See the module docstring for the contract.
+
+        Raises:
+            ValueError: a client repeats, lacks a budget, has a negative budget
+                or is unknown to ``state``.
+            AssertionError: the policy broke the contract (a bug in the policy).
         """
         clients = list(clients)
         if len(set(clients)) != len(clients):

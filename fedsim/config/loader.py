@@ -194,7 +194,11 @@ def _resolve(path: Path, chain: tuple[Path, ...], origins: dict) -> dict[str, An
 
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
-    """Parse ``a.b.c=value`` strings; values are read as YAML scalars/lists (``1e9``, ``[1,2]``, ``true``)."""
+    """Parse ``a.b.c=value`` strings; values are read as YAML scalars/lists (``1e9``, ``[1,2]``, ``true``).
+
+    Raises:
+        ScenarioError: (``file="--set"``) an item without ``=``, an empty key, or bad YAML.
+    """
     out: list[tuple[str, Any]] = []
     for item in items or []:
         if "=" not in item:
@@ -270,7 +274,11 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
 
 
 def scenario_from_dict(data: dict[str, Any], *, origins: dict | None = None, file: str | None = None) -> Scenario:
-    """Validate a merged scenario dict, raising one :class:`ScenarioError` for the first problem."""
+    """Validate a merged scenario dict, raising one :class:`ScenarioError` for the first problem.
+
+    Raises:
+        ScenarioError: the first schema violation, with file, line and key path from ``origins``.
+    """
     origins = origins or {}
     try:
         return Scenario.model_validate(data)

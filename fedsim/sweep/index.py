@@ -1,5 +1,4 @@
-"""The sweep index ``sweep.parquet``: headline metrics of each run directory and the index table.
-"""
+"""The sweep index ``sweep.parquet``: headline metrics of each run directory and the index table."""
 
 from __future__ import annotations
 

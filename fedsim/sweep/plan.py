@@ -1,5 +1,4 @@
-"""Planning a sweep: expand it into validated :class:`RunTask` s, and resume (skip completed runs, trash the rest).
-"""
+"""Planning a sweep: expand it into validated :class:`RunTask` s, and resume (skip completed runs, trash the rest)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Running (or resuming) a whole sweep: :func:`run_sweep` and its progress bar.
-"""
+"""Running (or resuming) a whole sweep: :func:`run_sweep` and its progress bar."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What a sweep is: the grid and seed syntax, run names, sweep files and :class:`SweepSpec`.
-"""
+"""What a sweep is: the grid and seed syntax, run names, sweep files and :class:`SweepSpec`."""
 
 from __future__ import annotations
 
@@ -200,6 +199,9 @@ def run_names(grid: dict[str, list[Any]], seeds: Sequence[int]) -> list[str]:
     Short names are the last dotted component of each key, lengthened to the
     shortest unique suffix where two keys would clash. Deterministic and
     filesystem safe.
+
+    Raises:
+        ScenarioError: (``file="--grid"``) two cells would get the same name.
     """
     short = _short_keys(list(grid))
     names = []
