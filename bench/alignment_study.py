@@ -21,12 +21,16 @@ and ``personal.parquet`` (client groups) and writes to ``--out``
   rarest groups; rounds and simulated seconds to ``evaluation.target_accuracy``
   (global gate; runs that never reach it are counted in ``reached``); mean
   expert-load CV; group-to-expert NMI of test routing in the last round; bytes
-  moved and stragglers per run; and ``same_sel``, the share of rounds in which
+  moved and stragglers per run; rounds / seconds to a lower, post-hoc level
+  (``POST_HOC_TARGET``, the same for every policy, chosen after no run reached the
+  target); the mean number of distinct experts a client trained, and the share of
+  a group's assignments that went to its two most used experts (0.25 if spread
+  evenly over 8 experts, 1 if each group kept one pair); and ``same_sel``, the share of rounds in which
   the selected clients equal those of ``random`` with the same seed (selection
   draws from the same stream, but who is online depends on simulated time);
 - ``assignment_<policy>.png`` / one panel figure ``assignments.png``: group x
-  expert assignment counts summed over seeds and rounds (the paper's Fig. 3
-  panels).
+  expert assignment counts of seed 0 over all rounds (the paper's Fig. 3
+  panels; expert indices are arbitrary per seed, so seeds are not summed).
 
 ``--quick``: 1 seed and few rounds (under 3 minutes on 2 cores); prints one
 line per policy ``policy=NAME acc=... acc_client=... nmi=... t_target_s=...``.
@@ -66,6 +70,9 @@ POLICIES: list[tuple[str, list[str]]] = [
 ]
 
 QUICK_ROUNDS = 12
+#: A second, lower accuracy level for time-to-accuracy, chosen *after* the study showed that
+#: no run reached ``evaluation.target_accuracy`` in 30 rounds; the same for every policy.
+POST_HOC_TARGET = 0.55
 QUICK_TEST = 1000
 
 
@@ -103,7 +110,16 @@ def run_metrics(run_dir: Path, target: float) -> dict:
     r = pd.read_parquet(run_dir / "rounds.parquet").sort_values("round")
     c = pd.read_parquet(run_dir / "clients.parquet")
     hit = r[r["accuracy"] >= target]
+    low = r[r["accuracy"] >= POST_HOC_TARGET]
+    a = pd.read_parquet(run_dir / "assignments.parquet").merge(
+        pd.read_parquet(run_dir / "personal.parquet")[["client", "group"]], on="client")
+    per_group = a.groupby(["group", "expert"]).size().unstack(fill_value=0).to_numpy(dtype=float)
+    top2 = np.sort(per_group, axis=1)[:, -2:].sum(axis=1)
     return {
+        "t_low_s": float(low["t_end_s"].iloc[0]) if len(low) else math.nan,
+        "rounds_to_low": float(low["round"].iloc[0] + 1) if len(low) else math.nan,
+        "distinct_experts": float(a.groupby("client")["expert"].nunique().mean()),
+        "group_top2_share": float(top2.sum() / per_group.sum()),
         "acc": _final(r, "accuracy"),
         "acc_client": _final(r, "accuracy_client"),
         "acc_rare": _final(r, "accuracy_rare"),
@@ -164,18 +180,43 @@ def ci95(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-COLUMNS = [
+LEARNING = [
     ("acc", "acc (global gate)", "{:.3f}"),
     ("acc_client", "acc_client (own experts)", "{:.3f}"),
-    ("acc_rare", "acc rare groups", "{:.3f}"),
-    ("acc_client_rare", "acc_client rare groups", "{:.3f}"),
+    ("acc_rare", "acc, 2 rarest groups", "{:.3f}"),
+    ("acc_client_rare", "acc_client, 2 rarest groups", "{:.3f}"),
+    ("nmi", "group-expert NMI", "{:.2f}"),
+    ("group_top2_share", "group's top-2 expert share", "{:.2f}"),
+    ("distinct_experts", "distinct experts / client", "{:.1f}"),
+]
+SYSTEMS = [
     ("rounds_to_target", "rounds to target", "{:.1f}"),
     ("t_target_s", "sim s to target", "{:.1f}"),
+    ("rounds_to_low", f"rounds to {POST_HOC_TARGET} (post hoc)", "{:.1f}"),
+    ("t_low_s", f"sim s to {POST_HOC_TARGET} (post hoc)", "{:.1f}"),
+    ("sim_time_s", "sim s, whole run", "{:.1f}"),
+    ("bytes_mb", "MB / run", "{:.0f}"),
+    ("stragglers", "stragglers / run", "{:.1f}"),
     ("load_cv", "expert-load CV", "{:.2f}"),
-    ("nmi", "group-expert NMI", "{:.2f}"),
-    ("bytes_mb", "MB per run", "{:.0f}"),
-    ("stragglers", "stragglers per run", "{:.1f}"),
 ]
+
+
+def _table(df: pd.DataFrame, cols: list[tuple[str, str, str]], extra: bool) -> list[str]:
+    head = "| policy | " + " | ".join(h for _, h, _ in cols) + (" | reached target | same_sel |" if extra else " |")
+    lines = [head, "|---" * (len(cols) + 1 + 2 * extra) + "|"]
+    for label, _ in POLICIES:
+        d = df[df["policy"] == label]
+        if d.empty:
+            continue
+        cells = []
+        for key, _, fmt in cols:
+            m, h = ci95(d[key].to_numpy())
+            cells.append("-" if not math.isfinite(m) else fmt.format(m) + ("" if not math.isfinite(h) else " ± " + fmt.format(h)))
+        if extra:
+            cells.append(f"{int(d['reached'].sum())}/{len(d)}")
+            cells.append(f"{d['same_sel'].mean():.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def summarise(df: pd.DataFrame, target: float, out: Path, meta: str) -> str:
@@ -185,23 +226,17 @@ def summarise(df: pd.DataFrame, target: float, out: Path, meta: str) -> str:
         "",
         meta,
         "",
-        f"Mean ± 95% CI half-width over seeds (Student t). Target accuracy {target} (global gate); "
-        "rounds / seconds to target over the runs that reached it (`reached` = how many).",
+        "Mean ± 95% CI half-width over seeds (Student t); final figures are the mean of the last 3 rounds.",
         "",
-        "| policy | " + " | ".join(h for _, h, _ in COLUMNS) + " | reached | same_sel |",
-        "|---" * (len(COLUMNS) + 3) + "|",
+        "## Learning",
+        "",
+        *_table(df, LEARNING, False),
+        "",
+        f"## Time, bytes, stragglers (target accuracy {target}, global gate; rounds / seconds over the runs "
+        f"that reached it; the {POST_HOC_TARGET} level was chosen after the runs, the same for every policy)",
+        "",
+        *_table(df, SYSTEMS, True),
     ]
-    for label, _ in POLICIES:
-        d = df[df["policy"] == label]
-        if d.empty:
-            continue
-        cells = []
-        for key, _, fmt in COLUMNS:
-            m, h = ci95(d[key].to_numpy())
-            cells.append("-" if not math.isfinite(m) else fmt.format(m) + ("" if not math.isfinite(h) else " ± " + fmt.format(h)))
-        cells.append(f"{int(d['reached'].sum())}/{len(d)}")
-        cells.append(f"{d['same_sel'].mean():.2f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text
@@ -219,10 +254,11 @@ def plot_assignments(counts: dict[str, np.ndarray], out: Path) -> list[Path]:
     nrow = math.ceil(len(labels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.9 * nrow + 0.6), squeeze=False, constrained_layout=True)
     im = None
+    vmax = max(float((m / np.maximum(m.sum(axis=1, keepdims=True), 1)).max()) for m in counts.values())
     for ax, lab in zip(axes.flat, labels):
         m = counts[lab]
         share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-        im = ax.imshow(share, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        im = ax.imshow(share, vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
         ax.set_title(lab, fontsize=10)
         ax.set_xticks(range(m.shape[1]))
         ax.set_yticks(range(m.shape[0]))
@@ -232,7 +268,7 @@ def plot_assignments(counts: dict[str, np.ndarray], out: Path) -> list[Path]:
         ax.axis("off")
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.8, label="share of the group's assignments")
-    fig.suptitle("Group x expert assignments (all rounds, all seeds)")
+    fig.suptitle("Group x expert assignments, seed 0, all rounds (row = one client group; 1/8 = spread evenly)")
     paths = [out / "assignments.png"]
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
@@ -240,7 +276,7 @@ def plot_assignments(counts: dict[str, np.ndarray], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(4.2, 3.2), constrained_layout=True)
         m = counts[lab]
         im = ax.imshow(m, cmap="viridis", aspect="auto")
-        ax.set_title(f"{lab}: assignment counts")
+        ax.set_title(f"{lab}: assignments, seed 0")
         ax.set_xlabel("expert")
         ax.set_ylabel("client group (0 = largest)")
         ax.set_xticks(range(m.shape[1]))
@@ -283,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, np.ndarray] = {}
     for (lab, seed), rd in runs.items():
         rows.append({"policy": lab, "seed": seed, **run_metrics(rd, target), "same_sel": same[(lab, seed)]})
-        m = group_expert_counts(rd, E)
-        counts[lab] = counts.get(lab, 0) + m
+        if seed == 0:  # expert indices are exchangeable across seeds: summing seeds would smear the panels
+            counts[lab] = group_expert_counts(rd, E)
     df = pd.DataFrame(rows)
     df.to_csv(out / "summary.csv", index=False)
     meta = (
