@@ -87,7 +87,7 @@ def _run_one(args: tuple[str, list[str], int, int | None, Path, list[str]]) -> s
     torch.set_num_threads(1)
     run_dir = out / "runs" / f"{label}-seed{seed}"
     man = run_dir / "manifest.json"
-    if man.exists() and json.loads(man.read_text()).get("status") == "ok" and (run_dir / "rounds.parquet").exists():
+    if man.exists() and json.loads(man.read_text()).get("status") == "completed" and (run_dir / "rounds.parquet").exists():
         return str(run_dir)
     if run_dir.exists():
         for f in sorted(run_dir.rglob("*"), reverse=True):
