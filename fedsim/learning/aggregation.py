@@ -48,9 +48,9 @@ class AggregationResult:
 def is_finite_update(update: Update) -> bool:
     """True when every floating tensor of the update's state, its gate feedback
     and its losses are finite (no NaN, no inf)."""
-    for t in update.state.values():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return False
+    floats = [t.reshape(-1) for t in update.state.values() if t.is_floating_point()]
+    if floats and not bool(torch.isfinite(torch.cat(floats)).all()):  # one check per update, not per tensor
+        return False
     if not np.all(np.isfinite(np.asarray(update.mean_gate_prob, dtype=np.float64))):
         return False
     return math.isfinite(update.loss_first) and math.isfinite(update.loss_last)
@@ -70,8 +70,9 @@ def aggregate(
     global_state: dict[str, torch.Tensor], updates: Sequence[Update], num_experts: int
 ) -> AggregationResult:
     """Aggregate ``updates`` into a new global state (see module docstring)."""
-    rejected = [u.client_id for u in updates if not is_finite_update(u)]
-    ok = [u for u in updates if is_finite_update(u)]
+    finite = [is_finite_update(u) for u in updates]
+    rejected = [u.client_id for u, f in zip(updates, finite) if not f]
+    ok = [u for u, f in zip(updates, finite) if f]
     new_state = {k: v.detach().clone() for k, v in global_state.items()}
     weights_out: dict[int, dict[int | str, float]] = {}
 
