@@ -48,9 +48,12 @@ class AggregationResult:
 def is_finite_update(update: Update) -> bool:
     """True when every floating tensor of the update's state, its gate feedback
     and its losses are finite (no NaN, no inf)."""
-    floats = [t.reshape(-1) for t in update.state.values() if t.is_floating_point()]
-    if floats and not bool(torch.isfinite(torch.cat(floats)).all()):  # one check per update, not per tensor
-        return False
+    floats = [t for t in update.state.values() if t.is_floating_point()]
+    # one check per update: a NaN or inf element makes its tensor's float64 sum non-finite; a
+    # non-finite sum of finite elements (float64 overflow) is ruled out by the exact check
+    if floats and not bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float64) for t in floats]).sum())):
+        if not all(bool(torch.isfinite(t).all()) for t in floats):
+            return False
     if not np.all(np.isfinite(np.asarray(update.mean_gate_prob, dtype=np.float64))):
         return False
     return math.isfinite(update.loss_first) and math.isfinite(update.loss_last)
@@ -59,8 +62,8 @@ def is_finite_update(update: Update) -> bool:
 def _weighted(tensors: list[torch.Tensor], weights: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     w = torch.as_tensor(weights / weights.sum(), dtype=torch.float64)
     acc = torch.zeros(like.shape, dtype=torch.float64)
-    for t, wi in zip(tensors, w):
-        acc += wi * t.detach().to(torch.float64)
+    for t, wi in zip(tensors, w.tolist()):
+        acc.add_(t.detach(), alpha=wi)  # in float64, no temporaries
     if like.is_floating_point():
         return acc.to(like.dtype)
     return acc.round().to(like.dtype)

@@ -203,25 +203,20 @@ class BatchedExecutor(Executor):
 
         # ---------------------------------------------------------------- schedule (train_local's draws)
         offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
-        rows = torch.zeros(C, t_max, B, dtype=torch.long)
-        weight = torch.zeros(C, t_max, B)
+        rows = torch.from_numpy(np.repeat(offsets, t_max * B).reshape(C, t_max * B))  # padding: any valid row
         noise = torch.zeros(C, t_max, B, E) if noisy else None
         for c, job in enumerate(jobs):
             gen = torch.Generator().manual_seed(int(job.seed))
-            t = 0
-            for _ in range(tc.local_epochs):
-                perm = torch.randperm(n[c], generator=gen)
-                padded = torch.full((spe[c] * B,), int(offsets[c]), dtype=torch.long)
-                padded[: n[c]] = perm + int(offsets[c])
-                rows[c, t : t + spe[c]] = padded.view(spe[c], B)
-                w = torch.zeros(spe[c] * B)
-                w[: n[c]] = 1.0
-                weight[c, t : t + spe[c]] = w.view(spe[c], B)
+            span = spe[c] * B  # one epoch of padded slots
+            for ep in range(tc.local_epochs):
+                rows[c, ep * span : ep * span + n[c]] = torch.randperm(n[c], generator=gen) + int(offsets[c])
                 if noise is not None:
                     for s in range(spe[c]):
-                        b = min(B, n[c] - s * B)
-                        noise[c, t + s, :b] = torch.randn((b, E), generator=gen)
-                t += spe[c]
+                        noise[c, ep * spe[c] + s, : min(B, n[c] - s * B)] = torch.randn((min(B, n[c] - s * B), E), generator=gen)
+        rows = rows.view(C, t_max, B)
+        pos = torch.arange(t_max * B)
+        n_t, span_t = torch.tensor(n).unsqueeze(1), (torch.tensor(spe) * B).unsqueeze(1)
+        weight = (((pos % span_t) < n_t) & (pos < span_t * tc.local_epochs)).to(torch.float32).view(C, t_max, B)
         rows, weight = rows.to(dev), weight.to(dev)
         if noise is not None:
             noise = noise.to(dev)
@@ -332,7 +327,7 @@ class BatchedExecutor(Executor):
             b.copy_(new_b if u is None else torch.where(u, new_b, b))
             g = new_b
         if u is None:
-            p.sub_(tc.lr * g)
+            p.add_(g, alpha=-tc.lr)
         else:
             p.copy_(torch.where(u, p - tc.lr * g, p))
 
@@ -343,9 +338,10 @@ class BatchedExecutor(Executor):
         C, tc = len(jobs), jobs[0].train
         dev = x_pool.device
         probs_fn = vmap(lambda p, x: functional_call(sk.probs, {"m." + k: v for k, v in p.items()}, (x,)))
-        gate_sum = torch.zeros(C, jobs[0].model_config.num_experts, device=dev)
+        E = jobs[0].model_config.num_experts
+        gate_sum = torch.zeros(C, E, device=dev)
         with torch.no_grad():
-            for s in range(0, n[0], _FEEDBACK_ROWS):
+            for s in range(0, n[0] if E > 1 else 0, _FEEDBACK_ROWS):  # one expert: exactly 1, as train_local
                 a = sum(1 for nc in n if nc > s)
                 local = torch.arange(s, min(s + _FEEDBACK_ROWS, n[0]), device=dev)
                 valid = local.unsqueeze(0) < torch.tensor(n[:a], device=dev).unsqueeze(1)  # (a, rows)
@@ -353,6 +349,8 @@ class BatchedExecutor(Executor):
                 pr = probs_fn({k: v[:a] for k, v in params.items()}, x_pool[idx])
                 gate_sum[:a] += (pr * valid.unsqueeze(-1)).sum(1)
         gate_mean = (gate_sum.double() / torch.tensor(n, dtype=torch.float64, device=dev).unsqueeze(1)).cpu().numpy()
+        if E == 1:
+            gate_mean = np.ones((C, 1))
         per_client = {k: v.detach().to("cpu").unbind(0) for k, v in params.items()}
         batch_sizes = [np.array([min(tc.batch_size, nc - s * tc.batch_size) for s in range(spe_c)] * tc.local_epochs, dtype=np.float64)
                        for nc, spe_c in zip(n, spe)]  # fmt: skip

@@ -260,9 +260,12 @@ def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
         loss_last = total / seen
 
     model.eval()
-    with torch.no_grad():
-        probs = [model.route(model.features(x[s : s + 1024]))[0] for s in range(0, n, 1024)]
-        mean_gate_prob = torch.cat(probs).mean(0).double().cpu().numpy()
+    if e_total == 1:
+        mean_gate_prob = np.ones(1)  # a softmax over one expert is exactly 1: no pass needed
+    else:
+        with torch.no_grad():
+            probs = [model.route(model.features(x[s : s + 1024]))[0] for s in range(0, n, 1024)]
+            mean_gate_prob = torch.cat(probs).mean(0).double().cpu().numpy()
 
     sd = model.state_dict()
     # copies: the model is reused by the next job, the update must keep its own weights
