@@ -18,11 +18,12 @@ median of ``--repeats`` runs each:
 
 Prints one line per variant (``variant=NAME wall_s=... ratio_to_bare=...
 final_acc=...``; ratios are of medians; ``cpu_s`` is this process's CPU time,
-not the parallel workers'), then per-round client updates per second for 10,
+not the parallel workers': on a shared host the CPU ratio is the reliable one for the
+single-process variants), then per-round client updates per CPU second for 10,
 100 and 1,000 clients (batched and sequential executors, 64 samples each),
 the batched speed-up on the default scenario's MoE, the training FLOP/s reached
 as a share of this machine's single-thread matmul FLOP/s (measured here), and,
-with ``--profile``, where a batched fedsim run spends its time outside torch.
+with ``--profile``, where sequential and batched fedsim runs spend their CPU time.
 
 Usage: python bench/learning_speed.py [--repeats 3] [--rounds 20] [--profile]
 """
@@ -120,7 +121,8 @@ def _mlp_config() -> MoEConfig:
 
 
 def throughput(n_clients: int, executor: str) -> tuple[float, float]:
-    """(client updates per s, training FLOP/s) of one round of ``n_clients`` x 64 samples (median of 3)."""
+    """(client updates per CPU s, training FLOP per CPU s) of one round of ``n_clients`` x 64
+    samples (median of 3; CPU time of this single-threaded process: robust on a shared host)."""
     rng = RngStreams(SEED)
     ds = load_dataset("mnist", DATA, rng=rng.fresh_numpy("data/load"))
     cfg = _mlp_config()
@@ -134,9 +136,9 @@ def throughput(n_clients: int, executor: str) -> tuple[float, float]:
     ex = make_executor(executor)
     times = []
     for _ in range(3):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         ups = ex.run(jobs)
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     t = statistics.median(times)
     return n_clients / t, sum(u.flops for u in ups) / t
 
@@ -151,48 +153,56 @@ def moe_speedup() -> tuple[float, int]:
     out = {}
     for name in ("sequential", "batched", "sequential", "batched"):
         ex = make_executor(name)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         ex.run(jobs)
-        out.setdefault(name, []).append(time.perf_counter() - t0)
+        out.setdefault(name, []).append(time.process_time() - t0)
     return min(out["sequential"]) / min(out["batched"]), len(jobs)
 
 
 def matmul_flops() -> float:
-    """Single-thread float32 matmul FLOP/s of this machine (512 x 512 x 512, best of 5)."""
+    """Single-thread float32 matmul FLOP per CPU second of this machine (512 x 512 x 512, best of 5)."""
     a, b = torch.ones(512, 512), torch.ones(512, 512)
     best = 0.0
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(10):
             torch.mm(a, b)
-        best = max(best, 10 * 2 * 512**3 / (time.perf_counter() - t0))
+        best = max(best, 10 * 2 * 512**3 / (time.process_time() - t0))
     return best
 
 
-def profile_outside_torch(rounds: int) -> None:
-    """cProfile of a batched fedsim run: own time grouped by package."""
+def profile_outside_torch(executor: str, rounds: int) -> None:
+    """CPU-time profile (cProfile with a process-time clock) of one fedsim run: the
+    phases of the run, and how much of the whole is torch's own code."""
     import cProfile
     import pstats
 
-    prof = cProfile.Profile()
+    run_fedsim(executor, 1, 2)  # warm: lazy imports (scikit-learn at the first evaluation) are not the run's cost
+    prof = cProfile.Profile(time.process_time)
     prof.enable()
-    run_fedsim("batched", rounds, 2)
+    run_fedsim(executor, rounds, 2)
     prof.disable()
-    groups: dict[str, float] = {}
-    total = 0.0
-    for (file, _line, _fn), (_cc, _nc, tt, _ct, _callers) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
-        total += tt
-        for key in ("/torch/", "/fedsim/", "/simpy/", "/pandas/", "/pyarrow/", "/numpy/", "/sklearn/", "/networkx/", "/scipy/", "/pydantic"):
-            if key in file:
-                groups[key.strip("/")] = groups.get(key.strip("/"), 0.0) + tt
-                break
-        else:
-            groups["other (builtins: torch C calls, pickle, io ...)"] = groups.get("other (builtins: torch C calls, pickle, io ...)", 0.0) + tt
-    print(f"profile of fedsim_batched ({total:.1f} s own time under cProfile):")
-    for k, v in sorted(groups.items(), key=lambda kv: -kv[1]):
-        print(f"  {k:48s} {v:7.2f} s  {100 * v / total:5.1f} %")
-    stats = pstats.Stats(prof)
-    stats.sort_stats("tottime").print_stats(12)
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.values())
+    in_torch = sum(v[2] for (file, _l, fn), v in stats.items() if "/torch/" in file or "torch._C" in fn)
+    phases = {
+        "world build (data, topology, devices)": ("fedsim/build.py", "build_world"),
+        "training (executor.run)": ("fedsim/protocols/fedmoe.py", "train"),
+        "aggregation + alignment feedback": ("fedsim/protocols/fedmoe.py", "aggregate"),
+        "global evaluation": ("fedsim/build.py", "evaluate"),
+        "personalised accuracy": ("fedsim/build.py", "personalised_accuracy"),
+        "records of a round": ("fedsim/protocols/fedmoe.py", "record_round"),
+        "network flows (max-min sharing)": ("fedsim/net/flows.py", "_flush"),
+        "writing the run directory": ("fedsim/api.py", "_write_frames"),
+    }
+    print(f"profile fedsim_{executor}, {rounds} rounds: {total:.2f} s CPU, {100 * in_torch / total:.0f} % inside torch (its Python and C++ ops)")
+    rest = total
+    for label, (file, fn) in phases.items():
+        cum = sum(v[3] for (f, _l, name), v in stats.items() if f.endswith(file) and name == fn)
+        rest -= cum
+        print(f"  {label:40s} {cum:6.2f} s  {100 * cum / total:5.1f} %")
+    print(f"  {'the rest (SimPy, devices, channels, ...)':40s} {rest:6.2f} s  {100 * rest / total:5.1f} %")
+    print("  (cProfile's per-call cost inflates Python-heavy parts; the shares are indicative)")
 
 
 def main() -> None:
@@ -201,10 +211,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--variants", default="bare,sequential,batched,parallel")
-    ap.add_argument("--profile", action="store_true", help="also profile a batched fedsim run")
+    ap.add_argument("--profile", action="store_true", help="also profile a sequential and a batched fedsim run")
+    ap.add_argument("--only-profile", action="store_true", help="just the profiles")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
+    if args.only_profile:
+        for ex in ("sequential", "batched"):
+            profile_outside_torch(ex, args.rounds)
+        return
     variants = args.variants.split(",")
     res: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     for rep in range(args.repeats):
@@ -227,7 +242,8 @@ def main() -> None:
     sp, n = moe_speedup()
     print(f"default scenario MoE ({n} clients, 2 experts each, one round): batched speedup over sequential={sp:.2f}")
     if args.profile:
-        profile_outside_torch(args.rounds)
+        for ex in ("sequential", "batched"):
+            profile_outside_torch(ex, args.rounds)
 
 
 if __name__ == "__main__":
