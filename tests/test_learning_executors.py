@@ -92,8 +92,11 @@ def test_batched_small_cohorts_and_cnn_backbone_match() -> None:
     jobs = _jobs(MIXED["sgd_momentum_wd"], cfg=cfg)
     ref = SequentialExecutor().run(jobs)
     # a budget that fits one client per cohort: chunking must not change anything
-    _assert_same(ref, BatchedExecutor(memory_budget_bytes=1).run(jobs), atol=2e-6)
-    _assert_same(ref, BatchedExecutor().run(jobs), atol=2e-6)
+    _assert_same(ref, BatchedExecutor(memory_budget_bytes=1, batch_conv=True).run(jobs), atol=2e-6)
+    _assert_same(ref, BatchedExecutor(batch_conv=True).run(jobs), atol=2e-6)
+    # by default a cnn runs sequentially (faster on a CPU): the reference's updates exactly
+    assert not BatchedExecutor()._skeleton(cfg, "cpu").batchable
+    _assert_same(ref, BatchedExecutor().run(jobs), atol=0.0)
 
 
 def test_batched_mixed_configs_keep_job_order_and_different_global_states() -> None:
