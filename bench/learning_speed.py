@@ -43,6 +43,7 @@ from fedsim.learning.datasets import load_dataset
 from fedsim.learning.executors import make_executor
 from fedsim.learning.models import MoEConfig
 from fedsim.learning.partition import partition
+from fedsim.learning.threads import set_torch_threads
 from fedsim.learning.training import TrainConfig, TrainJob, init_state
 from fedsim.rng import RngStreams
 
@@ -214,7 +215,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also profile a sequential and a batched fedsim run")
     ap.add_argument("--only-profile", action="store_true", help="just the profiles")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    set_torch_threads(1)
 
     if args.only_profile:
         for ex in ("sequential", "batched"):

@@ -37,7 +37,9 @@ def _worker_main(conn: Any, torch_threads: int) -> None:
     """Worker loop: receive ``(states, specs)``, train, send the updates back."""
     import torch
 
-    torch.set_num_threads(torch_threads)
+    from fedsim.learning.threads import set_torch_threads
+
+    set_torch_threads(torch_threads)  # for the worker's lifetime
     executor = SequentialExecutor()
     data: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
     while True:
