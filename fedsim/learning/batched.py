@@ -261,7 +261,7 @@ class BatchedExecutor(Executor):
         aux_w, mu = cfg.aux_loss_weight, tc.fedprox_mu
 
         def client_loss(p, x, y, w, nz, em, kv, anc, tm):  # noqa: ANN001, ANN202 - one client, vmapped
-            logits, probs, chosen = functional_call(dense, {"m." + k: v for k, v in p.items()}, (x, nz, em, kv))
+            logits, probs, chosen = functional_call(dense, {"m." + k: v for k, v in p.items()}, (x, nz, em, kv), tie_weights=False)
             cnt = w.sum()
             loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / cnt
             hits = (chosen & (w > 0)[:, None, None]).sum((0, 1))  # (E,) valid top-k slots per expert
@@ -357,7 +357,7 @@ class BatchedExecutor(Executor):
         """The cohort's updates, in the jobs' original order."""
         C, tc = len(jobs), jobs[0].train
         dev = x_pool.device
-        probs_fn = vmap(lambda p, x: functional_call(sk.probs, {"m." + k: v for k, v in p.items()}, (x,)))
+        probs_fn = vmap(lambda p, x: functional_call(sk.probs, {"m." + k: v for k, v in p.items()}, (x,), tie_weights=False))
         E = jobs[0].model_config.num_experts
         gate_sum = torch.zeros(C, E, device=dev)
         with torch.no_grad():
