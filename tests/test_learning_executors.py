@@ -211,3 +211,19 @@ def test_model_classifier_importable_from_package_lazily() -> None:
     import fedsim.learning as L
 
     assert L.MoEClassifier is MoEClassifier and callable(L.partition)
+
+
+def test_world_builds_the_scenarios_executor() -> None:
+    import fedsim
+    from fedsim.build import build_world
+    from fedsim.learning.parallel import ParallelExecutor
+
+    small = ["data.max_train_samples=200", "topology.grid.clients={phone: 2, sensor: 1}"]
+    kinds = {"sequential": SequentialExecutor, "batched": BatchedExecutor, "parallel": ParallelExecutor}
+    for name, cls in kinds.items():
+        world = build_world(fedsim.load_scenario(REPO / "scenarios" / "smart-city-small.yaml", [*small, f"training.executor={name}", "training.workers=3"]))
+        ex = world.new_executor()
+        assert type(ex) is cls
+        if name == "parallel":
+            assert ex.workers == 3 and ex._procs == []  # workers start on the first round, not before
+        world.finish()
