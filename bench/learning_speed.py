@@ -189,10 +189,10 @@ def profile_outside_torch(executor: str, rounds: int) -> None:
     phases = {
         "world build (data, topology, devices)": ("fedsim/build.py", "build_world"),
         "training (executor.run)": ("fedsim/protocols/fedmoe.py", "train"),
-        "aggregation + alignment feedback": ("fedsim/protocols/fedmoe.py", "aggregate"),
+        "FedAvg + alignment feedback": ("fedsim/protocols/fedmoe.py", "fedavg"),
         "global evaluation": ("fedsim/build.py", "evaluate"),
         "personalised accuracy": ("fedsim/build.py", "personalised_accuracy"),
-        "records of a round": ("fedsim/protocols/fedmoe.py", "record_round"),
+        "records of a round": ("fedsim/protocols/base.py", "record_round"),
         "network flows (max-min sharing)": ("fedsim/net/flows.py", "_flush"),
         "writing the run directory": ("fedsim/api.py", "_write_frames"),
     }
