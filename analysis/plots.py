@@ -11,7 +11,7 @@ thousands of clients still render quickly.
 ``RUN_DIR/figures``. The figure families live in their own modules and are
 re-exported here: :mod:`analysis.plots_training` (accuracy, round breakdown,
 latency, client timeline), :mod:`analysis.plots_experts`,
-:mod:`analysis.plots_inference`; this module holds the network figures.
+:mod:`analysis.plots_inference`, :mod:`analysis.plots_coverage`; this module holds the network figures.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from analysis._style import (
 )
 from analysis._style import need as _need
 from analysis._style import skip as _skip
+from analysis.plots_coverage import plot_coverage
 from analysis.plots_experts import plot_assignment_heatmap, plot_expert_load
 from analysis.plots_inference import plot_gating_heatmap, plot_request_latency
 from analysis.plots_training import (
@@ -52,6 +53,7 @@ __all__ = [
     "plot_client_timeline",
     "plot_link_utilisation",
     "plot_topology",
+    "plot_coverage",
     "plot_assignment_heatmap",
     "plot_expert_load",
     "plot_request_latency",
@@ -314,6 +316,7 @@ def plot_run(
         ("client timeline", lambda: plot_client_timeline(run, out, formats=formats)),
         ("link utilisation", lambda: plot_link_utilisation(run, out, formats=formats)),
         ("topology", lambda: plot_topology(run, out, formats=formats)),
+        ("coverage map", lambda: plot_coverage(run, out, formats=formats)),
         ("assignment heatmap", lambda: plot_assignment_heatmap(run, out, formats=formats)),
         ("expert load", lambda: plot_expert_load(run, out, formats=formats)),
         ("request latency", lambda: plot_request_latency(run, out, formats=formats)),
