@@ -2,7 +2,7 @@
 
     fedsim run SCENARIO [--out DIR] [--seed N] [--set k=v ...] [--quiet]
     fedsim validate SCENARIO...
-    fedsim plot RUN_DIR
+    fedsim plot RUN_DIR [--round N]
     fedsim info RUN_DIR
     fedsim compare RUN_DIR... --out DIR [--target ACC]   (or one sweep directory)
     fedsim sweep SCENARIO --grid key=v1,v2 ... --seeds 0-4 --out DIR [--workers N] [--backend B]
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="write figures of a run directory into RUN_DIR/figures")
     pl.add_argument("run_dir")
+    pl.add_argument("--round", type=int, default=None, dest="round_", metavar="N",
+                    help="only the timeline of round N: each client's phases, cell and cell sharing")
 
     i = sub.add_parser("info", help="summary table of a run directory")
     i.add_argument("run_dir")
@@ -165,8 +167,20 @@ def _run_dir_arg(path: str) -> Path:
 
 def _cmd_plot(a: argparse.Namespace) -> int:
     from analysis.plots import plot_run
+    from fedsim.config import ScenarioError
 
     d = _run_dir_arg(a.run_dir)
+    if a.round_ is not None:
+        from analysis.plots_round import plot_round
+
+        try:
+            paths = plot_round(d, a.round_, d / "figures")
+        except ValueError as e:
+            raise ScenarioError(str(e), file=str(d)) from None
+        if not paths:
+            return _err(f"{d}: round {a.round_}: nothing to draw (no clients.parquet)")
+        print(f"wrote {paths[0].with_suffix('')}.{{png,svg}}")
+        return 0
     paths = plot_run(d)
     print(f"wrote {len({p.stem for p in paths})} figures (PNG and SVG) to {d / 'figures'}")
     return 0
