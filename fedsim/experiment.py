@@ -1083,6 +1083,9 @@ def cmd_sweep(args: argparse.Namespace, *, runner: Runner | None = None) -> int:
         f"{res.failed} failed; wall {res.wall_s:.1f} s)"
     )
     print(f"index:           {res.out / INDEX_FILE}")
+    from analysis.report import write_report
+
+    print(f"report:          {write_report(res.out)}")
     if res.failed:
         for row in res.index[res.index["status"] == "failed"].itertuples(index=False):
             print(f"failed: {row.run_dir}: {row.error}", file=sys.stderr)
