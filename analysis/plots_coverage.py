@@ -73,6 +73,14 @@ def client_uplink_summary(run: RunDir) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _log_tick(v: float, _pos: Any = None) -> str:
+    """Label 1, 2 and 5 times a power of ten on a log colour bar, nothing else."""
+    if not v > 0:
+        return ""
+    m = v / 10 ** np.floor(np.log10(v) + 1e-9)
+    return f"{v:g}" if any(abs(m - k) < 1e-6 for k in (1, 2, 5)) else ""
+
+
 def _extent(run: RunDir, nodes: pd.DataFrame) -> tuple[float, float, float, float]:
     """The map area (x0, x1, y0, y1) in m: the street grid, else the nodes' bounding box."""
     grid = ((run.scenario.get("topology") or {}).get("grid")) or {}
@@ -268,7 +276,7 @@ def plot_coverage(
         cb = fig.colorbar(ScalarMappable(norm=lnorm, cmap=sm), ax=ax, **cb_kw)
         cb.set_label("Client's mean uplink rate over the run [Mbit/s] (shared cell)")
         if isinstance(lnorm, LogNorm):  # plain numbers, not 6x10^0
-            fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+            fmt = FuncFormatter(_log_tick)
             cb.ax.xaxis.set_major_formatter(fmt)
             cb.ax.xaxis.set_minor_formatter(fmt)
         ms = 14 if n_cl <= 200 else (6 if n_cl <= 2000 else 2)
