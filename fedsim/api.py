@@ -138,7 +138,7 @@ def run(
         manifest["scenario_file"] = str(loaded.path) if loaded.path else None
         write_json(run_dir / "manifest.json", manifest)
         if s.output.tensorboard:
-            from fedsim.sinks import TensorBoardSink
+            from fedsim.engine.sinks import TensorBoardSink
 
             sinks.append(TensorBoardSink(run_dir / "tensorboard"))
 
