@@ -57,11 +57,12 @@ def client_uplink_summary(run: RunDir) -> pd.DataFrame:
         if "bs" in c.columns:
             first = c.dropna(subset=["bs"]).groupby("client")["bs"].first().astype(str)
             out["bs"] = first.reindex(out.index)
-        st = c.groupby("client")["status"]
-        out["stragglers"] = st.apply(lambda s: int((s == "straggler").sum())).reindex(
-            out.index).fillna(0).astype(int)
-        out["dropouts"] = st.apply(lambda s: int((s == "dropout").sum())).reindex(
-            out.index).fillna(0).astype(int)
+        flags = pd.DataFrame({"client": c["client"].to_numpy(),
+                              "stragglers": (c["status"] == "straggler").to_numpy(int),
+                              "dropouts": (c["status"] == "dropout").to_numpy(int)})
+        per = flags.groupby("client")[["stragglers", "dropouts"]].sum()
+        out["stragglers"] = per["stragglers"].reindex(out.index).fillna(0).astype(int)
+        out["dropouts"] = per["dropouts"].reindex(out.index).fillna(0).astype(int)
     ev = run.maybe("events")
     if ev is not None and {"kind", "tag", "node", "bytes", "seconds"} <= set(ev.columns):
         up = ev[(ev["kind"] == "transfer") & (ev["tag"] == "upload")]
