@@ -126,7 +126,12 @@ def cell_flow_counts(transfers: pd.DataFrame, cell: str, direction: str,
 
 
 def plot_round(
-    run: RunLike, rnd: int, out_dir: str | Path, *, formats: Sequence[str] = FORMATS
+    run: RunLike,
+    rnd: int,
+    out_dir: str | Path,
+    *,
+    max_clients: int = 80,
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Timeline of round ``rnd`` (``round_<rnd>``): why each selected client finished when it did.
 
@@ -135,6 +140,8 @@ def plot_round(
     the most flows that shared the cell during its upload; stragglers and
     dropouts are marked at the time the round gave up on them. Bottom: the
     number of concurrent uplink (solid) and downlink (dashed) flows per cell.
+    Beyond ``max_clients`` selected clients only the latest finishers are
+    rows (the flow counts still include every transfer).
 
     Raises:
         ValueError: if round ``rnd`` has no selected clients.
@@ -158,6 +165,9 @@ def plot_round(
         cell_of[c] = "→".join(cells)
     end_of = dict(zip(sel["client"], sel["t_end_s"].astype(float)))
     order = sorted(sel["client"], key=lambda c: (end_of.get(c, 0.0), natural_key(c)))
+    n_sel = len(order)
+    order = order[-max_clients:]  # the latest finishers: the ones a reader asks about
+    iv = iv[iv["client"].isin(order)]
     ypos = {c: i for i, c in enumerate(order)}
     n = len(order)
     span = max(t_end - t_start, 1e-9)
@@ -227,5 +237,6 @@ def plot_round(
         ax2.set_xlim(0, max(rel(t_end), float(rel(iv["t1"].max()))) * 1.01)
         counts = sel["status"].value_counts()
         summ = ", ".join(f"{counts[s]} {s}" for s in counts.index)
-        fig.suptitle(f"Round {rnd} as it happened — {run.label}: {n} selected ({summ})")
+        shown = "" if n == n_sel else f"; rows: the {n} latest to finish"
+        fig.suptitle(f"Round {rnd} as it happened — {run.label}\n{n_sel} selected ({summ}){shown}")
         return save(fig, out_dir, f"round_{rnd}", formats)
