@@ -172,7 +172,7 @@ def _run_report(run_dir: Path, draw: bool) -> str:
     head = (f"<h1>Run report: {html.escape(run.name)}</h1>"
             f'<p class="sub">protocol {html.escape(run.protocol)} · policy '
             f"{html.escape(run.policy)} · seed {run.seed} · {html.escape(str(run.path))}</p>"
-            + _cards(cards))
+            + _cards(cards) + _story(run.rounds))
     order = _order(list(pngs))
     toc = "".join(f'<li><a href="#fig-{html.escape(x)}">{html.escape(x.replace("_", " "))}'
                   f"</a></li>" for x in order)
@@ -183,6 +183,31 @@ def _run_report(run_dir: Path, draw: bool) -> str:
                f"{_kv_table(summary_table(run))}</div><div>{nav}</div></div>")
     body = "".join(_figure(pngs[x]) for x in order)
     return _page(f"fedsim run report: {run.name}", head + summary + body)
+
+
+def _story(r: pd.DataFrame) -> str:
+    """Two sentences on what happened: accuracy's course, failures, the slowest phase."""
+    if r.empty:
+        return '<p class="note">No round finished.</p>'
+    out = []
+    acc = r["accuracy"].dropna() if "accuracy" in r.columns else pd.Series(dtype=float)
+    if len(acc) >= 2:
+        out.append(f"Accuracy went from {acc.iloc[0]:.3f} (round {int(r.loc[acc.index[0], 'round'])})"
+                   f" to {acc.iloc[-1]:.3f} (round {int(r.loc[acc.index[-1], 'round'])}).")
+    if {"selected", "stragglers", "dropouts"} <= set(r.columns) and r["selected"].sum() > 0:
+        sel = float(r["selected"].sum())
+        out.append(f"Of {int(sel):,} client-rounds, {int(r['stragglers'].sum()):,} straggled "
+                   f"({100 * r['stragglers'].sum() / sel:.0f} %) and {int(r['dropouts'].sum()):,} "
+                   f"dropped out ({100 * r['dropouts'].sum() / sel:.0f} %).")
+    phases = [(c, n) for c, n in (("t_download_s", "download"), ("t_compute_s", "compute"),
+                                  ("t_upload_s", "upload")) if c in r.columns]
+    if phases:
+        means = {n: float(r[c].mean()) for c, n in phases}
+        top = max(means, key=lambda k: means[k])
+        if math.isfinite(means[top]) and means[top] > 0:
+            out.append(f"The longest client phase was the {top} "
+                       f"({means[top]:.3g} s per completed client on average).")
+    return f"<p>{html.escape(' '.join(out))}</p>" if out else ""
 
 
 def _int(v: float) -> str:

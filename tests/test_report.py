@@ -108,6 +108,8 @@ def test_run_report_embeds_every_figure_with_a_caption(run_dir: Path) -> None:
         cap = re.search(rf'id="fig-{stem}".*?<figcaption>(.*?)</figcaption>', text, re.S)
         assert cap and len(cap.group(1)) > 60, stem
     assert "final accuracy" in text and "smart-city-small" in text
+    r = pd.read_parquet(run_dir / "rounds.parquet")
+    assert f"Of {int(r['selected'].sum()):,} client-rounds, {int(r['stragglers'].sum()):,} straggled" in text
 
 
 def test_report_command_rejects_other_directories(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
