@@ -2,9 +2,9 @@
 
 Recomputes the *mean* channel of the run's scenario at arbitrary points from
 the run directory alone (``manifest.json``'s resolved scenario and
-``nodes.parquet``), with the same channel functions the simulator uses
-(:mod:`fedsim.net.channel`, 3GPP TR 38.901 UMi / UMa, free space,
-log-distance):
+``nodes.parquet``), with the same channel models the simulator uses (the registry
+:data:`fedsim.net.channel.CHANNEL_MODELS`: 3GPP TR 38.901 UMi / UMa, free
+space, log-distance):
 
 - loss ``L_j`` to base station ``j`` = mean path loss over the LOS state,
   ``p_LOS PL_LOS + (1 - p_LOS) PL_NLOS`` (dB, TR 38.901 Tables 7.4.1-1 and
@@ -31,13 +31,14 @@ and are not seen here).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from analysis.rundir import RunDir
 
-__all__ = ["Radio", "Coverage", "radio_of", "coverage_at", "mean_loss_db"]
+__all__ = ["Radio", "Coverage", "radio_of", "coverage_at", "mean_loss_db", "shadowing_std_db"]
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,6 @@ class Coverage:
     serving: np.ndarray
 
 
-_CHANNEL_DEFAULTS: dict[str, Any] = {
-    "model": "umi", "fc_ghz": 3.5, "bandwidth_up_hz": 20e6, "bandwidth_down_hz": 20e6,
-    "bs_tx_power_macro_dbm": 46.0, "bs_tx_power_small_dbm": 30.0, "bs_height_macro_m": 25.0,
-    "bs_height_small_m": 10.0, "noise_figure_db": 7.0, "log_distance_exponent": 3.0,
-    "outage_sinr_db": -5.0, "max_spectral_efficiency_bps_hz": 7.4, "interference_margin_db": 0.0,
-    "interference_load_factor": 0.0, "max_ue_height_m": 22.5,
-}
-
-
 def radio_of(run: RunDir) -> Radio:
     """The radio parameters and base stations of ``run``.
 
@@ -97,10 +89,13 @@ def radio_of(run: RunDir) -> Radio:
         ValueError: if the run has no base station with a position.
         FileNotFoundError: if ``nodes.parquet`` or ``manifest.json`` is absent.
     """
+    from dataclasses import asdict
+
     from fedsim.net import channel as ch
+    from fedsim.net.params import ChannelParams
 
     sc = run.scenario
-    cp = dict(_CHANNEL_DEFAULTS)
+    cp = asdict(ChannelParams())  # the simulator's defaults under the run's resolved values
     cp.update({k: v for k, v in (sc.get("channel") or {}).items() if v is not None})
     nodes = run.nodes
     bs = nodes[nodes["kind"].isin(["bs_macro", "bs_small"])].dropna(subset=["x", "y"])
@@ -125,41 +120,50 @@ def radio_of(run: RunDir) -> Radio:
 
 def mean_loss_db(cp: dict[str, Any], d2d_m: np.ndarray, h_bs_m: float, h_ut_m: np.ndarray,
                  z_ut_m: np.ndarray) -> np.ndarray:
-    """Mean path loss (dB) over the LOS state, as the simulator's model ``cp["model"]``.
+    """Mean path loss (dB) over the LOS state, from the simulator's model ``cp["model"]``.
+
+    The model comes from the channel registry
+    (:data:`fedsim.net.channel.CHANNEL_MODELS`), exactly as the simulator
+    looks it up; only the LOS draw is replaced by its expectation.
 
     Args:
-        cp: the channel section (``model``, ``fc_ghz``, ``log_distance_exponent``).
+        cp: the channel section (``model``, ``fc_ghz`` and the model's own fields,
+            e.g. ``log_distance_exponent``).
         d2d_m: horizontal distances to one base station, any shape, m.
         h_bs_m: that station's antenna height, m.
-        h_ut_m: terminal heights clamped to ``max_ue_height_m`` (UMi / UMa), m.
-        z_ut_m: unclamped terminal heights (free space / log-distance 3D distance), m.
+        h_ut_m: terminal heights clamped to ``max_ue_height_m`` (TR 38.901 range), m.
+        z_ut_m: unclamped terminal heights (3D distance of free space / log-distance), m.
 
     Returns:
-        ``p_LOS PL_LOS + (1 - p_LOS) PL_NLOS`` for UMi / UMa (TR 38.901), the
-        deterministic loss for free space / log-distance; same shape, dB.
+        ``p_LOS PL_LOS + (1 - p_LOS) PL_NLOS`` for a model with a LOS
+        probability (UMi, UMa: TR 38.901), the deterministic loss otherwise;
+        same shape as ``d2d_m``, dB.
 
     Raises:
-        ValueError: for an unknown model name.
+        ValueError: for a model name not in the registry.
     """
     from fedsim.net import channel as ch
 
-    model, fc = str(cp["model"]), float(cp["fc_ghz"])
-    if model == "umi":
-        p = ch.los_probability_umi(d2d_m)
-        los = ch.pathloss_umi(d2d_m, fc, h_bs_m, h_ut_m, True)
-        nlos = ch.pathloss_umi(d2d_m, fc, h_bs_m, h_ut_m, False)
-        return p * los + (1.0 - p) * nlos
-    if model == "uma":
-        p = ch.los_probability_uma(d2d_m, h_ut_m)
-        los = ch.pathloss_uma(d2d_m, fc, h_bs_m, h_ut_m, True)
-        nlos = ch.pathloss_uma(d2d_m, fc, h_bs_m, h_ut_m, False)
-        return p * los + (1.0 - p) * nlos
-    d3 = np.sqrt(d2d_m * d2d_m + (h_bs_m - z_ut_m) ** 2)
-    if model == "free_space":
-        return ch.pathloss_free_space(d3, fc)
-    if model == "log_distance":
-        return ch.pathloss_log_distance(d3, fc, float(cp["log_distance_exponent"]))
-    raise ValueError(f"unknown channel model {model!r}")
+    model = ch.channel_model(str(cp["model"]))
+    fc = float(cp["fc_ghz"])
+    params = SimpleNamespace(**cp)
+    geom = ch.LinkGeometry(np.asarray(d2d_m, dtype=float), h_bs_m, h_ut_m, z_ut_m)
+    if model.los_probability is None:
+        return model.path_loss(geom, True, fc, params)
+    p = model.los_probability(geom.d2d_m, h_ut_m)
+    los = model.path_loss(geom, True, fc, params)
+    nlos = model.path_loss(geom, False, fc, params)
+    return p * los + (1.0 - p) * nlos
+
+
+def shadowing_std_db(cp: dict[str, Any]) -> tuple[float, float]:
+    """(LOS, NLOS) shadowing std of the run's channel (dB): the scenario's value or the model's."""
+    from fedsim.net import channel as ch
+
+    if cp.get("shadowing_std_db") is not None:
+        v = float(cp["shadowing_std_db"])
+        return v, v
+    return ch.channel_model(str(cp["model"])).shadowing_std_db
 
 
 def coverage_at(radio: Radio, xy_m: np.ndarray, height_m: float | np.ndarray = 1.5) -> Coverage:

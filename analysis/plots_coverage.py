@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._style import FORMATS, STATUS_COLOURS, new_figure, save, skip, style
-from analysis.coverage import Radio, coverage_at, radio_of
+from analysis.coverage import Radio, coverage_at, radio_of, shadowing_std_db
 from analysis.rundir import RunDir, as_rundir
 
 RunLike = RunDir | str | Path
@@ -323,7 +323,10 @@ def plot_coverage(
         leg = handles + infra + [outage_h, border_h]
         fig.legend(handles=leg, loc="outside lower center", ncol=min(5, len(leg)), fontsize=9,
                    facecolor="#dddddd")
+        sl, sn = shadowing_std_db(cp)
+        sig = f"{sl:g} dB" if sl == sn else f"{sl:g} / {sn:g} dB (LOS / NLOS)"
         fig.suptitle(f"Coverage map — {run.label}: channel {cp['model']} at {cp['fc_ghz']:g} GHz, "
                      f"UL {float(cp['bandwidth_up_hz']) / 1e6:g} MHz, "
-                     f"DL {float(cp['bandwidth_down_hz']) / 1e6:g} MHz")
+                     f"DL {float(cp['bandwidth_down_hz']) / 1e6:g} MHz; maps at the mean "
+                     f"shadowing (0 dB), a client's own differs by σ = {sig}")
         return save(fig, out_dir, "coverage", formats)

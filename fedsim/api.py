@@ -15,12 +15,14 @@ import pandas as pd
 
 from fedsim.config import LoadedScenario, ScenarioError
 from fedsim.config import load_scenario as _load
+from fedsim.engine.tables import TABLES as _TABLE_SCHEMAS
+from fedsim.engine.tables import check_frame
 from fedsim.rundir import atomic_write_text, base_manifest, make_run_dir, write_json, write_parquet
 
 __all__ = ["RunResult", "load_scenario", "run", "ProgressFn", "TABLES"]
 
-#: Tables a run may write, as ``<name>.parquet`` in the run directory.
-TABLES = ("events", "rounds", "clients", "links", "nodes", "edges", "assignments", "experts", "requests")
+#: Tables a run may write, as ``<name>.parquet`` in the run directory (declared in :mod:`fedsim.engine.tables`).
+TABLES = tuple(_TABLE_SCHEMAS)
 
 #: Progress callback: called with keyword fields (round, rounds, t_s, accuracy, bytes).
 ProgressFn = Callable[..., None]
@@ -64,11 +66,26 @@ class RunResult:
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> LoadedScenario:
-    """Load and validate a scenario file (see :func:`fedsim.config.load_scenario`)."""
+    """Load and validate a scenario file (see :func:`fedsim.config.load_scenario`).
+
+    The rules that need the built world (reachability, a registered policy) are
+    checked when :func:`run` builds it (:func:`fedsim.build.check_world_rules`),
+    so the topology is built once per run.
+
+    Raises:
+        ScenarioError: ``FILE:LINE: key.path: rule`` on the first broken rule.
+    """
     return _load(path, overrides, seed=seed)
 
 
 def _write_frames(run_dir: Path, frames: dict[str, pd.DataFrame]) -> None:
+    """Check every frame against its declared table, then write each as ``<name>.parquet``.
+
+    Raises:
+        TableSchemaError: a frame does not match its declaration (nothing is written then).
+    """
+    for name, df in frames.items():
+        check_frame(name, df)
     for name, df in frames.items():
         write_parquet(run_dir / f"{name}.parquet", df)
 
@@ -94,10 +111,18 @@ def run(
         The :class:`RunResult`. If the simulation raises, the manifest is
         rewritten with ``status: failed`` and the traceback goes to
         ``error.txt``; every table recorded so far is still written.
-    """
-    import torch
 
+    Raises:
+        ScenarioError: bad input (a broken rule, including the world rules
+            checked when the world is built; ``out_dir`` already holds files),
+            before anything is written.
+        TableSchemaError: a recorded table does not match
+            :mod:`fedsim.engine.tables` (a bug in the simulator).
+        Exception: whatever the simulation raised, after the run directory is
+            written with ``status: failed``.
+    """
     from fedsim.build import build_world
+    from fedsim.learning.threads import set_torch_threads
     from fedsim.protocols import make_protocol
 
     loaded = scenario if isinstance(scenario, LoadedScenario) else load_scenario(scenario)
@@ -108,9 +133,8 @@ def run(
             raise ScenarioError(f"output directory {str(run_dir)!r} already holds files; choose another --out", file="--out")
 
     wall0 = time.perf_counter()  # host wall time is reported, never used in the simulation
-    threads = torch.get_num_threads()
     gc_threshold = gc.get_threshold()
-    torch.set_num_threads(s.training.torch_threads)  # oversubscribed BLAS threads are ~10x slower on busy hosts
+    restore_threads = set_torch_threads(s.training.torch_threads)
     try:
         # build first: bad input found here (a dataset directory that does not
         # hold the expected files, ...) fails before anything is written
@@ -151,7 +175,7 @@ def run(
             sink.update(world.sim.rec.rows("rounds"))
             sink.close()
     finally:
-        torch.set_num_threads(threads)
+        restore_threads()
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
     frames = world.frames()
