@@ -105,3 +105,22 @@ def test_thin_stem_puts_most_parameters_in_the_experts() -> None:
     deep = MoEConfig(input_shape=(1, 28, 28), num_classes=10, widths=(), feature_dim=64,
                      num_experts=8, expert_hidden=128, expert_layers=2)
     assert parameter_split(MoEClassifier(deep))["experts"] > split["experts"]
+
+
+def test_every_executor_reports_the_expert_loss_of_the_received_weights() -> None:
+    from fedsim.learning.batched import BatchedExecutor
+    from fedsim.learning.training import TrainConfig, TrainJob, init_state, train_local
+
+    cfg = MoEConfig(input_shape=(8,), num_classes=3, widths=(16,), feature_dim=8, num_experts=4, top_k=2)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 8, generator=gen), torch.arange(40) % 3
+    jobs = [
+        TrainJob(client_id=c, round=0, global_state=init_state(cfg, 0), model_config=cfg, experts=es, x=x, y=y,
+                 train=TrainConfig(lr=0.1, batch_size=8), seed=c)
+        for c, es in enumerate(([0, 2], [1], [1, 3]))
+    ]
+    for job, up in zip(jobs, BatchedExecutor().run(jobs)):
+        ref = train_local(job).expert_loss
+        assert np.isnan(up.expert_loss).tolist() == np.isnan(ref).tolist()
+        assert np.allclose(up.expert_loss[~np.isnan(ref)], ref[~np.isnan(ref)], atol=1e-5)
+        assert sorted(np.flatnonzero(~np.isnan(ref)).tolist()) == sorted(job.experts)
