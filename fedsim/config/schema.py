@@ -126,6 +126,7 @@ class ChannelConfig(_Strict):
     access_latency_s: float = Field(1e-3, ge=0, description="One-way latency of the radio hop, s.")
     max_ue_height_m: float = Field(22.5, gt=0, description="Terminal heights are clamped to this inside UMi/UMa (their validity range).")
     nearest_bs: int = Field(0, ge=0, description="Approximation for large deployments: a moving client re-evaluates only its k nearest cells (0 = exact; 32 changed handovers by ~2% at 10,000 clients).")
+    population: Literal["eager", "lazy"] = Field("eager", description="eager: every client's position, fading and serving cell advance periodically (the reference); lazy: evaluated on demand, for clients with flows or at selection, so idle clients cost no events (fedsim.net.population).")
 
 
 class DeviceClassConfig(_Strict):
@@ -178,6 +179,7 @@ class DataConfig(_Strict):
     clusters: int = Field(4, ge=1, description="label_clusters: number of client groups.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each client's data held out as its own test split.")
     max_train_samples: int | None = Field(None, ge=10, description="Cap on the training pool size (for quick runs).")
+    synthetic_samples: int = Field(2000, ge=10, le=10_000_000, description="synthetic: samples generated (train + test pool); a city-scale population needs a few per client.")
 
 
 class ModelConfig(_Strict):
@@ -216,6 +218,7 @@ class FedMoEConfig(_Strict):
     min_completions: int | None = Field(None, ge=1, description="End the round at the first K completions (default: clients_per_round).")
     train_shared: bool = Field(True, description="Clients also train the backbone and gate.")
     server_compute_s: float = Field(0.0, ge=0, description="Server aggregation time per round, s.")
+    round_interval_s: float = Field(0.0, ge=0, le=86400, description="Idle time between the end of a round and the next selection, s (devices keep moving and going on/offline meanwhile).")
 
 
 class NMoEConfig(_Strict):

@@ -156,6 +156,29 @@ class Network:
                                else self.params.ue_tx_power_dbm))
             for c, s in zip(self.client_ids, specs)])
 
+        self._active: dict[int, list[_Active]] = {}
+        self.noise_up_dbm = ch.noise_power_dbm(self.cp.bandwidth_up_hz, self.cp.noise_figure_db)
+        self.noise_down_dbm = ch.noise_power_dbm(self.cp.bandwidth_down_hz, self.cp.noise_figure_db)
+        self._init_population(specs)
+        self._record_nodes()
+        if self.params.link_sample_interval_s > 0:
+            self.env.process(self._sample_loop())
+
+    # -- population (eager: every client's channel and position kept up to date) --
+    def _bbox(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) of the area (m)."""
+        g = self.graph
+        area = g.graph.get("area_m")
+        if area:
+            return (0.0, 0.0, float(area[0]), float(area[1]))
+        xs = [d["x"] for _, d in g.nodes(data=True)]
+        ys = [d["y"] for _, d in g.nodes(data=True)]
+        return (float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)))
+
+    def _init_population(self, specs: list[Any]) -> None:
+        """Channel state, mobility and their periodic processes, for every client."""
+        n = len(self.client_ids)
+        sim = self.sim
         # channel state
         rng_s = sim.rng.numpy("channel/shadowing")
         rng_l = sim.rng.numpy("channel/los")
@@ -171,21 +194,15 @@ class Network:
         self.fading = np.ones(n)
         if self.cp.fading != "none":
             self.fading = self._draw_fading(n)
-        self.noise_up_dbm = ch.noise_power_dbm(self.cp.bandwidth_up_hz, self.cp.noise_figure_db)
-        self.noise_down_dbm = ch.noise_power_dbm(self.cp.bandwidth_down_hz, self.cp.noise_figure_db)
         self.se_up = np.zeros(n)
         self.se_down = np.zeros(n)
         self._update_se(np.arange(n))
-        self._active: dict[int, list[_Active]] = {}
         self._ho_time = np.zeros(n)
         self._ho_cand = np.full(n, -1, dtype=np.int64)
 
         # mobility
-        xs = [d["x"] for _, d in graph.nodes(data=True)]
-        ys = [d["y"] for _, d in graph.nodes(data=True)]
-        area = graph.graph.get("area_m")
-        bbox = (0.0, 0.0, float(area[0]), float(area[1])) if area else (
-            float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)))
+        bbox = self._bbox()
+        graph = self.graph
         self.mobility = Mobility(
             self.pos,
             [s.mobility if s is not None else "static" for s in specs],
@@ -199,13 +216,10 @@ class Network:
         if self._near_k:
             self._init_nearest(bbox)
 
-        self._record_nodes()
         if self.cp.fading != "none" and n:
             self.env.process(self._fading_loop())
         if self.mobility.mobile.size:
             self.env.process(self._mobility_loop())
-        if self.params.link_sample_interval_s > 0:
-            self.env.process(self._sample_loop())
 
     # -- channel -------------------------------------------------------------
     def _init_nearest(self, bbox: tuple[float, float, float, float]) -> None:
@@ -533,6 +547,7 @@ class Network:
                     i = self._ci.get(nd)
                     if i is not None:
                         self._active.setdefault(i, []).append(act)
+                        self._on_active(i)
             yield flow.done
             completed = True
         except simpy.Interrupt as intr:
@@ -559,6 +574,9 @@ class Network:
                            mean_rate_bps=delivered * 8.0 / dur if dur > 0 else math.nan,
                            cause=None if completed else type(cause).__name__)
         return res
+
+    def _on_active(self, i: int) -> None:
+        """Hook: client row ``i`` has a new active transfer (the lazy population tracks it)."""
 
     def _refresh(self, rows: Any) -> None:
         """Push the current spectral efficiencies of ``rows`` into their active flows."""

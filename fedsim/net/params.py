@@ -68,6 +68,9 @@ class ChannelParams:
             results differ from the exact model for the same seed even
             where the candidate set does not matter. Cost per mobility
             update falls from O(moving clients x BSs) to O(moving clients x k).
+        population: ``"eager"`` (every client advanced periodically: the
+            reference) or ``"lazy"`` (:class:`fedsim.net.population.LazyNetwork`:
+            channels, positions and serving cells evaluated on demand).
     """
 
     model: str = "umi"
@@ -94,6 +97,7 @@ class ChannelParams:
     access_latency_s: float = 1e-3
     max_ue_height_m: float = 22.5
     nearest_bs: int = 0
+    population: str = "eager"
 
     def __post_init__(self) -> None:
         if self.model not in _MODELS:
@@ -104,6 +108,8 @@ class ChannelParams:
                      "max_spectral_efficiency_bps_hz", "shadowing_decorrelation_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f'"{name}" must be > 0')
+        if self.population not in ("eager", "lazy"):
+            raise ValueError(f'"population" must be "eager" or "lazy", got {self.population!r}')
         if self.nearest_bs < 0:
             raise ValueError('"nearest_bs" must be >= 0')
         if not 0.0 <= self.interference_load_factor <= 1.0:

@@ -168,6 +168,8 @@ class FedMoE(Protocol):
             acc, f1, auc = m["accuracy"], m["f1"], m["auc"]
         self.record_round(r, t0, t_close, t_end, selected, assignment, updates, acc, f1, auc)
         self.rec.event(t_end, "round_end", round=r, seconds=t_end - t0)
+        if cfg.round_interval_s > 0 and r < s.run.rounds - 1:  # idle until the next selection
+            yield self.env.timeout(cfg.round_interval_s)
         self.progress(round=r + 1, t_s=t_end, accuracy=acc, bytes=self.bytes_moved)
 
     def budget(self, c: str, est: Any) -> int:
