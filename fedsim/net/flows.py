@@ -449,22 +449,29 @@ class FlowSystem:
         if len(self._sched) > 2 * self._live + 64:
             self._compact()
         if t < self._next_wake:
-            self._next_wake = t
-            ev = self.env.timeout(max(t - self.env.now, 0.0))
-            ev.callbacks.append(self._on_wake)
+            self._wake_at(t)
+
+    def _wake_at(self, t: float) -> None:
+        """Schedule a wake for the bundle finishing at ``t``. The wake carries ``t``:
+        ``now + (t - now)`` can round to just below ``t``, and a wake that compared
+        the clock with ``t`` would leave ``_next_wake`` in the past (every flow stalls)."""
+        self._next_wake = t
+        ev = self.env.timeout(max(t - self.env.now, 0.0))
+        ev.callbacks.append(lambda e, t=t: self._on_wake(e, t))
 
     def _compact(self) -> None:
         """Drop superseded schedule entries (keeps the schedule proportional to the bundles)."""
         self._sched = [e for e in self._sched if e[3].scheduled and e[3].version == e[2]]
         heapq.heapify(self._sched)
 
-    def _on_wake(self, _ev: simpy.Event) -> None:
+    def _on_wake(self, _ev: simpy.Event, target: float = -_INF) -> None:
         now = self.env.now
-        if now >= self._next_wake:
+        due = max(now, target)
+        if due >= self._next_wake:
             self._next_wake = _INF
         sched = self._sched
         finished: list[Flow] = []
-        while sched and sched[0][0] <= now:
+        while sched and sched[0][0] <= due:
             _, _, version, b = heapq.heappop(sched)
             if not b.scheduled or version != b.version:
                 continue
@@ -495,10 +502,7 @@ class FlowSystem:
         while sched and (not sched[0][3].scheduled or sched[0][2] != sched[0][3].version):
             heapq.heappop(sched)
         if sched and sched[0][0] < self._next_wake:
-            t = sched[0][0]
-            self._next_wake = t
-            ev = self.env.timeout(max(t - now, 0.0))
-            ev.callbacks.append(self._on_wake)
+            self._wake_at(sched[0][0])
 
     # -- the transfer process ------------------------------------------------
     def transfer(self, path: Sequence[Link], coeffs: Sequence[float], nbytes: float,
