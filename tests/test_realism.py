@@ -45,3 +45,27 @@ def test_lazy_population_runs_deterministically(tmp_path: Path) -> None:
     b = _run(tmp_path, "b", ["channel.population=lazy"])
     for f in ("rounds.parquet", "events.parquet", "clients.parquet"):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+def test_memory_estimate_learned_from_completions_and_ooms() -> None:
+    """Hand-computed EWMA (weight 0.3) of the memory estimate from job outcomes."""
+    from fedsim.alignment.capacity import CapacityEstimate, CapacityEstimator, expert_budget
+
+    est = CapacityEstimator("learned", ewma=0.3)
+    est.set_prior("c", CapacityEstimate(flops_per_s=1e9, memory_bytes=1e8, up_bps=1e6, down_bps=1e6))
+    # a self-report taken under memory pressure: 100 MB, too little for one 150 MB expert
+    kw = dict(bytes_shared=0.0, bytes_per_expert=0.0, flops_shared=0.0, flops_per_expert=0.0,
+              deadline_s=1e9, safety_margin=0.0, mem_shared_bytes=50e6, mem_per_expert_bytes=100e6, num_experts=4)
+    assert expert_budget(est.estimate("c"), **kw) == 0
+    # a 400 MB job completed: 100 + 0.3 (400 - 100) = 190 MB
+    e = est.observe("c", memory_ok_bytes=400e6)
+    assert e.memory_bytes == pytest.approx(190e6)
+    assert expert_budget(e, **kw) == 1
+    # a completion below the estimate teaches nothing
+    assert est.observe("c", memory_ok_bytes=150e6).memory_bytes == pytest.approx(190e6)
+    # an OOM of a 150 MB job: 190 + 0.3 (150 - 190) = 178 MB
+    assert est.observe("c", memory_oom_bytes=150e6).memory_bytes == pytest.approx(178e6)
+    # self-reported mode learns nothing
+    sr = CapacityEstimator("self_reported")
+    sr.set_prior("c", CapacityEstimate(flops_per_s=1e9, memory_bytes=1e8, up_bps=1e6, down_bps=1e6))
+    assert sr.observe("c", memory_ok_bytes=4e8).memory_bytes == 1e8
