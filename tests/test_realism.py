@@ -69,3 +69,61 @@ def test_memory_estimate_learned_from_completions_and_ooms() -> None:
     sr = CapacityEstimator("self_reported")
     sr.set_prior("c", CapacityEstimate(flops_per_s=1e9, memory_bytes=1e8, up_bps=1e6, down_bps=1e6))
     assert sr.observe("c", memory_ok_bytes=4e8).memory_bytes == 1e8
+
+
+def _macro_and_small(**node_kw: object):  # noqa: ANN202
+    from fedsim.net.topology import explicit
+
+    nodes = [
+        {"id": "cloud", "kind": "cloud"},
+        {"id": "macro", "kind": "bs_macro", "x": 0, "y": 0, "z": 25},
+        {"id": "small", "kind": "bs_small", "x": 200, "y": 0, "z": 10, **node_kw},
+        {"id": "c", "kind": "client", "device_class": "sensor", "x": 150, "y": 0, "z": 1.5},
+    ]
+    edges = [{"src": "macro", "dst": "cloud", "capacity_bps": 1e10, "latency_s": 0.001},
+             {"src": "small", "dst": "cloud", "capacity_bps": 1e10, "latency_s": 0.001}]
+    return explicit(nodes, edges)
+
+
+def _net(population: str, graph: object, **cp: object):  # noqa: ANN202
+    from fedsim.engine import Simulation
+    from fedsim.net.network import Network
+    from fedsim.net.params import ChannelParams, NetworkParams
+    from fedsim.net.population import LazyNetwork
+
+    p = dict(model="free_space", fading="none", shadowing_std_db=0.0,
+             max_spectral_efficiency_bps_hz=100.0, population=population)
+    p.update(cp)
+    cls = LazyNetwork if population == "lazy" else Network
+    return cls(Simulation(0), graph, NetworkParams(channel=ChannelParams(**p)), server="cloud")
+
+
+@pytest.mark.parametrize("population", ["eager", "lazy"])
+def test_attachment_follows_uplink_and_cells_have_own_bandwidth(population: str) -> None:
+    """150 m from a 46 dBm macro, 50 m from a 30 dBm small cell (free space, no shadowing):
+    downlink power picks the macro (hand: 46 - FSPL(150.9) > 30 - FSPL(50.7)), the uplink SNR
+    picks the small cell (9.5 dB less path loss); a 5 MHz small cell has 6 dB less noise."""
+    import math
+
+    from fedsim.net import channel as ch
+
+    fc = 3.5
+    d_macro = math.hypot(150.0, 23.5)
+    d_small = math.hypot(50.0, 8.5)
+    pl_m = float(ch.pathloss_free_space(d_macro, fc))
+    pl_s = float(ch.pathloss_free_space(d_small, fc))
+    assert 46.0 - pl_m > 30.0 - pl_s and pl_s < pl_m
+    g = _macro_and_small()
+    net = _net(population, g)
+    assert net.serving_bs("c") == "macro"
+    snr_m = 23.0 - pl_m - ch.noise_power_dbm(20e6, 7.0)
+    assert net.nominal_rate_bps("c", "up") == pytest.approx(20e6 * math.log2(1 + 10 ** (snr_m / 10)))
+    net = _net(population, g, attachment="uplink", small_bandwidth_up_hz=5e6)
+    assert net.serving_bs("c") == "small"
+    snr_s = 23.0 - pl_s - ch.noise_power_dbm(5e6, 7.0)
+    assert net.nominal_rate_bps("c", "up") == pytest.approx(5e6 * math.log2(1 + 10 ** (snr_s / 10)))
+    assert net.up[net.bs_ids.index("small")].capacity == 5e6
+    assert net.down[net.bs_ids.index("small")].capacity == 20e6
+    # a node's own bandwidth wins over the per-kind value
+    net = _net(population, _macro_and_small(bandwidth_up_hz=1e6), small_bandwidth_up_hz=5e6)
+    assert net.up[net.bs_ids.index("small")].capacity == 1e6

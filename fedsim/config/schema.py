@@ -126,6 +126,9 @@ class ChannelConfig(_Strict):
     access_latency_s: float = Field(1e-3, ge=0, description="One-way latency of the radio hop, s.")
     max_ue_height_m: float = Field(22.5, gt=0, description="Terminal heights are clamped to this inside UMi/UMa (their validity range).")
     nearest_bs: int = Field(0, ge=0, description="Approximation for large deployments: a moving client re-evaluates only its k nearest cells (0 = exact; 32 changed handovers by ~2% at 10,000 clients).")
+    small_bandwidth_up_hz: float | None = Field(None, gt=0, le=1e9, description="Uplink bandwidth of a small cell, Hz (null: bandwidth_up_hz, the macro value).")
+    small_bandwidth_down_hz: float | None = Field(None, gt=0, le=1e9, description="Downlink bandwidth of a small cell, Hz (null: bandwidth_down_hz).")
+    attachment: Literal["downlink", "uplink"] = Field("downlink", description="Cell selection and handover by downlink received power, or by uplink SNR (a client near a strong macro may be better heard by a small cell).")
     population: Literal["eager", "lazy"] = Field("eager", description="eager: every client's position, fading and serving cell advance periodically (the reference); lazy: evaluated on demand, for clients with flows or at selection, so idle clients cost no events (fedsim.net.population).")
 
 

@@ -71,6 +71,13 @@ class ChannelParams:
         population: ``"eager"`` (every client advanced periodically: the
             reference) or ``"lazy"`` (:class:`fedsim.net.population.LazyNetwork`:
             channels, positions and serving cells evaluated on demand).
+        small_bandwidth_up_hz / small_bandwidth_down_hz: bandwidth of a small
+            cell's uplink / downlink (Hz); ``None`` = the macro value. A BS node
+            with its own ``bandwidth_up_hz`` / ``bandwidth_down_hz`` uses those.
+        attachment: cell selection and handover by ``"downlink"`` received
+            power (RSRP) or by ``"uplink"`` SNR (path loss and the cell's uplink
+            noise: a client near a strong macro may be better heard by a small
+            cell, as in downlink / uplink decoupling).
     """
 
     model: str = "umi"
@@ -98,6 +105,9 @@ class ChannelParams:
     max_ue_height_m: float = 22.5
     nearest_bs: int = 0
     population: str = "eager"
+    small_bandwidth_up_hz: float | None = None
+    small_bandwidth_down_hz: float | None = None
+    attachment: str = "downlink"
 
     def __post_init__(self) -> None:
         if self.model not in _MODELS:
@@ -107,6 +117,12 @@ class ChannelParams:
         for name in ("fc_ghz", "bandwidth_up_hz", "bandwidth_down_hz", "coherence_s",
                      "max_spectral_efficiency_bps_hz", "shadowing_decorrelation_m"):
             if not getattr(self, name) > 0:
+                raise ValueError(f'"{name}" must be > 0')
+        if self.attachment not in ("downlink", "uplink"):
+            raise ValueError(f'"attachment" must be "downlink" or "uplink", got {self.attachment!r}')
+        for name in ("small_bandwidth_up_hz", "small_bandwidth_down_hz"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
                 raise ValueError(f'"{name}" must be > 0')
         if self.population not in ("eager", "lazy"):
             raise ValueError(f'"population" must be "eager" or "lazy", got {self.population!r}')

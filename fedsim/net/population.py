@@ -198,9 +198,10 @@ class LazyNetwork(Network):
         self._codo[rows] = odo[:, None]
         pl, std = self._pair_loss(rows, pos, cand)
         loss = pl + std * z
-        rs = self.bs_power_dbm[cand] - loss
+        rsrp = self.bs_power_dbm[cand] - loss
         self._closs[rows] = loss
-        self._crsrp[rows] = rs
+        self._crsrp[rows] = rsrp
+        rs = rsrp + self.attach_offset_db[cand]  # the cell-selection metric
         k = np.arange(rows.size)
         bc = np.argmax(rs, axis=1)
         best = cand[k, bc]
@@ -267,16 +268,16 @@ class LazyNetwork(Network):
         loss = self._closs[rows][k, sc]
         fad_db = ch.linear_to_db(np.maximum(self.fading_power(rows, block), 1e-30))
         margin = self.cp.interference_margin_db
-        up_db = self.ue_power_dbm[rows] - loss + fad_db - self.noise_up_dbm - margin
         s = self.serving[rows]
+        up_db = self.ue_power_dbm[rows] - loss + fad_db - self.noise_up_dbm[s] - margin
         rx_down = self.bs_power_dbm[s] - loss + fad_db
         if self.cp.interference_load_factor > 0 and len(self.bs_ids) > 1:
             mw = ch.db_to_linear(self._crsrp[rows])
             interf = self.cp.interference_load_factor * (mw.sum(axis=1) - mw[k, sc])
             down_db = ch.linear_to_db(ch.db_to_linear(rx_down) / (
-                ch.db_to_linear(self.noise_down_dbm + margin) + interf))
+                ch.db_to_linear(self.noise_down_dbm[s] + margin) + interf))
         else:
-            down_db = rx_down - self.noise_down_dbm - margin
+            down_db = rx_down - self.noise_down_dbm[s] - margin
         self.se_up[rows] = self._se(up_db)
         self.se_down[rows] = self._se(down_db)
 
@@ -368,12 +369,12 @@ class LazyNetwork(Network):
         s = int(self.serving[i])
         loss = float(self._closs[i, int(np.argmax(self._cand[i] == s))])
         if up:
-            sinr_db = self.ue_power_dbm[i] - loss - self.noise_up_dbm - self.cp.interference_margin_db
-            bw = self.cp.bandwidth_up_hz
+            sinr_db = self.ue_power_dbm[i] - loss - self.noise_up_dbm[s] - self.cp.interference_margin_db
+            bw = self.bw_up_hz[s]
         else:
-            sinr_db = (self.bs_power_dbm[s] - loss - self.noise_down_dbm
+            sinr_db = (self.bs_power_dbm[s] - loss - self.noise_down_dbm[s]
                        - self.cp.interference_margin_db)
-            bw = self.cp.bandwidth_down_hz
+            bw = self.bw_down_hz[s]
         rate = bw * float(self._se(np.array([sinr_db]))[0])
         bs = self.bs_ids[s]
         wp = self._wired_path(bs, self.server) if up else self._wired_path(self.server, bs)
