@@ -127,3 +127,36 @@ def test_attachment_follows_uplink_and_cells_have_own_bandwidth(population: str)
     # a node's own bandwidth wins over the per-kind value
     net = _net(population, _macro_and_small(bandwidth_up_hz=1e6), small_bandwidth_up_hz=5e6)
     assert net.up[net.bs_ids.index("small")].capacity == 1e6
+
+
+def test_highway_vehicles_drive_along_the_road() -> None:
+    """Eager and lazy highway mobility: y stays on the road row, x moves at the drawn speed
+    (10 m/s exactly: 200 m in 20 s from x = 150), turning back at the end of the road."""
+    import numpy as np
+
+    from fedsim.net.mobility import Mobility
+    from fedsim.net.trajectory import Trajectories
+    from fedsim.rng import RngStreams
+
+    streets = {"blocks_x": 6, "blocks_y": 2, "block_m": 100.0}
+    pos0 = np.array([[150.0, 190.0, 1.5], [550.0, 10.0, 1.5]])
+    args = (["highway", "highway"], [(10.0, 10.0)] * 2, [(1.5, 1.5)] * 2, streets,
+            (0.0, 0.0, 600.0, 200.0))
+    eager = Mobility(pos0.copy(), *args, np.random.default_rng(0))
+    lazy = Trajectories(pos0.copy(), *args, RngStreams(0).counter("mobility"))
+    assert list(eager.pos[:, 1]) == [200.0, 0.0]  # snapped onto the road rows
+    xs_e = [eager.pos[:, 0].copy()]
+    for _ in range(120):
+        eager.step(1.0)
+        xs_e.append(eager.pos[:, 0].copy())
+        assert list(eager.pos[:, 1]) == [200.0, 0.0]
+    xe = np.array(xs_e)
+    assert abs(xe[20, 0] - 150.0) == 200.0
+    assert np.all(np.abs(np.diff(xe, axis=0)) == 10.0)  # never stops, never leaves the road
+    assert xe.min() >= 0.0 and xe.max() <= 600.0 and np.ptp(xe[:, 1]) == 600.0  # end to end
+    for t in (20.0, 75.0, 120.0):
+        p, odo = lazy.positions(np.arange(2), t)
+        assert list(p[:, 1]) == [200.0, 0.0]
+        if t == 20.0:
+            assert abs(p[0, 0] - 150.0) == pytest.approx(200.0)
+        assert odo == pytest.approx([10.0 * t, 10.0 * t])

@@ -150,7 +150,7 @@ class DeviceClassConfig(_Strict):
     mean_on_s: float | None = Field(None, gt=0, description="Mean online session length, s.")
     mean_off_s: float | None = Field(None, gt=0, description="Mean offline period, s.")
     transfer_hazard_per_s: float | None = Field(None, ge=0, description="Failure rate during transfers, 1/s.")
-    mobility: Literal["static", "street", "fly", "walk"] | None = Field(None, description="Mobility model.")
+    mobility: Literal["static", "street", "fly", "walk", "highway"] | None = Field(None, description="Mobility model (highway: along the grid's x axis on the client's own road, turning back at its ends).")
     speed_min_mps: float | None = Field(None, ge=0, description="Minimum speed when moving, m/s.")
     speed_max_mps: float | None = Field(None, ge=0, description="Maximum speed when moving, m/s.")
     altitude_min_m: float | None = Field(None, ge=0, description="Lowest altitude / antenna height, m.")
