@@ -154,9 +154,10 @@ def test_highway_vehicles_drive_along_the_road() -> None:
     assert abs(xe[20, 0] - 150.0) == 200.0
     assert np.all(np.abs(np.diff(xe, axis=0)) == 10.0)  # never stops, never leaves the road
     assert xe.min() >= 0.0 and xe.max() <= 600.0 and np.ptp(xe[:, 1]) == 600.0  # end to end
+    h0 = np.sign(lazy.p1[:, 0] - lazy.p0[:, 0])  # initial heading
     for t in (20.0, 75.0, 120.0):
         p, odo = lazy.positions(np.arange(2), t)
         assert list(p[:, 1]) == [200.0, 0.0]
-        if t == 20.0:
-            assert abs(p[0, 0] - 150.0) == pytest.approx(200.0)
+        u = np.mod(pos0[:, 0] + h0 * 10.0 * t, 1200.0)  # unfolded, then reflected at 0 and 600
+        assert p[:, 0] == pytest.approx(np.where(u > 600.0, 1200.0 - u, u))
         assert odo == pytest.approx([10.0 * t, 10.0 * t])
