@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.net import channel as ch
-from fedsim.net.network import _NEAR_CELL_M, _SHADOW_STD, Network
+from fedsim.net.network import _NEAR_CELL_M, Network
 from fedsim.net.trajectory import Trajectories
 
 __all__ = ["LazyNetwork", "DEFAULT_CANDIDATES"]
@@ -100,10 +100,8 @@ class LazyNetwork(Network):
         self._ho_time = np.zeros(n)
         self._ho_cand = np.full(n, -1, dtype=np.int64)
         self.evaluations = 0
-        std_los, std_nlos = _SHADOW_STD[cp.model]
-        if cp.shadowing_std_db is not None:
-            std_los = std_nlos = cp.shadowing_std_db
-        self._std = (std_los, std_nlos)
+        self._channel = ch.channel_model(cp.model)  # the one look-up of the path-loss model
+        self._std = self._shadowing_std_db()
         self._upkeep = False
 
     def _nearest_grid(self, bbox: tuple[float, float, float, float], kk: int) -> tuple[Any, ...]:
@@ -151,20 +149,14 @@ class LazyNetwork(Network):
         d2 = np.hypot(pos[:, 0:1] - bs[..., 0], pos[:, 1:2] - bs[..., 1])
         h_bs = bs[..., 2]
         std_los, std_nlos = self._std
-        if cp.model in ("umi", "uma"):
+        model = self._channel
+        geom = ch.LinkGeometry(d2, h_bs, h_ut, pz)
+        if model.los_probability is not None:
             u = self._cr_los.uniform(rows[:, None], cols)
-            if cp.model == "umi":
-                los = u < ch.los_probability_umi(d2)
-                pl = ch.pathloss_umi(d2, cp.fc_ghz, h_bs, h_ut, los)
-            else:
-                los = u < ch.los_probability_uma(d2, h_ut)
-                pl = ch.pathloss_uma(d2, cp.fc_ghz, h_bs, h_ut, los)
+            los = u < model.los_probability(d2, h_ut)
+            pl = model.path_loss(geom, los, cp.fc_ghz, cp)
             return np.stack([pl, np.where(los, std_los, std_nlos)])
-        d3 = np.sqrt(d2 * d2 + (h_bs - pz) ** 2)
-        if cp.model == "free_space":
-            pl = ch.pathloss_free_space(d3, cp.fc_ghz)
-        else:
-            pl = ch.pathloss_log_distance(d3, cp.fc_ghz, cp.log_distance_exponent)
+        pl = model.path_loss(geom, True, cp.fc_ghz, cp)
         return np.stack([pl, np.full_like(pl, std_los)])
 
     def _merge(self, rows: np.ndarray, cand: np.ndarray) -> None:
