@@ -161,3 +161,27 @@ def test_highway_vehicles_drive_along_the_road() -> None:
         u = np.mod(pos0[:, 0] + h0 * 10.0 * t, 1200.0)  # unfolded, then reflected at 0 and 600
         assert p[:, 0] == pytest.approx(np.where(u > 600.0, 1200.0 - u, u))
         assert odo == pytest.approx([10.0 * t, 10.0 * t])
+
+
+def test_personalised_accuracy_batched_equals_per_client() -> None:
+    """The one-pass evaluation of a city's clients equals the per-client loop (bitwise)."""
+    import numpy as np
+    import torch
+
+    from fedsim.learning.metrics import personalised_accuracy
+    from fedsim.learning.partition import ClientSplit
+
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    x = torch.randn(200, 1, 2, 3, generator=g)
+    y = torch.randint(0, 3, (200,), generator=g)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(200)
+    cuts = np.sort(rng.choice(np.arange(1, 200), size=40, replace=False))
+    empty = np.zeros(0, dtype=np.int64)
+    splits = [ClientSplit(i, empty, part) for i, part in enumerate(np.split(perm, cuts))]
+    splits.append(ClientSplit(len(splits), empty, empty))
+    one = personalised_accuracy(model, x, y, splits)
+    loop = personalised_accuracy([model] * len(splits), x, y, splits)
+    np.testing.assert_array_equal(one, loop)
+    assert np.isnan(one[-1])
