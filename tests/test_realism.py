@@ -154,6 +154,7 @@ def test_highway_vehicles_drive_along_the_road() -> None:
     assert abs(xe[20, 0] - 150.0) == 200.0
     assert np.all(np.abs(np.diff(xe, axis=0)) == 10.0)  # never stops, never leaves the road
     assert xe.min() >= 0.0 and xe.max() <= 600.0 and np.ptp(xe[:, 1]) == 600.0  # end to end
+    lazy.positions(np.arange(2), 0.0)  # draws the first legs
     h0 = np.sign(lazy.p1[:, 0] - lazy.p0[:, 0])  # initial heading
     for t in (20.0, 75.0, 120.0):
         p, odo = lazy.positions(np.arange(2), t)

@@ -79,7 +79,7 @@ class LazyNetwork(Network):
             [(s.speed_min_mps, s.speed_max_mps) if s is not None else (0.0, 0.0) for s in specs],
             [(s.altitude_min_m, s.altitude_max_m) if s is not None else (1.5, 1.5) for s in specs],
             self.graph.graph.get("streets"), bbox, rng.counter("mobility"))
-        self.pos = self.traj.p0.copy()  # highway clients are snapped onto their road
+        self.pos = self.traj.p0.copy()  # last evaluated positions (highway ones snap at the first)
         k = int(cp.nearest_bs)
         self._near_k = k if 0 < k < m else min(DEFAULT_CANDIDATES, m)
         self._kk = min(self._near_k + 1, m)

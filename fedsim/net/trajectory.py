@@ -78,8 +78,10 @@ class Trajectories:
         self.heading = np.zeros(n, dtype=np.int64)  # highway: +1 / -1 along x
         self.mobile = np.array([i for i, m in enumerate(modes) if m != "static" and self.vmax[i] > 0],
                                dtype=np.int64)
-        for i in self.mobile.tolist():
-            self._first_leg(i)
+        # the first leg is drawn at a client's first query (keyed draws: the same legs
+        # whenever they are drawn), so a client nobody asks about costs nothing
+        self._pending = np.zeros(n, dtype=bool)
+        self._pending[self.mobile] = True
 
     # -- keyed draws ----------------------------------------------------------
     def _u(self, i: int, purpose: int) -> float:
@@ -172,6 +174,9 @@ class Trajectories:
         ``t`` must not precede an earlier query of the same rows (legs before
         the current one are not kept).
         """
+        for i in rows[self._pending[rows]].tolist():
+            self._pending[i] = False
+            self._first_leg(i)
         for i in rows[self.t1[rows] < t].tolist():
             while self.t1[i] < t:
                 self._next_leg(i)
@@ -186,6 +191,7 @@ class Trajectories:
 
     def teleport(self, i: int, p: tuple[float, float, float], t: float, odo: float) -> None:
         """Place client ``i`` at ``p`` from time ``t`` on, standing still there."""
+        self._pending[i] = False
         self.p0[i] = p
         self.p1[i] = p
         self.t0[i] = t
