@@ -186,3 +186,50 @@ def test_personalised_accuracy_batched_equals_per_client() -> None:
     loop = personalised_accuracy([model] * len(splits), x, y, splits)
     np.testing.assert_array_equal(one, loop)
     assert np.isnan(one[-1])
+
+
+def test_aerial_pathloss_and_los_match_tr36777_by_hand() -> None:
+    """TR 36.777 Annex B (Tables B-1, B-2) evaluated by hand:
+    UMa-AV, h = 100 m, d2D = 500 m, h_BS = 25 m, 2 GHz: d3D = 505.59 m,
+      LOS 28 + 22 lg(505.59) + 20 lg 2 = 93.504 dB;
+      NLOS -17.5 + (46 - 7 lg 100) lg(505.59) + 20 lg(40 pi 2 / 3) = 107.484 dB.
+    UMa-AV LOS probability, h = 50 m, d2D = 500 m: d1 = 460 lg 50 - 700 = 81.53,
+      p1 = 4300 lg 50 - 3800 = 3505.6 -> 81.53/500 + e^(-500/3505.6) (1 - 81.53/500) = 0.8887;
+      1 above 100 m. UMi-AV, h = 50 m, d2D = 300 m: d1 = 66.64, p1 = 396.58 -> 0.5872.
+    UMi-AV, h = 50 m, d2D = 300 m, h_BS = 10 m, 3.5 GHz: d3D = 302.66 m,
+      LOS max(FS 92.94, 30.9 + (22.25 - 0.5 lg 50) lg d3D + 20 lg 3.5) = 94.875 dB;
+      NLOS 32.4 + (43.2 - 7.6 lg 50) lg d3D + 20 lg 3.5 = 118.424 dB."""
+    import math
+
+    import numpy as np
+
+    from fedsim.net import channel as ch
+
+    d3 = math.hypot(500.0, 75.0)
+    assert float(ch.pathloss_uma_av_aerial(d3, 2.0, 100.0, True)) == pytest.approx(93.504, abs=0.01)
+    assert float(ch.pathloss_uma_av_aerial(d3, 2.0, 100.0, False)) == pytest.approx(107.484, abs=0.01)
+    assert float(ch.los_probability_uma_av(500.0, 50.0)) == pytest.approx(0.8887, abs=1e-3)
+    assert float(ch.los_probability_uma_av(500.0, 150.0)) == 1.0
+    assert float(ch.los_probability_umi_av(300.0, 50.0)) == pytest.approx(0.5872, abs=1e-3)
+    d3 = math.hypot(300.0, 40.0)
+    assert float(ch.pathloss_umi_av_aerial(d3, 3.5, 50.0, True)) == pytest.approx(94.875, abs=0.01)
+    assert float(ch.pathloss_umi_av_aerial(d3, 3.5, 50.0, False)) == pytest.approx(118.424, abs=0.01)
+    # below 22.5 m the aerial models are TR 38.901's
+    assert float(ch.los_probability_uma_av(500.0, 1.5)) == float(ch.los_probability_uma(500.0, 1.5))
+    # in a network: a drone at 100 m over a macro 500 m away, UMa-AV, no shadowing / fading:
+    # its path loss is the aerial formula, not the 22.5 m-clamped UMa value
+    from fedsim.net.topology import explicit
+
+    nodes = [{"id": "cloud", "kind": "cloud"},
+             {"id": "bs", "kind": "bs_macro", "x": 0, "y": 0, "z": 25},
+             {"id": "d", "kind": "client", "device_class": "drone", "x": 500, "y": 0, "z": 100}]
+    g = explicit(nodes, [{"src": "bs", "dst": "cloud", "capacity_bps": 1e10, "latency_s": 0.001}])
+    for population in ("eager", "lazy"):
+        net = _net(population, g, model="uma_av", fc_ghz=2.0)
+        net.serving_bs("d")
+        loss = float(net.loss_db[0, 0]) if population == "eager" else float(net._closs[0, 0])
+        assert loss in (pytest.approx(93.504, abs=0.01), pytest.approx(107.484, abs=0.01))
+        clamped = _net(population, g, model="uma", fc_ghz=2.0)
+        clamped.serving_bs("d")
+        lc = float(clamped.loss_db[0, 0]) if population == "eager" else float(clamped._closs[0, 0])
+        assert not np.isclose(lc, loss)

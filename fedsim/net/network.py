@@ -299,7 +299,7 @@ class Network:
         geom = ch.LinkGeometry(d2, h_bs, h_ut, pz)
         if model.los_probability is not None:
             u = self._los_u.reshape(-1)[flat]
-            los = u < model.los_probability(d2, h_ut)
+            los = u < model.los_probability(d2, pz if model.aerial else h_ut)
             pl = model.path_loss(geom, los, cp.fc_ghz, cp)
             std = np.where(los, std_los, std_nlos)
         else:
@@ -362,7 +362,7 @@ class Network:
             d2 = np.sqrt(dx * dx + dy * dy)
             geom = ch.LinkGeometry(d2, h_bs, h_ut, pz)
             if ut is not None:
-                los = ut[j0:j1] < model.los_probability(d2, h_ut)
+                los = ut[j0:j1] < model.los_probability(d2, pz if model.aerial else h_ut)
                 pl = model.path_loss(geom, los, cp.fc_ghz, cp)
                 std = np.where(los, std_los, std_nlos)
             else:

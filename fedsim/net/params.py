@@ -58,8 +58,8 @@ class ChannelParams:
         access_latency_s: one-way latency of the radio hop (scheduling,
             HARQ), added once per wireless hop of a path (s).
         max_ue_height_m: terminal heights are clamped to this value inside
-            the UMi / UMa formulas (their validity range ends at 22.5 m;
-            aerial-UE models of TR 36.777 are not implemented).
+            the UMi / UMa formulas (their validity range ends at 22.5 m);
+            models ``umi_av`` / ``uma_av`` use TR 36.777 above that height.
         nearest_bs: approximation for large deployments, ``0`` (default) =
             exact. With ``k > 0``, after a client moves only its ``k``
             nearest base stations (precomputed on a 25 m grid) and its

@@ -153,7 +153,7 @@ class LazyNetwork(Network):
         geom = ch.LinkGeometry(d2, h_bs, h_ut, pz)
         if model.los_probability is not None:
             u = self._cr_los.uniform(rows[:, None], cols)
-            los = u < model.los_probability(d2, h_ut)
+            los = u < model.los_probability(d2, pz if model.aerial else h_ut)
             pl = model.path_loss(geom, los, cp.fc_ghz, cp)
             return np.stack([pl, np.where(los, std_los, std_nlos)])
         pl = model.path_loss(geom, True, cp.fc_ghz, cp)
