@@ -72,9 +72,11 @@ class GridConfig(_Strict):
     blocks_y: int = Field(3, ge=1, le=200, description="Blocks along y.")
     block_m: float = Field(200.0, gt=0, description="Block edge length in metres.")
     base_stations: list[BaseStationSite] = Field(
-        default_factory=lambda: [BaseStationSite(ix=0, iy=0), BaseStationSite(ix=3, iy=3), BaseStationSite(ix=0, iy=3, kind="small")],
+        default_factory=lambda: [BaseStationSite(ix=0, iy=0), BaseStationSite(ix=3, iy=3), BaseStationSite(ix=0, iy=3, kind="small"),
+                                 BaseStationSite(ix=3, iy=0, kind="small"), BaseStationSite(ix=1, iy=1, kind="small"),
+                                 BaseStationSite(ix=2, iy=2, kind="small")],
         min_length=1,
-        description="Base-station sites at intersections.",
+        description="Base-station sites at intersections (default: two macros and four small cells, so that a typical client's uplink is not in outage).",
     )
     clients: dict[str, int] = Field(
         default_factory=lambda: {"vehicle": 4, "drone": 2, "camera": 4, "sensor": 4, "phone": 6},
@@ -128,7 +130,7 @@ class ChannelConfig(_Strict):
     nearest_bs: int = Field(0, ge=0, description="Approximation for large deployments: a moving client re-evaluates only its k nearest cells (0 = exact; 32 changed handovers by ~2% at 10,000 clients).")
     small_bandwidth_up_hz: float | None = Field(None, gt=0, le=1e9, description="Uplink bandwidth of a small cell, Hz (null: bandwidth_up_hz, the macro value).")
     small_bandwidth_down_hz: float | None = Field(None, gt=0, le=1e9, description="Downlink bandwidth of a small cell, Hz (null: bandwidth_down_hz).")
-    attachment: Literal["downlink", "uplink"] = Field("downlink", description="Cell selection and handover by downlink received power, or by uplink SNR (a client near a strong macro may be better heard by a small cell).")
+    attachment: Literal["downlink", "uplink"] = Field("uplink", description="Cell selection and handover by downlink received power, or by uplink SNR (default: a client near a strong macro is often better heard by a small cell; by downlink power 21-31 of 100 clients on the default grid had their mean uplink in outage, by uplink SNR with the default cells 0-1).")
     population: Literal["eager", "lazy"] = Field("eager", description="eager: every client's position, fading and serving cell advance periodically (the reference); lazy: evaluated on demand, for clients with flows or at selection, so idle clients cost no events (fedsim.net.population).")
 
 
