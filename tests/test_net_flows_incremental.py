@@ -107,3 +107,31 @@ def test_completion_times_exact_in_a_bundle() -> None:
     assert math.isclose(ends["b"], 6.0)
     assert math.isclose(ends["a"], 7.0)
     assert math.isclose(lk.bytes_carried, 7.0)
+
+
+def test_stop_at_the_instant_a_bundle_was_due_does_not_finish_another_flow() -> None:
+    """Deferred recomputation: a flow stopped at the very instant its bundle's wake is due
+    must not make the wake complete the bundle's next flow early."""
+    env = simpy.Environment()
+    fs = FlowSystem(env, defer=True)
+    lk = fs.add_link("l", "wired", "a", 8.0)  # 1 byte/s
+    flows: dict[str, object] = {}
+    ends: dict[str, float] = {}
+
+    def stopper():  # created first: its timeout is queued before the bundle's wake
+        yield env.timeout(4.0)
+        fs.stop(flows["a"])  # same instant as a's scheduled completion
+
+    def starter():
+        yield env.timeout(0.0)
+        for name, size in (("a", 2.0), ("b", 10.0)):  # a due at t = 4 while sharing with b
+            f = fs.start([lk], [1.0], size)
+            f.done.callbacks.append(lambda e, n=name: ends.setdefault(n, env.now))
+            flows[name] = f
+
+    env.process(stopper())
+    env.process(starter())
+    env.run()
+    # b: 2 bytes by t = 4 (0.5 B/s), then 8 bytes alone at 1 B/s -> t = 12
+    assert math.isclose(ends["b"], 12.0), ends
+    assert math.isclose(flows["b"].done_bits, 80.0)

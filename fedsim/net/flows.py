@@ -465,6 +465,10 @@ class FlowSystem:
         heapq.heapify(self._sched)
 
     def _on_wake(self, _ev: simpy.Event, target: float = -_INF) -> None:
+        if self._dirty or self._dirty_links:
+            # a change at this instant whose (deferred) recomputation has not run yet:
+            # run it first, so every schedule entry read below is current
+            self._flush()
         now = self.env.now
         due = max(now, target)
         if due >= self._next_wake:
