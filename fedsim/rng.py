@@ -100,11 +100,13 @@ class CounterRng:
 
     def __init__(self, key: int) -> None:
         self.key = np.uint64(key & 0xFFFFFFFFFFFFFFFF)
+        with np.errstate(over="ignore"):
+            self._h0 = _mix(np.asarray(self.key, dtype=np.uint64) + _GOLD)
 
     def bits(self, *counters: np.ndarray | int) -> np.ndarray:
         """uint64 hash of the counters (broadcast shape)."""
         with np.errstate(over="ignore"):
-            h = _mix(np.asarray(self.key, dtype=np.uint64) + _GOLD)
+            h = self._h0
             for c in counters:
                 h = _mix(h ^ (np.asarray(c).astype(np.uint64) * _GOLD + _GOLD))
         return np.asarray(h, dtype=np.uint64)

@@ -276,15 +276,14 @@ class LazyNetwork(Network):
     def _ensure(self, i: int) -> None:
         """Bring client row ``i`` up to date now.
 
-        A connected client evaluated less than ``mobility_interval_s`` ago keeps
-        its serving cell and path loss until its next periodic evaluation (as in
-        the eager model, where they change only at mobility steps) and gets the
-        current block's fading; anyone else is evaluated now."""
+        A client evaluated less than ``mobility_interval_s`` ago keeps its serving
+        cell and path loss (as in the eager model, where they change only at
+        mobility steps) and gets the current block's fading; anyone else is
+        evaluated now."""
         now = self.env.now
         if self._t_eval[i] == now:
             return
-        if (self.serving[i] >= 0 and now - self._t_conn[i] <= RRC_INACTIVITY_S
-                and now - self._t_eval[i] < self.params.mobility_interval_s):
+        if self.serving[i] >= 0 and now - self._t_eval[i] < self.params.mobility_interval_s:
             if self._block_se[i] != self._block():
                 self._se_now(np.array([i], dtype=np.int64))
             return
