@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.add_argument("--target", type=float, default=None, help="target accuracy for time-to-target (default: each run's evaluation.target_accuracy)")
 
-    from fedsim.experiment import add_sweep_parser
+    from fedsim.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
     sub.add_parser("defaults", help="print every scenario key with its default, unit and rule (commented YAML)")
@@ -205,7 +205,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(a: argparse.Namespace) -> int:
-    from fedsim.experiment import cmd_sweep
+    from fedsim.sweep import cmd_sweep
 
     return cmd_sweep(a)
 

@@ -1,4 +1,4 @@
-"""Sweeps (fedsim.experiment): parsing, naming, validation, resuming, backends agree."""
+"""Sweeps (fedsim.sweep): parsing, naming, validation, resuming, backends agree."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fedsim.config import LoadedScenario, ScenarioError
-from fedsim.experiment import (
+from fedsim.sweep import (
     INDEX_FILE,
     METRICS,
     SweepSpec,

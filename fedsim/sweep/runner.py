@@ -26,7 +26,7 @@ installed there).
 
 Python use::
 
-    from fedsim.experiment import SweepSpec, run_sweep
+    from fedsim.sweep import SweepSpec, run_sweep
     spec = SweepSpec(scenario="scenarios/smart-city-small.yaml",
                      grid={"alignment.policy": ["random", "greedy"]},
                      seeds=[0, 1], out="sweeps/policy")
