@@ -197,7 +197,7 @@ class World:
         try:
             splits = partition(
                 d.partition, ds.y_train.numpy(), n_clients, rng.fresh_numpy("data/split"),
-                test_fraction=d.test_fraction, alpha=d.alpha, tau=d.tau, clusters=d.clusters,
+                test_fraction=d.test_fraction, alpha=d.alpha, tau=d.tau, clusters=d.clusters, tau_definition=d.tau_definition,
                 num_classes=ds.num_classes,
             )
         except ValueError as e:

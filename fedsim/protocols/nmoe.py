@@ -109,6 +109,8 @@ class InferenceSim:
         horizon_s: float,
         rngs: dict[str, np.random.Generator],
         online: Callable[[str], bool] | None = None,
+        timeout_s: float | None = None,
+        status_of: Callable[[Any], str] | None = None,
     ) -> None:
         if rate_per_s <= 0 or horizon_s <= 0:
             raise ValueError('"request_rate_per_s" and "inference_horizon_s" must be > 0')
@@ -118,6 +120,10 @@ class InferenceSim:
         self.rate, self.horizon = float(rate_per_s), float(horizon_s)
         self.rngs = rngs
         self.online = online
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError('"request_timeout_s" must be > 0')
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
+        self.status_of = status_of
         self.skipped_offline = 0
         self.cpu = {c: simpy.Resource(env, capacity=1) for c in self.clients}
         self.pending: list[simpy.Process] = []
@@ -161,42 +167,91 @@ class InferenceSim:
             yield self.env.timeout(flops / max(self.speed(node), 1e-9))
         return t1 - t0, self.env.now - t1
 
+    def _reason(self, res: Any) -> str:
+        cause = getattr(res, "cause", None)
+        if self.status_of is not None and cause is not None:
+            return str(self.status_of(cause))
+        return "transfer_failed"
+
     def branch(self, rid: int, origin: str, e: int) -> Any:
-        """One expert's part of a request: (t_network_s, t_queue_s, t_expert_s, bytes, ok)."""
+        """One expert's part of a request: (t_network_s, t_queue_s, t_expert_s, bytes, ok, reason).
+        An interrupt (the request's timeout) ends it at once, interrupting its transfer."""
         owner = self.clients[e]
-        t_net, nbytes, ok = 0.0, 0.0, True
-        if owner != origin:
-            t0 = self.env.now
-            res = yield self.transfer(origin, owner, self.costs.latent_bytes, -1, "nmoe_latent")
-            t_net += self.env.now - t0
-            nbytes += float(res.delivered_bytes)
-            if not res.completed:
-                return t_net, 0.0, 0.0, nbytes, False
-        t_queue, t_exp = yield from self._compute(owner, self.costs.expert_flops)
-        if owner != origin:
-            t0 = self.env.now
-            res = yield self.transfer(owner, origin, self.costs.reply_bytes, -1, "nmoe_reply")
-            t_net += self.env.now - t0
-            nbytes += float(res.delivered_bytes)
-            ok = bool(res.completed)
-        return t_net, t_queue, t_exp, nbytes, ok
+        t_net, t_queue, t_exp, nbytes = 0.0, 0.0, 0.0, 0.0
+        sub: simpy.Process | None = None
+        t0 = float(self.env.now)
+        try:
+            if owner != origin:
+                sub = self.transfer(origin, owner, self.costs.latent_bytes, -1, "nmoe_latent")
+                res = yield sub
+                sub = None
+                t_net += self.env.now - t0
+                nbytes += float(res.delivered_bytes)
+                if not res.completed:
+                    return t_net, 0.0, 0.0, nbytes, False, self._reason(res)
+            t_queue, t_exp = yield from self._compute(owner, self.costs.expert_flops)
+            if owner != origin:
+                t0 = float(self.env.now)
+                sub = self.transfer(owner, origin, self.costs.reply_bytes, -1, "nmoe_reply")
+                res = yield sub
+                sub = None
+                t_net += self.env.now - t0
+                nbytes += float(res.delivered_bytes)
+                if not res.completed:
+                    return t_net, t_queue, t_exp, nbytes, False, self._reason(res)
+            return t_net, t_queue, t_exp, nbytes, True, ""
+        except simpy.Interrupt as intr:
+            if sub is not None and sub.is_alive:
+                sub.interrupt(intr.cause)
+                res = yield sub
+                nbytes += float(getattr(res, "delivered_bytes", 0.0))
+                t_net += self.env.now - t0
+            return t_net, t_queue, t_exp, nbytes, False, str(intr.cause)
+
+    def _body(self, c: str, experts: list[int]) -> Any:
+        """Extraction, then the branches; returns ``(t_extract, outs, reason)``."""
+        t0 = float(self.env.now)
+        procs: list[simpy.Process] = []
+        t_extract = math.nan
+        try:
+            yield from self._compute(c, self.costs.extract_flops)
+            t_extract = float(self.env.now) - t0
+            procs = [self.env.process(self.branch(-1, c, int(e))) for e in experts]
+            done = yield self.env.all_of(procs)
+            outs = [done[p] for p in procs]
+            bad = [o[5] for o in outs if not o[4]]
+            return t_extract, outs, (bad[0] if bad else "")
+        except simpy.Interrupt as intr:
+            alive = [p for p in procs if p.is_alive]
+            for p in alive:
+                p.interrupt(intr.cause)
+            outs = []
+            if procs:
+                done = yield self.env.all_of(procs)
+                outs = [done[p] for p in procs]
+            return t_extract, outs, str(intr.cause)
 
     def serve(self, rid: int, c: str, experts: list[int], correct: bool) -> Any:
-        """The life of request ``rid`` of client ``c`` (module docstring); records its row."""
+        """The life of request ``rid`` of client ``c`` (module docstring); records its row.
+        Unanswered ``timeout_s`` after issue, it is ended and fails with reason ``timeout``."""
         t0 = float(self.env.now)
-        _, t_ext = yield from self._compute(c, self.costs.extract_flops)
-        t_extract = self.env.now - t0
-        procs = [self.env.process(self.branch(rid, c, int(e))) for e in experts]
-        done = yield self.env.all_of(procs)
-        outs = [done[p] for p in procs]
-        crit = max(outs, key=lambda o: o[0] + o[1] + o[2])
+        body = self.env.process(self._body(c, experts))
+        if self.timeout_s is not None:
+            yield body | self.env.timeout(self.timeout_s)
+            if body.is_alive:
+                body.interrupt("timeout")
+        t_extract, outs, reason = yield body
+        crit = max(outs, key=lambda o: o[0] + o[1] + o[2]) if outs else (math.nan, math.nan, math.nan)
         own = self.clients.index(c)
+        timed_out = reason == "timeout"
         self.rec.row(
             "requests", request=rid, client=c, t_s=t0, latency_s=float(self.env.now) - t0,
             t_extract_s=float(t_extract), t_network_s=float(crit[0]), t_queue_s=float(crit[1]), t_expert_s=float(crit[2]),
             bytes=float(sum(o[3] for o in outs)), experts=",".join(str(int(e)) for e in experts),
             local=bool(own in [int(e) for e in experts]), remote=int(sum(1 for e in experts if int(e) != own)),
-            completed=bool(all(o[4] for o in outs)), failed=int(sum(1 for o in outs if not o[4])), correct=bool(correct),
+            completed=bool(not timed_out and len(outs) == len(experts) and all(o[4] for o in outs)),
+            failed=int(len(experts) if timed_out and not outs else sum(1 for o in outs if not o[4])),
+            fail_reason=reason, correct=bool(correct and not timed_out),
         )
 
 
@@ -228,6 +283,28 @@ class NMoE(Protocol):
         self.s = world.scenario
         self.cfg = self.s.protocol.nmoe
         self.model: Any = None
+        self.server = self.aggregator()
+
+    def aggregator(self) -> str:
+        """Node id of the stage-1 / FedGate aggregator: ``protocol.nmoe.server``
+        (a base station, the cloud, or a volunteer client), default the
+        topology's server (``"server"`` in a stand-in world without one).
+
+        Raises:
+            ScenarioError: the node is not in the topology.
+        """
+        from fedsim.config.errors import ScenarioError
+
+        w = self.world
+        node = self.cfg.server or getattr(w, "server", None) or "server"
+        graph = getattr(w, "graph", None)
+        if graph is not None and node not in graph:
+            loaded = getattr(w, "loaded", None)
+            raise ScenarioError(
+                f"node {node!r} is not in the topology (a base station, the cloud or a client id)",
+                file=str(getattr(loaded, "path", "") or "") or None, key="protocol.nmoe.server",
+            )
+        return str(node)
 
     # --------------------------------------------------------------- training
     def train_config(self) -> Any:
@@ -239,18 +316,18 @@ class NMoE(Protocol):
             extractor=c.extractor, gate=c.gate, top_k=min(s.model.top_k, len(self.world.clients)),
             rounds=s.run.rounds, local_epochs=s.training.local_epochs, batch_size=s.training.batch_size,
             lr=s.training.lr, momentum=s.training.momentum, dp_epsilon=c.dp_epsilon, dp_delta=c.dp_delta,
-            rollgate_p=c.rollgate_p, fedgate_fraction=c.fedgate_fraction,
+            rollgate_p=c.rollgate_p, fedgate_fraction=c.fedgate_fraction, fedgate_loss=c.fedgate_loss,
+            gate_noise_std=c.fedgate_noise_std, fedgate_load_weight=c.fedgate_load_weight,
         )
 
     def train(self) -> Any:
-        """Run the three stages on the world's data; record ``nmoe_eval``; return the model."""
+        """Run the three stages on the simulated clock
+        (:class:`~fedsim.protocols.nmoe_training.NMoETraining`); record
+        ``rounds``, ``nmoe_stage1`` and ``nmoe_eval``; return the model."""
         from fedsim.learning.datasets import Dataset
         from fedsim.learning.nmoe import client_data
-        from fedsim.learning.nmoe_model import (
-            evaluate_per_client,
-            local_ratio,
-            train_nmoe,
-        )
+        from fedsim.learning.nmoe_model import evaluate_per_client, local_ratio
+        from fedsim.protocols.nmoe_training import NMoETraining
 
         w = self.world
         ds: Dataset = w.dataset
@@ -258,15 +335,21 @@ class NMoE(Protocol):
         self.clients_data = client_data(ds, splits)
         tc = self.train_config()
         self.model_config = replace(w.model_config, num_experts=len(w.clients), top_k=tc.top_k)
-        model, ext, info = train_nmoe(self.clients_data, self.model_config, tc, self.sim.rng.seed_int("nmoe/train"), dataset=ds.name)
+        tr = NMoETraining(self, self.clients_data, tc, self.model_config, self.sim.rng.seed_int("nmoe/train"))
+        self.training = tr
+        self.env.run(until=self.env.process(tr.serve()))
+        model = tr.model
         own = evaluate_per_client(model, self.clients_data)
         glob = evaluate_per_client(model, self.clients_data, x_global=w.x_test, y_global=w.y_test)
+        tr.finish(glob)
         lr = local_ratio(model, self.clients_data)
+        tot = tr.stage_totals()
+        eps = float(tr.info.get("dp_epsilon", math.nan))
         for test, m in (("own", own), ("global", glob)):
-            self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr)
-        for h in ext.history:
+            self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr, dp_epsilon=eps, **tot)
+        for h in tr.ext.history:
             self.rec.row("nmoe_stage1", extractor=tc.extractor, round=int(h["round"]), loss=float(h["loss"]))
-        self.progress(round=tc.rounds, rounds=tc.rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=0.0)
+        self.progress(round=tr.total_rounds, rounds=tr.total_rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=tr.bytes_moved)
         self.model = model
         return model
 
@@ -326,11 +409,12 @@ class NMoE(Protocol):
         return InferenceSim(
             self.env, self.rec, w.clients, self.routes(), transfer, self.speed, self.costs(),
             self.cfg.request_rate_per_s, self.cfg.inference_horizon_s, rngs,
-            online=getattr(w, "is_online", None),
+            online=getattr(w, "is_online", None), timeout_s=self.cfg.request_timeout_s,
+            status_of=getattr(w, "cause_status", None),
         )
 
     def run(self) -> None:
-        """Train (zero simulated time), evaluate, then simulate the inference traffic."""
+        """Train (the three stages on the simulated clock), evaluate, then simulate the inference traffic."""
         self.train()
         sim = self.inference()
         sim.run()

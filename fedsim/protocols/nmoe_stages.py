@@ -23,7 +23,7 @@ Every transfer goes through ``world.transfer`` (the flow network: routes,
 max-min sharing, channel, outage) and every compute through
 ``world.compute`` (the device model), so both are recorded as ``transfer`` /
 ``compute`` events with the stage in their ``tag``. A world without them
-(unit tests) gets :class:`~fedsim.protocols.nmoe.StarNetwork` and a fixed
+(unit tests) gets :class:`~fedsim.net.star.StarNetwork` and a fixed
 1 GFLOP/s per client.
 """
 
@@ -102,14 +102,14 @@ class _Done:
 class StageSystems:
     """The systems interface of the stages: ``transfer``, ``compute``, ``is_online``,
     ``status_of`` a cause. A built :class:`~fedsim.build.World` supplies them;
-    a stand-in world (no ``devices``) gets a :class:`StarNetwork` over its
+    a stand-in world (no ``devices``) gets a :class:`~fedsim.net.star.StarNetwork` over its
     clients and the aggregator, and a fixed ``1e9`` FLOP/s per client."""
 
     def __init__(self, world: Any, env: simpy.Environment, nodes: Sequence[str]) -> None:
         self.world, self.env = world, env
         self.real = hasattr(world, "devices") and hasattr(world, "transfer")
         if not self.real:
-            from fedsim.protocols.nmoe import StarNetwork
+            from fedsim.net.star import StarNetwork
 
             self.star = StarNetwork(env, sorted(set(nodes)))
 
