@@ -52,6 +52,10 @@ class MoEConfig:
     linear projection to ``feature_dim`` followed by ReLU.
     ``num_experts`` E, ``top_k`` experts per sample, ``expert_hidden`` the hidden
     width of each expert MLP head. ``aux_loss_weight`` is used by training.
+    ``top1_gate_prob``: at ``top_k = 1`` weight the chosen expert by its gate
+    probability instead of the renormalised 1 (Switch Transformer, Fedus et
+    al. 2021), so the task loss reaches the gate; otherwise only the auxiliary
+    loss trains a top-1 gate.
     """
 
     input_shape: tuple[int, ...]
@@ -64,6 +68,7 @@ class MoEConfig:
     expert_hidden: int = 64
     gate_noise_std: float = 0.0
     aux_loss_weight: float = 0.01
+    top1_gate_prob: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in ("mlp", "cnn", "resnet18"):
@@ -214,7 +219,8 @@ class MoEClassifier(nn.Module):
             k = min(k, allowed)
         probs = F.softmax(logits, dim=-1)
         top_w, top_idx = probs.topk(k, dim=-1)
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        if not (self.cfg.top1_gate_prob and k == 1):
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         return probs, top_idx, top_w
 
     def forward(

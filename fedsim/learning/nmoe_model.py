@@ -299,10 +299,12 @@ def train_nmoe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfi
 
 def train_centralised_moe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, epochs: int | None = None) -> MoEClassifier:
     """Upper bound: one :class:`MoEClassifier` with ``len(clients)`` experts and
-    top-``tc.top_k`` gating trained with ``train_local`` on the union of all
+    top-``tc.top_k`` gating (at top-1 the chosen expert is weighted by its gate
+    probability, Switch-style, so the task loss trains the gate) trained with
+    ``train_local`` on the union of all
     clients' training data for ``epochs`` (default ``tc.rounds * tc.local_epochs``)."""
     rng = RngStreams(seed)
-    mcfg = replace(cfg, num_experts=len(clients), top_k=min(tc.top_k, len(clients)))
+    mcfg = replace(cfg, num_experts=len(clients), top_k=min(tc.top_k, len(clients)), top1_gate_prob=True)
     state = init_state(mcfg, rng.seed_int("nmoe/central/init"))
     x = torch.cat([c.x for c in clients])
     y = torch.cat([c.y for c in clients])
