@@ -33,7 +33,7 @@ from fedsim.learning.models import MoEClassifier, MoEConfig
 from fedsim.learning.training import TrainConfig, TrainJob, init_state, train_local
 from fedsim.rng import RngStreams
 
-__all__ = ["PrivacyAccountant", "FedCESteps", "FedSCSteps", "RollGateSteps", "FedGateSteps", "fedgate_local_topk"]
+__all__ = ["PrivacyAccountant", "FedCESteps", "FedSCSteps", "RollGateSteps", "FedGateSteps", "fedgate_local_topk", "expert_logits"]
 
 
 class PrivacyAccountant:
@@ -253,28 +253,44 @@ class RollGateSteps:
         return {k: v.detach().clone() for k, v in self.gate.state_dict().items()}
 
 
-def fedgate_local_topk(gate_state: dict[str, torch.Tensor], h: torch.Tensor, expert_logp: torch.Tensor, cfg: MoEConfig, tc: object, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def expert_logits(h: torch.Tensor, experts: Sequence[dict[str, torch.Tensor]], cfg: MoEConfig) -> torch.Tensor:
+    """Every expert's class logits on features ``h``: shape (N, E, num_classes), no gradient."""
+    from fedsim.learning.models import Expert
+
+    cols = []
+    with torch.no_grad():
+        for st in experts:
+            ex = Expert(cfg)
+            ex.load_state_dict(st)
+            cols.append(ex(h))
+    return torch.stack(cols, dim=1)
+
+
+def fedgate_local_topk(gate_state: dict[str, torch.Tensor], h: torch.Tensor, y: torch.Tensor, logits_e: torch.Tensor, cfg: MoEConfig, tc: object, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """One client's FedGate training with the noisy top-k gate and a load loss.
 
-    Per batch: logits ``H = gate(h) + N(0, tc.gate_noise_std^2)`` (Shazeer et
-    al. 2017, "Outrageously Large Neural Networks", noisy top-k gating with a
-    fixed noise std); the top-``k`` experts of ``H`` mix their class
-    probabilities with weights ``softmax`` over the kept logits (``k >= 2``;
-    at ``k = 1`` the chosen expert's full-softmax probability, as in the Switch
-    Transformer, Fedus et al. 2021, so the gate still gets a gradient). Loss:
-    ``-log sum_{e in topk} w_e p_e(y|h) + tc.fedgate_load_weight * E sum_e f_e P_e``
-    (``f_e`` share of top-k slots routed to ``e``, ``P_e`` mean gate probability:
-    the Switch load-balancing loss). Plain SGD with unit-norm gradients
-    (``tc.gate_lr``) as in :func:`~fedsim.learning.nmoe_model.fedgate_local`.
-    ``expert_logp`` (N, E): the fixed experts' log-likelihoods of the labels."""
+    Per batch: gate logits ``H = gate(h) + N(0, tc.gate_noise_std^2)`` (Shazeer
+    et al. 2017, "Outrageously Large Neural Networks": noisy top-k gating, here
+    with a fixed noise std), keep the top ``k = tc.top_k`` experts of ``H``.
+    Task loss: ``k >= 2``: ``-log sum_{e in topk} w_e softmax(z_e)_y`` with
+    ``w = softmax`` over the kept noisy logits (Shazeer); ``k = 1``: the Switch
+    Transformer's (Fedus et al. 2021) ``CE(softmax(g_e z_e), y)``, the chosen
+    expert's logits ``z_e`` scaled by its gate probability ``g_e`` (a
+    renormalised top-1 weight is 1 and would give the gate no gradient). Plus
+    ``tc.fedgate_load_weight * E * sum_e f_e P_e`` (Switch load-balancing loss:
+    ``f_e`` share of top-k slots routed to ``e``, ``P_e`` mean gate probability).
+    Plain SGD with unit-norm gradients (``tc.gate_lr``), as
+    :func:`~fedsim.learning.nmoe_model.fedgate_local`. ``logits_e`` (N, E, C):
+    the fixed experts' logits (:func:`expert_logits`); ``y`` (N,) labels."""
     from fedsim.learning.nmoe_model import gate_module, normalise_gradients_
 
-    e = expert_logp.shape[1]
+    e = logits_e.shape[1]
     k = min(tc.top_k, e)
     gate = gate_module(cfg, e)
     gate.load_state_dict(gate_state)
     params = list(gate.parameters())
     n = int(h.shape[0])
+    logp_e = F.log_softmax(logits_e, dim=-1)
     for _ in range(tc.gate_local_epochs):
         perm = torch.randperm(n, generator=generator)
         for s in range(0, n, tc.batch_size):
@@ -282,11 +298,17 @@ def fedgate_local_topk(gate_state: dict[str, torch.Tensor], h: torch.Tensor, exp
             logits = gate(h[idx])
             noisy = logits + tc.gate_noise_std * torch.randn(logits.shape, generator=generator) if tc.gate_noise_std > 0 else logits
             top_v, top_i = noisy.topk(k, dim=-1)
-            logw = F.log_softmax(noisy, dim=-1).gather(1, top_i) if k == 1 else F.log_softmax(top_v, dim=-1)
-            nll = -torch.logsumexp(logw + expert_logp[idx].gather(1, top_i), dim=-1).mean()
+            if k == 1:
+                g = F.softmax(noisy, dim=-1).gather(1, top_i)  # (B, 1)
+                z = logits_e[idx].gather(1, top_i[:, :, None].expand(-1, -1, logits_e.shape[2])).squeeze(1)  # (B, C)
+                task = F.cross_entropy(g * z, y[idx])
+            else:
+                lp = logp_e[idx].gather(1, top_i[:, :, None].expand(-1, -1, logits_e.shape[2]))  # (B, k, C)
+                lp_y = lp.gather(2, y[idx][:, None, None].expand(-1, k, 1)).squeeze(2)  # (B, k)
+                task = -torch.logsumexp(F.log_softmax(top_v, dim=-1) + lp_y, dim=-1).mean()
             probs = F.softmax(logits, dim=-1)
             f = torch.zeros(e).index_add(0, top_i.reshape(-1), torch.ones(top_i.numel())) / max(1, top_i.numel())
-            loss = nll + tc.fedgate_load_weight * e * (f * probs.mean(0)).sum()
+            loss = task + tc.fedgate_load_weight * e * (f * probs.mean(0)).sum()
             for p in params:
                 p.grad = None
             loss.backward()
@@ -311,7 +333,12 @@ class FedGateSteps:
         self.rng = RngStreams(seed)
         k = len(self.feats)
         self.gate_state = {k_: v.detach().clone() for k_, v in _new_gate(cfg, k, self.rng.seed_int("nmoe/fedgate/init")).state_dict().items()}
-        self.logps = [_expert_logp(h, y, experts, cfg) for h, y in zip(feats, ys)]
+        self.ys = list(ys)
+        if tc.fedgate_loss == "dense":
+            self.logps = [_expert_logp(h, y, experts, cfg) for h, y in zip(feats, ys)]
+        else:
+            self.logits = [expert_logits(h, experts, cfg) for h in feats]
+            self.logps = [F.log_softmax(z, dim=-1).gather(2, y[:, None, None].expand(-1, z.shape[1], 1)).squeeze(2) for z, y in zip(self.logits, ys)]
         self.sel_rng = self.rng.fresh_numpy("nmoe/fedgate/select")
         self.history: list[list[int]] = []
 
@@ -336,7 +363,7 @@ class FedGateSteps:
             if tc.fedgate_loss == "dense":
                 states.append(fedgate_local(self.gate_state, self.feats[i], self.logps[i], self.cfg, tc, gen)[0])
             else:
-                states.append(fedgate_local_topk(self.gate_state, self.feats[i], self.logps[i], self.cfg, tc, gen))
+                states.append(fedgate_local_topk(self.gate_state, self.feats[i], self.ys[i], self.logits[i], self.cfg, tc, gen))
         if states:
             self.gate_state = _fedavg(self.gate_state, states, [int(self.feats[i].shape[0]) for i in sorted(participants)])
         return self.loss()

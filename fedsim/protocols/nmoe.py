@@ -1,14 +1,20 @@
 """``nmoe``: Networked Mixture-of-Experts, trained in three stages, served without a server.
 
-Training (:mod:`fedsim.learning.nmoe`, real PyTorch at zero simulated
-time): stage 1 learns the shared feature extractor by FL (``fedce`` or
-``fedsc``, ``run.rounds`` rounds of ``training.local_epochs``), stage 2 every
-client's own expert on its local data, stage 3 the shared gate (``rangate``,
-``rollgate``, ``fedgate``). There is one expert per client (expert i belongs to
-the i-th client in sorted id order), so ``model.num_experts`` is ignored;
-``model.top_k`` is the number of experts a request uses. The trained model is
-evaluated (table ``nmoe_eval``: accuracy / F1 / AUC on each client's own test
-split and on the global test set, and LR).
+Training (:mod:`fedsim.protocols.nmoe_training`: SimPy processes on the
+world's clock, every byte through the flow network, every second from the
+device and channel models; the learning is real PyTorch from
+:mod:`fedsim.learning.nmoe_steps` on the clients whose part arrived): stage 1
+learns the shared feature extractor by FL (``fedce`` or ``fedsc``,
+``run.rounds`` rounds of ``training.local_epochs``, aggregator
+``protocol.nmoe.server``, ``deadline_s`` / ``min_completions`` closing),
+stage 2 every client's own expert on its local data, stage 3 the shared gate
+(``rangate``, ``rollgate``, ``fedgate``). There is one expert per client
+(expert i belongs to the i-th client in sorted id order), so
+``model.num_experts`` is ignored; ``model.top_k`` is the number of experts a
+request uses. Table ``rounds`` has one row per stage round; the trained model
+is evaluated (table ``nmoe_eval``: accuracy / F1 / AUC on each client's own
+test split and on the global test set, LR, FedSC's epsilon spent, and each
+stage's simulated seconds and bytes).
 
 Serverless inference (:class:`InferenceSim`, on the simulated clock): every
 client issues requests as a Poisson process of rate
@@ -38,9 +44,12 @@ compute), ``t_expert_s`` (expert compute); ``bytes`` (all transfers of the
 request), ``experts`` (comma-separated expert indices), ``local`` (the origin's
 own expert was among them), ``remote`` (number of remote experts),
 ``completed`` (every transfer completed), ``failed`` (branches whose transfer
-failed, e.g. the owner was offline: the origin combines the answers it got)
-and ``correct`` (the combined answer of
-all chosen experts is the true label; failed branches are not discounted).
+failed, e.g. the owner was offline: the origin combines the answers it got),
+``fail_reason`` (``""``, ``timeout``: no answer ``request_timeout_s`` after
+issue, the request is ended there, e.g. a link in permanent outage; or the
+failed transfer's status, e.g. ``dropout``) and ``correct`` (the combined
+answer of all chosen experts is the true label; failed branches are not
+discounted; a timed-out request is not correct).
 
 Systems interface. With a built :class:`~fedsim.build.World` the transfers are
 ``world.transfer(src, dst, nbytes, round, tag)`` (a SimPy process returning an
@@ -93,6 +102,9 @@ class InferenceSim:
     ``c`` now. ``rngs[c]``: the numpy Generator of client ``c``'s arrivals and
     sample choices. ``online(c)`` (optional): whether ``c`` is online; an
     arrival at an offline client is dropped and counted in ``skipped_offline``.
+    ``timeout_s`` (optional): a request unanswered this long after issue is
+    ended (its transfers interrupted) and fails with reason ``timeout``;
+    ``status_of`` (optional) names a failed transfer's cause.
     Rows go to ``rec.row("requests", ...)``.
     """
 
@@ -283,6 +295,7 @@ class NMoE(Protocol):
         self.s = world.scenario
         self.cfg = self.s.protocol.nmoe
         self.model: Any = None
+        self.cache: dict | None = None  # optional: learning results shared by runs of one world and seed (bench)
         self.server = self.aggregator()
 
     def aggregator(self) -> str:
@@ -335,7 +348,7 @@ class NMoE(Protocol):
         self.clients_data = client_data(ds, splits)
         tc = self.train_config()
         self.model_config = replace(w.model_config, num_experts=len(w.clients), top_k=tc.top_k)
-        tr = NMoETraining(self, self.clients_data, tc, self.model_config, self.sim.rng.seed_int("nmoe/train"))
+        tr = NMoETraining(self, self.clients_data, tc, self.model_config, self.sim.rng.seed_int("nmoe/train"), cache=self.cache)
         self.training = tr
         self.env.run(until=self.env.process(tr.serve()))
         model = tr.model

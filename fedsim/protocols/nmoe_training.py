@@ -106,8 +106,9 @@ class StageCosts:
 class NMoETraining:
     """The three stages of one nmoe run (module docstring)."""
 
-    def __init__(self, proto: Any, clients_data: list[Any], tc: Any, model_config: Any, seed: int) -> None:
+    def __init__(self, proto: Any, clients_data: list[Any], tc: Any, model_config: Any, seed: int, cache: dict | None = None) -> None:
         self.p, self.cd, self.tc, self.cfg, self.seed = proto, clients_data, tc, model_config, seed
+        self.cache = cache  # learning results by participants (bench: several gates on one world)
         self.env, self.rec = proto.env, proto.rec
         w = proto.world
         self.clients: list[str] = list(w.clients)
@@ -175,31 +176,60 @@ class NMoETraining:
         yield from self.stage3()
 
     def stage1(self) -> Any:
-        """Federated feature extractor (``fedce`` or ``fedsc``)."""
-        from fedsim.learning.nmoe_steps import FedCESteps, FedSCSteps
-
-        tc, k, c = self.tc, self.costs, self.costs
+        """Federated feature extractor (``fedce`` or ``fedsc``). The exchanges
+        are simulated first (their timing does not depend on the weights), then
+        the learning runs round by round on each round's participants; with a
+        ``cache`` the result of identical participants is reused."""
+        tc, c = self.tc, self.costs
         fedsc = tc.extractor == "fedsc"
-        steps: Any = FedSCSteps(self.cd, self.cfg, tc, self.seed, dataset=self.p.world.dataset.name) if fedsc else FedCESteps(self.cd, self.cfg, tc, self.seed)
         self.rec.event(self.env.now, "stage_start", stage=1, phase=tc.extractor)
+        plan: list[tuple[list[int], list[int]]] = []
+        first = len(self.rows)
         for r in range(tc.rounds):
             t0 = float(self.env.now)
             sel = self._online()
             if fedsc:
-                share = yield from self._exchange(1, r, sel, k.model_bytes, c.forward_flops, c.train_memory, k.corr_bytes, "share")
-                steps.share(r, self._idx(share.completed))
-                train = yield from self._exchange(1, r, share.completed, k.corr_bytes, 2.0 * c.train_flops, c.train_memory, k.model_bytes, "train", tc.local_epochs)
-                loss = steps.round(r, self._idx(train.completed))
-                self._row(1, r, "fedsc", [share, train], t0, loss, "fedsc_loss", len(sel), dp_epsilon=steps.epsilon_spent())
+                share = yield from self._exchange(1, r, sel, c.model_bytes, c.forward_flops, c.train_memory, c.corr_bytes, "share")
+                train = yield from self._exchange(1, r, share.completed, c.corr_bytes, 2.0 * c.train_flops, c.train_memory, c.model_bytes, "train", tc.local_epochs)
+                plan.append((self._idx(share.completed), self._idx(train.completed)))
+                self._row(1, r, "fedsc", [share, train], t0, math.nan, "fedsc_loss", len(sel))
             else:
-                res = yield from self._exchange(1, r, sel, k.model_bytes, c.train_flops, c.train_memory, k.model_bytes, "train", tc.local_epochs)
-                loss = steps.round(r, self._idx(res.completed))
-                self._row(1, r, "fedce", [res], t0, loss, "ce_loss", len(sel))
-        self.ext = steps.result()
-        self.info["dp_epsilon"] = steps.epsilon_spent() if fedsc else math.nan
+                res = yield from self._exchange(1, r, sel, c.model_bytes, c.train_flops, c.train_memory, c.model_bytes, "train", tc.local_epochs)
+                plan.append(([], self._idx(res.completed)))
+                self._row(1, r, "fedce", [res], t0, math.nan, "ce_loss", len(sel))
+        self.ext, eps = self._learn_stage1(plan)
+        for row, h in zip(self.rows[first:], self.ext.history):
+            row["metric"] = float(h["loss"])
+            row["dp_epsilon"] = float(h.get("epsilon", math.nan))
+        self.info["dp_epsilon"] = eps
+
+    def _learn_stage1(self, plan: list[tuple[list[int], list[int]]]) -> tuple[Any, float]:
+        """Stage-1 learning for ``plan`` (per round: sharers, trainers); cached by plan."""
+        from fedsim.learning.nmoe_steps import FedCESteps, FedSCSteps
+
+        tc = self.tc
+        key = ("stage1", tc.extractor, tuple((tuple(a), tuple(b)) for a, b in plan))
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        if tc.extractor == "fedsc":
+            steps: Any = FedSCSteps(self.cd, self.cfg, tc, self.seed, dataset=self.p.world.dataset.name)
+            for r, (sharers, trainers) in enumerate(plan):
+                steps.share(r, sharers)
+                steps.round(r, trainers)
+            out = (steps.result(), steps.epsilon_spent())
+        else:
+            steps = FedCESteps(self.cd, self.cfg, tc, self.seed)
+            for r, (_, trainers) in enumerate(plan):
+                steps.round(r, trainers)
+            out = (steps.result(), math.nan)
+        if self.cache is not None:
+            self.cache[key] = out
+        self.stage1_key = key
+        return out
 
     def stage2(self) -> Any:
-        """Local experts: feature extraction + ``expert_epochs`` on each device, no bytes."""
+        """Local experts: feature extraction + ``expert_epochs`` on each device
+        (+ the expert's upload with fedgate)."""
         from fedsim.learning.nmoe import extract_features, train_experts
 
         tc, c = self.tc, self.costs
@@ -212,11 +242,17 @@ class NMoETraining:
             memory_bytes=lambda _c: c.expert_memory, up_bytes=lambda _c: up,
             deadline_s=self.ncfg.deadline_s, k_needed=None, tag="experts",
         )
-        self.feats = [extract_features(self.cfg, self.ext.backbone, d.x) for d in self.cd]
-        self.ys = [d.y for d in self.cd]
-        init = self.ext.head if self.ext.kind == "fedce" else None
         done = self._idx(res.completed)
-        self.experts = train_experts(self.feats, self.ys, self.cfg, tc, self.seed, init=init, trained=set(done))
+        key = (getattr(self, "stage1_key", None), "stage2", tuple(done))
+        if self.cache is not None and key[0] is not None and key in self.cache:
+            self.feats, self.experts = self.cache[key]
+        else:
+            self.feats = [extract_features(self.cfg, self.ext.backbone, d.x) for d in self.cd]
+            init = self.ext.head if self.ext.kind == "fedce" else None
+            self.experts = train_experts(self.feats, [d.y for d in self.cd], self.cfg, tc, self.seed, init=init, trained=set(done))
+            if self.cache is not None and key[0] is not None:
+                self.cache[key] = (self.feats, self.experts)
+        self.ys = [d.y for d in self.cd]
         self._row(2, 0, "experts", [res], t0, float(len(done)), "experts_trained", len(sel))
 
     def stage3(self) -> Any:
