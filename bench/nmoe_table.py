@@ -171,6 +171,30 @@ def markdown(rows: list[dict], settings: list[str], test: str, metrics: list[str
     return "\n".join(lines)
 
 
+def report(args: argparse.Namespace, rows: list[dict], settings: list, seeds: int, t0: float, c0: float) -> str:
+    """The Markdown tables of ``rows``; also written with the CSV to ``args.out``."""
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    names = [s for s, _ in settings]
+    mb = {k: 1e6 for k in COST_COLS if k.endswith("bytes")}
+    md = "\n\n".join([
+        f"NMoE on {args.dataset}, scenario nmoe-cifar10 (10 clients), top-{args.top_k}, {args.rounds} stage-1 rounds, "
+        f"{seeds} seed(s), non-IID(τ) as {args.tau_definition}; wall {wall:.0f} s, CPU {cpu:.0f} s. "
+        "Acc / F1 / AUC / LR in %, mean±std over seeds.",
+        markdown(rows, names, "same", ["acc", "f1", "auc", "lr"], "Table I: test on each client's own distribution"),
+        markdown(rows, names, "iid-test", ["acc", "f1", "auc"], "Table II: train non-IID, test on the global IID test set"),
+        markdown(rows, names, "same", ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage3_bytes", "train_bytes"],
+                 "Table III: simulated training cost per stage (s = seconds, MB = 10^6 bytes; stage 2 moves bytes only with FedGate)", mb),
+        markdown(rows, names, "same", ["p50_ms", "p95_ms", "bytes_req", "dp_epsilon"], "Table IV: serverless inference latency, bytes per request, FedSC's epsilon spent"),
+    ])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "nmoe_table.md").write_text(md + "\n")
+    with open(args.out / "nmoe_table.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return md
+
+
 def main() -> None:
     """Parse arguments, run every setting and seed, print and write the tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -200,19 +224,8 @@ def main() -> None:
             ts = time.perf_counter()
             rows += run_setting(args, name, tau, seed)
             print(f"[seed {seed}] {name} done in {time.perf_counter() - ts:.0f} s", flush=True)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    names = [s for s, _ in settings]
-    mb = {k: 1e6 for k in COST_COLS if k.endswith("bytes")}
-    md = "\n\n".join([
-        f"NMoE on {args.dataset}, scenario nmoe-cifar10 (10 clients), top-{args.top_k}, {args.rounds} stage-1 rounds, "
-        f"{seeds} seed(s), non-IID(τ) as {args.tau_definition}; wall {wall:.0f} s, CPU {cpu:.0f} s. "
-        "Acc / F1 / AUC / LR in %, mean±std over seeds.",
-        markdown(rows, names, "same", ["acc", "f1", "auc", "lr"], "Table I: test on each client's own distribution"),
-        markdown(rows, names, "iid-test", ["acc", "f1", "auc"], "Table II: train non-IID, test on the global IID test set"),
-        markdown(rows, names, "same", ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage3_bytes", "train_bytes"],
-                 "Table III: simulated training cost per stage (s = seconds, MB = 10^6 bytes; stage 2 moves bytes only with FedGate)", mb),
-        markdown(rows, names, "same", ["p50_ms", "p95_ms", "bytes_req", "dp_epsilon"], "Table IV: serverless inference latency, bytes per request, FedSC's epsilon spent"),
-    ])
+            report(args, rows, settings, seed + 1, t0, c0)  # partial tables survive an interrupted run
+    md = report(args, rows, settings, seeds, t0, c0)
     print(md)
     if q:
         for meth in METHODS:
@@ -224,13 +237,7 @@ def main() -> None:
                 return float(np.nanmean([r[k] for r in sel])) if any(not math.isnan(r[k]) for r in sel) else math.nan
 
             print(f"method={meth.replace(' ', '_')} acc={m('acc'):.1f} lr={m('lr'):.1f} train_s={m('train_s'):.1f} train_bytes={m('train_bytes'):.0f} p95_ms={m('p95_ms'):.1f}")
-    print(f"wall {wall:.0f} s, CPU {cpu:.0f} s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "nmoe_table.md").write_text(md + "\n")
-    with open(args.out / "nmoe_table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    print(f"wall {time.perf_counter() - t0:.0f} s, CPU {time.process_time() - c0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def test_clocked_training_equals_pure_stage_functions(extractor: str, gate: str,
         assert torch.equal(a[k], b[k]), k
     rows = pd.DataFrame(w.sim.rec.rows("rounds"))
     assert (rows["completed"] == rows["selected"]).all()
+    assert (rows["completed"] + rows["stragglers"] + rows["dropouts"] + rows["ooms"] + rows["skipped"] == rows["selected"]).all()
     assert (rows[["stragglers", "dropouts", "ooms"]].to_numpy() == 0).all()
     assert list(rows["round"]) == list(range(len(rows)))
     assert (np.diff(rows["t_end_s"]) >= 0).all() and rows["t_end_s"].iloc[-1] > 0

@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fedsim.protocols.nmoe_stages import STATUSES, ExchangeResult, StageRunner, StageSystems
+from fedsim.protocols.nmoe_stages import STATUSES, ExchangeResult, Leg, StageRunner, StageSystems
 
 __all__ = ["NMoETraining", "StageCosts"]
 
@@ -317,6 +317,9 @@ class NMoETraining:
             chosen = [self.clients[i] for i in steps.select(r)]
             able = [x for x in chosen if x in scored and self.n[x] > 0]
             res = yield from self._exchange(3, r, able, gbytes, gflops, gmem, gbytes, "fedgate", tc.gate_local_epochs)
+            for x in chosen:  # chosen but unscored (or without data): counted as skipped
+                if x not in res.legs:
+                    res.legs[x] = Leg(x, t0, status="skipped", t_end_s=t0)
             loss = steps.round(r, self._idx(res.completed))
             self._row(3, r + 1, "fedgate", [res], t0, loss, "gate_nll", len(chosen))
         self.info["participants"] = steps.history
