@@ -40,7 +40,7 @@ the three stages, ``train_bytes`` their bytes, ``p95_ms`` inference latency).
 Writes ``nmoe_table.csv`` (long format) and ``nmoe_table.md`` to ``--out``
 (default ``runs/nmoe_table``) and prints the Markdown with the wall time.
 
-Usage: python bench/nmoe_table.py [--quick] [--seeds N] [--rounds R] [--taus 0.5,0.3,0.2]
+Usage: python bench/nmoe_table.py [--quick] [--data-dir DIR] [--seeds N] [--rounds R] [--taus 0.5,0.3,0.2]
        [--top-k K] [--threads T] [--out DIR]
 """
 
@@ -97,6 +97,8 @@ def overrides(args: argparse.Namespace, tau: float | None, extractor: str, gate:
     out += ["data.partition=iid"] if tau is None else ["data.partition=noniid_tau", f"data.tau={tau}"]
     if args.dataset == "digits":
         out += ["data.dataset=digits", "data.dir=null"]
+    elif args.data_dir is not None:
+        out += [f"data.dir={args.data_dir.resolve()}"]
     return out
 
 
@@ -200,6 +202,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="digits, tau=0.2, 3 rounds, 1 seed; one line per method")
     ap.add_argument("--dataset", choices=["cifar10", "digits"], default=None)
+    ap.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 subset directory (default: the scenario's data.dir)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=None, help="stage-1 FL rounds (and baseline epochs); default 10 (quick: 3)")
     ap.add_argument("--top-k", type=int, default=1)
