@@ -13,7 +13,7 @@ from analysis.rundir import as_rundir
 
 __all__ = ["plot_nmoe_stages"]
 
-STAGE_NAMES = {1: "1: extractor", 2: "2: experts", 3: "3: gate"}
+STAGE_NAMES = {"extractor": "1: extractor", "experts": "2: experts", "gate": "3: gate"}
 
 
 def plot_nmoe_stages(run: object, out_dir: str | Path, *, formats: Sequence[str] = FORMATS) -> list[Path]:
@@ -27,7 +27,7 @@ def plot_nmoe_stages(run: object, out_dir: str | Path, *, formats: Sequence[str]
     r = run.rounds
     if r.empty or "stage" not in r.columns:
         return []
-    stages = [s for s in (1, 2, 3) if (r["stage"] == s).any()]
+    stages = [s for s in STAGE_NAMES if (r["stage"] == s).any()]
     secs = np.array([float(r.loc[r["stage"] == s, "duration_s"].sum()) for s in stages])
     up = np.array([float(r.loc[r["stage"] == s, "bytes_up"].sum()) for s in stages]) / 1e6
     down = np.array([float(r.loc[r["stage"] == s, "bytes_down"].sum()) for s in stages]) / 1e6

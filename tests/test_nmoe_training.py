@@ -76,10 +76,10 @@ def test_clocked_training_equals_pure_stage_functions(extractor: str, gate: str,
     assert (rows[["stragglers", "dropouts", "ooms"]].to_numpy() == 0).all()
     assert list(rows["round"]) == list(range(len(rows)))
     assert (np.diff(rows["t_end_s"]) >= 0).all() and rows["t_end_s"].iloc[-1] > 0
-    s1 = rows[rows["stage"] == 1]
+    s1 = rows[rows["stage"] == "extractor"]
     assert len(s1) == tc.rounds and (s1["bytes_up"] > 0).all() and (s1["bytes_down"] > 0).all() and (s1["duration_s"] > 0).all()
-    assert rows[rows["stage"] == 2]["duration_s"].iloc[0] > 0
-    s3 = rows[rows["stage"] == 3]
+    assert rows[rows["stage"] == "experts"]["duration_s"].iloc[0] > 0
+    s3 = rows[rows["stage"] == "gate"]
     assert (s3["bytes_up"] + s3["bytes_down"]).sum() > 0
     assert math.isfinite(rows["accuracy"].iloc[-1]) and rows["accuracy"].iloc[:-1].isna().all()
     ev = pd.DataFrame(w.sim.rec.rows("events"))
@@ -92,7 +92,7 @@ def test_dropouts_are_recorded_and_shrink_the_round() -> None:
     w = _world(["channel.fading=none", "channel.outage_sinr_db=30", "protocol.nmoe.deadline_s=5", "protocol.nmoe.gate=rangate"])
     NMoE(w).train()
     rows = pd.DataFrame(w.sim.rec.rows("rounds"))
-    s1 = rows[rows["stage"] == 1]
+    s1 = rows[rows["stage"] == "extractor"]
     assert (s1["stragglers"] > 0).all()
     assert np.allclose(s1["duration_s"], 5.0, atol=0.2)
     assert (s1["completed"] + s1["stragglers"] + s1["dropouts"] + s1["ooms"] + s1["skipped"] == s1["selected"]).all()
@@ -136,7 +136,7 @@ def test_permanent_outage_inference_ends_with_failed_requests(tmp_path: Path) ->
     assert (remote["fail_reason"] == "timeout").all() and not remote["completed"].any()
     assert np.allclose(remote["latency_s"], 3.0)
     rounds = pd.read_parquet(out / "rounds.parquet")
-    assert rounds[rounds["stage"] == 1]["stragglers"].sum() == 3
+    assert rounds[rounds["stage"] == "extractor"]["stragglers"].sum() == 3
 
 
 def test_cli_closing_line_reports_nmoe_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,10 +161,10 @@ def test_volunteer_client_aggregator_moves_fewer_bytes() -> None:
     """A client as the stage-1 server needs no transfer for its own leg."""
     w = _world(["protocol.nmoe.gate=rangate"])
     NMoE(w).train()
-    via_cloud = sum(r["bytes_up"] for r in w.sim.rec.rows("rounds") if r["stage"] == 1)
+    via_cloud = sum(r["bytes_up"] for r in w.sim.rec.rows("rounds") if r["stage"] == "extractor")
     w2 = _world(["protocol.nmoe.gate=rangate", f"protocol.nmoe.server={w.clients[0]}"])
     NMoE(w2).train()
-    rows = [r for r in w2.sim.rec.rows("rounds") if r["stage"] == 1]
+    rows = [r for r in w2.sim.rec.rows("rounds") if r["stage"] == "extractor"]
     n = len(w.clients)
     assert sum(r["bytes_up"] for r in rows) == pytest.approx(via_cloud * (n - 1) / n)
 
@@ -195,7 +195,7 @@ def test_accountant_composes_below_linear_and_above_one_release() -> None:
 def test_fedsc_reports_epsilon_per_round_and_none_without_dp() -> None:
     w = _world(["protocol.nmoe.extractor=fedsc", "protocol.nmoe.gate=rangate"])
     NMoE(w).train()
-    rows = [r for r in w.sim.rec.rows("rounds") if r["stage"] == 1]
+    rows = [r for r in w.sim.rec.rows("rounds") if r["stage"] == "extractor"]
     eps = [r["dp_epsilon"] for r in rows]
     assert 0 < eps[0] < eps[1]
     (ev, _) = w.sim.rec.rows("nmoe_eval")

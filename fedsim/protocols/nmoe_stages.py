@@ -61,6 +61,7 @@ class Leg:
     bytes_up: float = 0.0
     t_end_s: float = math.nan
     flops: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds spent in it
 
 
 @dataclass
@@ -221,7 +222,9 @@ class StageRunner:
                     phase = self.sys.transfer(a, b, amount, r, f"nmoe_s{stage}_{tag}_{name}")
                 if phase is None:
                     continue
+                t_phase = float(self.env.now)
                 res = yield phase
+                leg.seconds[name] = float(self.env.now) - t_phase
                 self._add_bytes(leg, name, res)
                 phase = None
                 if not res.completed:

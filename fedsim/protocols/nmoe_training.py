@@ -45,13 +45,16 @@ Stage 3 by gate:
   selection, and only those whose leg completed are averaged.
 
 Table ``rounds``: one row per stage round (``round`` numbers all training
-rounds of the run in order, ``stage`` 1/2/3, ``stage_round`` the round within
-its stage, ``phase``), with the exchange's seconds and bytes, selected /
-completed / stragglers / dropouts / ooms / skipped, the stage's ``metric``
-(``metric_name``: stage-1 mean local loss, stage-2 experts trained, stage-3
-gate loss), ``dp_epsilon`` (FedSC: epsilon spent so far, composed over
-rounds by an RDP accountant) and, on the last row, the trained NMoE's
-``accuracy`` / ``f1`` / ``auc`` on the global test set.
+rounds of the run in order, ``stage`` ``extractor`` / ``experts`` / ``gate``,
+``stage_round`` the round within its stage, ``phase`` the method: fedce,
+fedsc, experts, rangate, rollgate, fedgate_scoring, fedgate), with the
+exchanges' seconds and bytes, selected / completed / stragglers / dropouts /
+ooms / skipped (a client counted once, by its last leg), ``t_wait_s``, the
+stage's ``loss`` (stage 1: mean local loss; gate: RollGate's pseudo-label
+cross-entropy or FedGate's mixture NLL over all clients; NaN otherwise),
+``dp_epsilon`` (FedSC: epsilon spent so far, composed over rounds by an RDP
+accountant) and, on the last row, the trained NMoE's ``accuracy`` / ``f1`` /
+``auc`` on the global test set.
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ from typing import Any
 
 from fedsim.protocols.nmoe_stages import STATUSES, ExchangeResult, Leg, StageRunner, StageSystems
 
-__all__ = ["NMoETraining", "StageCosts"]
+__all__ = ["NMoETraining", "StageCosts", "STAGES"]
+
+#: ``rounds.stage`` of the three training stages.
+STAGES = {1: "extractor", 2: "experts", 3: "gate"}
 
 
 class StageCosts:
@@ -126,30 +132,34 @@ class NMoETraining:
         self.info: dict[str, Any] = {}
 
     # ------------------------------------------------------------- records
-    def _row(self, stage: int, stage_round: int, phase: str, res: list[ExchangeResult], t0: float, metric: float, metric_name: str, selected: int, **extra: Any) -> None:
+    def _row(self, stage: int, stage_round: int, phase: str, res: list[ExchangeResult], t0: float, loss: float, selected: int) -> None:
         """One ``rounds`` row from the exchanges of one stage round (a client
         counts once: its status is that of its last leg)."""
         status: dict[str, str] = {}
+        last: dict[str, Leg] = {}
         for x in res:
             for c, g in x.legs.items():
                 status[c] = g.status
+                last[c] = g
         counts = {s: sum(1 for v in status.values() if v == s) for s in STATUSES}
         up = float(sum(x.bytes_up for x in res))
         down = float(sum(x.bytes_down for x in res))
         self.bytes_moved += up + down
         t1 = float(self.env.now)
+        done = [g for g in last.values() if g.status == "completed"]
         g = len(self.rows)
         self.rows.append({
-            "round": g, "stage": stage, "stage_round": stage_round, "phase": phase,
-            "t_start_s": t0, "t_end_s": t1, "duration_s": t1 - t0,
-            "bytes_up": up, "bytes_down": down, "selected": selected,
-            "completed": counts["completed"], "stragglers": counts["straggler"], "dropouts": counts["dropout"],
-            "ooms": counts["oom"], "skipped": counts["skipped"],
-            "metric": float(metric), "metric_name": metric_name,
-            "dp_epsilon": float(extra.get("dp_epsilon", math.nan)),
+            "round": g, "t_start_s": t0, "t_end_s": t1, "duration_s": t1 - t0,
             "accuracy": math.nan, "f1": math.nan, "auc": math.nan,
+            "selected": selected, "completed": counts["completed"], "stragglers": counts["straggler"],
+            "dropouts": counts["dropout"], "ooms": counts["oom"], "skipped": counts["skipped"],
+            "bytes_up": up, "bytes_down": down, "expert_load_cv": math.nan,
+            **{f"t_{ph}_s": (float(sum(x.seconds.get(ph, 0.0) for x in done) / len(done)) if done else math.nan) for ph in ("download", "compute", "upload")},
+            "t_wait_s": float(sum(t1 - x.t_end_s for x in done) / len(done)) if done else math.nan,
+            "t_server_s": 0.0, "online": sum(1 for c in self.clients if self.sys.is_online(c)),
+            "stage": STAGES[stage], "loss": float(loss), "stage_round": stage_round, "phase": phase, "dp_epsilon": math.nan,
         })
-        self.rec.event(t1, "round_end", round=g, seconds=t1 - t0, stage=stage, phase=phase, bytes=up + down)
+        self.rec.event(t1, "round_end", round=g, seconds=t1 - t0, bytes=up + down, phase=phase)
         self.p.progress(round=g + 1, rounds=self.total_rounds, t_s=t1, bytes=self.bytes_moved)
 
     def _online(self) -> list[str]:
@@ -192,14 +202,14 @@ class NMoETraining:
                 share = yield from self._exchange(1, r, sel, c.model_bytes, c.forward_flops, c.train_memory, c.corr_bytes, "share")
                 train = yield from self._exchange(1, r, share.completed, c.corr_bytes, 2.0 * c.train_flops, c.train_memory, c.model_bytes, "train", tc.local_epochs)
                 plan.append((self._idx(share.completed), self._idx(train.completed)))
-                self._row(1, r, "fedsc", [share, train], t0, math.nan, "fedsc_loss", len(sel))
+                self._row(1, r, "fedsc", [share, train], t0, math.nan, len(sel))
             else:
                 res = yield from self._exchange(1, r, sel, c.model_bytes, c.train_flops, c.train_memory, c.model_bytes, "train", tc.local_epochs)
                 plan.append(([], self._idx(res.completed)))
-                self._row(1, r, "fedce", [res], t0, math.nan, "ce_loss", len(sel))
+                self._row(1, r, "fedce", [res], t0, math.nan, len(sel))
         self.ext, eps = self._learn_stage1(plan)
         for row, h in zip(self.rows[first:], self.ext.history):
-            row["metric"] = float(h["loss"])
+            row["loss"] = float(h["loss"])
             row["dp_epsilon"] = float(h.get("epsilon", math.nan))
         self.info["dp_epsilon"] = eps
 
@@ -253,7 +263,7 @@ class NMoETraining:
             if self.cache is not None and key[0] is not None:
                 self.cache[key] = (self.feats, self.experts)
         self.ys = [d.y for d in self.cd]
-        self._row(2, 0, "experts", [res], t0, float(len(done)), "experts_trained", len(sel))
+        self._row(2, 0, "experts", [res], t0, math.nan, len(sel))
 
     def stage3(self) -> Any:
         """The gate (``rangate`` / ``rollgate`` / ``fedgate``), then the assembled model."""
@@ -265,7 +275,7 @@ class NMoETraining:
         if tc.gate == "rangate":
             t0 = float(self.env.now)
             gate: Any = RanGate(K, tc.rangate_probs)
-            self._row(3, 0, "rangate", [], t0, math.nan, "none", 0)
+            self._row(3, 0, "rangate", [], t0, math.nan, 0)
         elif tc.gate == "rollgate":
             gate = gate_module(self.cfg, K)
             gate.load_state_dict((yield from self.rollgate()))
@@ -296,7 +306,7 @@ class NMoETraining:
                     steps.hop(r, i)
                     holder, first = c, False
             res = ExchangeResult(legs, t0, float(self.env.now))
-            self._row(3, r, "rollgate", [res], t0, steps.loss(), "rollgate_ce", len(legs))
+            self._row(3, r, "rollgate", [res], t0, steps.loss(), len(legs))
         return steps.state()
 
     def fedgate(self) -> Any:
@@ -310,7 +320,7 @@ class NMoETraining:
         score = yield from self._exchange(3, 0, sel, (K - 1) * c.expert_bytes, K * c.expert_forward_flops, 0.0, 0.0, "scoring")
         scored = set(score.completed)
         steps = FedGateSteps(self.feats, self.ys, self.experts, self.cfg, tc, self.seed)
-        self._row(3, 0, "fedgate_scoring", [score], t0, steps.loss(), "gate_nll", len(sel))
+        self._row(3, 0, "fedgate_scoring", [score], t0, steps.loss(), len(sel))
         gbytes, gflops, gmem = c.gate(K, tc.batch_size)
         for r in range(tc.gate_rounds):
             t0 = float(self.env.now)
@@ -321,7 +331,7 @@ class NMoETraining:
                 if x not in res.legs:
                     res.legs[x] = Leg(x, t0, status="skipped", t_end_s=t0)
             loss = steps.round(r, self._idx(res.completed))
-            self._row(3, r + 1, "fedgate", [res], t0, loss, "gate_nll", len(chosen))
+            self._row(3, r + 1, "fedgate", [res], t0, loss, len(chosen))
         self.info["participants"] = steps.history
         return steps.gate_state
 
@@ -337,7 +347,7 @@ class NMoETraining:
         """Simulated seconds and bytes of each stage and in total (``train_s``, ``train_bytes``)."""
         out: dict[str, float] = {}
         for st in (1, 2, 3):
-            rows = [r for r in self.rows if r["stage"] == st]
+            rows = [r for r in self.rows if r["stage"] == STAGES[st]]
             out[f"stage{st}_s"] = float(sum(r["duration_s"] for r in rows))
             out[f"stage{st}_bytes"] = float(sum(r["bytes_up"] + r["bytes_down"] for r in rows))
         out["train_s"] = out["stage1_s"] + out["stage2_s"] + out["stage3_s"]
