@@ -245,7 +245,7 @@ class StageRunner:
             if leg.status != "completed":
                 self.rec.event(
                     self.env.now, "client_lost", node=leg.client, round=r, bytes=leg.bytes_down + leg.bytes_up,
-                    seconds=leg.t_end_s - leg.t_start_s, phase=leg.phase, status=leg.status, stage=stage, tag=tag,
+                    seconds=leg.t_end_s - leg.t_start_s, phase=leg.phase, status=leg.status, tag=f"nmoe_s{stage}_{tag}",
                 )
 
     @staticmethod

@@ -192,7 +192,7 @@ class NMoETraining:
         ``cache`` the result of identical participants is reused."""
         tc, c = self.tc, self.costs
         fedsc = tc.extractor == "fedsc"
-        self.rec.event(self.env.now, "stage_start", stage=1, phase=tc.extractor)
+        self.rec.event(self.env.now, "stage_start", phase=tc.extractor)
         plan: list[tuple[list[int], list[int]]] = []
         first = len(self.rows)
         for r in range(tc.rounds):
