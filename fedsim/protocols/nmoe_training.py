@@ -54,7 +54,9 @@ stage's ``loss`` (stage 1: mean local loss; gate: RollGate's pseudo-label
 cross-entropy or FedGate's mixture NLL over all clients; NaN otherwise),
 ``dp_epsilon`` (FedSC: epsilon spent so far, composed over rounds by an RDP
 accountant) and, on the last row, the trained NMoE's ``accuracy`` / ``f1`` /
-``auc`` on the global test set.
+``auc`` on the global test set. The ``transfer`` / ``compute`` /
+``client_lost`` events of a stage round carry that row's ``round`` and a tag
+``nmoe_s<stage>_<what>``.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ class NMoETraining:
 
     def _exchange(self, stage: int, r: int, clients: list[str], down: float, flops_per_sample: float, mem: float, up: float, tag: str, epochs: float = 1.0) -> Any:
         return (yield from self.run.exchange(
-            stage, r, self.server, clients,
+            stage, len(self.rows), self.server, clients,
             down_bytes=lambda c: down, flops=lambda c: epochs * self.n[c] * flops_per_sample,
             memory_bytes=lambda c: mem, up_bytes=lambda c: up,
             deadline_s=self.ncfg.deadline_s, k_needed=self.ncfg.min_completions, tag=tag,
@@ -247,7 +249,7 @@ class NMoETraining:
         sel = self._online()
         up = c.expert_bytes if tc.gate == "fedgate" else 0.0
         res = yield from self.run.exchange(
-            2, 0, self.server, sel, down_bytes=lambda _c: 0.0,
+            2, len(self.rows), self.server, sel, down_bytes=lambda _c: 0.0,
             flops=lambda x: self.n[x] * (c.extract_flops + tc.expert_epochs * c.expert_train_flops),
             memory_bytes=lambda _c: c.expert_memory, up_bytes=lambda _c: up,
             deadline_s=self.ncfg.deadline_s, k_needed=None, tag="experts",
@@ -300,7 +302,7 @@ class NMoETraining:
             for i, c in enumerate(self.clients):
                 if self.n[c] == 0:
                     continue
-                leg = yield from self.run.hop(3, r, holder if not first else c, c, gbytes, tc.gate_local_epochs * self.n[c] * gflops, gmem, self.ncfg.deadline_s, "rollgate")
+                leg = yield from self.run.hop(3, len(self.rows), holder if not first else c, c, gbytes, tc.gate_local_epochs * self.n[c] * gflops, gmem, self.ncfg.deadline_s, "rollgate")
                 legs[c] = leg
                 if leg.status == "completed":
                     steps.hop(r, i)
