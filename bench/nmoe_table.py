@@ -70,6 +70,7 @@ SCENARIO = ROOT / "scenarios" / "nmoe-cifar10.yaml"
 GATED = [(e, g) for e in ("fedce", "fedsc") for g in ("rangate", "rollgate", "fedgate")]
 NAMES = {"fedce": "FedCE", "fedsc": "FedSC", "rangate": "RanGate", "rollgate": "RollGate", "fedgate": "FedGate"}
 METHODS = ["Centralised MoE", "Local", "FedAvg"] + [f"{NAMES[e]}+{NAMES[g]}" for e, g in GATED]
+TARGETS = [20.0, 30.0, 40.0, 50.0, 60.0]  # Table V's accuracy targets, %
 COST_COLS = ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage2_bytes", "stage3_bytes", "train_bytes"]
 
 
@@ -173,20 +174,45 @@ def markdown(rows: list[dict], settings: list[str], test: str, metrics: list[str
     return "\n".join(lines)
 
 
-def report(args: argparse.Namespace, rows: list[dict], settings: list, seeds: int, t0: float, c0: float) -> str:
-    """The Markdown tables of ``rows``; also written with the CSV to ``args.out``."""
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+def cheapest(rows: list[dict], settings: list[str], targets: list[float]) -> str:
+    """Table V: per setting and target Table-I accuracy (%), the method with a
+    simulated training cost that reaches it (mean accuracy over seeds >= target)
+    in the fewest seconds and the one in the fewest bytes."""
+    lines = ["### Table V: cheapest method reaching a Table-I accuracy (mean over seeds; methods with a simulated cost)", "",
+             "| setting | target acc % | fewest seconds | fewest bytes |", "|---|---|---|---|"]
+    for s_ in settings:
+        stats = {}
+        for meth in METHODS:
+            sel = [r for r in rows if r["method"] == meth and r["setting"] == s_ and r["test"] == "same" and not math.isnan(r["train_s"])]
+            if sel:
+                stats[meth] = (np.mean([r["acc"] for r in sel]), np.mean([r["train_s"] for r in sel]), np.mean([r["train_bytes"] for r in sel]))
+        for t in targets:
+            ok = {m: v for m, v in stats.items() if v[0] >= t}
+            if not ok:
+                lines.append(f"| {s_} | {t:g} | none | none |")
+                continue
+            fs = min(ok, key=lambda m: (ok[m][1], ok[m][2]))
+            fb = min(ok, key=lambda m: (ok[m][2], ok[m][1]))
+            lines.append(f"| {s_} | {t:g} | {fs} ({ok[fs][1]:.1f} s, {ok[fs][0]:.1f} %) | {fb} ({ok[fb][2] / 1e6:.1f} MB, {ok[fb][0]:.1f} %) |")
+    return "\n".join(lines)
+
+
+def report(args: argparse.Namespace, rows: list[dict], settings: list, seeds: int, t0: float | None, c0: float | None) -> str:
+    """The Markdown tables of ``rows``; also written with the CSV to ``args.out``
+    (``t0`` / ``c0`` None: rebuilt from a CSV, no timing)."""
+    timing = "rebuilt from its CSV" if t0 is None or c0 is None else f"wall {time.perf_counter() - t0:.0f} s, CPU {time.process_time() - c0:.0f} s"
     names = [s for s, _ in settings]
     mb = {k: 1e6 for k in COST_COLS if k.endswith("bytes")}
     md = "\n\n".join([
         f"NMoE on {args.dataset}, scenario nmoe-cifar10 (10 clients), top-{args.top_k}, {args.rounds} stage-1 rounds, "
-        f"{seeds} seed(s), non-IID(τ) as {args.tau_definition}; wall {wall:.0f} s, CPU {cpu:.0f} s. "
+        f"{seeds} seed(s), non-IID(τ) as {args.tau_definition}; {timing}. "
         "Acc / F1 / AUC / LR in %, mean±std over seeds.",
         markdown(rows, names, "same", ["acc", "f1", "auc", "lr"], "Table I: test on each client's own distribution"),
         markdown(rows, names, "iid-test", ["acc", "f1", "auc"], "Table II: train non-IID, test on the global IID test set"),
         markdown(rows, names, "same", ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage3_bytes", "train_bytes"],
                  "Table III: simulated training cost per stage (s = seconds, MB = 10^6 bytes; stage 2 moves bytes only with FedGate)", mb),
         markdown(rows, names, "same", ["p50_ms", "p95_ms", "bytes_req", "dp_epsilon"], "Table IV: serverless inference latency, bytes per request, FedSC's epsilon spent"),
+        cheapest(rows, names, TARGETS),
     ])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "nmoe_table.md").write_text(md + "\n")
@@ -195,6 +221,16 @@ def report(args: argparse.Namespace, rows: list[dict], settings: list, seeds: in
         w.writeheader()
         w.writerows(rows)
     return md
+
+
+def from_csv(args: argparse.Namespace) -> str:
+    """The tables of a written ``nmoe_table.csv`` (``args.from_csv``), rewritten to ``args.out``."""
+    with open(args.from_csv, newline="") as f:
+        raw = list(csv.DictReader(f))
+    rows = [{k: (v if k in ("setting", "method", "test") else (int(v) if k == "seed" else float(v))) for k, v in r.items()} for r in raw]
+    order = list(dict.fromkeys(r["setting"] for r in rows))
+    seeds = len({r["seed"] for r in rows})
+    return report(args, rows, [(s, None) for s in order], seeds, None, None)
 
 
 def main() -> None:
@@ -211,6 +247,7 @@ def main() -> None:
     ap.add_argument("--horizon", type=float, default=None, help="inference horizon, s (default 60; quick: 10)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--out", type=Path, default=Path("runs/nmoe_table"))
+    ap.add_argument("--from-csv", type=Path, default=None, help="rebuild the tables from a written nmoe_table.csv (no runs)")
     args = ap.parse_args()
     q = args.quick
     args.dataset = args.dataset or ("digits" if q else "cifar10")
@@ -220,6 +257,9 @@ def main() -> None:
     taus = args.taus or ("0.2" if q else "0.5,0.3,0.2")
     torch.set_num_threads(args.threads)
     t0, c0 = time.perf_counter(), time.process_time()
+    if args.from_csv is not None:
+        print(from_csv(args))
+        return
     settings = ([] if q else [("IID", None)]) + [(f"τ={t}", float(t)) for t in taus.split(",") if t]
     rows: list[dict] = []
     for seed in range(seeds):
