@@ -63,6 +63,7 @@ from fedsim.learning.nmoe_model import (
     train_centralised_moe,
     train_local_classifiers,
 )
+from fedsim.learning.threads import set_torch_threads
 from fedsim.protocols.nmoe import NMoE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +256,7 @@ def main() -> None:
     args.horizon = args.horizon or (10.0 if q else 60.0)
     seeds = 1 if q else args.seeds
     taus = args.taus or ("0.2" if q else "0.5,0.3,0.2")
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     t0, c0 = time.perf_counter(), time.process_time()
     if args.from_csv is not None:
         print(from_csv(args))

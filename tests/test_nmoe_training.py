@@ -42,10 +42,10 @@ SMALL_NMOE = [
 
 @pytest.fixture(autouse=True)
 def _one_thread():  # noqa: ANN202 - fixture
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    from fedsim.learning.threads import torch_threads
+
+    with torch_threads(1):  # tiny tensors: threads only add overhead
+        yield
 
 
 def _world(extra: list[str]) -> object:

@@ -285,7 +285,12 @@ def fedsc_loss(z1: torch.Tensor, z2: torch.Tensor, r_others: torch.Tensor | None
 
 
 def dp_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
-    """Gaussian-mechanism noise std ``sensitivity * sqrt(2 ln(1.25/delta)) / epsilon``."""
+    """Gaussian-mechanism noise std ``sensitivity * sqrt(2 ln(1.25/delta)) / epsilon``
+    (Dwork and Roth, The Algorithmic Foundations of Differential Privacy, Thm A.1).
+
+    Raises:
+        ValueError: ``epsilon <= 0``, ``delta`` outside (0, 1) or ``sensitivity < 0``.
+    """
     if epsilon <= 0 or not 0 < delta < 1 or sensitivity < 0:
         raise ValueError('"epsilon" must be > 0, "delta" in (0, 1), "sensitivity" >= 0')
     return float(sensitivity * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon)

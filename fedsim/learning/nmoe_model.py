@@ -65,7 +65,11 @@ class RanGate(nn.Module):
 
     def route(self, n: int, k: int, generator: torch.Generator, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(topk_idx (n, k), weights (n, k))`` for ``n`` samples; ``mask`` (bool
-        (E,)) restricts the draw to the allowed experts (``probs`` renormalised)."""
+        (E,)) restricts the draw to the allowed experts (``probs`` renormalised).
+
+        Raises:
+            ValueError: ``mask`` allows no expert of positive probability.
+        """
         p = self.probs if mask is None else self.probs * mask.to(self.probs.dtype)
         if float(p.sum()) <= 0:
             raise ValueError('"mask" must allow an expert with positive probability')
