@@ -156,8 +156,12 @@ def test_cli_closing_line_reports_nmoe_accuracy(tmp_path: Path, capsys: pytest.C
 def test_unknown_aggregator_is_a_scenario_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", str(DEFAULT), "--out", str(tmp_path / "x"), "--quiet", *(f"--set={o}" for o in SMALL_NMOE), "--set=protocol.nmoe.server=nowhere"])
     err = capsys.readouterr().err
-    assert code == 2 and "protocol.nmoe.server" in err and "Traceback" not in err
+    assert code == 2 and "protocol.nmoe.server" in err and "not in the topology" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+    scen = tmp_path / "bad.yaml"
+    scen.write_text("protocol:\n  name: nmoe\n  nmoe:\n    server: nowhere\n")
+    assert main(["validate", str(scen)]) == 2
+    assert f"{scen}:4: protocol.nmoe.server" in capsys.readouterr().err
 
 
 def test_volunteer_client_aggregator_moves_fewer_bytes() -> None:

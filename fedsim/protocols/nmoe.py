@@ -302,21 +302,17 @@ class NMoE(Protocol):
         """Node id of the stage-1 / FedGate aggregator: ``protocol.nmoe.server``
         (a base station, the cloud, or a volunteer client), default the
         topology's server (``"server"`` in a stand-in world without one).
+        A built world has checked that the node exists
+        (:func:`fedsim.build.check_world_rules`).
 
         Raises:
-            ScenarioError: the node is not in the topology.
+            ValueError: the world has a topology and the node is not in it.
         """
-        from fedsim.config.errors import ScenarioError
-
         w = self.world
         node = self.cfg.server or getattr(w, "server", None) or "server"
         graph = getattr(w, "graph", None)
         if graph is not None and node not in graph:
-            loaded = getattr(w, "loaded", None)
-            raise ScenarioError(
-                f"node {node!r} is not in the topology (a base station, the cloud or a client id)",
-                file=str(getattr(loaded, "path", "") or "") or None, key="protocol.nmoe.server",
-            )
+            raise ValueError(f'"protocol.nmoe.server": node {node!r} is not in the topology')
         return str(node)
 
     # --------------------------------------------------------------- training
