@@ -15,12 +15,14 @@ import pandas as pd
 
 from fedsim.config import LoadedScenario, ScenarioError
 from fedsim.config import load_scenario as _load
+from fedsim.engine.tables import TABLES as _TABLE_SCHEMAS
+from fedsim.engine.tables import check_frame
 from fedsim.rundir import atomic_write_text, base_manifest, make_run_dir, write_json, write_parquet
 
 __all__ = ["RunResult", "load_scenario", "run", "ProgressFn", "TABLES"]
 
-#: Tables a run may write, as ``<name>.parquet`` in the run directory.
-TABLES = ("events", "rounds", "clients", "links", "nodes", "edges", "assignments", "experts", "requests")
+#: Tables a run may write, as ``<name>.parquet`` in the run directory (declared in :mod:`fedsim.engine.tables`).
+TABLES = tuple(_TABLE_SCHEMAS)
 
 #: Progress callback: called with keyword fields (round, rounds, t_s, accuracy, bytes).
 ProgressFn = Callable[..., None]
@@ -77,6 +79,13 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, *, seed:
 
 
 def _write_frames(run_dir: Path, frames: dict[str, pd.DataFrame]) -> None:
+    """Check every frame against its declared table, then write each as ``<name>.parquet``.
+
+    Raises:
+        TableSchemaError: a frame does not match its declaration (nothing is written then).
+    """
+    for name, df in frames.items():
+        check_frame(name, df)
     for name, df in frames.items():
         write_parquet(run_dir / f"{name}.parquet", df)
 
@@ -107,6 +116,8 @@ def run(
         ScenarioError: bad input (a broken rule, including the world rules
             checked when the world is built; ``out_dir`` already holds files),
             before anything is written.
+        TableSchemaError: a recorded table does not match
+            :mod:`fedsim.engine.tables` (a bug in the simulator).
         Exception: whatever the simulation raised, after the run directory is
             written with ``status: failed``.
     """

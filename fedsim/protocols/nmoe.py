@@ -106,6 +106,9 @@ class InferenceSim:
     ended (its transfers interrupted) and fails with reason ``timeout``;
     ``status_of`` (optional) names a failed transfer's cause.
     Rows go to ``rec.row("requests", ...)``.
+
+    Raises:
+        ValueError: ``rate_per_s`` or ``horizon_s`` is not > 0.
     """
 
     def __init__(
@@ -286,7 +289,15 @@ def latency_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 class NMoE(Protocol):
-    """The nmoe protocol: three-stage training, evaluation, serverless inference."""
+    """The nmoe protocol: three-stage training, evaluation, serverless inference.
+
+    Not one round loop: it overrides :meth:`run` (the template's documented
+    edge case): the three training stages are the exchanges and hops of
+    :class:`~fedsim.protocols.nmoe_training.NMoETraining` (FedSC has two
+    exchanges per round, RollGate hops client to client), whose ``rounds``
+    rows (one per stage round) go through
+    :meth:`~fedsim.protocols.base.Protocol.record_rounds_row`.
+    """
 
     name = "nmoe"
 

@@ -343,7 +343,7 @@ class NMoETraining:
         if self.rows:
             self.rows[-1].update(accuracy=metrics["accuracy"], f1=metrics["f1"], auc=metrics["auc"])
         for row in self.rows:
-            self.rec.row("rounds", **row)
+            self.p.record_rounds_row(**row)
 
     def stage_totals(self) -> dict[str, float]:
         """Simulated seconds and bytes of each stage and in total (``train_s``, ``train_bytes``)."""
