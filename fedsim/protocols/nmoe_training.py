@@ -33,7 +33,9 @@ Stage 3 by gate:
 - ``rollgate``: ``gate_rounds`` passes; in each the gate hops client 0 -> 1 ->
   ... -> K-1 (client -> client through the flow network, the gate's bytes),
   each receiver training it for ``gate_local_epochs``. A client that cannot
-  receive or finish in time is skipped: the gate stays with its holder.
+  receive or finish in time is skipped: the gate stays with its holder (so a
+  holder that goes offline takes the gate with it: the hops fail, as
+  dropouts, until it is back).
 - ``fedgate``: first a *scoring* round: each client downloads the other
   ``K - 1`` experts from the aggregator (which collected them in stage 2;
   downloading experts is cheaper here than sending the latents of all its
