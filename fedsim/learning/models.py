@@ -83,6 +83,11 @@ class MoEConfig:
     the gate and the experts read the flattened input (``feature_dim`` must
     equal its size). ``gate_weights``: ``"renormalised"`` or ``"softmax"`` (see
     the module docstring). ``aux_loss_weight`` is used by training.
+    ``top1_gate_prob``: at ``top_k = 1`` weight the chosen expert by its gate
+    probability instead of the renormalised 1 (Switch Transformer, Fedus et
+    al. 2021), so the task loss reaches the gate; otherwise only the auxiliary
+    loss trains a top-1 gate (``gate_weights="softmax"`` does this for any k,
+    with the probability taken over all experts even under a mask).
     """
 
     input_shape: tuple[int, ...]
@@ -99,6 +104,7 @@ class MoEConfig:
     expert_layers: int = 1
     gate_weights: str = "renormalised"
     stem_projection: bool = True
+    top1_gate_prob: bool = False
 
     def __post_init__(self) -> None:
         if not self.feature_layer and (self.backbone != "mlp" or self.feature_dim != self.widths[-1]):
@@ -285,7 +291,8 @@ class MoEClassifier(nn.Module):
             top_w, top_idx = probs.topk(k, dim=-1)
             return probs, top_idx, top_w
         top_w, top_idx = probs.topk(k, dim=-1)
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        if not (self.cfg.top1_gate_prob and k == 1):
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         return probs, top_idx, top_w
 
     def forward(
