@@ -465,6 +465,17 @@ class FlowSystem:
         self._dirty_flows[f] = None
         self._maybe_flush()
 
+    def settle(self) -> None:
+        """Bring the bytes of every active flow (and ``bytes_carried`` of its links) up
+        to now, e.g. at the end of a run; rates and schedule are unchanged."""
+        now = self.env.now
+        seen: dict[Flow, None] = {}
+        for lk in self.busy:
+            for f in lk.flows:
+                if f not in seen:
+                    seen[f] = None
+                    self._advance(f, now)
+
     # -- internals -----------------------------------------------------------
     def mark(self, lk: Link) -> None:
         """Bring ``lk``'s usage and load integrals up to now."""

@@ -27,8 +27,9 @@ deployments (off by default): only the ``k`` nearest BSs and the serving
 one are re-evaluated, the others can neither serve nor interfere.
 
 Records: ``nodes`` (once), ``edges`` (at :meth:`finish`), ``links``
-(utilisation samples, only of links carrying traffic at the sample
-instant: a missing row means idle), events ``transfer`` (every completed or
+(one row per sampling interval for every link that has carried traffic so
+far, idle intervals as zeros, the last partial interval written by
+:meth:`finish`; the ``bytes`` column sums to the link's ``bytes_carried``), events ``transfer`` (every completed or
 interrupted transfer) and ``handover``. Fading blocks are counted
 (:attr:`Network.fading_blocks`), not logged.
 
@@ -46,6 +47,7 @@ import networkx as nx
 import numpy as np
 import simpy
 
+from fedsim.engine.clock import delay_to
 from fedsim.engine.simulation import Simulation
 from fedsim.net import channel as ch
 from fedsim.net.flows import Flow, FlowSystem, Link, TransferResult
@@ -204,6 +206,8 @@ class Network:
             self.env.process(self._fading_loop())
         if self.mobility.mobile.size:
             self.env.process(self._mobility_loop())
+        self._sample_t = 0.0
+        self._sample_last: dict[Link, tuple[float, float]] = {}
         if self.params.link_sample_interval_s > 0:
             self.env.process(self._sample_loop())
 
@@ -670,31 +674,47 @@ class Network:
                 self._refresh([i for i in rows.tolist() if i in self._active])
 
     def _sample_loop(self) -> Any:
-        """Every ``link_sample_interval_s``, one row per link that carried traffic in the
-        interval: its *mean* load (bit/s) and utilisation over the interval, from the
-        exact time integrals kept by the flow system (short bursts between two
-        samples are not missed). Idle links write no row."""
+        """Every ``link_sample_interval_s``, one row per link that has carried traffic so
+        far: its *mean* load (bit/s), bytes and utilisation over the interval, from the
+        exact time integrals kept by the flow system (short bursts between two samples
+        are not missed; idle intervals are explicit zeros). The sample instants are
+        ``k x interval`` from a kept index, never accumulated; :meth:`finish` writes the
+        last, partial interval."""
         dt = self.params.link_sample_interval_s
+        k = 0
+        while True:
+            k += 1
+            yield self.env.timeout(delay_to(self.env.now, k * dt))
+            self._sample()
+
+    def _sample(self) -> None:
+        """Write the rows of the interval since the previous sample (see :meth:`_sample_loop`)."""
+        now = self.env.now
+        dt = now - self._sample_t
+        if dt <= 0.0:
+            return
+        self._sample_t = now
         rec = self.sim.rec
         fs = self.fs
-        last: dict[Link, tuple[float, float]] = {}
-        while True:
-            yield self.env.timeout(dt)
-            now = self.env.now
-            links = {lk: None for lk in fs.take_touched()}
-            links.update({lk: None for lk in fs.busy})
-            for lk in sorted(links, key=lambda k: k.name):
-                fs.mark(lk)
-                u0, b0 = last.get(lk, (0.0, 0.0))
-                du, db = lk.usage_s - u0, lk.load_bits - b0
-                last[lk] = (lk.usage_s, lk.load_bits)
-                if du <= 0.0 and db <= 0.0:
-                    continue
-                util = du / (lk.capacity * dt) if lk.capacity > 0 else 0.0
-                load = db / dt
-                cap = lk.capacity if lk.kind == "wired" else (load / util if util > 0 else math.nan)
-                rec.row("links", t_s=now, link=lk.name, kind=lk.kind, node=lk.node,
-                        capacity_bps=cap, load_bps=load, utilisation=util, flows=len(lk.flows))
+        last = self._sample_last
+        for lk in fs.take_touched():
+            last.setdefault(lk, (0.0, 0.0))
+        for lk in fs.busy:
+            last.setdefault(lk, (0.0, 0.0))
+        for lk in sorted(last, key=lambda k: k.name):
+            fs.mark(lk)
+            u0, b0 = last[lk]
+            du, db = max(lk.usage_s - u0, 0.0), max(lk.load_bits - b0, 0.0)
+            last[lk] = (lk.usage_s, lk.load_bits)
+            util = du / (lk.capacity * dt) if lk.capacity > 0 else 0.0
+            load = db / dt
+            if lk.kind == "wired":
+                cap = lk.capacity
+            else:  # a cell's bit-rate capacity depends on its clients' channels
+                cap = load / util if util > 0 else math.nan
+            rec.row("links", t_s=now, interval_s=dt, link=lk.name, kind=lk.kind, node=lk.node,
+                    capacity_bps=cap, load_bps=load, bytes=db / 8.0, utilisation=util,
+                    flows=len(lk.flows))
 
     # -- records -------------------------------------------------------------
     def _record_nodes(self) -> None:
@@ -710,8 +730,13 @@ class Network:
         Wired links appear once per direction (src -> dst); a cell appears as
         src = dst = its BS with kind ``uplink`` / ``downlink`` and its
         bandwidth in ``capacity_hz`` (``capacity_bps`` is NaN: it depends on
-        the clients' channels).
+        the clients' channels). Flows still in flight are brought up to now first,
+        and the ``links`` table gets its last, partial interval, so the bytes in
+        ``links`` equal ``bytes_carried`` of every link.
         """
+        self.fs.settle()
+        if self.params.link_sample_interval_s > 0:
+            self._sample()
         rec = self.sim.rec
         for (u, v), lk in self._wlink.items():
             rec.row("edges", src=u, dst=v, kind="wired", capacity_bps=lk.capacity,
