@@ -18,9 +18,7 @@ from fedsim.net.topology import manhattan_grid
 def _bytes_by_link(sim: Simulation) -> tuple[pd.Series, pd.Series]:
     links = sim.rec.frame("links")
     edges = sim.rec.frame("edges")
-    name = np.where(edges.kind == "wired", edges.src + "->" + edges.dst,
-                    edges.src + np.where(edges.kind == "uplink", "/up", "/down"))
-    carried = pd.Series(edges.bytes_carried.to_numpy(), index=name)
+    carried = pd.Series(edges.bytes_carried.to_numpy(), index=edges.link)
     return links.groupby("link")["bytes"].sum(), carried
 
 
@@ -86,3 +84,33 @@ def test_run_shorter_than_one_interval_writes_links(tmp_path: Path) -> None:
     edges = pd.read_parquet(out / "edges.parquet")
     assert len(links) > 0 and links.t_s.max() < 1000
     assert links["bytes"].sum() == pytest.approx(edges.bytes_carried.sum(), abs=len(edges))
+
+
+
+def test_rate_cap_limits_a_clients_flows_and_is_shared_by_them() -> None:
+    """FedScale's device ``communication`` rate caps the client's access link: alone a
+    flow runs at the cap; two concurrent uploads share it; downloads have their own."""
+    from fedsim.net.topology import explicit
+
+    g = explicit([{"id": "cloud", "kind": "cloud"},
+                  {"id": "bs", "kind": "bs_small", "x": 0, "y": 0, "z": 10},
+                  {"id": "c", "kind": "client", "device_class": "sensor", "x": 30, "y": 0, "z": 1.5}],
+                 [{"src": "bs", "dst": "cloud", "capacity_bps": 1e9, "latency_s": 0.0}])
+    cp = ChannelParams(model="free_space", fading="none", shadowing_std_db=0.0, access_latency_s=0.0)
+    sim = Simulation(0)
+    net = Network(sim, g, NetworkParams(channel=cp, link_sample_interval_s=1.0), "cloud")
+    free = net.nominal_rate_bps("c", "up")
+    cap = 1e6
+    assert free > 10 * cap
+    net.set_rate_cap("c", cap)
+    assert net.nominal_rate_bps("c", "up") == cap
+    ups = [net.transfer("c", "cloud", 125_000.0) for _ in range(2)]  # 1 Mbit each
+    down = net.transfer("cloud", "c", 125_000.0)
+    sim.env.run(until=sim.env.all_of([*ups, down]))
+    assert [p.value.seconds for p in ups] == [pytest.approx(2.0, rel=1e-9)] * 2
+    assert down.value.seconds == pytest.approx(1.0, rel=1e-9)
+    net.finish()
+    got, carried = _bytes_by_link(sim)
+    assert carried["c/cap_up"] == pytest.approx(250_000.0) and got["c/cap_up"] == pytest.approx(250_000.0)
+    with pytest.raises(ValueError):
+        net.set_rate_cap("c", 0.0)

@@ -159,9 +159,8 @@ class DevicesConfig(_Strict):
 
     classes: dict[str, DeviceClassConfig] = Field(default_factory=dict, description="Per-class overrides; keys are device classes.")
     availability_trace: str | None = Field(None, description="FedScale availability trace (pickle) to drive on/off behaviour.")
-    capacity_trace: str | None = Field(None, description="FedScale device-capacity trace (pickle) for compute/network speed.")
+    capacity_trace: str | None = Field(None, description="FedScale device-capacity trace (pickle): per client, the training speed (computation, ms per sample) and an access-link rate cap in each direction (communication, kbit/s); trace ids are dealt to the sorted clients in turn.")
     mobility_interval_s: float = Field(1.0, gt=0, description="Position update interval for moving clients, s.")
-    ue_tx_power_dbm: float = Field(23.0, ge=-30, le=40, description="Client transmit power when the class gives none, dBm.")
     background_load: bool = Field(True, description="Slow devices by a stochastic background load.")
     memory_pressure: bool = Field(True, description="Model time-varying memory pressure (OOMs).")
     dropout: bool = Field(True, description="Model availability sessions and transfer failures.")
@@ -203,7 +202,6 @@ class TrainingConfig(_Strict):
     local_epochs: int = Field(1, ge=1, le=1000, description='Passes over the local data per round.')
     batch_size: int = Field(32, ge=1, description='Samples per local step.')
     fedprox_mu: float = Field(0.0, ge=0, description="FedProx proximal term weight (0 = FedAvg).")
-    executor: Literal["sequential"] = Field("sequential", description="Training executor.")
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads used for training.")
 
 

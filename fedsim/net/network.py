@@ -181,6 +181,7 @@ class Network:
         self._active: dict[int, list[_Active]] = {}
         self._ho_time = np.zeros(n)
         self._ho_cand = np.full(n, -1, dtype=np.int64)
+        self._caps: dict[int, tuple[Link, Link]] = {}  # per-client access rate caps
 
         # mobility
         xs = [d["x"] for _, d in graph.nodes(data=True)]
@@ -429,6 +430,10 @@ class Network:
             se = self.se_up[si]
             coeffs.append(1.0 / se if se > 0 else math.inf)
             lat += self.cp.access_latency_s
+            cap = self._caps.get(si)
+            if cap is not None:  # after the cell: the cell stays at index 0 (see _refresh)
+                links.append(cap[0])
+                coeffs.append(1.0)
         wp = self._wired_path(a, b)
         for u, v in zip(wp, wp[1:]):
             lk = self._wlink[(u, v)]
@@ -436,12 +441,37 @@ class Network:
             coeffs.append(1.0)
             lat += lk.latency_s
         if di is not None:
+            cap = self._caps.get(di)
+            if cap is not None:  # before the cell: the cell stays last (see _refresh)
+                links.append(cap[1])
+                coeffs.append(1.0)
             links.append(self.down[self.serving[di]])
             se = self.se_down[di]
             coeffs.append(1.0 / se if se > 0 else math.inf)
             lat += self.cp.access_latency_s
         names = tuple(([src] if si is not None else []) + wp + ([dst] if di is not None else []))
         return links, coeffs, names, lat
+
+    def set_rate_cap(self, client: str, rate_bps: float) -> None:
+        """Cap ``client``'s access rate at ``rate_bps`` in each direction.
+
+        Models a device's own link limit (FedScale's device-capacity
+        ``communication`` rate, in the trace's kbit/s x 1000): a virtual link of
+        capacity ``rate_bps`` (kind ``access_cap``) is added to every path from and
+        to the client, after its uplink cell and before its downlink cell, so its
+        concurrent flows share the cap max-min fairly with everything else. Call
+        before transfers start.
+
+        Raises:
+            ValueError: ``client`` is not a client, or ``rate_bps`` is not > 0.
+        """
+        i = self._index(client)
+        if not rate_bps > 0 or not math.isfinite(rate_bps):
+            raise ValueError(f'"rate_bps" must be > 0 and finite, got {rate_bps!r}')
+        up = self.fs.add_link(f"{client}/cap_up", "access_cap", client, float(rate_bps))
+        down = self.fs.add_link(f"{client}/cap_down", "access_cap", client, float(rate_bps))
+        up.min_coeff = down.min_coeff = 1.0
+        self._caps[i] = (up, down)
 
     # -- public queries ------------------------------------------------------
     def serving_bs(self, client: str) -> str:
@@ -477,6 +507,9 @@ class Network:
                        - self.cp.interference_margin_db)
             bw = self.cp.bandwidth_down_hz
         rate = bw * float(self._se(np.array([sinr_db]))[0])
+        cap = self._caps.get(i)
+        if cap is not None:
+            rate = min(rate, cap[0].capacity)
         bs = self.bs_ids[s]
         wp = self._wired_path(bs, self.server) if up else self._wired_path(self.server, bs)
         for u, v in zip(wp, wp[1:]):
@@ -708,7 +741,7 @@ class Network:
             last[lk] = (lk.usage_s, lk.load_bits)
             util = du / (lk.capacity * dt) if lk.capacity > 0 else 0.0
             load = db / dt
-            if lk.kind == "wired":
+            if lk.kind not in ("uplink", "downlink"):
                 cap = lk.capacity
             else:  # a cell's bit-rate capacity depends on its clients' channels
                 cap = load / util if util > 0 else math.nan
@@ -730,7 +763,9 @@ class Network:
         Wired links appear once per direction (src -> dst); a cell appears as
         src = dst = its BS with kind ``uplink`` / ``downlink`` and its
         bandwidth in ``capacity_hz`` (``capacity_bps`` is NaN: it depends on
-        the clients' channels). Flows still in flight are brought up to now first,
+        the clients' channels); a client's access rate cap (:meth:`set_rate_cap`)
+        appears as src = dst = the client, kind ``access_cap``. ``link`` is the
+        link's name, as in the ``links`` table. Flows still in flight are brought up to now first,
         and the ``links`` table gets its last, partial interval, so the bytes in
         ``links`` equal ``bytes_carried`` of every link.
         """
@@ -740,11 +775,16 @@ class Network:
         rec = self.sim.rec
         for (u, v), lk in self._wlink.items():
             rec.row("edges", src=u, dst=v, kind="wired", capacity_bps=lk.capacity,
-                    capacity_hz=math.nan, bytes_carried=lk.bytes_carried)
+                    capacity_hz=math.nan, bytes_carried=lk.bytes_carried, link=lk.name)
         for j, b in enumerate(self.bs_ids):
             for lk in (self.up[j], self.down[j]):
                 rec.row("edges", src=b, dst=b, kind=lk.kind, capacity_bps=math.nan,
-                        capacity_hz=lk.capacity, bytes_carried=lk.bytes_carried)
+                        capacity_hz=lk.capacity, bytes_carried=lk.bytes_carried, link=lk.name)
+        for i in sorted(self._caps):
+            c = self.client_ids[i]
+            for lk in self._caps[i]:
+                rec.row("edges", src=c, dst=c, kind="access_cap", capacity_bps=lk.capacity,
+                        capacity_hz=math.nan, bytes_carried=lk.bytes_carried, link=lk.name)
 
     def stats(self) -> dict[str, int]:
         """Counters: fading blocks, handovers, mobility steps, flows, recomputations."""
