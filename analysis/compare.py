@@ -71,7 +71,7 @@ def run_summary(run: RunLike, *, target_accuracy: float | None = None) -> dict[s
       (manifest ``sim_end_s`` when there are no rounds).
 
     Column names match the headline metrics of a sweep index
-    (``fedsim.experiment.METRICS``) so run and sweep tables read alike.
+    (``fedsim.sweep.METRICS``) so run and sweep tables read alike.
     """
     run = as_rundir(run)
     r = run.rounds.sort_values("round")

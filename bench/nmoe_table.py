@@ -14,7 +14,7 @@ RollGate / FedGate. Data settings: IID and non-IID(tau) for tau in 0.5, 0.3, 0.2
   For every gated method (FedCE/FedSC x RanGate/RollGate/FedGate) Table I also
   gives the serverless-inference cost of that method's own routing
   (:func:`method_latency`: :class:`~fedsim.protocols.nmoe.InferenceSim` on a
-  :class:`~fedsim.protocols.nmoe.StarNetwork`, 10 Mbit/s links, 5 ms latency,
+  :class:`~fedsim.net.star.StarNetwork`, 10 Mbit/s links, 5 ms latency,
   0.1 GFLOP/s clients, 2 requests/s per client for 20 s, each request a random
   sample of the client's own test split routed by the trained gate): latency
   ``P50`` / ``P95`` in ms and ``B/REQ``, the bytes moved per request (latents to
@@ -34,7 +34,7 @@ CNN (two 3x3 conv layers of 8 and 16 channels, 64 features).
 
 ``--inference``: instead of the table, run the ``nmoe`` protocol (FedCE + FedGate,
 top-2, non-IID tau=0.2) on a stand-in world (10 clients on a
-:class:`~fedsim.protocols.nmoe.StarNetwork`, 10 Mbit/s links, 5 ms latency,
+:class:`~fedsim.net.star.StarNetwork`, 10 Mbit/s links, 5 ms latency,
 0.1 GFLOP/s per client (IoT class), 10 requests/s per client for 30 s) and print the latency
 percentiles and bytes per request of the serverless inference.
 
@@ -58,21 +58,25 @@ from fedsim.engine import Simulation
 from fedsim.learning.accounting import flops_per_sample
 from fedsim.learning.datasets import load_dataset
 from fedsim.learning.models import MoEClassifier, MoEConfig
-from fedsim.learning.partition import partition
-from fedsim.protocols.nmoe import InferenceCosts, InferenceSim, StarNetwork, latency_summary
-from fedsim.protocols.nmoe_learning import (
+from fedsim.learning.nmoe import (
     GATES,
     ClientData,
-    NMoEModel,
     NMoETrainConfig,
     client_data,
+    train_extractor,
+)
+from fedsim.learning.nmoe_model import (
+    NMoEModel,
     evaluate_per_client,
     local_ratio,
     train_centralised_moe,
-    train_extractor,
     train_local_classifiers,
     train_nmoe,
 )
+from fedsim.learning.partition import partition
+from fedsim.learning.threads import set_torch_threads
+from fedsim.net.star import StarNetwork
+from fedsim.protocols.nmoe import InferenceCosts, InferenceSim, latency_summary
 from fedsim.rng import RngStreams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +136,7 @@ def method_latency(
     """Serverless inference of one method's ``routes`` (client id -> route, see
     :class:`~fedsim.protocols.nmoe.InferenceSim`; client i owns expert i, ids in
     ``clients`` order, default sorted ``routes``) on a fresh
-    :class:`~fedsim.protocols.nmoe.StarNetwork`; request streams are the run
+    :class:`~fedsim.net.star.StarNetwork`; request streams are the run
     seed's named streams ``nmoe/requests/<client>``. Returns
     :func:`~fedsim.protocols.nmoe.latency_summary` of the requests."""
     t0 = time.perf_counter()
@@ -263,7 +267,7 @@ def main() -> None:
     ap.add_argument("--inference", action="store_true", help="run the serverless-inference demo instead")
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     t0 = time.perf_counter()
     c0 = time.process_time()
     data_dir = args.data_dir if args.data_dir is not None else DEFAULT_DIRS[args.dataset]

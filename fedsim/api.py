@@ -64,7 +64,15 @@ class RunResult:
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> LoadedScenario:
-    """Load and validate a scenario file (see :func:`fedsim.config.load_scenario`)."""
+    """Load and validate a scenario file (see :func:`fedsim.config.load_scenario`).
+
+    The rules that need the built world (reachability, a registered policy) are
+    checked when :func:`run` builds it (:func:`fedsim.build.check_world_rules`),
+    so the topology is built once per run.
+
+    Raises:
+        ScenarioError: ``FILE:LINE: key.path: rule`` on the first broken rule.
+    """
     return _load(path, overrides, seed=seed)
 
 
@@ -94,10 +102,16 @@ def run(
         The :class:`RunResult`. If the simulation raises, the manifest is
         rewritten with ``status: failed`` and the traceback goes to
         ``error.txt``; every table recorded so far is still written.
-    """
-    import torch
 
+    Raises:
+        ScenarioError: bad input (a broken rule, including the world rules
+            checked when the world is built; ``out_dir`` already holds files),
+            before anything is written.
+        Exception: whatever the simulation raised, after the run directory is
+            written with ``status: failed``.
+    """
     from fedsim.build import build_world
+    from fedsim.learning.threads import set_torch_threads
     from fedsim.protocols import make_protocol
 
     loaded = scenario if isinstance(scenario, LoadedScenario) else load_scenario(scenario)
@@ -108,9 +122,8 @@ def run(
             raise ScenarioError(f"output directory {str(run_dir)!r} already holds files; choose another --out", file="--out")
 
     wall0 = time.perf_counter()  # host wall time is reported, never used in the simulation
-    threads = torch.get_num_threads()
     gc_threshold = gc.get_threshold()
-    torch.set_num_threads(s.training.torch_threads)  # oversubscribed BLAS threads are ~10x slower on busy hosts
+    restore_threads = set_torch_threads(s.training.torch_threads)
     try:
         # build first: bad input found here (a dataset directory that does not
         # hold the expected files, ...) fails before anything is written
@@ -136,7 +149,7 @@ def run(
         except BaseException as exc:  # noqa: BLE001 - re-raised after saving what we have
             failed = exc
     finally:
-        torch.set_num_threads(threads)
+        restore_threads()
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
     frames = world.frames()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
     from fedsim.config.loader import LoadedScenario
 
-__all__ = ["policy_params", "TopologyError", "build_graph", "unreachable_clients_of", "build_world", "World", "Accounting"]
+__all__ = ["TopologyError", "build_graph", "check_world_rules", "load_checked", "unreachable_clients_of", "build_world", "World", "Accounting"]
 
 
 class TopologyError(ValueError):
@@ -39,7 +40,11 @@ class TopologyError(ValueError):
 
 
 def build_graph(loaded: LoadedScenario, seed: int | None = None) -> nx.Graph:
-    """The topology graph of a scenario (clients placed with the ``topology`` stream)."""
+    """The topology graph of a scenario (clients placed with the ``topology`` stream).
+
+    Raises:
+        TopologyError: the ``topology`` section cannot be built (``key`` names it).
+    """
     from fedsim.net import topology as topo
     from fedsim.rng import RngStreams
 
@@ -60,27 +65,9 @@ def build_graph(loaded: LoadedScenario, seed: int | None = None) -> nx.Graph:
             )
         if t.kind == "explicit":
             return topo.explicit(list(t.nodes), list(t.edges))
-        path = loaded.resolve_path(t.graphml)
-        return topo.from_graphml(path)
+        return topo.from_graphml(loaded.paths.graphml)
     except (ValueError, KeyError, TypeError) as e:
         raise TopologyError(str(e), key=f"topology.{ {'manhattan_grid': 'grid', 'explicit': 'nodes', 'graphml': 'graphml'}[t.kind] }") from None
-
-
-def policy_params(alignment: Any) -> dict[str, Any]:
-    """The ``alignment`` fields that the chosen policy's constructor takes.
-
-    The weights and bounds are typed fields of the ``alignment`` section, so a
-    grid over ``alignment.policy`` works with one set of values: each policy
-    receives only the parameters it defines.
-    """
-    import inspect
-
-    from fedsim.alignment.policies import POLICIES
-
-    cls = POLICIES[alignment.policy]
-    names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    values = alignment.model_dump()
-    return {n: values[n] for n in names if n in values}
 
 
 def unreachable_clients_of(graph: nx.Graph, server: str) -> list[str]:
@@ -88,6 +75,49 @@ def unreachable_clients_of(graph: nx.Graph, server: str) -> list[str]:
     from fedsim.net.topology import unreachable_clients
 
     return unreachable_clients(graph, server)
+
+
+def check_world_rules(loaded: LoadedScenario) -> nx.Graph:
+    """Check the rules that need the built world and return the topology graph.
+
+    The rules: the alignment policy is registered
+    (:data:`fedsim.alignment.policies.POLICIES`); the topology builds; the
+    server is a node of it; every client reaches the server. :class:`World`
+    calls this once per run (so the graph is built once) and ``fedsim
+    validate`` calls it after loading, so every rule is reported before a run.
+
+    Raises:
+        ScenarioError: ``FILE:LINE: key.path: rule``, like the loader's errors.
+    """
+    from fedsim.alignment.policies import POLICIES
+
+    s = loaded.scenario
+    if s.alignment.policy not in POLICIES:
+        raise loaded.error("alignment.policy", f"unknown policy {s.alignment.policy!r} (valid: {', '.join(sorted(POLICIES))})")
+    try:
+        graph = build_graph(loaded, seed=s.run.seed)
+    except TopologyError as e:
+        raise loaded.error(e.key or "topology", e.rule) from None
+    if s.topology.server not in graph:
+        raise loaded.error("topology.server", f"server node {s.topology.server!r} is not in the topology")
+    bad = unreachable_clients_of(graph, s.topology.server)
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise loaded.error("topology", f"client(s) {', '.join(bad[:3])}{more} cannot reach server {s.topology.server!r}")
+    return graph
+
+
+def load_checked(path: str | Path, overrides: list[str] | None = None, *, seed: int | None = None) -> LoadedScenario:
+    """:func:`fedsim.config.load_scenario` plus :func:`check_world_rules`: every rule of a scenario.
+
+    Raises:
+        ScenarioError: the first broken rule, ``FILE:LINE: key.path: rule``.
+    """
+    from fedsim.config.loader import load_scenario
+
+    loaded = load_scenario(path, overrides, seed=seed)
+    check_world_rules(loaded)
+    return loaded
 
 
 @dataclass
@@ -169,7 +199,7 @@ class World:
         self.loaded = loaded
         self.scenario = s = loaded.scenario
         self.sim = Simulation(s.run.seed)
-        self.graph = build_graph(loaded)
+        self.graph = check_world_rules(loaded)  # the one build of the topology per run
         self.server = s.topology.server
         self.clients = sorted(n for n, d in self.graph.nodes(data=True) if d.get("kind") == "client")
         self._build_data()
@@ -187,7 +217,7 @@ class World:
         d = s.data
         rng = self.sim.rng
         try:
-            ds = load_dataset(d.dataset, self.loaded.resolve_path(d.dir), rng=rng.fresh_numpy("data/load"))
+            ds = load_dataset(d.dataset, self.loaded.paths.data_dir, rng=rng.fresh_numpy("data/load"))
         except DatasetError as e:
             raise ScenarioError(str(e), file=str(self.loaded.path), key="data.dir") from None
         if d.max_train_samples is not None and len(ds.y_train) > d.max_train_samples:
@@ -345,14 +375,14 @@ class World:
         if s.devices.availability_trace:
             from fedsim.devices.traces import load_fedscale_availability
 
-            avail = load_fedscale_availability(self.loaded.resolve_path(s.devices.availability_trace))
+            avail = load_fedscale_availability(self.loaded.paths.availability_trace)
         if s.devices.capacity_trace:
             from fedsim.devices.traces import load_fedscale_capacity
             from fedsim.learning.accounting import flops_per_sample
             from fedsim.learning.models import MoEClassifier
 
             fps = flops_per_sample(MoEClassifier(self.model_config), self.model_config.input_shape, train=True)
-            caps = load_fedscale_capacity(self.loaded.resolve_path(s.devices.capacity_trace), fps)
+            caps = load_fedscale_capacity(self.loaded.paths.capacity_trace, fps)
         self.devices: dict[str, Device] = {}
         trace_ids = sorted(avail) if avail else []
         cap_ids = sorted(caps) if caps else []

@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["main", "build_parser"]
+if TYPE_CHECKING:
+    from fedsim.sweep import Runner, SweepSpec
+
+__all__ = ["main", "build_parser", "add_sweep_parser", "cmd_sweep"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,8 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--out", required=True)
     c.add_argument("--target", type=float, default=None, help="target accuracy for time-to-target (default: each run's evaluation.target_accuracy)")
-
-    from fedsim.experiment import add_sweep_parser
 
     add_sweep_parser(sub)
     sub.add_parser("defaults", help="print every scenario key with its default, unit and rule (commented YAML)")
@@ -141,12 +142,13 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_validate(a: argparse.Namespace) -> int:
-    from fedsim.config import ScenarioError, load_scenario
+    from fedsim.build import load_checked
+    from fedsim.config import ScenarioError
 
     bad = 0
     for path in a.scenarios:
         try:
-            load_scenario(path, a.overrides)
+            load_checked(path, a.overrides)  # every rule, reachability included (builds the graph)
             print(f"ok  {path}")
         except ScenarioError as e:
             print(f"fedsim: {e}", file=sys.stderr)
@@ -204,9 +206,154 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sweep(a: argparse.Namespace) -> int:
-    from fedsim.experiment import cmd_sweep
+# ---------------------------------------------------------------------------
+# fedsim sweep (the sweep machinery is the package fedsim.sweep)
 
+
+def add_sweep_parser(subparsers: Any) -> None:
+    """Add ``fedsim sweep`` to the ``fedsim`` command's subparsers."""
+    from fedsim.sweep import BACKENDS
+
+    s = subparsers.add_parser(
+        "sweep",
+        help="run a scenario over a grid of overrides x seeds (resumable)",
+        description="Run SCENARIO for every cell of the --grid product and every seed; "
+        "SCENARIO may instead be a sweep file (YAML with a top-level 'grid' key). "
+        "Re-running the same command resumes: completed runs are skipped.",
+    )
+    s.add_argument(
+        "scenario",
+        help="scenario file, or a sweep file (top-level keys scenario, grid, seeds, set, out, workers, backend)",
+    )
+    s.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a swept key and its values (YAML scalars, as --set); repeat for a product",
+    )
+    s.add_argument(
+        "--seeds",
+        default=None,
+        help="seeds per cell: '0-4', '1,3,5' or '7' (default: the scenario's run.seed)",
+    )
+    s.add_argument(
+        "--out", default=None, help="sweep directory (required unless the sweep file sets out)"
+    )
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario key in every run",
+    )
+    s.add_argument(
+        "--workers", type=int, default=None, help="parallel runs (default: number of CPUs)"
+    )
+    s.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="executor (default: process, or inprocess when workers is 1)",
+    )
+    s.add_argument(
+        "--ray-address", default=None, help="connect to this Ray cluster (implies --backend ray)"
+    )
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _spec_from_args(a: argparse.Namespace) -> tuple[SweepSpec, str, int | None, str | None]:
+    from fedsim.config import ScenarioError, load_scenario
+    from fedsim.sweep import (
+        BACKENDS,
+        SweepSpec,
+        is_sweep_file,
+        load_sweep_file,
+        parse_grid,
+        parse_seeds,
+    )
+
+    fields: dict[str, Any] = {}
+    if is_sweep_file(a.scenario):
+        fields = load_sweep_file(a.scenario)
+        scenario = fields["scenario"]
+    else:
+        scenario = a.scenario
+    grid = dict(fields.get("grid", {}))
+    for k, v in parse_grid(a.grid).items():
+        grid[k] = v  # the command line wins over the file
+    if a.seeds is not None:
+        seeds = parse_seeds(a.seeds)
+    elif "seeds" in fields:
+        seeds = fields["seeds"]
+    else:
+        seeds = [load_scenario(scenario, [*fields.get("set", []), *a.overrides]).scenario.run.seed]
+    out = a.out or fields.get("out")
+    if not out:
+        raise ScenarioError("--out is required (or 'out' in the sweep file)", file="--out")
+    workers = a.workers if a.workers is not None else fields.get("workers")
+    ray_address = a.ray_address or fields.get("ray_address")
+    backend = (
+        a.backend
+        or fields.get("backend")
+        or ("ray" if ray_address else ("inprocess" if workers == 1 else "process"))
+    )
+    if backend not in BACKENDS:
+        raise ScenarioError(
+            f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})", file="--backend"
+        )
+    spec = SweepSpec(
+        scenario=scenario,
+        grid=grid,
+        seeds=list(seeds),
+        out=out,
+        overrides=[*fields.get("set", []), *a.overrides],
+    )
+    return spec, backend, workers, ray_address
+
+
+def cmd_sweep(args: argparse.Namespace, *, runner: Runner | None = None) -> int:
+    """Handler of ``fedsim sweep``: 0 if every run completed, 1 if any failed, 130 if interrupted.
+
+    A bad grid, seed list, sweep file or scenario raises
+    :class:`ScenarioError` (the command prints it on one line and exits 2).
+
+    Raises:
+        ScenarioError: bad grid, seeds, backend, sweep file or run scenario.
+    """
+    from fedsim.sweep import INDEX_FILE, run_sweep
+
+    spec, backend, workers, ray_address = _spec_from_args(args)
+    try:
+        res = run_sweep(
+            spec,
+            backend=backend,
+            workers=workers,
+            ray_address=ray_address,
+            runner=runner,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"fedsim: interrupted; finished runs are kept in {spec.out}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    n = len(res.index)
+    print(
+        f"sweep directory: {res.out} ({n} runs: {res.executed} run now, {res.skipped} already done, "
+        f"{res.failed} failed; wall {res.wall_s:.1f} s)"
+    )
+    print(f"index:           {res.out / INDEX_FILE}")
+    if res.failed:
+        for row in res.index[res.index["status"] == "failed"].itertuples(index=False):
+            print(f"failed: {row.run_dir}: {row.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_sweep(a: argparse.Namespace) -> int:
     return cmd_sweep(a)
 
 

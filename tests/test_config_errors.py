@@ -106,3 +106,50 @@ def test_shipped_scenarios_validate(path: Path, capsys: pytest.CaptureFixture) -
         pytest.skip(f"{path.name}: data directory {gone} is missing")
     code = main(["validate", str(path)])
     assert code == 0, capsys.readouterr().err
+
+
+# rules that need the built world (fedsim.build.check_world_rules) are checked where the world is
+# built: `fedsim run` gives the same one-line error, exit 2, and writes nothing
+WORLD_CASES = [c for c in CASES if c[0] in ("unreachable_client", "server_missing", "unknown_policy")]
+
+
+@pytest.mark.parametrize("name,files,entry,argv,expect", WORLD_CASES, ids=[c[0] for c in WORLD_CASES])
+def test_world_rules_on_run(tmp_path: Path, capsys: pytest.CaptureFixture, name, files, entry, argv, expect) -> None:
+    for rel, text in files.items():
+        (tmp_path / rel).write_text(text)
+    out = tmp_path / "out"
+    code = main(["run", str(tmp_path / entry), "--out", str(out), "--quiet", "--no-figures", *argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for s in expect:
+        assert s in lines[0], f"{s!r} not in {lines[0]!r}"
+    assert not out.exists(), "a rejected scenario must not create its run directory"
+
+
+def test_topology_is_built_once_per_run_and_not_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedsim.net.topology as topo
+    from fedsim.build import build_world
+    from fedsim.config import load_scenario
+
+    calls = []
+    real = topo.manhattan_grid
+    monkeypatch.setattr(topo, "manhattan_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    loaded = load_scenario(DEFAULT)
+    assert calls == [], "loading a scenario must not build the topology"
+    world = build_world(loaded)
+    assert len(calls) == 1
+    assert world.graph.number_of_nodes() > 0
+
+
+def test_paths_are_resolved_once_at_load(tmp_path: Path) -> None:
+    from fedsim.config import load_scenario
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "topo.graphml").write_text("<graphml/>")
+    f = tmp_path / "sub" / "s.yaml"
+    f.write_text(f"extends: {DEFAULT}\ntopology:\n  kind: graphml\n  graphml: topo.graphml\n")
+    loaded = load_scenario(f)
+    assert loaded.paths.graphml == tmp_path / "sub" / "topo.graphml"
+    assert loaded.paths.data_dir is None and loaded.paths.capacity_trace is None

@@ -109,3 +109,55 @@ def test_fading_unit_mean() -> None:
     assert ch.shadowing_db(rng, 4.0, 200_000).std() == pytest.approx(4.0, rel=0.01)
     # tiny SNR: asymptotic branch ~ g / ln 2
     assert float(ch.rayleigh_ergodic_capacity(1e-4)) == pytest.approx(1e-4 / math.log(2), rel=1e-3)
+
+
+# ---------------------------------------------------------------- the model registry
+
+
+def test_schema_literal_and_documented_defaults_match_the_registry() -> None:
+    """config may not import net, so this test holds the schema equal to ch.CHANNEL_MODELS."""
+    from typing import get_args
+
+    from fedsim.config.schema import ChannelConfig
+    from fedsim.net.params import ChannelParams
+
+    fields = ChannelConfig.model_fields
+    assert get_args(fields["model"].annotation) == tuple(ch.CHANNEL_MODELS)
+    assert ChannelConfig().model == ChannelParams().model in ch.CHANNEL_MODELS
+    doc = fields["shadowing_std_db"].description
+    for name, m in ch.CHANNEL_MODELS.items():
+        assert m.name == name
+        assert f"{name} {m.shadowing_std_db[0]:g}/{m.shadowing_std_db[1]:g}" in doc, name
+        assert name in fields["model"].description
+
+
+def test_unknown_channel_model_is_an_error_not_a_fallback() -> None:
+    from fedsim.net.params import ChannelParams
+
+    with pytest.raises(ValueError, match="unknown channel model 'moon'.*log_distance"):
+        ch.channel_model("moon")
+    with pytest.raises(ValueError, match="model"):
+        ChannelParams(model="moon")
+
+
+@pytest.mark.parametrize("name", list(ch.CHANNEL_MODELS))
+def test_every_model_gives_the_same_loss_on_the_blocked_and_per_pair_paths(name: str) -> None:
+    """Network evaluates path loss in blocks (all BSs) and per pair (nearest_bs): bitwise equal."""
+    from fedsim.devices.params import default_device_classes
+    from fedsim.engine import Simulation
+    from fedsim.net.network import Network
+    from fedsim.net.params import ChannelParams, NetworkParams
+    from fedsim.net.topology import manhattan_grid
+
+    sim = Simulation(7)
+    g = manhattan_grid(clients_per_class={"vehicle": 4, "drone": 4, "phone": 4}, rng=sim.rng.numpy("topology"))
+    net = Network(sim, g, NetworkParams(channel=ChannelParams(model=name)), "cloud", default_device_classes())
+    rows = np.arange(len(net.client_ids))
+    blocked = net._update_loss(rows).copy()
+    m = len(net.bs_ids)
+    cols = np.tile(np.arange(m), (rows.size, 1))
+    flat = rows[:, None] * m + cols
+    pairs = net._update_loss_pairs(rows, cols, flat, net._shadow_z[rows])
+    assert np.array_equal(pairs, blocked)
+    rates = [net.nominal_rate_bps(c, "down") for c in net.client_ids]
+    assert np.all(np.isfinite(rates)) and max(rates) > 0

@@ -14,7 +14,8 @@ from fedsim.engine import Simulation
 from fedsim.learning.datasets import load_dataset
 from fedsim.learning.models import MoEConfig
 from fedsim.learning.partition import partition
-from fedsim.protocols.nmoe import InferenceCosts, InferenceSim, NMoE, StarNetwork, latency_summary
+from fedsim.net.star import StarNetwork
+from fedsim.protocols.nmoe import InferenceCosts, InferenceSim, NMoE, latency_summary
 
 COSTS = InferenceCosts(extract_flops=1e9, expert_flops=5e8, latent_bytes=1250.0, reply_bytes=125.0)
 

@@ -11,18 +11,19 @@ import torch
 
 from fedsim.learning.datasets import load_dataset
 from fedsim.learning.models import MoEConfig
-from fedsim.learning.partition import partition
-from fedsim.protocols.nmoe_learning import (
+from fedsim.learning.nmoe import (
     NMoETrainConfig,
-    RanGate,
     augment,
     client_data,
     dp_sigma,
+    fedsc_loss,
+    gaussian_mechanism,
+)
+from fedsim.learning.nmoe_model import (
+    RanGate,
     evaluate_per_client,
     fedgate_local,
-    fedsc_loss,
     gate_module,
-    gaussian_mechanism,
     local_ratio,
     normalise_gradients_,
     rollgate_labels,
@@ -30,6 +31,7 @@ from fedsim.protocols.nmoe_learning import (
     train_fedgate,
     train_nmoe,
 )
+from fedsim.learning.partition import partition
 from fedsim.rng import RngStreams
 
 
@@ -128,7 +130,7 @@ def _feature_task(k: int = 4, n: int = 40, d: int = 8) -> tuple[MoEConfig, list[
 
 def test_fedgate_local_step_moves_gate_by_exactly_lr() -> None:
     cfg, feats, ys, experts = _feature_task()
-    from fedsim.protocols.nmoe_learning import _expert_logp
+    from fedsim.learning.nmoe_model import _expert_logp
 
     tc = NMoETrainConfig(gate_lr=0.25, gate_local_epochs=1, batch_size=1000)  # one step
     gate = gate_module(cfg, 4)
@@ -261,13 +263,13 @@ def test_fedsc_with_dp_runs_and_is_deterministic(digits_clients) -> None:  # noq
 def test_routing_masks_restrict_experts() -> None:
     import torch.nn as nn
 
-    from fedsim.protocols.nmoe_learning import NMoEModel
+    from fedsim.learning.nmoe_model import NMoEModel
 
     mask = torch.tensor([False, True, False, True])
     idx, _ = RanGate(4).route(1000, 2, torch.Generator().manual_seed(10), mask)
     assert set(idx.reshape(-1).tolist()) == {1, 3}
     cfg = MoEConfig((4,), 3, backbone="mlp", widths=(4,), feature_dim=4, num_experts=4, top_k=2, expert_hidden=4)
-    from fedsim.protocols.nmoe_learning import Expert, init_state
+    from fedsim.learning.nmoe import Expert, init_state
 
     bb = {k[len("backbone."):]: v for k, v in init_state(replace(cfg, num_experts=1, top_k=1), 0).items() if k.startswith("backbone.")}
     experts = [Expert(cfg).state_dict() for _ in range(4)]

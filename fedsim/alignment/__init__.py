@@ -26,6 +26,7 @@ from fedsim.alignment.policies import (
     OptimalPolicy,
     RandomPolicy,
     make_policy,
+    policy_params,
 )
 from fedsim.alignment.state import AlignmentState, Feedback, loss_reward
 
@@ -49,6 +50,7 @@ __all__ = [
     "lognormal_sigma",
     "loss_reward",
     "make_policy",
+    "policy_params",
     "predicted_time",
     "total_fitness",
 ]

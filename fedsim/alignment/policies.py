@@ -41,6 +41,7 @@ from fedsim.alignment.state import AlignmentState
 
 __all__ = [
     "POLICIES",
+    "policy_params",
     "AlignmentPolicy",
     "AssignContext",
     "DeadlineAwarePolicy",
@@ -157,8 +158,12 @@ class AlignmentPolicy(ABC):
     ) -> Assignment:
         """Give each client in ``clients`` a sorted list of at most ``budgets[c]`` experts.
 
-        See the module docstring for the contract. ``ValueError`` if a client
-        repeats, lacks a budget, has a negative budget or is unknown to ``state``.
+        See the module docstring for the contract.
+
+        Raises:
+            ValueError: a client repeats, lacks a budget, has a negative budget
+                or is unknown to ``state``.
+            AssertionError: the policy broke the contract (a bug in the policy).
         """
         clients = list(clients)
         if len(set(clients)) != len(clients):
@@ -459,8 +464,9 @@ POLICIES: dict[str, type[AlignmentPolicy]] = {
 def make_policy(name: str, **params: Any) -> AlignmentPolicy:
     """Build the policy registered as ``name`` with keyword ``params``.
 
-    ``ValueError`` listing the valid names for an unknown name, and listing
-    the policy's valid parameters for an unknown parameter.
+    Raises:
+        ValueError: an unknown name (listing the valid names) or an unknown
+            parameter (listing the policy's valid parameters).
     """
     cls = POLICIES.get(name)
     if cls is None:
@@ -474,3 +480,20 @@ def make_policy(name: str, **params: Any) -> AlignmentPolicy:
             f"policy {name!r} got unknown parameter(s) {unknown}; valid parameters: {valid}"
         )
     return cls(**params)
+
+
+def policy_params(alignment: Any) -> dict[str, Any]:
+    """The fields of the scenario's ``alignment`` section that the chosen policy's constructor takes.
+
+    The weights and bounds are typed fields of the ``alignment`` section, so a
+    grid over ``alignment.policy`` works with one set of values: each policy
+    receives only the parameters it defines. ``alignment`` is any pydantic
+    model with a ``policy`` name and ``model_dump()``.
+
+    Raises:
+        KeyError: ``alignment.policy`` is not a registered policy.
+    """
+    cls = POLICIES[alignment.policy]
+    names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    values = alignment.model_dump()
+    return {n: values[n] for n in names if n in values}

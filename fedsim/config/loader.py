@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from fedsim.config.errors import ScenarioError
+from fedsim.config.rules import check_rules
 from fedsim.config.schema import Scenario
 
 __all__ = ["load_scenario", "parse_overrides", "LoadedScenario", "scenario_from_dict"]
@@ -41,6 +43,17 @@ _Loader.add_implicit_resolver(
 )
 
 
+@dataclass(frozen=True)
+class ScenarioPaths:
+    """The scenario's file paths, resolved once at load time against the scenario
+    file's directory (``~`` expanded; ``None`` where the key is unset)."""
+
+    data_dir: Path | None
+    availability_trace: Path | None
+    capacity_trace: Path | None
+    graphml: Path | None
+
+
 class LoadedScenario:
     """A validated scenario plus where it came from.
 
@@ -49,13 +62,30 @@ class LoadedScenario:
         path: the scenario file (None when built from a dict).
         base_dir: directory that relative paths in the scenario resolve against.
         raw: the merged dict before validation (after extends and overrides).
+        origins: ``{key path tuple: (file, line)}`` of every key given in a
+            file or by ``--set`` (used by :meth:`error`).
+        paths: the scenario's file paths, resolved once (:class:`ScenarioPaths`).
     """
 
-    def __init__(self, scenario: Scenario, path: Path | None, raw: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        path: Path | None,
+        raw: dict[str, Any],
+        origins: dict[tuple[str, ...], tuple[str | None, int | None]] | None = None,
+    ) -> None:
         self.scenario = scenario
         self.path = path
         self.base_dir = path.parent if path is not None else Path.cwd()
         self.raw = raw
+        self.origins = dict(origins or {})
+        d, t = scenario.devices, scenario.topology
+        self.paths = ScenarioPaths(
+            data_dir=self.resolve_path(scenario.data.dir),
+            availability_trace=self.resolve_path(d.availability_trace),
+            capacity_trace=self.resolve_path(d.capacity_trace),
+            graphml=self.resolve_path(t.graphml),
+        )
 
     def resolve_path(self, p: str | None) -> Path | None:
         """Resolve a path from the scenario relative to the scenario file's directory."""
@@ -63,6 +93,17 @@ class LoadedScenario:
             return None
         q = Path(p).expanduser()
         return q if q.is_absolute() else (self.base_dir / q)
+
+    def error(self, key: str, rule: str) -> ScenarioError:
+        """The :class:`ScenarioError` for ``key`` (dotted path) breaking ``rule``.
+
+        Names the file and line where ``key`` (or its nearest given parent) was
+        set; the scenario file without a line if the key took its default. For
+        rules checked after loading (e.g. where the world is built), so their
+        errors read exactly like the loader's.
+        """
+        fname, line = _lookup_origin(tuple(key.split(".")), self.origins, str(self.path) if self.path else None)
+        return ScenarioError(rule, file=fname, key=key, line=line)
 
 
 def _lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
@@ -153,7 +194,11 @@ def _resolve(path: Path, chain: tuple[Path, ...], origins: dict) -> dict[str, An
 
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
-    """Parse ``a.b.c=value`` strings; values are read as YAML scalars/lists (``1e9``, ``[1,2]``, ``true``)."""
+    """Parse ``a.b.c=value`` strings; values are read as YAML scalars/lists (``1e9``, ``[1,2]``, ``true``).
+
+    Raises:
+        ScenarioError: (``file="--set"``) an item without ``=``, an empty key, or bad YAML.
+    """
     out: list[tuple[str, Any]] = []
     for item in items or []:
         if "=" not in item:
@@ -229,7 +274,11 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
 
 
 def scenario_from_dict(data: dict[str, Any], *, origins: dict | None = None, file: str | None = None) -> Scenario:
-    """Validate a merged scenario dict, raising one :class:`ScenarioError` for the first problem."""
+    """Validate a merged scenario dict, raising one :class:`ScenarioError` for the first problem.
+
+    Raises:
+        ScenarioError: the first schema violation, with file, line and key path from ``origins``.
+    """
     origins = origins or {}
     try:
         return Scenario.model_validate(data)
@@ -264,12 +313,14 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, *, seed:
         overrides: ``key.path=value`` strings (as given to ``--set``).
         seed: if given, replaces ``run.seed``.
 
+    Rules that need the built world (the topology builds, every client reaches
+    the server, the alignment policy exists) are not checked here: they run
+    where the world is built (:func:`fedsim.build.check_world_rules`, which
+    ``fedsim validate`` also calls).
+
     Raises:
         ScenarioError: on any problem, with file, key path, line and rule.
     """
-    # imported here: rules need the topology builders, which import the systems layer
-    from fedsim.config.rules import check_rules
-
     p = Path(path)
     origins: dict[tuple[str, ...], tuple[str | None, int | None]] = {}
     data = _resolve(p, (), origins)
@@ -278,6 +329,6 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, *, seed:
         ov.append(("run.seed", seed))
     data = _apply_overrides(data, ov, origins)
     scenario = scenario_from_dict(data, origins=origins, file=str(p))
-    loaded = LoadedScenario(scenario, p.resolve(), data)
-    check_rules(loaded, origins)
+    loaded = LoadedScenario(scenario, p.resolve(), data, origins)
+    check_rules(loaded)
     return loaded

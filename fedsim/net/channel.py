@@ -7,17 +7,33 @@ gains and losses in dB unless the name says ``_linear``.
 Path loss follows 3GPP TR 38.901 V17 Table 7.4.1-1 (UMi street canyon and
 UMa). Distances below 10 m are clamped to 10 m (the table's validity range
 starts there); beyond 5 km the formulas are extrapolated.
+
+The path-loss models a scenario can name (``channel.model``) are the entries
+of :data:`CHANNEL_MODELS`: each :class:`ChannelModel` holds its path loss, its
+LOS probability (or none: every link is LOS) and its default shadowing std.
+:class:`~fedsim.net.network.Network` looks its model up once
+(:func:`channel_model`). To add a model: write its path-loss (and LOS)
+function here, add its :class:`ChannelModel` to :data:`CHANNEL_MODELS`, add
+its name to the ``channel.model`` ``Literal`` in ``fedsim/config/schema.py``
+(``tests/test_net_channel.py`` holds the two equal), and test it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import exp1
 
 __all__ = [
+    "CHANNEL_MODELS",
+    "ChannelModel",
+    "LinkGeometry",
+    "channel_model",
     "SPEED_OF_LIGHT_MPS",
     "THERMAL_NOISE_DBM_HZ",
     "breakpoint_distance_m",
@@ -81,10 +97,11 @@ def pathloss_umi(
     h_ut = np.asarray(h_ut_m, dtype=float)
     dbp = breakpoint_distance_m(fc_ghz, h_bs_m, h_ut)
     lf = 20.0 * math.log10(fc_ghz)
-    pl1 = 32.4 + 21.0 * np.log10(d3) + lf
-    pl2 = 32.4 + 40.0 * np.log10(d3) + lf - 9.5 * np.log10(dbp * dbp + (h_bs_m - h_ut) ** 2)
+    lg = np.log10(d3)
+    pl1 = 32.4 + 21.0 * lg + lf
+    pl2 = 32.4 + 40.0 * lg + lf - 9.5 * np.log10(dbp * dbp + (h_bs_m - h_ut) ** 2)
     pl_los = np.where(d2 <= dbp, pl1, pl2)
-    pl_nlos = 35.3 * np.log10(d3) + 22.4 + 21.3 * math.log10(fc_ghz) - 0.3 * (h_ut - 1.5)
+    pl_nlos = 35.3 * lg + 22.4 + 21.3 * math.log10(fc_ghz) - 0.3 * (h_ut - 1.5)
     return np.where(np.asarray(los, dtype=bool), pl_los, np.maximum(pl_los, pl_nlos))
 
 
@@ -105,10 +122,11 @@ def pathloss_uma(
     h_ut = np.asarray(h_ut_m, dtype=float)
     dbp = breakpoint_distance_m(fc_ghz, h_bs_m, h_ut)
     lf = 20.0 * math.log10(fc_ghz)
-    pl1 = 28.0 + 22.0 * np.log10(d3) + lf
-    pl2 = 28.0 + 40.0 * np.log10(d3) + lf - 9.0 * np.log10(dbp * dbp + (h_bs_m - h_ut) ** 2)
+    lg = np.log10(d3)
+    pl1 = 28.0 + 22.0 * lg + lf
+    pl2 = 28.0 + 40.0 * lg + lf - 9.0 * np.log10(dbp * dbp + (h_bs_m - h_ut) ** 2)
     pl_los = np.where(d2 <= dbp, pl1, pl2)
-    pl_nlos = 13.54 + 39.08 * np.log10(d3) + lf - 0.6 * (h_ut - 1.5)
+    pl_nlos = 13.54 + 39.08 * lg + lf - 0.6 * (h_ut - 1.5)
     return np.where(np.asarray(los, dtype=bool), pl_los, np.maximum(pl_los, pl_nlos))
 
 
@@ -193,3 +211,106 @@ def rayleigh_ergodic_capacity(snr: ArrayLike) -> Array:
         exact = np.exp(np.minimum(x, 500.0)) * exp1(np.minimum(x, 500.0))
     asym = (1.0 / x) * (1.0 - 1.0 / x + 2.0 / (x * x))
     return np.where(x > 500.0, asym, exact) / math.log(2.0)
+
+
+# ---------------------------------------------------------------------------
+# the registry of path-loss models
+
+
+@dataclass(frozen=True)
+class LinkGeometry:
+    """Client-BS pairs as a path-loss model sees them (arrays broadcast together).
+
+    Attributes:
+        d2d_m: horizontal distance client-BS (m).
+        h_bs_m: BS antenna height (m).
+        h_ut_m: client antenna height clipped to the TR 38.901 range
+            (``ChannelParams.max_ue_height_m``), used by the 38.901 formulas (m).
+        z_ut_m: the client's actual height (m), used for the 3D distance of
+            the models without a validity range (free space, log-distance).
+    """
+
+    d2d_m: Array
+    h_bs_m: ArrayLike
+    h_ut_m: ArrayLike
+    z_ut_m: ArrayLike
+
+    def d3d_m(self) -> Array:
+        """3D distance (m) with the client's actual height: ``sqrt(d2D^2 + (h_BS - z_UT)^2)``."""
+        d2 = self.d2d_m
+        return np.sqrt(d2 * d2 + (self.h_bs_m - self.z_ut_m) ** 2)
+
+
+#: ``path_loss(geometry, los, fc_ghz, params) -> dB``; ``params`` is the
+#: :class:`~fedsim.net.params.ChannelParams` (model-specific fields, e.g.
+#: ``log_distance_exponent``); ``los`` is a boolean array (all True for a
+#: model without a LOS probability).
+PathLossFn = Callable[[LinkGeometry, Any, float, Any], Array]
+#: ``los_probability(d2d_m, h_ut_m) -> probability`` of LOS per pair.
+LosProbabilityFn = Callable[[Array, ArrayLike], Array]
+
+
+@dataclass(frozen=True)
+class ChannelModel:
+    """One entry of :data:`CHANNEL_MODELS`.
+
+    Attributes:
+        name: the ``channel.model`` name in scenarios.
+        path_loss: :data:`PathLossFn` (dB).
+        los_probability: :data:`LosProbabilityFn`, or None when the model has no
+            LOS state (then no LOS uniform is drawn and every link is LOS).
+        shadowing_std_db: default log-normal shadowing std (dB), ``(LOS, NLOS)``;
+            ``channel.shadowing_std_db`` overrides both.
+        source: the standard or paper the model follows.
+    """
+
+    name: str
+    path_loss: PathLossFn
+    los_probability: LosProbabilityFn | None
+    shadowing_std_db: tuple[float, float]
+    source: str
+
+
+def _pl_umi(g: LinkGeometry, los: Any, fc_ghz: float, params: Any) -> Array:
+    return pathloss_umi(g.d2d_m, fc_ghz, g.h_bs_m, g.h_ut_m, los)
+
+
+def _pl_uma(g: LinkGeometry, los: Any, fc_ghz: float, params: Any) -> Array:
+    return pathloss_uma(g.d2d_m, fc_ghz, g.h_bs_m, g.h_ut_m, los)
+
+
+def _pl_free_space(g: LinkGeometry, los: Any, fc_ghz: float, params: Any) -> Array:
+    return pathloss_free_space(g.d3d_m(), fc_ghz)
+
+
+def _pl_log_distance(g: LinkGeometry, los: Any, fc_ghz: float, params: Any) -> Array:
+    return pathloss_log_distance(g.d3d_m(), fc_ghz, params.log_distance_exponent)
+
+
+def _los_umi(d2d_m: Array, h_ut_m: ArrayLike) -> Array:
+    return los_probability_umi(d2d_m)
+
+
+#: Every path-loss model a scenario can name, by name. The order is the
+#: order of the ``channel.model`` ``Literal`` in the scenario schema.
+CHANNEL_MODELS: dict[str, ChannelModel] = {
+    m.name: m
+    for m in (
+        ChannelModel("umi", _pl_umi, _los_umi, (4.0, 7.82), "3GPP TR 38.901 V17 Tables 7.4.1-1, 7.4.2-1 (UMi street canyon)"),
+        ChannelModel("uma", _pl_uma, los_probability_uma, (4.0, 6.0), "3GPP TR 38.901 V17 Tables 7.4.1-1, 7.4.2-1 (UMa)"),
+        ChannelModel("free_space", _pl_free_space, None, (0.0, 0.0), "Friis free-space equation"),
+        ChannelModel("log_distance", _pl_log_distance, None, (8.0, 8.0), "log-distance model (Rappaport, Wireless Communications, 2nd ed., 4.9)"),
+    )
+}
+
+
+def channel_model(name: str) -> ChannelModel:
+    """The registered path-loss model ``name`` (never a fallback).
+
+    Raises:
+        ValueError: ``name`` is not in :data:`CHANNEL_MODELS` (the message lists the valid names).
+    """
+    try:
+        return CHANNEL_MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown channel model {name!r}; valid: {', '.join(CHANNEL_MODELS)}") from None

@@ -74,8 +74,6 @@ _BLOCK_PAIRS = 16384
 #: grid cell of the nearest-BS tables (``ChannelParams.nearest_bs``), m
 _NEAR_CELL_M = 25.0
 
-_SHADOW_STD = {"umi": (4.0, 7.82), "uma": (4.0, 6.0), "free_space": (0.0, 0.0),
-               "log_distance": (8.0, 8.0)}
 
 
 class _Active:
@@ -159,6 +157,7 @@ class Network:
             for c, s in zip(self.client_ids, specs)])
 
         # channel state
+        self._channel = ch.channel_model(self.cp.model)  # the one look-up of the path-loss model
         rng_s = sim.rng.numpy("channel/shadowing")
         rng_l = sim.rng.numpy("channel/los")
         self._fad_rng = sim.rng.numpy("channel/fading")
@@ -262,24 +261,16 @@ class Network:
         dy = p[:, 1:2] - bs[..., 1]
         d2 = np.sqrt(dx * dx + dy * dy)
         h_bs = bs[..., 2]
-        std_los, std_nlos = _SHADOW_STD[cp.model]
-        if cp.shadowing_std_db is not None:
-            std_los = std_nlos = cp.shadowing_std_db
-        if cp.model in ("umi", "uma"):
+        model = self._channel
+        std_los, std_nlos = self._shadowing_std_db()
+        geom = ch.LinkGeometry(d2, h_bs, h_ut, pz)
+        if model.los_probability is not None:
             u = self._los_u.reshape(-1)[flat]
-            if cp.model == "umi":
-                los = u < ch.los_probability_umi(d2)
-                pl = ch.pathloss_umi(d2, cp.fc_ghz, h_bs, h_ut, los)
-            else:
-                los = u < ch.los_probability_uma(d2, h_ut)
-                pl = ch.pathloss_uma(d2, cp.fc_ghz, h_bs, h_ut, los)
+            los = u < model.los_probability(d2, h_ut)
+            pl = model.path_loss(geom, los, cp.fc_ghz, cp)
             std = np.where(los, std_los, std_nlos)
         else:
-            d3 = np.sqrt(d2 * d2 + (h_bs - pz) ** 2)
-            if cp.model == "free_space":
-                pl = ch.pathloss_free_space(d3, cp.fc_ghz)
-            else:
-                pl = ch.pathloss_log_distance(d3, cp.fc_ghz, cp.log_distance_exponent)
+            pl = model.path_loss(geom, True, cp.fc_ghz, cp)
             std = std_los
         loss = pl + std * z
         rsrp = self.bs_power_dbm[cols] - loss
@@ -288,6 +279,12 @@ class Network:
         self.loss_db.reshape(-1)[flat] = loss
         self.rsrp_dbm.reshape(-1)[flat] = rsrp
         return rsrp
+
+    def _shadowing_std_db(self) -> tuple[float, float]:
+        """Shadowing std (dB) of LOS and NLOS pairs: ``channel.shadowing_std_db`` or the model's default."""
+        if self.cp.shadowing_std_db is not None:
+            return self.cp.shadowing_std_db, self.cp.shadowing_std_db
+        return self._channel.shadowing_std_db
 
     def _draw_fading(self, size: int) -> np.ndarray:
         if self.cp.fading == "rayleigh":
@@ -309,31 +306,19 @@ class Network:
         cp = self.cp
         if z is None:
             z = self._shadow_z[rows]
-        u = self._los_u[rows] if cp.model in ("umi", "uma") else None
+        model = self._channel
+        u = self._los_u[rows] if model.los_probability is not None else None
         p = self.pos[rows]
         px = np.ascontiguousarray(p[:, 0])
         py = np.ascontiguousarray(p[:, 1])
         pz = np.ascontiguousarray(p[:, 2])
         h_ut = np.minimum(pz, cp.max_ue_height_m)
-        std_los, std_nlos = _SHADOW_STD[cp.model]
-        if cp.shadowing_std_db is not None:
-            std_los = std_nlos = cp.shadowing_std_db
+        std_los, std_nlos = self._shadowing_std_db()
         # blocks of BSs x clients, clients contiguous (the arrays are transposed)
         loss = np.empty((m, rows.size))
         zt = z.T
         ut = u.T if u is not None else None
         block = max(1, min(m, _BLOCK_PAIRS // max(rows.size, 1)))
-        if cp.model == "umi":
-            lf = 20.0 * math.log10(cp.fc_ghz)
-            lf_nlos = 21.3 * math.log10(cp.fc_ghz)
-            nlos_h = 0.3 * (h_ut - 1.5)
-            hut1 = h_ut - 1.0
-            # the terms that depend on the antenna heights only, once per BS height
-            hgt: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-            for h in np.unique(self.bs_pos[:, 2]).tolist():
-                dh2 = (h - h_ut) ** 2
-                dbp = 4.0 * (h - 1.0) * hut1 * cp.fc_ghz * 1e9 / ch.SPEED_OF_LIGHT_MPS
-                hgt[h] = (dh2, dbp, 9.5 * np.log10(dbp * dbp + dh2))
         for j0 in range(0, m, block):
             j1 = min(m, j0 + block)
             bx = self.bs_pos[j0:j1, 0:1]
@@ -342,34 +327,13 @@ class Network:
             dx = px - bx
             dy = py - by
             d2 = np.sqrt(dx * dx + dy * dy)
-            if cp.model == "umi":
-                # ch.los_probability_umi and ch.pathloss_umi, fused (same operations)
-                d = np.maximum(d2, 1e-9)
-                q = 18.0 / d
-                plos = q + np.exp(-d / 36.0) * (1.0 - q)
-                los = ut[j0:j1] < np.where(d <= 18.0, 1.0, plos)
-                dc = np.maximum(d2, 10.0)
-                hs = self.bs_pos[j0:j1, 2].tolist()
-                dh2 = np.stack([hgt[h][0] for h in hs])
-                dbp = np.stack([hgt[h][1] for h in hs])
-                d3 = np.sqrt(dc * dc + dh2)
-                lg = np.log10(d3)
-                pl1 = 32.4 + 21.0 * lg + lf
-                pl2 = 32.4 + 40.0 * lg + lf - np.stack([hgt[h][2] for h in hs])
-                pl_los = np.where(dc <= dbp, pl1, pl2)
-                pl_nlos = 35.3 * lg + 22.4 + lf_nlos - nlos_h
-                pl = np.where(los, pl_los, np.maximum(pl_los, pl_nlos))
-                std = np.where(los, std_los, std_nlos)
-            elif cp.model == "uma":
-                los = ut[j0:j1] < ch.los_probability_uma(d2, h_ut)
-                pl = ch.pathloss_uma(d2, cp.fc_ghz, h_bs, h_ut, los)
+            geom = ch.LinkGeometry(d2, h_bs, h_ut, pz)
+            if ut is not None:
+                los = ut[j0:j1] < model.los_probability(d2, h_ut)
+                pl = model.path_loss(geom, los, cp.fc_ghz, cp)
                 std = np.where(los, std_los, std_nlos)
             else:
-                d3 = np.sqrt(d2 * d2 + (h_bs - pz) ** 2)
-                if cp.model == "free_space":
-                    pl = ch.pathloss_free_space(d3, cp.fc_ghz)
-                else:
-                    pl = ch.pathloss_log_distance(d3, cp.fc_ghz, cp.log_distance_exponent)
+                pl = model.path_loss(geom, True, cp.fc_ghz, cp)
                 std = std_los
             loss[j0:j1] = pl + std * zt[j0:j1]
         loss = loss.T
@@ -542,6 +506,9 @@ class Network:
         ``proc.interrupt(cause)`` ends it early: the process then *returns* a
         result with ``completed=False`` and ``cause``. Each transfer is
         recorded as a ``transfer`` event.
+
+        Raises:
+            ValueError: an unknown node, or ``nbytes < 0``.
         """
         for nd in (src, dst):
             if nd not in self.graph:

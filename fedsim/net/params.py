@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedsim.net.channel import CHANNEL_MODELS
+
 __all__ = ["ChannelParams", "NetworkParams"]
 
-_MODELS = ("umi", "uma", "free_space", "log_distance")
 _FADING = ("rayleigh", "rician", "none")
 
 
@@ -19,9 +20,10 @@ class ChannelParams:
     """Wireless access channel of every base station.
 
     Attributes:
-        model: path-loss model: ``"umi"`` / ``"uma"`` (TR 38.901, LOS drawn
-            per client-BS pair from the model's LOS probability),
-            ``"free_space"`` or ``"log_distance"``.
+        model: path-loss model, a name in
+            :data:`fedsim.net.channel.CHANNEL_MODELS` (``"umi"`` / ``"uma"``: TR
+            38.901, LOS drawn per client-BS pair from the model's LOS
+            probability; ``"free_space"``; ``"log_distance"``).
         fc_ghz: carrier frequency in GHz.
         bandwidth_up_hz: uplink bandwidth of one cell in Hz (shared by its flows).
         bandwidth_down_hz: downlink bandwidth of one cell in Hz.
@@ -31,7 +33,9 @@ class ChannelParams:
         bs_height_small_m: default antenna height of a small-cell BS (m).
         noise_figure_db: receiver noise figure (dB), both directions.
         shadowing_std_db: log-normal shadowing std (dB); ``None`` uses the
-            model's TR 38.901 value (UMi 4 / 7.82, UMa 4 / 6, others 8).
+            model's registry value ``ChannelModel.shadowing_std_db`` (LOS / NLOS:
+            UMi 4 / 7.82 and UMa 4 / 6 from TR 38.901 Table 7.4.1-1,
+            free space 0, log-distance 8).
         shadowing_decorrelation_m: distance over which a moving client's
             shadowing decorrelates (Gudmundson AR(1), m).
         log_distance_exponent: path-loss exponent of ``"log_distance"``.
@@ -96,8 +100,8 @@ class ChannelParams:
     nearest_bs: int = 0
 
     def __post_init__(self) -> None:
-        if self.model not in _MODELS:
-            raise ValueError(f'"model" must be one of {_MODELS}, got {self.model!r}')
+        if self.model not in CHANNEL_MODELS:
+            raise ValueError(f'"model" must be one of {tuple(CHANNEL_MODELS)}, got {self.model!r}')
         if self.fading not in _FADING:
             raise ValueError(f'"fading" must be one of {_FADING}, got {self.fading!r}')
         for name in ("fc_ghz", "bandwidth_up_hz", "bandwidth_down_hz", "coherence_s",

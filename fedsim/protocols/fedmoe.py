@@ -67,8 +67,7 @@ class FedMoE(Protocol):
 
     def __init__(self, world: Any, progress: Any = None) -> None:
         super().__init__(world, progress)
-        from fedsim.alignment.policies import make_policy
-        from fedsim.build import policy_params
+        from fedsim.alignment.policies import make_policy, policy_params
         from fedsim.learning.executors import SequentialExecutor
 
         s = world.scenario

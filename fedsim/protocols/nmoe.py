@@ -1,6 +1,6 @@
 """``nmoe``: Networked Mixture-of-Experts, trained in three stages, served without a server.
 
-Training (:mod:`fedsim.protocols.nmoe_learning`, real PyTorch at zero simulated
+Training (:mod:`fedsim.learning.nmoe`, real PyTorch at zero simulated
 time): stage 1 learns the shared feature extractor by FL (``fedce`` or
 ``fedsc``, ``run.rounds`` rounds of ``training.local_epochs``), stage 2 every
 client's own expert on its local data, stage 3 the shared gate (``rangate``,
@@ -46,7 +46,7 @@ Systems interface. With a built :class:`~fedsim.build.World` the transfers are
 ``world.transfer(src, dst, nbytes, round, tag)`` (a SimPy process returning an
 object with ``delivered_bytes`` and ``completed``) and a client's speed is
 ``world.devices[c].speed_flops()`` (FLOP/s) when the world has devices. Without
-them (or for unit tests) :class:`StarNetwork` is the minimal stand-in: every
+them (or for unit tests) :class:`~fedsim.net.star.StarNetwork` is the minimal stand-in: every
 client has an uplink and a downlink of fixed capacity to a switch, each a FIFO
 ``simpy.Resource`` (one flow at a time, so queueing is the contention), plus a
 fixed one-way latency; speeds are given per client.
@@ -63,49 +63,10 @@ import numpy as np
 import simpy
 import torch
 
+from fedsim.net.star import StarNetwork
 from fedsim.protocols.base import Protocol
 
-__all__ = ["NMoE", "InferenceSim", "StarNetwork", "TransferOutcome", "InferenceCosts", "latency_summary"]
-
-
-@dataclass(frozen=True)
-class TransferOutcome:
-    """Result of a :class:`StarNetwork` transfer (same fields as the flow model's)."""
-
-    nbytes: float
-    delivered_bytes: float
-    completed: bool
-    start_s: float
-    end_s: float
-
-
-class StarNetwork:
-    """Minimal network: clients on a switch, per-client uplink / downlink FIFO
-    links of ``rate_bps`` and a one-way ``latency_s``. ``transfer(src, dst,
-    nbytes)`` is a process: latency, then the sender's uplink, then the
-    receiver's downlink (each held for ``8 * nbytes / rate_bps`` seconds)."""
-
-    def __init__(self, env: simpy.Environment, clients: Sequence[str], rate_bps: float = 10e6, latency_s: float = 0.005) -> None:
-        if rate_bps <= 0 or latency_s < 0:
-            raise ValueError('"rate_bps" must be > 0 and "latency_s" >= 0')
-        self.env = env
-        self.rate_bps = float(rate_bps)
-        self.latency_s = float(latency_s)
-        self.up = {c: simpy.Resource(env, capacity=1) for c in clients}
-        self.down = {c: simpy.Resource(env, capacity=1) for c in clients}
-
-    def transfer(self, src: str, dst: str, nbytes: float, round: int = -1, tag: str = "") -> simpy.Process:  # noqa: A002
-        """Move ``nbytes`` from ``src`` to ``dst``; the process returns a :class:`TransferOutcome`."""
-        return self.env.process(self._transfer(src, dst, float(nbytes)))
-
-    def _transfer(self, src: str, dst: str, nbytes: float) -> Any:
-        start = self.env.now
-        yield self.env.timeout(self.latency_s)
-        for link in (self.up[src], self.down[dst]):
-            with link.request() as rq:
-                yield rq
-                yield self.env.timeout(8.0 * nbytes / self.rate_bps)
-        return TransferOutcome(nbytes, nbytes, True, float(start), float(self.env.now))
+__all__ = ["NMoE", "InferenceSim", "InferenceCosts", "latency_summary"]
 
 
 @dataclass(frozen=True)
@@ -270,8 +231,8 @@ class NMoE(Protocol):
 
     # --------------------------------------------------------------- training
     def train_config(self) -> Any:
-        """The :class:`~fedsim.protocols.nmoe_learning.NMoETrainConfig` of the scenario."""
-        from fedsim.protocols.nmoe_learning import NMoETrainConfig
+        """The :class:`~fedsim.learning.nmoe.NMoETrainConfig` of the scenario."""
+        from fedsim.learning.nmoe import NMoETrainConfig
 
         s, c = self.s, self.cfg
         return NMoETrainConfig(
@@ -284,8 +245,8 @@ class NMoE(Protocol):
     def train(self) -> Any:
         """Run the three stages on the world's data; record ``nmoe_eval``; return the model."""
         from fedsim.learning.datasets import Dataset
-        from fedsim.protocols.nmoe_learning import (
-            client_data,
+        from fedsim.learning.nmoe import client_data
+        from fedsim.learning.nmoe_model import (
             evaluate_per_client,
             local_ratio,
             train_nmoe,
@@ -356,7 +317,7 @@ class NMoE(Protocol):
         return 1e9
 
     def inference(self) -> InferenceSim:
-        """Build the inference simulation on the world's network (or a :class:`StarNetwork`)."""
+        """Build the inference simulation on the world's network (or a :class:`~fedsim.net.star.StarNetwork`)."""
         w = self.world
         transfer = getattr(w, "transfer", None)
         if transfer is None:

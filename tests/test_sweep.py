@@ -1,4 +1,4 @@
-"""Sweeps (fedsim.experiment): parsing, naming, validation, resuming, backends agree."""
+"""Sweeps (fedsim.sweep): parsing, naming, validation, resuming, backends agree."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fedsim.cli import add_sweep_parser, cmd_sweep
 from fedsim.config import LoadedScenario, ScenarioError
-from fedsim.experiment import (
+from fedsim.sweep import (
     INDEX_FILE,
     METRICS,
     SweepSpec,
-    add_sweep_parser,
-    cmd_sweep,
     parse_grid,
     parse_seeds,
     run_names,

@@ -1,0 +1,393 @@
+"""Networked MoE (NMoE) stage 3 (gates), the assembled model, baselines and evaluation.
+
+The stages, their maths and their sources are documented in :mod:`fedsim.learning.nmoe`
+(configuration, stage 1 extractor, stage 2 experts); this module builds on them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedsim.learning.metrics import evaluate
+from fedsim.learning.models import Expert, MoEClassifier, MoEConfig
+from fedsim.learning.nmoe import (
+    ClientData,
+    ExtractorResult,
+    NMoETrainConfig,
+    _backbone,
+    _classifier_cfg,
+    _fedavg,
+    extract_features,
+    train_experts,
+    train_extractor,
+)
+from fedsim.learning.training import TrainConfig, TrainJob, init_state, train_local
+from fedsim.rng import RngStreams
+
+__all__ = [
+    "NMoEModel",
+    "RanGate",
+    "rollgate_labels",
+    "train_rollgate",
+    "gate_module",
+    "select_clients",
+    "normalise_gradients_",
+    "fedgate_local",
+    "train_fedgate",
+    "build_nmoe",
+    "train_nmoe",
+    "train_centralised_moe",
+    "train_local_classifiers",
+    "evaluate_per_client",
+    "local_ratio",
+]
+
+
+# ------------------------------------------------------------------------ stage 3: gates
+
+
+class RanGate(nn.Module):
+    """Random gate: ignores the input and draws ``k`` distinct experts per sample
+    from ``probs`` (uniform if None), each with weight ``1/k``."""
+
+    def __init__(self, num_experts: int, probs: Sequence[float] | None = None) -> None:
+        super().__init__()
+        p = torch.full((num_experts,), 1.0 / num_experts) if probs is None else torch.as_tensor(probs, dtype=torch.float64).float()
+        if p.shape != (num_experts,) or bool((p < 0).any()) or float(p.sum()) <= 0:
+            raise ValueError('"probs" must be num_experts non-negative numbers with a positive sum')
+        self.register_buffer("probs", p / p.sum())
+
+    def route(self, n: int, k: int, generator: torch.Generator, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(topk_idx (n, k), weights (n, k))`` for ``n`` samples; ``mask`` (bool
+        (E,)) restricts the draw to the allowed experts (``probs`` renormalised).
+
+        Raises:
+            ValueError: ``mask`` allows no expert of positive probability.
+        """
+        p = self.probs if mask is None else self.probs * mask.to(self.probs.dtype)
+        if float(p.sum()) <= 0:
+            raise ValueError('"mask" must allow an expert with positive probability')
+        k = min(k, int((p > 0).sum()))
+        idx = torch.multinomial(p.expand(n, -1), k, replacement=False, generator=generator)
+        return idx, torch.full((n, k), 1.0 / k)
+
+
+def rollgate_labels(n: int, own: int, num_clients: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Pseudo client-ID labels (int64, length ``n``) of client ``own``'s samples:
+    exactly ``round(p * n)`` are ``own``; the rest are spread over the other
+    ``num_clients - 1`` IDs as evenly as possible (counts differ by <= 1; which
+    IDs get the extra one is random), then the labels are randomly permuted."""
+    n_own = int(round(p * n)) if num_clients > 1 else n
+    labels = [torch.full((n_own,), own, dtype=torch.int64)]
+    others = torch.tensor([j for j in range(num_clients) if j != own], dtype=torch.int64)
+    rest = n - n_own
+    if rest > 0:
+        base, extra = divmod(rest, len(others))
+        counts = torch.full((len(others),), base, dtype=torch.int64)
+        counts[torch.randperm(len(others), generator=generator)[:extra]] += 1
+        labels.append(torch.repeat_interleave(others, counts))
+    lab = torch.cat(labels)
+    return lab[torch.randperm(n, generator=generator)]
+
+
+def gate_module(cfg: MoEConfig, num_experts: int) -> nn.Sequential:
+    """The learned gate: parameter-free LayerNorm of the features (so the gate's
+    step sizes do not depend on the extractor's feature scale) then a linear
+    layer ``feature_dim -> num_experts`` (logits; state keys ``1.weight``, ``1.bias``)."""
+    return nn.Sequential(nn.LayerNorm(cfg.feature_dim, elementwise_affine=False), nn.Linear(cfg.feature_dim, num_experts))
+
+
+def _new_gate(cfg: MoEConfig, num_experts: int, seed: int) -> nn.Sequential:
+    gen = torch.Generator().manual_seed(int(seed))
+    g = gate_module(cfg, num_experts)
+    lin = g[1]
+    b = 1.0 / math.sqrt(cfg.feature_dim)
+    with torch.no_grad():
+        lin.weight.copy_(torch.empty(lin.weight.shape).uniform_(-b, b, generator=gen))
+        lin.bias.copy_(torch.empty(lin.bias.shape).uniform_(-b, b, generator=gen))
+    return g
+
+
+def train_rollgate(feats: Sequence[torch.Tensor], cfg: MoEConfig, tc: NMoETrainConfig, seed: int) -> dict[str, torch.Tensor]:
+    """RollGate: train a linear pseudo-client-ID classifier by rolling it through
+    the clients (0..K-1, ``tc.gate_rounds`` passes), ``tc.gate_local_epochs`` of
+    plain SGD (``tc.rollgate_lr``) with cross-entropy on the
+    labels of :func:`rollgate_labels` (``p = tc.rollgate_p``). Returns the gate state."""
+    rng = RngStreams(seed)
+    k = len(feats)
+    gate = _new_gate(cfg, k, rng.seed_int("nmoe/rollgate/init"))
+    labels = [rollgate_labels(int(h.shape[0]), i, k, tc.rollgate_p, rng.torch(f"nmoe/rollgate/labels/{i}")) for i, h in enumerate(feats)]
+    for r in range(tc.gate_rounds):
+        for i, h in enumerate(feats):
+            opt = torch.optim.SGD(gate.parameters(), lr=tc.rollgate_lr)
+            gen = rng.torch(f"nmoe/rollgate/{i}/pass/{r}")
+            n = int(h.shape[0])
+            for _ in range(tc.gate_local_epochs):
+                perm = torch.randperm(n, generator=gen)
+                for s in range(0, n, tc.batch_size):
+                    idx = perm[s : s + tc.batch_size]
+                    loss = F.cross_entropy(gate(h[idx]), labels[i][idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+    return {k_: v.detach().clone() for k_, v in gate.state_dict().items()}
+
+
+def select_clients(num_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:
+    """A random ``max(1, round(fraction * num_clients))`` distinct clients, sorted."""
+    m = max(1, min(num_clients, int(round(fraction * num_clients))))
+    return sorted(int(i) for i in rng.choice(num_clients, size=m, replace=False))
+
+
+def normalise_gradients_(params: Sequence[torch.Tensor], eps: float = 1e-12) -> float:
+    """Rescale the gradients of ``params`` in place so their joint L2 norm is 1;
+    returns the norm before rescaling (a zero gradient is left as is)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads))) if grads else 0.0
+    if norm > eps:
+        for g in grads:
+            g.div_(norm)
+    return norm
+
+
+def _expert_logp(h: torch.Tensor, y: torch.Tensor, experts: Sequence[dict[str, torch.Tensor]], cfg: MoEConfig) -> torch.Tensor:
+    """``log softmax(expert_e(h))_y`` for every expert, shape (N, E), no gradient."""
+    cols = []
+    with torch.no_grad():
+        for st in experts:
+            ex = Expert(cfg)
+            ex.load_state_dict(st)
+            cols.append(F.log_softmax(ex(h), dim=-1).gather(1, y[:, None]).squeeze(1))
+    return torch.stack(cols, dim=1)
+
+
+def fedgate_local(gate_state: dict[str, torch.Tensor], h: torch.Tensor, expert_logp: torch.Tensor, cfg: MoEConfig, tc: NMoETrainConfig, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """One client's local gate training in FedGate: ``tc.gate_local_epochs`` of
+    plain SGD (``tc.gate_lr``) on ``-log sum_e softmax(gate(h))_e exp(expert_logp[:, e])``
+    with the gradient normalised to unit norm each step. ``expert_logp`` (N, E)
+    holds the fixed experts' log-likelihoods of the true labels. Returns the new
+    gate state and the raw gradient norms of the steps."""
+    e = expert_logp.shape[1]
+    gate = gate_module(cfg, e)
+    gate.load_state_dict(gate_state)
+    params = list(gate.parameters())
+    n = int(h.shape[0])
+    norms = []
+    for _ in range(tc.gate_local_epochs):
+        perm = torch.randperm(n, generator=generator)
+        for s in range(0, n, tc.batch_size):
+            idx = perm[s : s + tc.batch_size]
+            loss = -torch.logsumexp(F.log_softmax(gate(h[idx]), dim=-1) + expert_logp[idx], dim=-1).mean()
+            for p in params:
+                p.grad = None
+            loss.backward()
+            norms.append(normalise_gradients_(params))
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p -= tc.gate_lr * p.grad
+    return {k: v.detach().clone() for k, v in gate.state_dict().items()}, norms
+
+
+def train_fedgate(feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], experts: Sequence[dict[str, torch.Tensor]], cfg: MoEConfig, tc: NMoETrainConfig, seed: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
+    """FedGate: ``tc.gate_rounds`` FedAvg rounds of the gate (module docstring);
+    each round :func:`select_clients` picks ``tc.fedgate_fraction`` of the
+    clients, each runs :func:`fedgate_local`, the server averages by sample count.
+    Returns the gate state and the participants of every round."""
+    rng = RngStreams(seed)
+    k = len(feats)
+    state = {k_: v.detach().clone() for k_, v in _new_gate(cfg, k, rng.seed_int("nmoe/fedgate/init")).state_dict().items()}
+    logps = [_expert_logp(h, y, experts, cfg) for h, y in zip(feats, ys)]
+    sel_rng = rng.fresh_numpy("nmoe/fedgate/select")
+    history = []
+    for r in range(tc.gate_rounds):
+        chosen = select_clients(k, tc.fedgate_fraction, sel_rng)
+        history.append(chosen)
+        states = [fedgate_local(state, feats[i], logps[i], cfg, tc, rng.torch(f"nmoe/fedgate/{i}/round/{r}"))[0] for i in chosen]
+        state = _fedavg(state, states, [int(feats[i].shape[0]) for i in chosen])
+    return state, history
+
+
+# ------------------------------------------------------------------------ the assembled model
+
+
+class NMoEModel(nn.Module):
+    """The assembled networked MoE: shared ``backbone`` and ``gate`` (a
+    :func:`gate_module` or a :class:`RanGate`), ``experts[i]`` owned by client i, ``top_k``.
+
+    ``forward(x)`` returns the *log* of the mixture class probabilities (so
+    ``softmax(forward(x))`` is the mixture and :func:`fedsim.learning.metrics.evaluate`
+    applies unchanged). A RanGate draws from ``self.generator`` (reset with
+    :meth:`reseed`)."""
+
+    def __init__(self, cfg: MoEConfig, backbone: dict[str, torch.Tensor], gate: nn.Module, experts: Sequence[dict[str, torch.Tensor]], top_k: int, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = _backbone(cfg, backbone)
+        self.gate = gate
+        self.experts = nn.ModuleList()
+        for st in experts:
+            ex = Expert(cfg)
+            ex.load_state_dict(st)
+            self.experts.append(ex)
+        self.top_k = min(top_k, len(experts))
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def num_experts(self) -> int:
+        """Number of experts (= clients)."""
+        return len(self.experts)
+
+    def reseed(self, seed: int) -> None:
+        """Reset the random gate's generator."""
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def route(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(topk_idx (N, k), renormalised weights (N, k))`` for features ``h``;
+        ``mask`` (bool (E,)) restricts the choice to the allowed experts (e.g. the
+        ones whose owners are online)."""
+        if isinstance(self.gate, RanGate):
+            return self.gate.route(h.shape[0], self.top_k, self.generator, mask)
+        logits = self.gate(h)
+        k = self.top_k
+        if mask is not None:
+            logits = logits.masked_fill(~mask.to(torch.bool), float("-inf"))
+            k = min(k, int(mask.sum()))
+        probs = F.softmax(logits, dim=-1)
+        w, idx = probs.topk(k, dim=-1)
+        return idx, w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    def expert_proba(self, h: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Mixture ``sum_j w[:, j] softmax(expert_{idx[:, j]}(h))`` (N, num_classes)."""
+        out = h.new_zeros(h.shape[0], self.cfg.num_classes)
+        for e, ex in enumerate(self.experts):
+            rows, slot = (idx == e).nonzero(as_tuple=True)
+            if rows.numel():
+                out = out.index_add(0, rows, F.softmax(ex(h[rows]), dim=-1) * w[rows, slot, None])
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log mixture probabilities (N, num_classes)."""
+        h = self.backbone(x)
+        idx, w = self.route(h)
+        return torch.log(self.expert_proba(h, idx, w).clamp_min(1e-12))
+
+
+def build_nmoe(cfg: MoEConfig, ext: ExtractorResult, experts: Sequence[dict[str, torch.Tensor]], feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], tc: NMoETrainConfig, seed: int) -> tuple[NMoEModel, dict[str, object]]:
+    """Stage 3 for ``tc.gate`` on top of a stage-1 extractor and stage-2 experts;
+    returns the assembled model and info (``fedgate``: participants per round)."""
+    k = len(experts)
+    info: dict[str, object] = {}
+    if tc.gate == "rangate":
+        gate: nn.Module = RanGate(k, tc.rangate_probs)
+    elif tc.gate == "rollgate":
+        gate = gate_module(cfg, k)
+        gate.load_state_dict(train_rollgate(feats, cfg, tc, seed))
+    else:
+        st, hist = train_fedgate(feats, ys, experts, cfg, tc, seed)
+        gate = gate_module(cfg, k)
+        gate.load_state_dict(st)
+        info["participants"] = hist
+    model = NMoEModel(cfg, ext.backbone, gate, experts, tc.top_k, seed=RngStreams(seed).seed_int("nmoe/rangate/eval"))
+    model.eval()
+    return model, info
+
+
+def train_nmoe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None, extractor: ExtractorResult | None = None) -> tuple[NMoEModel, ExtractorResult, dict[str, object]]:
+    """All three stages. Pass a stage-1 ``extractor`` to reuse it (several gates
+    on one extractor). Returns ``(model, extractor, info)``."""
+    ext = extractor if extractor is not None else train_extractor(clients, cfg, tc, seed, dataset=dataset)
+    feats = [extract_features(cfg, ext.backbone, c.x) for c in clients]
+    ys = [c.y for c in clients]
+    init = ext.head if ext.kind == "fedce" else None
+    experts = train_experts(feats, ys, cfg, tc, seed, init=init)
+    model, info = build_nmoe(cfg, ext, experts, feats, ys, tc, seed)
+    return model, ext, info
+
+
+# ------------------------------------------------------------------------ baselines
+
+
+def train_centralised_moe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, epochs: int | None = None) -> MoEClassifier:
+    """Upper bound: one :class:`MoEClassifier` with ``len(clients)`` experts and
+    top-``tc.top_k`` gating trained with ``train_local`` on the union of all
+    clients' training data for ``epochs`` (default ``tc.rounds * tc.local_epochs``)."""
+    rng = RngStreams(seed)
+    mcfg = replace(cfg, num_experts=len(clients), top_k=min(tc.top_k, len(clients)))
+    state = init_state(mcfg, rng.seed_int("nmoe/central/init"))
+    x = torch.cat([c.x for c in clients])
+    y = torch.cat([c.y for c in clients])
+    ep = epochs if epochs is not None else tc.rounds * tc.local_epochs
+    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=ep, batch_size=tc.batch_size)
+    up = train_local(TrainJob(-1, 0, state, mcfg, list(range(len(clients))), x, y, train, rng.seed_int("nmoe/central/train")))
+    state = dict(state)
+    state.update(up.state)
+    model = MoEClassifier(mcfg)
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def train_local_classifiers(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, epochs: int | None = None) -> list[MoEClassifier]:
+    """Baseline ``Local``: every client trains its own extractor + classifier
+    (single-expert model) on its own data only, ``epochs`` (default
+    ``tc.rounds * tc.local_epochs``) epochs; no gate, no communication."""
+    rng = RngStreams(seed)
+    ccfg = _classifier_cfg(cfg)
+    ep = epochs if epochs is not None else tc.rounds * tc.local_epochs
+    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=ep, batch_size=tc.batch_size)
+    out = []
+    for c in clients:
+        st = init_state(ccfg, rng.seed_int(f"nmoe/local/{c.client_id}/init"))
+        up = train_local(TrainJob(c.client_id, 0, st, ccfg, [0], c.x, c.y, train, rng.seed_int(f"nmoe/local/{c.client_id}/train")))
+        st = dict(st)
+        st.update(up.state)
+        m = MoEClassifier(ccfg)
+        m.load_state_dict(st)
+        m.eval()
+        out.append(m)
+    return out
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def local_ratio(model: NMoEModel, clients: Sequence[ClientData], *, on: str = "test") -> float:
+    """LR: share of the top-k expert slots of each client's samples (``on`` =
+    ``"test"`` its own test split, ``"train"`` its training data) served by the
+    client's own expert, averaged over clients with samples."""
+    vals = []
+    with torch.no_grad():
+        for i, c in enumerate(clients):
+            x = c.x_test if on == "test" else c.x
+            if x.shape[0] == 0:
+                continue
+            idx, _ = model.route(model.backbone(x))
+            vals.append(float((idx == i).float().mean()))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def evaluate_per_client(models: nn.Module | Sequence[nn.Module], clients: Sequence[ClientData], *, x_global: torch.Tensor | None = None, y_global: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean over clients of :func:`~fedsim.learning.metrics.evaluate` (accuracy,
+    macro-F1, macro AUC) of client i's model (``models[i]`` or the shared
+    ``models``) on its own test split, or, with ``x_global`` / ``y_global``, on
+    that global test set (a shared deterministic model is evaluated once)."""
+    per = []
+    shared = isinstance(models, nn.Module)
+    for i, c in enumerate(clients):
+        m = models if shared else models[i]  # type: ignore[index]
+        if x_global is not None and y_global is not None:
+            if shared and per and not isinstance(getattr(m, "gate", None), RanGate):
+                per.append(per[0])
+                continue
+            per.append(evaluate(m, x_global, y_global))
+        elif c.y_test.shape[0] > 0:
+            per.append(evaluate(m, c.x_test, c.y_test))
+    return {k: float(np.nanmean([p[k] for p in per])) for k in ("accuracy", "f1", "auc")}
