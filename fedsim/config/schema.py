@@ -12,7 +12,7 @@ Units are in the key names: ``_s`` seconds, ``_bps`` bits per second,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,16 +52,16 @@ class RunConfig(_Strict):
     """``run``: identity and length of the run."""
 
     name: str = Field("fedsim-run", min_length=1, description="Run name, used for the run directory.")
-    seed: int = Field(0, ge=0, description="Root seed; every random stream derives from it.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Root seed; every random stream derives from it.")
     rounds: int = Field(20, ge=1, le=100_000, description="Federated rounds (fedmoe) or training rounds per stage (nmoe).")
-    horizon_s: float | None = Field(None, gt=0, description="Optional cap on simulated time in seconds.")
+    horizon_s: float | None = Field(None, gt=0, le=3.2e7, description="Optional cap on simulated time in seconds.")
 
 
 class BaseStationSite(_Strict):
     """One base station at a grid intersection."""
 
-    ix: int = Field(ge=0, description="Intersection column index (0..blocks_x).")
-    iy: int = Field(ge=0, description="Intersection row index (0..blocks_y).")
+    ix: int = Field(ge=0, le=200, description="Intersection column index (0..blocks_x).")
+    iy: int = Field(ge=0, le=200, description="Intersection row index (0..blocks_y).")
     kind: Literal["macro", "small"] = Field("macro", description="Macro cell or small cell.")
 
 
@@ -70,22 +70,22 @@ class GridConfig(_Strict):
 
     blocks_x: int = Field(3, ge=1, le=200, description="Blocks along x.")
     blocks_y: int = Field(3, ge=1, le=200, description="Blocks along y.")
-    block_m: float = Field(200.0, gt=0, description="Block edge length in metres.")
+    block_m: float = Field(200.0, ge=1.0, le=5000.0, description="Block edge length in metres.")
     base_stations: list[BaseStationSite] = Field(
         default_factory=lambda: [BaseStationSite(ix=0, iy=0), BaseStationSite(ix=3, iy=3), BaseStationSite(ix=0, iy=3, kind="small")],
         min_length=1,
         description="Base-station sites at intersections.",
     )
-    clients: dict[str, int] = Field(
+    clients: dict[str, Annotated[int, Field(ge=0, le=10_000_000)]] = Field(
         default_factory=lambda: {"vehicle": 4, "drone": 2, "camera": 4, "sensor": 4, "phone": 6},
         description="Number of clients per device class.",
     )
-    backhaul_bps: float = Field(10e9, gt=0, description="Capacity of each base station's backhaul to the metro core, bit/s.")
-    backhaul_latency_s: float = Field(1e-3, ge=0, description="One-way latency of the backhaul, s.")
-    edge_bps: float = Field(10e9, gt=0, description="Capacity of the base station -> co-located edge server link, bit/s.")
-    edge_latency_s: float = Field(1e-4, ge=0, description="Latency of the base station -> edge server link, s.")
-    cloud_bps: float = Field(40e9, gt=0, description="Capacity of the core -> cloud WAN link shared by every cell, bit/s.")
-    cloud_latency_s: float = Field(10e-3, ge=0, description="One-way latency of the core -> cloud link, s.")
+    backhaul_bps: float = Field(10e9, ge=1e3, le=1e13, description="Capacity of each base station's backhaul to the metro core, bit/s.")
+    backhaul_latency_s: float = Field(1e-3, ge=0, le=10.0, description="One-way latency of the backhaul, s.")
+    edge_bps: float = Field(10e9, ge=1e3, le=1e13, description="Capacity of the base station -> co-located edge server link, bit/s.")
+    edge_latency_s: float = Field(1e-4, ge=0, le=10.0, description="Latency of the base station -> edge server link, s.")
+    cloud_bps: float = Field(40e9, ge=1e3, le=1e13, description="Capacity of the core -> cloud WAN link shared by every cell, bit/s.")
+    cloud_latency_s: float = Field(10e-3, ge=0, le=10.0, description="One-way latency of the core -> cloud link, s.")
 
 
 class TopologyConfig(_Strict):
@@ -104,28 +104,28 @@ class ChannelConfig(_Strict):
 
     model: Literal["umi", "uma", "free_space", "log_distance"] = Field("umi", description="Path-loss model, a name in fedsim.net.channel.CHANNEL_MODELS: umi / uma (3GPP TR 38.901 UMi street canyon / UMa, LOS drawn from the model's LOS probability), free_space, log_distance.")
     fc_ghz: float = Field(3.5, gt=0.5, le=100.0, description="Carrier frequency, GHz.")
-    bandwidth_up_hz: float = Field(20e6, gt=0, description="Uplink bandwidth of a cell, Hz, shared by its active flows.")
-    bandwidth_down_hz: float = Field(20e6, gt=0, description="Downlink bandwidth of a cell, Hz, shared by its active flows.")
+    bandwidth_up_hz: float = Field(20e6, ge=1e3, le=2e9, description="Uplink bandwidth of a cell, Hz, shared by its active flows.")
+    bandwidth_down_hz: float = Field(20e6, ge=1e3, le=2e9, description="Downlink bandwidth of a cell, Hz, shared by its active flows.")
     bs_tx_power_macro_dbm: float = Field(46.0, ge=-30, le=80, description="Macro base-station transmit power, dBm.")
     bs_tx_power_small_dbm: float = Field(30.0, ge=-30, le=80, description="Small-cell transmit power, dBm.")
     bs_height_macro_m: float = Field(25.0, gt=0, le=300, description="Macro antenna height, m.")
     bs_height_small_m: float = Field(10.0, gt=0, le=300, description="Small-cell antenna height, m.")
     noise_figure_db: float = Field(7.0, ge=0, le=30, description="Receiver noise figure, dB (thermal noise is -174 dBm/Hz).")
     shadowing_std_db: float | None = Field(None, ge=0, le=20, description="Log-normal shadowing std, dB (null: the model's default LOS/NLOS std: umi 4/7.82, uma 4/6, free_space 0/0, log_distance 8/8).")
-    shadowing_decorrelation_m: float = Field(50.0, gt=0, description="Shadowing decorrelation distance for moving clients, m (13 m gave handover ping-pong).")
+    shadowing_decorrelation_m: float = Field(50.0, gt=0, le=1000.0, description="Shadowing decorrelation distance for moving clients, m (13 m gave handover ping-pong).")
     log_distance_exponent: float = Field(3.0, gt=1, le=8, description="log_distance: path-loss exponent.")
     fading: Literal["rayleigh", "rician", "none"] = Field("rayleigh", description="Block fading of the serving link.")
     rician_k_db: float = Field(9.0, ge=-20, le=40, description="Rician K factor, dB.")
-    coherence_s: float = Field(1.0, gt=0, description="Coherence interval: fading is redrawn every this many seconds.")
+    coherence_s: float = Field(1.0, ge=1e-3, le=3600.0, description="Coherence interval: fading is redrawn every this many seconds.")
     outage_sinr_db: float = Field(-5.0, ge=-30, le=30, description="Below this SINR a flow stalls until the channel recovers, dB.")
     max_spectral_efficiency_bps_hz: float = Field(7.4, gt=0, le=30, description="Cap of log2(1+SINR), bit/s/Hz (256-QAM ~ 7.4).")
     interference_margin_db: float = Field(0.0, ge=0, le=40, description="Extra noise rise on every link, dB.")
     interference_load_factor: float = Field(0.0, ge=0, le=1, description="Downlink inter-cell interference: share of time other cells transmit.")
     handover_hysteresis_db: float = Field(3.0, ge=0, le=20, description="Hand over when another cell is better by this margin, dB.")
-    handover_time_to_trigger_s: float = Field(2.0, ge=0, description="A better cell must stay better this long before a handover, s.")
-    access_latency_s: float = Field(1e-3, ge=0, description="One-way latency of the radio hop, s.")
-    max_ue_height_m: float = Field(22.5, gt=0, description="Terminal heights are clamped to this inside UMi/UMa (their validity range).")
-    nearest_bs: int = Field(0, ge=0, description="Approximation for large deployments: a moving client re-evaluates only its k nearest cells (0 = exact; 32 changed handovers by ~2% at 10,000 clients).")
+    handover_time_to_trigger_s: float = Field(2.0, ge=0, le=10.0, description="A better cell must stay better this long before a handover, s.")
+    access_latency_s: float = Field(1e-3, ge=0, le=1.0, description="One-way latency of the radio hop, s.")
+    max_ue_height_m: float = Field(22.5, gt=0, le=300.0, description="Terminal heights are clamped to this inside UMi/UMa (their validity range).")
+    nearest_bs: int = Field(0, ge=0, le=10_000, description="Approximation for large deployments: a moving client re-evaluates only its k nearest cells (0 = exact; 32 changed handovers by ~2% at 10,000 clients).")
 
 
 class DeviceClassConfig(_Strict):
@@ -134,23 +134,23 @@ class DeviceClassConfig(_Strict):
     Defaults per class are in :func:`fedsim.devices.params.default_device_classes`.
     """
 
-    flops_mean: float | None = Field(None, gt=0, description="Mean effective training speed, FLOP/s.")
+    flops_mean: float | None = Field(None, ge=1e3, le=1e16, description="Mean effective training speed, FLOP/s.")
     flops_cv: float | None = Field(None, ge=0, le=5, description="Coefficient of variation of speed across devices of the class.")
     background_load_mean: float | None = Field(None, ge=0, lt=1, description="Mean share of compute taken by background work.")
-    background_load_change_mean_s: float | None = Field(None, gt=0, description="Mean time between background-load changes, s.")
-    memory_gb: float | None = Field(None, gt=0, description="Device memory, GB (1e9 bytes).")
-    memory_pressure_levels: list[float] | None = Field(None, min_length=1, description="Share of memory used by other apps in each pressure state.")
-    memory_pressure_mean_hold_s: list[float] | None = Field(None, min_length=1, description="Mean sojourn in each pressure state, s.")
+    background_load_change_mean_s: float | None = Field(None, ge=1e-3, le=1e8, description="Mean time between background-load changes, s.")
+    memory_gb: float | None = Field(None, gt=0, le=4096.0, description="Device memory, GB (1e9 bytes).")
+    memory_pressure_levels: list[Annotated[float, Field(ge=0, lt=1)]] | None = Field(None, min_length=1, description="Share of memory used by other apps in each pressure state.")
+    memory_pressure_mean_hold_s: list[Annotated[float, Field(ge=1e-3, le=1e9)]] | None = Field(None, min_length=1, description="Mean sojourn in each pressure state, s.")
     oom_mode: Literal["kill", "swap"] | None = Field(None, description="On a memory-pressure rise during a job: kill it or slow it by swapping.")
-    swap_slowdown: float | None = Field(None, ge=1, description="Speed divisor while swapping.")
-    mean_on_s: float | None = Field(None, gt=0, description="Mean online session length, s.")
-    mean_off_s: float | None = Field(None, gt=0, description="Mean offline period, s.")
-    transfer_hazard_per_s: float | None = Field(None, ge=0, description="Failure rate during transfers, 1/s.")
+    swap_slowdown: float | None = Field(None, ge=1, le=1000.0, description="Speed divisor while swapping.")
+    mean_on_s: float | None = Field(None, ge=1e-3, le=1e9, description="Mean online session length, s.")
+    mean_off_s: float | None = Field(None, ge=1e-3, le=1e9, description="Mean offline period, s.")
+    transfer_hazard_per_s: float | None = Field(None, ge=0, le=1000.0, description="Failure rate during transfers, 1/s.")
     mobility: Literal["static", "street", "fly", "walk"] | None = Field(None, description="Mobility model.")
-    speed_min_mps: float | None = Field(None, ge=0, description="Minimum speed when moving, m/s.")
-    speed_max_mps: float | None = Field(None, ge=0, description="Maximum speed when moving, m/s.")
-    altitude_min_m: float | None = Field(None, ge=0, description="Lowest altitude / antenna height, m.")
-    altitude_max_m: float | None = Field(None, ge=0, description="Highest altitude / antenna height, m.")
+    speed_min_mps: float | None = Field(None, ge=0, le=150.0, description="Minimum speed when moving, m/s.")
+    speed_max_mps: float | None = Field(None, ge=0, le=150.0, description="Maximum speed when moving, m/s.")
+    altitude_min_m: float | None = Field(None, ge=0, le=10_000.0, description="Lowest altitude / antenna height, m.")
+    altitude_max_m: float | None = Field(None, ge=0, le=10_000.0, description="Highest altitude / antenna height, m.")
     tx_power_dbm: float | None = Field(None, ge=-30, le=40, description="Uplink transmit power, dBm.")
 
 
@@ -160,7 +160,7 @@ class DevicesConfig(_Strict):
     classes: dict[str, DeviceClassConfig] = Field(default_factory=dict, description="Per-class overrides; keys are device classes.")
     availability_trace: str | None = Field(None, description="FedScale availability trace (pickle) to drive on/off behaviour.")
     capacity_trace: str | None = Field(None, description="FedScale device-capacity trace (pickle): per client, the training speed (computation, ms per sample) and an access-link rate cap in each direction (communication, kbit/s); trace ids are dealt to the sorted clients in turn.")
-    mobility_interval_s: float = Field(1.0, gt=0, description="Position update interval for moving clients, s.")
+    mobility_interval_s: float = Field(1.0, ge=1e-3, le=3600.0, description="Position update interval for moving clients, s.")
     background_load: bool = Field(True, description="Slow devices by a stochastic background load.")
     memory_pressure: bool = Field(True, description="Model time-varying memory pressure (OOMs).")
     dropout: bool = Field(True, description="Model availability sessions and transfer failures.")
@@ -172,11 +172,11 @@ class DataConfig(_Strict):
     dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "synthetic"] = Field("digits", description='digits (bundled, no files), mnist / fashion_mnist (IDX), cifar10 (python batches), synthetic (Gaussian clusters).')
     dir: str | None = Field(None, description="Dataset directory (relative to the scenario file); required except for digits and synthetic.")
     partition: Literal["iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew"] = Field("dirichlet", description='How the training pool is split across clients (non-IID schemes: dirichlet, noniid_tau, label_clusters, quantity_skew).')
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet, quantity_skew).")
+    alpha: float = Field(0.5, gt=0, le=1e6, description="Dirichlet concentration (dirichlet, quantity_skew).")
     tau: float = Field(0.3, ge=0, le=1, description="non-IID(tau): share of a client's data outside its dominant class.")
-    clusters: int = Field(4, ge=1, description="label_clusters: number of client groups.")
+    clusters: int = Field(4, ge=1, le=100_000, description="label_clusters: number of client groups.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each client's data held out as its own test split.")
-    max_train_samples: int | None = Field(None, ge=10, description="Cap on the training pool size (for quick runs).")
+    max_train_samples: int | None = Field(None, ge=10, le=100_000_000, description="Cap on the training pool size (for quick runs).")
 
 
 class ModelConfig(_Strict):
@@ -186,10 +186,10 @@ class ModelConfig(_Strict):
     hidden: int = Field(64, ge=1, le=65536, description="Backbone width.")
     feature_dim: int = Field(32, ge=1, le=65536, description="Feature dimension fed to gate and experts.")
     num_experts: int = Field(4, ge=1, le=1024, description='Experts E of the MoE.')
-    top_k: int = Field(2, ge=1, description="Experts combined per sample; must be <= num_experts.")
+    top_k: int = Field(2, ge=1, le=1024, description="Experts combined per sample; must be <= num_experts.")
     expert_hidden: int = Field(32, ge=1, le=65536, description='Hidden width of each expert MLP head.')
-    gate_noise_std: float = Field(0.0, ge=0, description='Std of Gaussian noise added to gate logits during training.')
-    aux_loss_weight: float = Field(0.01, ge=0, description="Switch-style load-balancing loss weight.")
+    gate_noise_std: float = Field(0.0, ge=0, le=100.0, description='Std of Gaussian noise added to gate logits during training.')
+    aux_loss_weight: float = Field(0.01, ge=0, le=100.0, description="Switch-style load-balancing loss weight.")
 
 
 class TrainingConfig(_Strict):
@@ -198,22 +198,22 @@ class TrainingConfig(_Strict):
     optimizer: Literal["sgd", "adam"] = Field("sgd", description='Local optimizer.')
     lr: float = Field(0.05, gt=0, le=10, description='Learning rate.')
     momentum: float = Field(0.9, ge=0, lt=1, description='SGD momentum.')
-    weight_decay: float = Field(0.0, ge=0, description='L2 weight decay.')
+    weight_decay: float = Field(0.0, ge=0, le=10.0, description='L2 weight decay.')
     local_epochs: int = Field(1, ge=1, le=1000, description='Passes over the local data per round.')
-    batch_size: int = Field(32, ge=1, description='Samples per local step.')
-    fedprox_mu: float = Field(0.0, ge=0, description="FedProx proximal term weight (0 = FedAvg).")
+    batch_size: int = Field(32, ge=1, le=1_000_000, description='Samples per local step.')
+    fedprox_mu: float = Field(0.0, ge=0, le=1000.0, description="FedProx proximal term weight (0 = FedAvg).")
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads used for training.")
 
 
 class FedMoEConfig(_Strict):
     """``protocol.fedmoe``: the server-side federated MoE round loop."""
 
-    clients_per_round: int = Field(10, ge=1, description="Clients the server wants per round.")
+    clients_per_round: int = Field(10, ge=1, le=10_000_000, description="Clients the server wants per round.")
     over_selection: float = Field(1.3, ge=1.0, le=10.0, description="Select this factor more clients to absorb stragglers.")
-    deadline_s: float = Field(60.0, gt=0, description="Round deadline, s after dispatch.")
-    min_completions: int | None = Field(None, ge=1, description="End the round at the first K completions (default: clients_per_round).")
+    deadline_s: float = Field(60.0, gt=0, le=1e6, description="Round deadline, s after dispatch.")
+    min_completions: int | None = Field(None, ge=1, le=10_000_000, description="End the round at the first K completions (default: clients_per_round).")
     train_shared: bool = Field(True, description="Clients also train the backbone and gate.")
-    server_compute_s: float = Field(0.0, ge=0, description="Server aggregation time per round, s.")
+    server_compute_s: float = Field(0.0, ge=0, le=1e6, description="Server aggregation time per round, s.")
 
 
 class NMoEConfig(_Strict):
@@ -223,10 +223,10 @@ class NMoEConfig(_Strict):
     gate: Literal["rangate", "rollgate", "fedgate"] = Field("fedgate", description='Stage 3: rangate (random routing), rollgate (pseudo client-id classifier), fedgate (FedAvg inside the MoE).')
     rollgate_p: float = Field(0.7, gt=0, lt=1, description="rollgate: share of a client's data labelled with its own id.")
     fedgate_fraction: float = Field(0.7, gt=0, le=1, description='fedgate: share of clients sampled per epoch.')
-    dp_epsilon: float | None = Field(None, gt=0, description='fedsc: differential-privacy epsilon of the shared correlation matrices (null: no noise).')
+    dp_epsilon: float | None = Field(None, gt=0, le=1e4, description='fedsc: differential-privacy epsilon of the shared correlation matrices (null: no noise).')
     dp_delta: float = Field(1e-5, gt=0, lt=1, description='fedsc: differential-privacy delta.')
-    request_rate_per_s: float = Field(0.5, gt=0, description="Poisson inference request rate per client, 1/s.")
-    inference_horizon_s: float = Field(120.0, gt=0, description="Simulated seconds of inference traffic.")
+    request_rate_per_s: float = Field(0.5, gt=0, le=1e4, description="Poisson inference request rate per client, 1/s.")
+    inference_horizon_s: float = Field(120.0, gt=0, le=1e6, description="Simulated seconds of inference traffic.")
 
 
 class ProtocolConfig(_Strict):
@@ -250,27 +250,27 @@ class AlignmentConfig(_Strict):
     """``alignment``: client-expert alignment state and policy."""
 
     policy: str = Field("load_balanced", description="random, greedy, load_balanced, optimal, deadline_aware.")
-    w_f: float = Field(1.0, ge=0, description="load_balanced / deadline_aware: weight of normalised fitness.")
-    w_u: float = Field(0.5, ge=0, description="load_balanced / deadline_aware: weight of normalised usage (penalty).")
-    w_r: float = Field(0.5, ge=0, description="load_balanced / deadline_aware: weight of the in-round load (0 = the paper's rule).")
-    min_load: int = Field(0, ge=0, description="optimal: fewest clients per expert each round.")
-    max_load: int | None = Field(None, ge=1, description="optimal: most clients per expert each round (null: unbounded).")
+    w_f: float = Field(1.0, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised fitness.")
+    w_u: float = Field(0.5, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised usage (penalty).")
+    w_r: float = Field(0.5, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of the in-round load (0 = the paper's rule).")
+    min_load: int = Field(0, ge=0, le=10_000_000, description="optimal: fewest clients per expert each round.")
+    max_load: int | None = Field(None, ge=1, le=10_000_000, description="optimal: most clients per expert each round (null: unbounded).")
     on_infeasible: Literal["raise", "relax"] = Field("relax", description="optimal: when load bounds cannot be met, fail or drop them.")
-    min_k: int = Field(0, ge=0, description="deadline_aware: experts given regardless of predicted time.")
+    min_k: int = Field(0, ge=0, le=1024, description="deadline_aware: experts given regardless of predicted time.")
     reward: Literal["gate_prob", "loss"] = Field("gate_prob", description="Fitness reward: the gate's mean routing probability (all experts) or loss reduction (trained experts).")
     fitness_ema: float = Field(0.3, gt=0, le=1, description='Weight of a new reward in the fitness EMA.')
     fitness_decay: float = Field(0.95, gt=0, le=1, description='Per-round decay of fitness for pairs without feedback.')
     usage_decay: float = Field(0.9, ge=0, le=1, description='Per-round decay of expert usage (U <- decay x U + load).')
-    max_experts_per_client: int | None = Field(None, ge=1, description="Cap on k_c regardless of capacity.")
+    max_experts_per_client: int | None = Field(None, ge=1, le=1024, description="Cap on k_c regardless of capacity.")
     capacity: CapacityConfig = Field(default_factory=CapacityConfig)
 
 
 class EvaluationConfig(_Strict):
     """``evaluation``: when and how the global model is evaluated."""
 
-    every_rounds: int = Field(1, ge=1, description='Evaluate the global model every this many rounds (and at the last).')
+    every_rounds: int = Field(1, ge=1, le=100_000, description='Evaluate the global model every this many rounds (and at the last).')
     target_accuracy: float = Field(0.8, gt=0, le=1, description="Accuracy for time-to-target metrics.")
-    max_test_samples: int | None = Field(None, ge=10, description='Cap on the global test set size (null: all).')
+    max_test_samples: int | None = Field(None, ge=10, le=100_000_000, description='Cap on the global test set size (null: all).')
 
 
 class OutputConfig(_Strict):
@@ -278,7 +278,7 @@ class OutputConfig(_Strict):
 
     dir: str = Field("runs", description="Parent directory of run directories (relative to the working directory).")
     figures: bool = Field(True, description="Write figures at the end of the run.")
-    link_sample_s: float = Field(5.0, gt=0, description="Link utilisation sampling interval, s.")
+    link_sample_s: float = Field(5.0, ge=1e-3, le=1e6, description="Link utilisation sampling interval, s.")
 
 
 class Scenario(_Strict):
