@@ -82,6 +82,17 @@ def _arithmetic_error(loaded: LoadedScenario, e: BaseException) -> ScenarioError
                          "check extreme values", file=str(loaded.path) if loaded.path else None)
 
 
+def _client_summary(world: Any) -> dict[str, Any]:
+    """Clients per device class and those offline for the whole run (never selectable)."""
+    from collections import Counter
+
+    devs = getattr(world, "devices", {}) or {}
+    per_class = Counter(world.device_class(c) for c in devs)
+    never = sorted(c for c, d in devs.items() if not getattr(d, "ever_online", True))
+    return {"total": len(devs), "per_class": dict(sorted(per_class.items())),
+            "offline_whole_run": len(never), "offline_whole_run_ids": never[:50]}
+
+
 def _write_frames(run_dir: Path, frames: dict[str, pd.DataFrame]) -> None:
     for name, df in frames.items():
         write_parquet(run_dir / f"{name}.parquet", df)
@@ -148,7 +159,9 @@ def run(
             run_dir = make_run_dir(Path(s.output.dir), f"{s.run.name}-seed{s.run.seed}")
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "figures").mkdir(exist_ok=True)
+        draw = s.output.figures if figures is None else figures
+        if draw:  # no empty figures/ for runs that draw none (sweeps, --no-figures)
+            (run_dir / "figures").mkdir(exist_ok=True)
         manifest = base_manifest(s.model_dump(mode="json"), s.run.seed)
         manifest["started_at"] = started.isoformat(timespec="milliseconds")
         manifest["scenario_file"] = str(loaded.path) if loaded.path else None
@@ -170,6 +183,7 @@ def run(
     manifest["finished_at"] = (started + timedelta(seconds=wall_s)).isoformat(timespec="milliseconds")
     manifest["wall_s"] = round(wall_s, 3)
     manifest["sim_end_s"] = float(world.sim.now)
+    manifest["clients"] = _client_summary(world)
     if failed is not None:
         interrupted = isinstance(failed, KeyboardInterrupt)
         manifest["status"] = "interrupted" if interrupted else "failed"
@@ -186,7 +200,7 @@ def run(
     write_json(run_dir / "manifest.json", manifest)
 
     figs: list[Path] = []
-    if s.output.figures if figures is None else figures:
+    if draw:
         from analysis.plots import plot_run
 
         figs = list(plot_run(run_dir))

@@ -63,6 +63,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
                                  "protocol.nmoe.gate=rollgate"),
     "protocol.nmoe.fedgate_fraction": ("protocol.name=nmoe", "run.rounds=1",
                                        "protocol.nmoe.inference_horizon_s=4", "protocol.nmoe.gate=fedgate"),
+    "protocol.name": ("protocol.nmoe.inference_horizon_s=4",),  # nmoe: a short inference phase
     "alignment.min_load": ("alignment.policy=optimal",),
     "alignment.max_load": ("alignment.policy=optimal",),
     "alignment.on_infeasible": ("alignment.policy=optimal", "alignment.max_load=1"),

@@ -129,6 +129,7 @@ class Device:
         self.availability = availability
         self.online = True
         self.processes: dict[str, simpy.Process] = {}
+        self.ever_online = True  # set after the initial state below
         if p.background_load_mean > 0:
             self.background_load = self._draw_load()
             self.processes["load"] = self.env.process(self._load_loop())
@@ -141,6 +142,7 @@ class Device:
             frac_on = p.mean_on_s / (p.mean_on_s + p.mean_off_s)
             self.online = bool(self._rng_avail.random() < frac_on)
             self.processes["availability"] = self.env.process(self._onoff_loop())
+        self.ever_online = self.online
 
     # -- compute speed -------------------------------------------------------
     def speed_flops(self) -> float:
@@ -356,6 +358,7 @@ class Device:
         if self.online:
             return
         self.online = True
+        self.ever_online = True
         self.sim.rec.event(self.env.now, "online", node=self.node)
 
     def _onoff_loop(self) -> Any:

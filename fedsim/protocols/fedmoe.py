@@ -89,6 +89,7 @@ class FedMoE(Protocol):
         self._k_event: simpy.Event | None = None
         self._k_needed = 0
         self._completed = 0
+        self._online_at_selection = 0  # clients online when round r selected its clients
         self._last_load = np.zeros(self.E)  # samples routed to each expert in the last aggregation
 
     # ----------------------------------------------------------------- run
@@ -116,6 +117,7 @@ class FedMoE(Protocol):
         t0 = float(self.env.now)
         self.rec.event(t0, "round_start", round=r)
         # a client without training data has nothing to contribute (skewed partitions can leave some empty)
+        self._online_at_selection = sum(1 for c in w.clients if w.is_online(c))  # the rounds table's ``online``
         online = [c for c in w.clients if w.is_online(c) and w.num_samples(c) > 0]
         n_sel = min(len(online), math.ceil(cfg.clients_per_round * cfg.over_selection))
         idx = self.rng_select.choice(len(online), size=n_sel, replace=False) if n_sel else []
@@ -313,7 +315,7 @@ class FedMoE(Protocol):
             t_download_s=mean([o.t_download_s for o in done]), t_compute_s=mean([o.t_compute_s for o in done]),
             t_upload_s=mean([o.t_upload_s for o in done]), t_wait_s=mean([t_close - o.t_end_s for o in done]),
             t_server_s=t_end - t_close,
-            online=sum(1 for c in w.clients if w.is_online(c)),
+            online=self._online_at_selection,
         )
         for o in outs:
             wasted = o.status != "completed"
