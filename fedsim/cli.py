@@ -232,7 +232,6 @@ def _console() -> Any:
 
 def _cmd_compare(a: argparse.Namespace) -> int:
     from analysis.compare import compare_runs
-
     from analysis.terminal import cells_table, runs_table
 
     if len(a.run_dirs) == 1 and (Path(a.run_dirs[0]) / "sweep.parquet").is_file():
