@@ -22,6 +22,7 @@ import pandas as pd
 from analysis._style import FORMATS, colours, new_figure, save, style
 from analysis.plots import RunLike, plot_accuracy
 from analysis.rundir import RunDir, as_rundir
+from fedsim.engine.headline import headline_metrics
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -63,60 +64,26 @@ def run_target(run: RunLike) -> float | None:
 def run_summary(run: RunLike, *, target_accuracy: float | None = None) -> dict[str, Any]:
     """Summary numbers of one run.
 
-    Definitions:
-
-    - ``final_accuracy``: accuracy of the last evaluated round (NaN if none).
-    - ``best_accuracy``: maximum accuracy over evaluated rounds.
-    - ``rounds_to_target``: number of rounds run until the first evaluated round
-      whose accuracy is >= ``target_accuracy`` (``round + 1`` of that round,
-      rounds are numbered from 0); NaN if never reached. Without
-      ``target_accuracy`` the run's own ``evaluation.target_accuracy`` is used.
-    - ``sim_s_to_target``: simulated seconds at the end of that round
-      (``t_end_s``); NaN likewise.
-    - ``stragglers``, ``dropouts``, ``ooms``: totals over rounds.
-    - ``bytes_total``: sum of ``bytes_up + bytes_down`` over rounds (bytes).
-    - ``sim_s_total``: simulated seconds at the end of the last round
-      (manifest ``sim_end_s`` when there are no rounds).
-
-    Column names match the headline metrics of a sweep index
-    (``fedsim.sweep.METRICS``) so run and sweep tables read alike.
+    The headline metrics (``final_accuracy``, ``best_accuracy``,
+    ``rounds_to_target``, ``sim_s_to_target``, ``stragglers``, ``dropouts``,
+    ``ooms``, ``bytes_total``, ``sim_s_total``) are
+    :func:`fedsim.engine.headline.headline_metrics`, the same function as the
+    sweep index's, so run and sweep tables read alike.
+    Without ``target_accuracy`` the run's own ``evaluation.target_accuracy`` is used.
     """
     run = as_rundir(run)
-    r = run.rounds.sort_values("round")
-    acc = r["accuracy"].astype(float) if "accuracy" in r.columns else pd.Series(dtype=float)
-    ev = r[np.isfinite(acc)]
-    evacc = ev["accuracy"].astype(float) if len(ev) else pd.Series(dtype=float)
-    rtt = ttt = math.nan
+    r = run.rounds
     if target_accuracy is None:  # the run's own evaluation.target_accuracy (schema default 0.8)
         target_accuracy = run_target(run)
-    if target_accuracy is not None and len(ev):
-        hit = ev[evacc >= target_accuracy]
-        if len(hit):
-            first = hit.iloc[0]
-            rtt = int(first["round"]) + 1
-            ttt = float(first["t_end_s"])
-
-    def _sum(col: str) -> float:
-        return float(r[col].sum()) if col in r.columns else math.nan
-
     man = run.manifest
+    h = headline_metrics(r, target_accuracy, man.get("sim_end_s"))
     return {
         "name": run.name,
         "protocol": run.protocol,
         "policy": run.policy,
         "seed": run.seed,
         "rounds": int(len(r)),
-        "final_accuracy": float(evacc.iloc[-1]) if len(evacc) else math.nan,
-        "best_accuracy": float(evacc.max()) if len(evacc) else math.nan,
-        "rounds_to_target": rtt,
-        "sim_s_to_target": ttt,
-        "stragglers": _sum("stragglers"),
-        "dropouts": _sum("dropouts"),
-        "ooms": _sum("ooms"),
-        "bytes_total": _sum("bytes_up") + _sum("bytes_down"),
-        "sim_s_total": float(r["t_end_s"].max())
-        if len(r)
-        else float(man.get("sim_end_s") or math.nan),
+        **{k: h[k] for k in SUMMARY_COLUMNS if k in h},
         "wall_s": float(man["wall_s"]) if man.get("wall_s") is not None else math.nan,
         "status": str(man.get("status", "?")),
         "path": str(run.path),
@@ -202,6 +169,9 @@ def aggregate_cells(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.D
     Returns:
         One row per cell: the ``by`` columns, then for each metric ``m``:
         ``m_mean``, ``m_std``, ``m_n``, ``m_ci95`` (half-width), ``m_lo``, ``m_hi``.
+
+    Raises:
+        KeyError: a ``by`` or ``metrics`` column is not in ``df``.
     """
     from scipy.stats import t as student_t
 

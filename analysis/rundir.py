@@ -1,7 +1,8 @@
 """Lazy, read-only access to a saved run directory.
 
-A run directory is the only thing the analysis layer reads; it never imports
-the simulator. Layout (the contract written by the simulator)::
+A run directory is the only thing the analysis layer reads; of the simulator
+it imports only the declaration of the tables (:mod:`fedsim.engine.tables`).
+Layout (the contract written by the simulator)::
 
     RUN_DIR/
       manifest.json        resolved scenario, seed, versions, status, wall time
@@ -30,17 +31,11 @@ from typing import Any
 
 import pandas as pd
 
-TABLES: tuple[str, ...] = (
-    "rounds",
-    "clients",
-    "events",
-    "links",
-    "nodes",
-    "edges",
-    "assignments",
-    "experts",
-    "requests",
-)
+from fedsim.engine.tables import TABLES as _DECLARED
+
+#: Tables a run directory may hold, from the one declaration of the run
+#: directory (:mod:`fedsim.engine.tables`, which imports only pandas).
+TABLES: tuple[str, ...] = tuple(_DECLARED)
 
 
 class RunDir:

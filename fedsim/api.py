@@ -15,12 +15,14 @@ import pandas as pd
 
 from fedsim.config import LoadedScenario, ScenarioError
 from fedsim.config import load_scenario as _load
+from fedsim.engine.tables import TABLES as _TABLE_SCHEMAS
+from fedsim.engine.tables import check_frame
 from fedsim.rundir import atomic_write_text, base_manifest, make_run_dir, write_json, write_parquet
 
 __all__ = ["RunResult", "load_scenario", "run", "ProgressFn", "TABLES"]
 
-#: Tables a run may write, as ``<name>.parquet`` in the run directory.
-TABLES = ("events", "rounds", "clients", "links", "nodes", "edges", "assignments", "experts", "requests")
+#: Tables a run may write, as ``<name>.parquet`` in the run directory (declared in :mod:`fedsim.engine.tables`).
+TABLES = tuple(_TABLE_SCHEMAS)
 
 #: Progress callback: called with keyword fields (round, rounds, t_s, accuracy, bytes).
 ProgressFn = Callable[..., None]
@@ -94,6 +96,13 @@ def _client_summary(world: Any) -> dict[str, Any]:
 
 
 def _write_frames(run_dir: Path, frames: dict[str, pd.DataFrame]) -> None:
+    """Check every frame against its declared table, then write each as ``<name>.parquet``.
+
+    Raises:
+        TableSchemaError: a frame does not match its declaration (nothing is written then).
+    """
+    for name, df in frames.items():
+        check_frame(name, df)
     for name, df in frames.items():
         write_parquet(run_dir / f"{name}.parquet", df)
 
@@ -124,6 +133,8 @@ def run(
         ScenarioError: bad input (a broken rule, including the world rules
             checked when the world is built; ``out_dir`` already holds files),
             before anything is written.
+        TableSchemaError: a recorded table does not match
+            :mod:`fedsim.engine.tables` (a bug in the simulator).
         Exception: whatever the simulation raised, after the run directory is
             written with ``status: failed``.
     """
@@ -147,8 +158,19 @@ def run(
         # hold the expected files, ...) fails before anything is written
         try:
             world = build_world(loaded)
-            proto = make_protocol(world, progress=progress)
         except ArithmeticError as e:  # overflow, division by zero... from extreme values
+            raise _arithmetic_error(loaded, e) from None
+        sinks: list[Any] = []  # live sinks (output.tensorboard), opened once run_dir exists
+
+        def _progress(**kw: Any) -> None:
+            if progress is not None:
+                progress(**kw)
+            for sink in sinks:
+                sink.update(world.sim.rec.rows("rounds"))
+
+        try:
+            proto = make_protocol(world, progress=_progress)
+        except ArithmeticError as e:
             raise _arithmetic_error(loaded, e) from None
         # the world's long-lived objects need no cyclic GC passes: 25-40% less CPU, same results
         gc.collect()
@@ -166,12 +188,19 @@ def run(
         manifest["started_at"] = started.isoformat(timespec="milliseconds")
         manifest["scenario_file"] = str(loaded.path) if loaded.path else None
         write_json(run_dir / "manifest.json", manifest)
+        if s.output.tensorboard:
+            from fedsim.engine.sinks import TensorBoardSink
+
+            sinks.append(TensorBoardSink(run_dir / "tensorboard"))
 
         failed: BaseException | None = None
         try:
             proto.run()
         except BaseException as exc:  # noqa: BLE001 - re-raised after saving what we have
             failed = exc
+        for sink in sinks:  # rounds recorded after the last progress call, then close
+            sink.update(world.sim.rec.rows("rounds"))
+            sink.close()
     finally:
         restore_threads()
         gc.set_threshold(*gc_threshold)

@@ -421,14 +421,10 @@ class World:
 
     @staticmethod
     def cause_status(cause: Any) -> str:
-        """Client status for an interrupt cause: ``oom``, ``dropout`` or ``straggler``."""
-        from fedsim.devices.causes import Dropout, OutOfMemory
+        """Client status for an interrupt cause (``cause.status``: ``oom``, ``dropout`` or ``straggler``)."""
+        from fedsim.devices.causes import interrupt_status
 
-        if isinstance(cause, OutOfMemory):
-            return "oom"
-        if isinstance(cause, Dropout):
-            return "dropout"
-        return "straggler"
+        return interrupt_status(cause)
 
     def true_capacity(self, c: str) -> Any:
         """Ground-truth capacity of ``c`` (what a device would self-report, before noise)."""

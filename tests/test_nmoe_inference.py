@@ -119,6 +119,14 @@ def test_nmoe_protocol_on_stand_in_world() -> None:
     assert ev_own["test"] == "own" and 0.0 <= ev_glob["accuracy"] <= 1.0
     (summ,) = sim.rec.rows("nmoe_inference")
     assert summ["n"] == len(rows) and np.isfinite(summ["p99_s"])
+    # one rounds row per training stage; the gate's row carries the trained model's global accuracy
+    stages = sim.rec.rows("rounds")
+    assert [r["stage"] for r in stages] == ["extractor", "experts", "gate"]
+    assert stages[-1]["accuracy"] == ev_glob["accuracy"] and np.isfinite(stages[0]["loss"])
+    from fedsim.engine.tables import check_frame
+
+    for name, df in sim.rec.frames().items():
+        check_frame(name, df)  # every table nmoe writes is declared
 
 
 def test_star_network_validates() -> None:

@@ -63,9 +63,9 @@ def test_internal_error_keeps_what_was_written(tmp_path: Path, monkeypatch: pyte
 
     real = fedmoe.FedMoE.record_round
 
-    def boom(self, r, *a, **k):  # noqa: ANN001, ANN002, ANN003
-        real(self, r, *a, **k)
-        if r == 1:
+    def boom(self, st, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        real(self, st, *a, **k)
+        if st.round == 1:
             raise RuntimeError("simulated crash in round 1")
 
     monkeypatch.setattr(fedmoe.FedMoE, "record_round", boom)

@@ -1,6 +1,6 @@
 """Devices: compute speed, memory pressure, availability / dropout, traces."""
 
-from fedsim.devices.causes import Dropout, OutOfMemory
+from fedsim.devices.causes import Deadline, Dropout, OutOfMemory, interrupt_status
 from fedsim.devices.device import ComputeResult, Device
 from fedsim.devices.params import DEVICE_CLASSES, DeviceClassParams, default_device_classes
 from fedsim.devices.traces import (
@@ -19,6 +19,7 @@ __all__ = [
     "Device",
     "DeviceCapacity",
     "DeviceClassParams",
+    "Deadline",
     "Dropout",
     "OutOfMemory",
     "availability_from_fedscale",
@@ -26,4 +27,5 @@ __all__ = [
     "default_device_classes",
     "load_fedscale_availability",
     "load_fedscale_capacity",
+    "interrupt_status",
 ]

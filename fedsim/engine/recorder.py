@@ -14,14 +14,13 @@ from typing import Any
 
 import pandas as pd
 
+from fedsim.engine.tables import TABLES
+
 __all__ = ["Recorder", "EVENT_COLUMNS"]
 
-#: Fixed leading columns of the ``events`` table. ``t_s``: simulated time in
-#: seconds; ``round``: protocol round (-1 outside rounds); ``node``: node id
-#: the event concerns; ``kind``: event kind (``transfer``, ``compute``,
-#: ``oom``, ``dropout``, ``handover``, ``fading``, ...); ``bytes``: bytes
-#: moved or wasted; ``seconds``: duration in simulated seconds.
-EVENT_COLUMNS = ("t_s", "round", "node", "kind", "bytes", "seconds")
+#: Fixed leading columns of the ``events`` table (declared, with units, in
+#: :mod:`fedsim.engine.tables`).
+EVENT_COLUMNS = tuple(c.name for c in TABLES["events"].columns if c.required)
 
 
 class Recorder:

@@ -1,29 +1,48 @@
-"""Protocols: the SimPy processes of servers and clients (fedmoe, nmoe)."""
+"""Protocols: the SimPy processes of servers and clients.
+
+A protocol is a subclass of :class:`~fedsim.protocols.base.Protocol`, listed
+once, by name, in :data:`REGISTRY` (imported only when it is looked up, so a
+run of one protocol never imports another's dependencies).
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fedsim.protocols.base import Protocol
+from fedsim.protocols.base import ClientOutcome, Protocol, RoundState
 
 if TYPE_CHECKING:
-    from fedsim.build import World
+    from fedsim.protocols.world import ProtocolWorld
 
-__all__ = ["Protocol", "make_protocol", "PROTOCOL_NAMES"]
+__all__ = ["Protocol", "ClientOutcome", "RoundState", "REGISTRY", "PROTOCOL_NAMES", "make_protocol", "protocol_class"]
 
-PROTOCOL_NAMES = ("fedmoe", "nmoe")
+#: Protocol name -> ``"module:Class"``: the one place a protocol is registered.
+REGISTRY: dict[str, str] = {
+    "fedmoe": "fedsim.protocols.fedmoe:FedMoE",
+    "nmoe": "fedsim.protocols.nmoe:NMoE",
+}
+
+PROTOCOL_NAMES = tuple(REGISTRY)
 
 
-def make_protocol(world: World, progress: Callable[..., Any] | None = None) -> Protocol:
-    """The protocol named by ``world.scenario.protocol.name``."""
-    name = world.scenario.protocol.name
-    if name == "fedmoe":
-        from fedsim.protocols.fedmoe import FedMoE
+def protocol_class(name: str) -> type[Protocol]:
+    """The class of protocol ``name``.
 
-        return FedMoE(world, progress)
-    if name == "nmoe":
-        from fedsim.protocols.nmoe import NMoE
+    Raises:
+        ValueError: ``name`` is not in :data:`REGISTRY`.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown protocol {name!r} (valid: {', '.join(PROTOCOL_NAMES)})")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
-        return NMoE(world, progress)
-    raise ValueError(f"unknown protocol {name!r} (valid: {', '.join(PROTOCOL_NAMES)})")
+
+def make_protocol(world: ProtocolWorld, progress: Callable[..., Any] | None = None) -> Protocol:
+    """The protocol named by ``world.scenario.protocol.name``, built on ``world``.
+
+    Raises:
+        ValueError: the name is not a known protocol.
+    """
+    return protocol_class(world.scenario.protocol.name)(world, progress)

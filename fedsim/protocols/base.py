@@ -1,40 +1,332 @@
-"""The protocol template: a protocol runs a scenario's processes on a built world."""
+"""The protocol template: the base class owns the round loop and its bookkeeping,
+a protocol supplies the hooks.
+
+The synchronous round (:meth:`Protocol.play_round`, Flower-strategy style)::
+
+    round_start event
+    selected   = select(r)                      # who takes part
+    tasks      = assign(r, selected)            # client -> expert list ([] = skipped)
+    dispatch: one process per client with a non-empty task, running
+              client_round(outcome)            # fills the ClientOutcome
+    wait until round_deadline_s(), or min_completions() uploads, or all done;
+    interrupt the late ones with Deadline      # their status becomes "straggler"
+    update     = aggregate(r, arrived)          # clients whose status is "completed"
+    server compute (server_compute_s())
+    metrics    = evaluate(r)                    # only when should_evaluate(r)
+    rows of rounds / clients / assignments, then record_round_extra(state)
+    round_end event, progress
+
+Edge cases: nobody selected, or every task empty -> nobody is dispatched and
+the round idles for ``min(round_deadline_s(), 10 s)`` (the clock always
+advances); ``aggregate`` is still called, with no arrivals. A client whose
+task is empty is recorded with status ``skipped``. A client process that
+ends in any status but ``completed`` gets one ``client_lost`` event (the
+device already logged its ``oom`` / ``dropout``).
+
+An alternative loop (asynchronous dispatch, FedBuff) reuses the same hooks:
+``select`` / ``assign`` to pick and task a client, :meth:`Protocol.client_process`
+to run ``client_round`` with its bookkeeping, ``aggregate`` on a buffer of
+arrivals, ``evaluate``. A protocol that is not a round loop at all (``nmoe``:
+training then inference) overrides :meth:`Protocol.run` and still writes its
+``rounds`` rows through :meth:`Protocol.record_rounds_row`.
+
+Registering a protocol: one line ``name: "module:Class"`` in ``REGISTRY`` of
+:mod:`fedsim.protocols` (the one place protocols are listed).
+"""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import math
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from fedsim.devices.causes import Deadline
 
 if TYPE_CHECKING:
-    from fedsim.build import World
+    import simpy
 
-__all__ = ["Protocol"]
+    from fedsim.protocols.world import ProtocolWorld
 
+__all__ = ["Protocol", "ClientOutcome", "RoundState", "STATUSES"]
 
-class Protocol(ABC):
-    """Base of ``fedmoe`` and ``nmoe``.
+#: Client-round statuses, in the order the ``rounds`` table counts them.
+STATUSES = ("completed", "straggler", "dropout", "oom", "skipped")
 
-    A protocol owns the SimPy processes of the server and the clients; it
-    records into ``world.sim.rec`` and reports progress through the
-    optional callback (keyword fields ``round``, ``rounds``, ``t_s``,
-    ``accuracy``, ``bytes``).
+@dataclass
+class ClientOutcome:
+    """What happened to one selected client in one round (times in s, sizes in bytes).
+
+    ``phase`` is the phase the client was in when its round ended
+    (``download``, ``compute``, ``upload``; ``""`` if it never started).
     """
 
-    name: str = ""
+    client: str
+    round: int
+    experts: list[int]
+    t_dispatch_s: float
+    status: str = "running"
+    t_download_s: float = 0.0
+    t_compute_s: float = 0.0
+    t_upload_s: float = 0.0
+    t_end_s: float = math.nan
+    bytes_down: float = 0.0
+    bytes_up: float = 0.0
+    flops: float = 0.0
+    num_samples: int = 0
+    bs: str = ""
+    phase: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, world: World, progress: Callable[..., Any] | None = None) -> None:
+
+@dataclass
+class RoundState:
+    """One round as the base loop sees it (times in simulated seconds)."""
+
+    round: int
+    t_start_s: float
+    selected: list[str] = field(default_factory=list)
+    tasks: dict[str, list[int]] = field(default_factory=dict)
+    t_close_s: float = math.nan
+    t_end_s: float = math.nan
+    online: int = 0  # clients online when the round selected its clients (the rounds table's ``online``)
+    update: Any = None
+    metrics: dict[str, float] = field(default_factory=lambda: {"accuracy": math.nan, "f1": math.nan, "auc": math.nan})
+
+
+class Protocol:
+    """Base of every protocol: the loop and the bookkeeping (module docstring).
+
+    A protocol records into ``world.sim.rec`` and reports progress through the
+    optional callback (keyword fields ``round``, ``rounds``, ``t_s``,
+    ``accuracy``, ``bytes``). Subclasses set ``name`` and implement the hooks
+    they need; the defaults select nobody and aggregate / evaluate nothing.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, world: ProtocolWorld, progress: Callable[..., Any] | None = None) -> None:
         self.world = world
         self.sim = world.sim
         self.env = world.sim.env
         self.rec = world.sim.rec
         self._progress = progress
+        self.bytes_moved = 0.0
+        self.outcomes: dict[str, ClientOutcome] = {}
+        self._procs: dict[str, simpy.Process] = {}
+        self._k_event: simpy.Event | None = None
+        self._k_needed = 0
+        self._completed = 0
 
+    # ------------------------------------------------------------ hooks
+    def select(self, r: int) -> list[str]:
+        """Clients taking part in round ``r`` (sorted ids). Default: nobody."""
+        return []
+
+    def assign(self, r: int, selected: list[str]) -> dict[str, list[int]]:
+        """Task of each selected client (expert indices; ``[]`` = skipped). Default: none."""
+        return {}
+
+    def client_round(self, o: ClientOutcome) -> Generator[Any, Any, None]:
+        """SimPy process body of one client's round: fill ``o`` (status, phase
+        times, bytes, ``phase``). It may be interrupted with a cause (see
+        :mod:`fedsim.devices.causes`) and must then set ``o.status``.
+
+        Raises:
+            NotImplementedError: a round-loop protocol must implement it.
+        """
+        raise NotImplementedError(f"protocol {self.name!r} has no client_round")
+        yield  # pragma: no cover - makes this a generator
+
+    def aggregate(self, r: int, arrived: list[str]) -> Any:
+        """Fold the updates of ``arrived`` (sorted ids, status ``completed``) into the model; the return value is kept in :attr:`RoundState.update`."""
+        return None
+
+    def evaluate(self, r: int) -> dict[str, float]:
+        """Metrics of the global model (``accuracy``, ``f1``, ``auc``). Default: nan."""
+        return {"accuracy": math.nan, "f1": math.nan, "auc": math.nan}
+
+    def new_outcome(self, c: str, task: list[int], r: int) -> ClientOutcome:
+        """The outcome record a dispatched client starts with (at dispatch time)."""
+        return ClientOutcome(c, r, task, float(self.env.now))
+
+    def round_deadline_s(self) -> float:
+        """Seconds after dispatch at which the round closes. Default: infinite."""
+        return math.inf
+
+    def min_completions(self, dispatched: int) -> int:
+        """Completions that close the round early. Default: all dispatched."""
+        return dispatched
+
+    def server_compute_s(self) -> float:
+        """Simulated seconds of server work after aggregation. Default 0."""
+        return 0.0
+
+    def should_evaluate(self, r: int) -> bool:
+        """Whether round ``r`` is evaluated: every ``evaluation.every_rounds`` and the last round."""
+        s = self.world.scenario
+        return (r + 1) % s.evaluation.every_rounds == 0 or r == s.run.rounds - 1
+
+    def expert_load_cv(self, state: RoundState) -> float:
+        """The ``rounds.expert_load_cv`` value of a round. Default: nan."""
+        return math.nan
+
+    def record_round_extra(self, state: RoundState) -> None:
+        """Protocol-specific rows of a finished round (e.g. ``experts``). Default: none."""
+
+    def on_start(self) -> None:
+        """Called once before the first round."""
+
+    def on_end(self) -> None:
+        """Called once after the last round, inside the server process."""
+
+    # ------------------------------------------------------------ loop
     def progress(self, **fields: Any) -> None:
         """Report progress to the callback, if any."""
         if self._progress is not None:
             self._progress(**fields)
 
-    @abstractmethod
     def run(self) -> None:
-        """Run the whole simulation; results are left in ``world.sim.rec``."""
+        """Run all rounds (or until ``run.horizon_s``); results are left in ``world.sim.rec``."""
+        server = self.env.process(self.serve())
+        self.env.run(until=server)
+        self.world.finish()
+
+    def serve(self) -> Generator[Any, Any, None]:
+        """The server process: ``run.rounds`` rounds, stopping at ``run.horizon_s``."""
+        s = self.world.scenario
+        rounds = s.run.rounds
+        self.on_start()
+        self.progress(round=0, rounds=rounds, t_s=0.0, bytes=0.0)
+        for r in range(rounds):
+            if s.run.horizon_s is not None and self.env.now >= s.run.horizon_s:
+                break
+            yield from self.play_round(r)
+        self.on_end()
+
+    def play_round(self, r: int) -> Generator[Any, Any, RoundState]:
+        """One synchronous round (module docstring); returns its :class:`RoundState`."""
+        st = RoundState(r, float(self.env.now))
+        self.rec.event(st.t_start_s, "round_start", round=r)
+        st.online = sum(1 for c in self.world.clients if self.world.is_online(c))
+        st.selected = self.select(r)
+        st.tasks = self.assign(r, st.selected) if st.selected else {}
+
+        self.outcomes = {}
+        self._procs = {}
+        self._completed = 0
+        dispatched = [c for c in st.selected if st.tasks.get(c)]
+        for c in st.selected:
+            if not st.tasks.get(c):
+                self.outcomes[c] = ClientOutcome(c, r, [], st.t_start_s, status="skipped", t_end_s=st.t_start_s, bs=self.world.serving_bs(c))
+        self._k_needed = min(self.min_completions(len(dispatched)), len(dispatched))
+        self._k_event = self.env.event()
+        for c in dispatched:
+            self._procs[c] = self.env.process(self.client_process(c, list(st.tasks[c]), r))
+
+        deadline = self.round_deadline_s()
+        if dispatched:
+            waits = [self._k_event, self.env.all_of(list(self._procs.values()))]
+            if math.isfinite(deadline):
+                waits.insert(0, self.env.timeout(deadline))
+            yield self.env.any_of(waits)
+        else:
+            yield self.env.timeout(min(deadline, 10.0))
+        st.t_close_s = float(self.env.now)
+        late = [p for p in self._procs.values() if p.is_alive]
+        for p in late:
+            p.interrupt(Deadline())
+        if late:
+            yield self.env.all_of(late)
+
+        arrived = sorted(c for c, o in self.outcomes.items() if o.status == "completed")
+        st.update = self.aggregate(r, arrived)
+        if self.server_compute_s() > 0:
+            yield self.env.timeout(self.server_compute_s())
+        st.t_end_s = float(self.env.now)
+        if self.should_evaluate(r):
+            st.metrics = dict(self.evaluate(r))
+        self.record_round(st)
+        self.record_round_extra(st)
+        self.rec.event(st.t_end_s, "round_end", round=r, seconds=st.t_end_s - st.t_start_s)
+        self.progress(round=r + 1, t_s=st.t_end_s, accuracy=st.metrics["accuracy"], bytes=self.bytes_moved)
+        return st
+
+    def client_process(self, c: str, task: list[int], r: int) -> Generator[Any, Any, ClientOutcome]:
+        """Process of one dispatched client: outcome, :meth:`client_round`, bookkeeping
+        (completion count, bytes moved, ``client_lost`` event)."""
+        o = self.new_outcome(c, task, r)
+        self.outcomes[c] = o
+        try:
+            yield from self.client_round(o)
+        finally:
+            o.t_end_s = float(self.env.now)
+            if o.status == "completed":
+                self._completed += 1
+                if self._completed >= self._k_needed and self._k_event is not None and not self._k_event.triggered:
+                    self._k_event.succeed()
+            self.bytes_moved += o.bytes_down + o.bytes_up
+            if o.status != "completed":
+                # one row per lost client-round; the device already logged the oom / dropout itself
+                self.rec.event(
+                    self.env.now, "client_lost", node=c, round=r, bytes=o.bytes_down + o.bytes_up,
+                    seconds=o.t_end_s - o.t_dispatch_s, phase=o.phase, status=o.status,
+                )
+        return o
+
+    # --------------------------------------------------------- records
+    def record_rounds_row(self, **fields: Any) -> None:
+        """Append one ``rounds`` row: every declared column, nan / 0 where not given.
+
+        Raises:
+            KeyError: a field that is not a declared ``rounds`` column.
+        """
+        from fedsim.engine.tables import TABLES
+
+        schema = TABLES["rounds"]
+        row = schema.blank_row()
+        for k, v in fields.items():
+            if k not in schema.names:
+                raise KeyError(f"rounds: column {k!r} is not declared in fedsim/engine/tables.py")
+            row[k] = v
+        self.rec.row("rounds", **row)
+
+    def record_round(self, st: RoundState) -> None:
+        """Write the ``rounds``, ``clients`` and ``assignments`` rows of a finished round."""
+        w = self.world
+        outs = [self.outcomes[c] for c in st.selected if c in self.outcomes]
+        done = [o for o in outs if o.status == "completed"]
+        count = {s: sum(1 for o in outs if o.status == s) for s in STATUSES}
+
+        def mean(xs: list[float]) -> float:
+            return float(np.mean(xs)) if xs else math.nan
+
+        m = st.metrics
+        self.record_rounds_row(
+            round=st.round, t_start_s=st.t_start_s, t_end_s=st.t_end_s, duration_s=st.t_end_s - st.t_start_s,
+            accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"],
+            selected=len(st.selected), completed=count["completed"], stragglers=count["straggler"],
+            dropouts=count["dropout"], ooms=count["oom"], skipped=count["skipped"],
+            bytes_up=float(sum(o.bytes_up for o in outs)), bytes_down=float(sum(o.bytes_down for o in outs)),
+            expert_load_cv=self.expert_load_cv(st),
+            t_download_s=mean([o.t_download_s for o in done]), t_compute_s=mean([o.t_compute_s for o in done]),
+            t_upload_s=mean([o.t_upload_s for o in done]), t_wait_s=mean([st.t_close_s - o.t_end_s for o in done]),
+            t_server_s=st.t_end_s - st.t_close_s,
+            online=st.online,
+        )
+        for o in outs:
+            wasted = o.status != "completed"
+            self.rec.row(
+                "clients",
+                round=st.round, client=o.client, device_class=w.device_class(o.client), bs=o.bs, k=len(o.experts),
+                experts=",".join(str(e) for e in o.experts), status=o.status, t_dispatch_s=o.t_dispatch_s,
+                t_download_s=o.t_download_s, t_compute_s=o.t_compute_s, t_upload_s=o.t_upload_s, t_end_s=o.t_end_s,
+                latency_s=o.t_end_s - o.t_dispatch_s, bytes_down=o.bytes_down, bytes_up=o.bytes_up,
+                wasted_s=(o.t_end_s - o.t_dispatch_s) if wasted else 0.0,
+                wasted_bytes=(o.bytes_down + o.bytes_up) if wasted else 0.0,
+                num_samples=o.num_samples, flops=o.flops,
+            )
+            for e in o.experts:
+                self.rec.row("assignments", round=st.round, client=o.client, expert=int(e))

@@ -94,6 +94,9 @@ class InferenceSim:
     sample choices. ``online(c)`` (optional): whether ``c`` is online; an
     arrival at an offline client is dropped and counted in ``skipped_offline``.
     Rows go to ``rec.row("requests", ...)``.
+
+    Raises:
+        ValueError: ``rate_per_s`` or ``horizon_s`` is not > 0.
     """
 
     def __init__(
@@ -219,7 +222,12 @@ def latency_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 class NMoE(Protocol):
-    """The nmoe protocol: three-stage training, evaluation, serverless inference."""
+    """The nmoe protocol: three-stage training, evaluation, serverless inference.
+
+    Not a round loop: it overrides :meth:`run` (the template's documented edge
+    case) and writes its ``rounds`` rows (one per training stage) through
+    :meth:`~fedsim.protocols.base.Protocol.record_rounds_row`.
+    """
 
     name = "nmoe"
 
@@ -266,9 +274,33 @@ class NMoE(Protocol):
             self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr)
         for h in ext.history:
             self.rec.row("nmoe_stage1", extractor=tc.extractor, round=int(h["round"]), loss=float(h["loss"]))
+        self.record_stages(ext.history, glob)
         self.progress(round=tc.rounds, rounds=tc.rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=0.0)
         self.model = model
         return model
+
+    def record_stages(self, history: list[dict[str, Any]], glob: dict[str, float]) -> None:
+        """One ``rounds`` row per training stage (``round`` 0, 1, 2 = extractor, experts, gate).
+
+        Training runs at zero simulated time, so every stage starts and ends at
+        the current time and moves no bytes (yet). The metric of a stage:
+        ``loss`` = last stage-1 round's mean loss for the extractor; none for the
+        experts; ``accuracy`` / ``f1`` / ``auc`` on the global test set for the gate
+        (the trained model).
+        """
+        now = float(self.env.now)
+        n = len(self.world.clients)
+        is_online = getattr(self.world, "is_online", None)
+        online = sum(1 for c in self.world.clients if is_online(c)) if callable(is_online) else n
+        loss1 = float(history[-1]["loss"]) if history else math.nan
+        for i, stage in enumerate(("extractor", "experts", "gate")):
+            m = glob if stage == "gate" else {"accuracy": math.nan, "f1": math.nan, "auc": math.nan}
+            self.record_rounds_row(
+                round=i, stage=stage, t_start_s=now, t_end_s=now, duration_s=0.0,
+                accuracy=float(m["accuracy"]), f1=float(m["f1"]), auc=float(m["auc"]),
+                selected=n, completed=n, online=online,
+                loss=loss1 if stage == "extractor" else math.nan,
+            )
 
     # -------------------------------------------------------------- inference
     def costs(self) -> Any:

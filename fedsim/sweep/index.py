@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedsim.engine.headline import HEADLINE_METRICS
+from fedsim.engine.headline import headline_metrics as _headline
 from fedsim.sweep.spec import _value_json
 
 if TYPE_CHECKING:
@@ -21,18 +23,8 @@ __all__ = [
     "headline_metrics",
 ]
 
-#: Headline metrics in ``sweep.parquet`` (see :func:`headline_metrics`).
-METRICS: tuple[str, ...] = (
-    "final_accuracy",
-    "best_accuracy",
-    "rounds_to_target",
-    "sim_s_to_target",
-    "sim_s_total",
-    "stragglers",
-    "dropouts",
-    "ooms",
-    "bytes_total",
-)
+#: Headline metrics in ``sweep.parquet`` (defined once, in :mod:`fedsim.engine.headline`).
+METRICS: tuple[str, ...] = HEADLINE_METRICS
 
 #: The index file of a sweep directory.
 INDEX_FILE = "sweep.parquet"
@@ -55,61 +47,18 @@ def _manifest_status(run_dir: Path) -> str | None:
 
 
 def headline_metrics(run_dir: str | Path, target_accuracy: float | None = None) -> dict[str, float]:
-    """Headline metrics of a run directory, from its ``rounds.parquet``.
-
-    - ``final_accuracy``: accuracy of the last evaluated round; ``best_accuracy``: the maximum.
-    - ``rounds_to_target``: rounds run until the first evaluated round with
-      accuracy >= ``target_accuracy`` (``round + 1``); ``sim_s_to_target``:
-      simulated seconds at the end of that round. NaN if never reached or
-      no target.
-    - ``sim_s_total``: simulated seconds at the end of the last round
-      (manifest ``sim_end_s`` if there are no rounds).
-    - ``stragglers``, ``dropouts``, ``ooms``: totals over rounds;
-      ``bytes_total``: ``bytes_up + bytes_down`` summed over rounds.
-
-    Missing tables or columns give NaN, never an error.
-    """
+    """Headline metrics of a run directory (:func:`fedsim.engine.headline.headline_metrics`
+    on its ``rounds.parquet``). A run without a readable rounds table has NaN metrics,
+    never an error."""
     import pandas as pd
 
     run_dir = Path(run_dir)
-    out = dict.fromkeys(METRICS, math.nan)
     try:
         r = pd.read_parquet(run_dir / "rounds.parquet")
     except Exception:  # noqa: BLE001 - a run without rounds has NaN metrics
         r = pd.DataFrame()
-    if "round" in r.columns:
-        r = r.sort_values("round", kind="stable")
-    if "accuracy" in r.columns:
-        acc = pd.to_numeric(r["accuracy"], errors="coerce").astype(float)
-        ev = r[acc.notna() & (acc.abs() != math.inf)]
-        evacc = acc[ev.index]
-        if len(ev):
-            out["final_accuracy"] = float(evacc.iloc[-1])
-            out["best_accuracy"] = float(evacc.max())
-            if target_accuracy is not None:
-                hit = ev[evacc >= target_accuracy]
-                if len(hit):
-                    first = hit.iloc[0]
-                    out["rounds_to_target"] = (
-                        float(int(first["round"]) + 1) if "round" in hit.columns else math.nan
-                    )
-                    out["sim_s_to_target"] = (
-                        float(first["t_end_s"]) if "t_end_s" in hit.columns else math.nan
-                    )
-    for col in ("stragglers", "dropouts", "ooms"):
-        if col in r.columns:
-            out[col] = float(r[col].sum())
-    if "bytes_up" in r.columns or "bytes_down" in r.columns:
-        out["bytes_total"] = float(
-            sum(r[c].sum() for c in ("bytes_up", "bytes_down") if c in r.columns)
-        )
-    if "t_end_s" in r.columns and len(r):
-        out["sim_s_total"] = float(r["t_end_s"].max())
-    else:
-        m = _manifest(run_dir) or {}
-        if m.get("sim_end_s") is not None:
-            out["sim_s_total"] = float(m["sim_end_s"])
-    return out
+    m = _manifest(run_dir) or {}
+    return _headline(r, target_accuracy, m.get("sim_end_s"))
 
 
 def _grid_column(values: list[Any]) -> list[Any]:
