@@ -56,14 +56,14 @@ _MOVE = ("devices.classes.camera.speed_min_mps=10", "devices.classes.camera.spee
 
 #: settings under which a key is read (applied to both runs), by key prefix
 CONTEXT: dict[str, tuple[str, ...]] = {
-    "protocol.nmoe.": ("protocol.name=nmoe", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
+    "protocol.nmoe.": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
                        "protocol.nmoe.request_rate_per_s=1", "protocol.nmoe.extractor=fedsc"),
-    "protocol.nmoe.gate": ("protocol.name=nmoe", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4"),
-    "protocol.nmoe.rollgate_p": ("protocol.name=nmoe", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
+    "protocol.nmoe.gate": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4"),
+    "protocol.nmoe.rollgate_p": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
                                  "protocol.nmoe.gate=rollgate"),
-    "protocol.nmoe.fedgate_fraction": ("protocol.name=nmoe", "run.rounds=1",
+    "protocol.nmoe.fedgate_fraction": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1",
                                        "protocol.nmoe.inference_horizon_s=4", "protocol.nmoe.gate=fedgate"),
-    "protocol.name": ("protocol.nmoe.inference_horizon_s=4",),  # nmoe: a short inference phase
+    "protocol.name": ("protocol.nmoe.inference_horizon_s=4", "run.rounds=1", "devices.dropout=true"),
     "alignment.min_load": ("alignment.policy=optimal",),
     "alignment.max_load": ("alignment.policy=optimal",),
     "alignment.on_infeasible": ("alignment.policy=optimal", "alignment.max_load=1"),
@@ -76,7 +76,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "topology.edges": _EXPLICIT,
     "training.momentum": ("training.optimizer=sgd",),
     "topology.grid.edge_": ("topology.server=edge0",),
-    "protocol.nmoe.dp_": ("protocol.name=nmoe", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
+    "protocol.nmoe.dp_": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
                           "protocol.nmoe.extractor=fedsc", "protocol.nmoe.dp_epsilon=1.0"),
     "model.aux_loss_weight": ("model.top_k=1",),  # with k_c <= top_k the Switch loss is constant
     "channel.handover_time_to_trigger_s": ("channel.handover_hysteresis_db=0", "devices.mobility_interval_s=0.2"),
@@ -243,7 +243,14 @@ def _no_full_gc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gc, "collect", lambda *a, **k: 0)
 
 
-@pytest.mark.parametrize("leaf", LEAVES, ids=[lf.path for lf in LEAVES])
+def _param(lf: Leaf) -> object:
+    # an nmoe run of the tiny scenario takes ~16 s (6,800 simulated s of stages): those keys
+    # run with the slow tests; every other key runs in CI
+    slow = lf.path == "protocol.name" or lf.path.startswith("protocol.nmoe.")
+    return pytest.param(lf, id=lf.path, marks=pytest.mark.slow if slow else ())
+
+
+@pytest.mark.parametrize("leaf", [_param(lf) for lf in LEAVES])
 def test_every_key_changes_the_run_or_its_output(leaf: Leaf, tmp_path_factory: pytest.TempPathFactory) -> None:
     if leaf.path in EXCEPTIONS:
         pytest.skip(f"documented exception: {EXCEPTIONS[leaf.path]}")
