@@ -159,6 +159,10 @@ def _cmd_run(a: argparse.Namespace) -> int:
         print(f"clients:       {cl['offline_whole_run']} of {cl['total']} were offline for the whole run "
               "(never selectable; see devices.classes.*.mean_on_s / mean_off_s or devices.dropout)")
     print(f"final accuracy {last:.4f}, simulated time {_fmt_s(res.manifest.get('sim_end_s', 0.0))}, wall {res.manifest['wall_s']:.1f} s")
+    cl = res.clients
+    if len(cl) and {"client", "status"} <= set(cl.columns):
+        ok = cl.groupby("client")["status"].apply(lambda st: bool((st == "completed").any()))
+        print(f"clients:       {int((~ok).sum())} of {len(ok)} selected never completed a round")
     print(f"report:        {_write_report(res.run_dir)}")
     return 0
 

@@ -40,7 +40,6 @@ class FedMoE(Protocol):
     def __init__(self, world: Any, progress: Any = None) -> None:
         super().__init__(world, progress)
         from fedsim.alignment.policies import make_policy, policy_params
-        from fedsim.learning.executors import SequentialExecutor
 
         s = world.scenario
         self.s = s
@@ -51,7 +50,7 @@ class FedMoE(Protocol):
         self.align = world.new_alignment_state()
         self.policy = make_policy(s.alignment.policy, **policy_params(s.alignment))
         self.estimator = world.new_capacity_estimator()
-        self.executor = SequentialExecutor()
+        self.executor = world.new_executor()  # training.executor
         self.acct = world.accounting(self.model)
         self.rng_select = self.sim.rng.numpy("selection")
         self.rng_policy = self.sim.rng.numpy("policy")
@@ -87,6 +86,10 @@ class FedMoE(Protocol):
     def server_compute_s(self) -> float:
         """``protocol.fedmoe.server_compute_s``."""
         return float(self.cfg.server_compute_s)
+
+    def round_interval_s(self) -> float:
+        """``protocol.fedmoe.round_interval_s``."""
+        return float(self.cfg.round_interval_s)
 
     def evaluate(self, r: int) -> dict[str, float]:
         """Accuracy / F1 / AUC of the global state on the global test set."""
@@ -173,7 +176,7 @@ class FedMoE(Protocol):
         return updates
 
     def train(self, arrived: list[str], r: int) -> list[Any]:
-        """Run the training jobs of the clients whose uploads arrived (reference executor)."""
+        """Run the training jobs of the clients whose uploads arrived (``training.executor``)."""
         jobs = [self.world.train_job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared) for c in arrived]
         return self.executor.run(jobs) if jobs else []
 
@@ -205,13 +208,17 @@ class FedMoE(Protocol):
         self.align.update_usage(load)
         self._last_load = load
         for c, o in self.outcomes.items():
+            mem = self.acct.memory_bytes(len(o.experts)) if o.experts else None
             if o.status == "completed":
                 self.estimator.observe(
                     c,
                     download_s=o.t_download_s, download_bytes=o.bytes_down,
                     compute_s=o.t_compute_s, flops=o.flops,
                     upload_s=o.t_upload_s, upload_bytes=o.bytes_up,
+                    memory_ok_bytes=mem,
                 )
+            elif o.status == "oom":
+                self.estimator.observe(c, memory_oom_bytes=mem)
         self.rec.event(now, "aggregate", round=r, updates=len(good), rejected=len(res.rejected))
 
     # -------------------------------------------------------------- records
