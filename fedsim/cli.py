@@ -156,7 +156,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         print(f"figures:       {res.run_dir / 'figures'} ({n_fig} figures, PNG and SVG)")
     cl = res.manifest.get("clients") or {}
     if cl.get("offline_whole_run"):
-        print(f"clients:       {cl['offline_whole_run']} of {cl['total']} were offline for the whole run "
+        print(f"offline:       {cl['offline_whole_run']} of {cl['total']} were offline for the whole run "
               "(never selectable; see devices.classes.*.mean_on_s / mean_off_s or devices.dropout)")
     print(f"final accuracy {last:.4f}, simulated time {_fmt_s(res.manifest.get('sim_end_s', 0.0))}, wall {res.manifest['wall_s']:.1f} s")
     cl = res.clients
@@ -196,7 +196,7 @@ def _client_counts(loaded: Any) -> str:
     except TopologyError:
         return ""  # the run reports the topology error itself, as one line
     per = Counter(d.get("device_class", "?") for _, d in g.nodes(data=True) if d.get("kind") == "client")
-    return f"clients: {sum(per.values())} (" + ", ".join(f"{k} {v}" for k, v in sorted(per.items())) + ")"
+    return f"device classes: {sum(per.values())} clients (" + ", ".join(f"{k} {v}" for k, v in sorted(per.items())) + ")"
 
 
 def _cmd_validate(a: argparse.Namespace) -> int:

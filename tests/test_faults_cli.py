@@ -145,7 +145,7 @@ def test_manifest_times_no_figures_message_and_offline_clients(tmp_path: Path,
     code, out = _run(tmp_path, f"devices.availability_trace={tmp_path / 'av.pkl'}")
     assert code == 0
     text = capsys.readouterr().out
-    assert "clients: 6 (camera 2, phone 3, sensor 1)" in text
+    assert "device classes: 6 clients (camera 2, phone 3, sensor 1)" in text
     assert "(0 figures" not in text and "--no-figures" in text
     assert not (out / "figures").exists()
     m = json.loads((out / "manifest.json").read_text())

@@ -75,6 +75,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "topology.nodes": _EXPLICIT,
     "topology.edges": _EXPLICIT,
     "training.momentum": ("training.optimizer=sgd",),
+    "data.synthetic_samples": ("data.dataset=synthetic",),
     "training.fedprox_mu": ("training.batch_size=2",),  # one local step: the proximal gradient is 0
     "topology.grid.edge_": ("topology.server=edge0",),
     "protocol.nmoe.dp_": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
@@ -157,6 +158,10 @@ _MEMX = ("acts only on a job running when memory pressure rises; in a CI-sized r
 #: keys whose effect is, by design, not in the run directory (reason; where it is tested)
 EXCEPTIONS: dict[str, str] = {
     "training.torch_threads": "host threads only: results are identical by design (wall time changes)",
+    "training.executor": "how jobs run (sequential / batched / parallel): identical results by design, tested in the learning tests",
+    "training.workers": "parallel executor's worker count: identical results by design",
+    "training.device": "cpu vs auto on a machine without CUDA: identical by design",
+    "alignment.min_k": _ALIGN,
     "evaluation.target_accuracy": "read from the manifest by fedsim compare "
                                   "(tests/test_faults_cli.py::test_compare_uses_each_runs_target_by_default)",
     "topology.kind": "selects which of grid / nodes+edges / graphml is read; each source's keys are tested under it",
