@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/fedsim run scenarios/smart-city-small.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check fedsim analysis tests bench

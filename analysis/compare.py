@@ -54,6 +54,13 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 )
 
 
+def run_target(run: RunLike) -> float | None:
+    """The run's ``evaluation.target_accuracy`` from its manifest (None if absent)."""
+    ev = (as_rundir(run).scenario or {}).get("evaluation") or {}
+    t = ev.get("target_accuracy")
+    return float(t) if t is not None else None
+
+
 def run_summary(run: RunLike, *, target_accuracy: float | None = None) -> dict[str, Any]:
     """Summary numbers of one run.
 
@@ -62,9 +69,12 @@ def run_summary(run: RunLike, *, target_accuracy: float | None = None) -> dict[s
     ``ooms``, ``bytes_total``, ``sim_s_total``) are
     :func:`fedsim.engine.headline.headline_metrics`, the same function as the
     sweep index's, so run and sweep tables read alike.
+    Without ``target_accuracy`` the run's own ``evaluation.target_accuracy`` is used.
     """
     run = as_rundir(run)
     r = run.rounds
+    if target_accuracy is None:  # the run's own evaluation.target_accuracy (schema default 0.8)
+        target_accuracy = run_target(run)
     man = run.manifest
     h = headline_metrics(r, target_accuracy, man.get("sim_end_s"))
     return {
@@ -131,12 +141,19 @@ def compare_runs(
         columns=list(SUMMARY_COLUMNS),
     )
     if runs:
-        plot_accuracy(runs, out, target=target_accuracy, formats=formats)
+        tgt = target_accuracy
+        if tgt is None:  # one shared run target is drawn; differing ones are not
+            ts = {run_target(r) for r in runs}
+            tgt = ts.pop() if len(ts) == 1 else None
+        plot_accuracy(runs, out, target=tgt, formats=formats)
     df.to_csv(out / "summary.csv", index=False)
     md = df.drop(columns=["path"])
     header = "# Run comparison\n\n"
     if target_accuracy is not None:
         header += f"Target accuracy: {target_accuracy:g}\n\n"
+    else:
+        targets = sorted({t for t in (run_target(r) for r in runs) if t is not None})
+        header += f"Target accuracy: each run's evaluation.target_accuracy ({', '.join(f'{t:g}' for t in targets)})\n\n"
     (out / "summary.md").write_text(header + to_markdown(md), encoding="utf-8")
     return df
 
@@ -200,6 +217,14 @@ _PRETTY = {
 }
 
 
+def _metric_range(metric: str) -> tuple[float, float]:
+    """Range a metric can take: [0, 1] for accuracy, F1 and AUC; >= 0 for the others
+    (seconds, bytes, rounds, counts)."""
+    if any(k in metric for k in ("accuracy", "f1", "auc")) and "to_target" not in metric:
+        return 0.0, 1.0
+    return 0.0, math.inf
+
+
 def plot_metric_vs_param(
     df: pd.DataFrame,
     param: str,
@@ -253,11 +278,15 @@ def plot_metric_vs_param(
                 # dodge categories so error bars of different policies do not overlap
                 off = (i - (n_h - 1) / 2) * 0.08
                 x = np.array([cats.index(v) for v in g[param]], dtype=float) + off
-            yerr = g[ci_c].to_numpy(float)
-            yerr = np.where(np.isfinite(yerr), yerr, 0.0)
+            ci = g[ci_c].to_numpy(float)
+            ci = np.where(np.isfinite(ci), ci, 0.0)
+            y = g[mean_c].to_numpy(float)
+            lo_v, hi_v = _metric_range(metric)
+            # the interval is clipped to the metric's range (few seeds give wide t intervals)
+            yerr = np.vstack([np.minimum(ci, np.maximum(y - lo_v, 0.0)), np.minimum(ci, np.maximum(hi_v - y, 0.0))])
             ax.errorbar(
                 x,
-                g[mean_c].to_numpy(float),
+                y,
                 yerr=yerr,
                 color=c,
                 marker="o",
@@ -280,7 +309,11 @@ def plot_metric_vs_param(
             ax.set_xticklabels([str(v) for v in cats])
         ax.set_xlabel(param)
         ax.set_ylabel(_PRETTY.get(metric, metric))
-        ax.set_title(f"{_PRETTY.get(metric, metric)} vs {param} (mean ± 95 % CI)")
+        n_c = f"{metric}_n"
+        ns = sorted({int(v) for v in agg[n_c].dropna()}) if n_c in agg.columns else []
+        n_txt = "" if not ns else (f", n = {ns[0]} runs per point" if len(ns) == 1 else f", n = {ns[0]}-{ns[-1]} runs per point")
+        ax.set_title(f"{_PRETTY.get(metric, metric)} vs {param} (mean ± 95 % CI clipped to range{n_txt})")
+
         if hues != [None]:
             ax.legend(title=hue)
         return save(fig, out_dir, stem, formats)

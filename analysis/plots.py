@@ -116,10 +116,17 @@ def plot_link_utilisation(
                 )
                 ax.legend(loc="upper right")
             else:
+                # each sample is the mean over the interval ending at t: steps, and
+                # markers where there are few samples (a single one has no line)
+                mk = "o" if len(t) <= 20 else None
+                t0 = t[0] - (float(d["interval_s"].iloc[0]) / div if "interval_s" in d else 0.0)
                 for bs in piv.columns:
-                    ax.plot(t, piv[bs] * 100, color=cols[bs], lw=1.5, label=bs)
-            ax.set_ylabel(f"{kind.capitalize()} util. [%]")
+                    y = piv[bs].to_numpy() * 100
+                    ax.plot(np.r_[t0, t], np.r_[y[:1], y], color=cols[bs], lw=1.5, label=bs,
+                            drawstyle="steps-pre", marker=mk, ms=4, markevery=slice(1, None))
+            ax.set_ylabel(f"{kind.capitalize()} util. [%]\n(mean per sampling interval)")
             ax.set_ylim(0, 105)
+            ax.set_xlim(left=0)
             ax.set_title(f"{kind.capitalize()} utilisation per base station")
         if not many:
             axes[0].legend(

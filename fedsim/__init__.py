@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_scenario", "run", "RunResult"]
+__all__ = ["__version__", "load_scenario", "run", "RunResult", "ScenarioError"]
 
 
 def __getattr__(name: str):  # lazy: importing fedsim stays cheap and side-effect free
@@ -10,4 +10,8 @@ def __getattr__(name: str):  # lazy: importing fedsim stays cheap and side-effec
         from fedsim import api
 
         return getattr(api, name)
+    if name == "ScenarioError":
+        from fedsim.config.errors import ScenarioError
+
+        return ScenarioError
     raise AttributeError(name)

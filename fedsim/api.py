@@ -7,7 +7,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,23 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None, *, seed:
     return _load(path, overrides, seed=seed)
 
 
+def _arithmetic_error(loaded: LoadedScenario, e: BaseException) -> ScenarioError:
+    """The one-line error for an arithmetic error that extreme configuration values caused."""
+    return ScenarioError(f"the configuration's values give an arithmetic error ({type(e).__name__}: {e}); "
+                         "check extreme values", file=str(loaded.path) if loaded.path else None)
+
+
+def _client_summary(world: Any) -> dict[str, Any]:
+    """Clients per device class and those offline for the whole run (never selectable)."""
+    from collections import Counter
+
+    devs = getattr(world, "devices", {}) or {}
+    per_class = Counter(world.device_class(c) for c in devs)
+    never = sorted(c for c, d in devs.items() if not getattr(d, "ever_online", True))
+    return {"total": len(devs), "per_class": dict(sorted(per_class.items())),
+            "offline_whole_run": len(never), "offline_whole_run_ids": never[:50]}
+
+
 def _write_frames(run_dir: Path, frames: dict[str, pd.DataFrame]) -> None:
     """Check every frame against its declared table, then write each as ``<name>.parquet``.
 
@@ -133,12 +150,16 @@ def run(
             raise ScenarioError(f"output directory {str(run_dir)!r} already holds files; choose another --out", file="--out")
 
     wall0 = time.perf_counter()  # host wall time is reported, never used in the simulation
+    started = datetime.now(timezone.utc)
     gc_threshold = gc.get_threshold()
     restore_threads = set_torch_threads(s.training.torch_threads)
     try:
         # build first: bad input found here (a dataset directory that does not
         # hold the expected files, ...) fails before anything is written
-        world = build_world(loaded)
+        try:
+            world = build_world(loaded)
+        except ArithmeticError as e:  # overflow, division by zero... from extreme values
+            raise _arithmetic_error(loaded, e) from None
         sinks: list[Any] = []  # live sinks (output.tensorboard), opened once run_dir exists
 
         def _progress(**kw: Any) -> None:
@@ -147,7 +168,10 @@ def run(
             for sink in sinks:
                 sink.update(world.sim.rec.rows("rounds"))
 
-        proto = make_protocol(world, progress=_progress)
+        try:
+            proto = make_protocol(world, progress=_progress)
+        except ArithmeticError as e:
+            raise _arithmetic_error(loaded, e) from None
         # the world's long-lived objects need no cyclic GC passes: 25-40% less CPU, same results
         gc.collect()
         gc.freeze()
@@ -157,8 +181,11 @@ def run(
             run_dir = make_run_dir(Path(s.output.dir), f"{s.run.name}-seed{s.run.seed}")
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "figures").mkdir(exist_ok=True)
+        draw = s.output.figures if figures is None else figures
+        if draw:  # no empty figures/ for runs that draw none (sweeps, --no-figures)
+            (run_dir / "figures").mkdir(exist_ok=True)
         manifest = base_manifest(s.model_dump(mode="json"), s.run.seed)
+        manifest["started_at"] = started.isoformat(timespec="milliseconds")
         manifest["scenario_file"] = str(loaded.path) if loaded.path else None
         write_json(run_dir / "manifest.json", manifest)
         if s.output.tensorboard:
@@ -180,20 +207,29 @@ def run(
         gc.unfreeze()
     frames = world.frames()
     _write_frames(run_dir, frames)
-    manifest["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest["wall_s"] = round(time.perf_counter() - wall0, 3)
+    wall_s = time.perf_counter() - wall0
+    # finished_at - started_at == wall_s (one clock reading each, same resolution)
+    manifest["finished_at"] = (started + timedelta(seconds=wall_s)).isoformat(timespec="milliseconds")
+    manifest["wall_s"] = round(wall_s, 3)
     manifest["sim_end_s"] = float(world.sim.now)
+    manifest["clients"] = _client_summary(world)
     if failed is not None:
-        manifest["status"] = "failed"
+        interrupted = isinstance(failed, KeyboardInterrupt)
+        manifest["status"] = "interrupted" if interrupted else "failed"
         manifest["error"] = f"{type(failed).__name__}: {failed}"
-        atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(failed)))
+        if not interrupted:
+            atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(failed)))
         write_json(run_dir / "manifest.json", manifest)
+        if isinstance(failed, ArithmeticError):
+            err = _arithmetic_error(loaded, failed)
+            err.rule += f" (the run directory {str(run_dir)!r} keeps the traceback in error.txt)"
+            raise err from failed
         raise failed
     manifest["status"] = "completed"
     write_json(run_dir / "manifest.json", manifest)
 
     figs: list[Path] = []
-    if s.output.figures if figures is None else figures:
+    if draw:
         from analysis.plots import plot_run
 
         figs = list(plot_run(run_dir))

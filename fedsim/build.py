@@ -59,6 +59,7 @@ def build_graph(loaded: LoadedScenario, seed: int | None = None) -> nx.Graph:
                 bs_sites=[(b.ix, b.iy, b.kind) for b in g.base_stations],
                 clients_per_class=dict(g.clients), rng=rng,
                 backhaul_bps=g.backhaul_bps, backhaul_latency_s=g.backhaul_latency_s,
+                macro_height_m=s.channel.bs_height_macro_m, small_height_m=s.channel.bs_height_small_m,
                 edge_server_bps=g.edge_bps, edge_server_latency_s=g.edge_latency_s,
                 cloud_bps=g.cloud_bps, cloud_latency_s=g.cloud_latency_s,
             )
@@ -457,7 +458,6 @@ class World:
             channel=ChannelParams(**s.channel.model_dump()),
             mobility_interval_s=s.devices.mobility_interval_s,
             link_sample_interval_s=s.output.link_sample_s,
-            ue_tx_power_dbm=s.devices.ue_tx_power_dbm,
         )
         net_cls: type[Network] = Network
         if params.channel.population == "lazy":
@@ -485,6 +485,8 @@ class World:
             a = avail[trace_ids[i % len(trace_ids)]] if trace_ids else None
             f = caps[cap_ids[i % len(cap_ids)]].flops_per_s if cap_ids else None
             self.devices[c] = Device(self.sim, c, classes[cls], flops_per_s=f, availability=a)
+            if cap_ids:  # the trace's communication rate caps the client's access link
+                self.network.set_rate_cap(c, caps[cap_ids[i % len(cap_ids)]].link_rate_bps)
 
     def is_online(self, c: str) -> bool:
         """Whether client ``c`` is online now (ground truth)."""

@@ -37,6 +37,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedsim`` command."""
     p = _Parser(prog="fedsim", description="Discrete-event simulator of federated Mixture-of-Experts at the wireless edge.")
+    from fedsim import __version__
+
+    p.add_argument("--version", action="version", version=f"fedsim {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a scenario and write a run directory")
@@ -50,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate scenario files")
     v.add_argument("scenarios", nargs="+")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--resolved", action="store_true", help="print each scenario fully resolved (extends, --set, defaults), every value with the file and line it came from")
 
     pl = sub.add_parser("plot", help="write figures of a run directory into RUN_DIR/figures")
     pl.add_argument("run_dir")
@@ -129,6 +133,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from fedsim.api import load_scenario, run
 
     loaded = load_scenario(a.scenario, a.overrides, seed=a.seed)
+    counts = _client_counts(loaded)
+    if counts:
+        print(counts)
     prog, update = _progress_bar(a.quiet, loaded.scenario.run.rounds)
     try:
         if prog is not None:
@@ -142,7 +149,15 @@ def _cmd_run(a: argparse.Namespace) -> int:
     last = rounds["accuracy"].dropna().iloc[-1] if "accuracy" in rounds and rounds["accuracy"].notna().any() else float("nan")
     print(f"run directory: {res.run_dir}")
     n_fig = len({p.stem for p in res.figures})
-    print(f"figures:       {res.run_dir / 'figures'} ({n_fig} figures, PNG and SVG)")
+    if a.no_figures or not loaded.scenario.output.figures:
+        why = "--no-figures" if a.no_figures else "output.figures: false"
+        print(f"figures:       none ({why}); draw them later with: fedsim plot {res.run_dir}")
+    else:
+        print(f"figures:       {res.run_dir / 'figures'} ({n_fig} figures, PNG and SVG)")
+    cl = res.manifest.get("clients") or {}
+    if cl.get("offline_whole_run"):
+        print(f"offline:       {cl['offline_whole_run']} of {cl['total']} were offline for the whole run "
+              "(never selectable; see devices.classes.*.mean_on_s / mean_off_s or devices.dropout)")
     print(f"final accuracy {last:.4f}, simulated time {_fmt_s(res.manifest.get('sim_end_s', 0.0))}, wall {res.manifest['wall_s']:.1f} s")
     cl = res.clients
     if len(cl) and {"client", "status"} <= set(cl.columns):
@@ -170,6 +185,20 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _client_counts(loaded: Any) -> str:
+    """``clients: N (class n, ...)`` of a scenario (builds its topology graph)."""
+    from collections import Counter
+
+    from fedsim.build import TopologyError, build_graph
+
+    try:
+        g = build_graph(loaded)
+    except TopologyError:
+        return ""  # the run reports the topology error itself, as one line
+    per = Counter(d.get("device_class", "?") for _, d in g.nodes(data=True) if d.get("kind") == "client")
+    return f"device classes: {sum(per.values())} clients (" + ", ".join(f"{k} {v}" for k, v in sorted(per.items())) + ")"
+
+
 def _cmd_validate(a: argparse.Namespace) -> int:
     from fedsim.build import load_checked
     from fedsim.config import ScenarioError
@@ -177,8 +206,12 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     bad = 0
     for path in a.scenarios:
         try:
-            load_checked(path, a.overrides)  # every rule, reachability included (builds the graph)
-            print(f"ok  {path}")
+            loaded = load_checked(path, a.overrides)  # every rule, reachability included (builds the graph)
+            if a.resolved:
+                from fedsim.config.reference import resolved_yaml
+
+                print(resolved_yaml(loaded), end="")
+            print(f"{'# ' if a.resolved else ''}ok  {path}")
         except ScenarioError as e:
             print(f"fedsim: {e}", file=sys.stderr)
             bad += 1
@@ -231,19 +264,31 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _console() -> Any:
+    """A rich console; piped output gets a wide fixed width instead of 80 columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _cmd_compare(a: argparse.Namespace) -> int:
     from analysis.compare import compare_runs
+    from analysis.terminal import cells_table, runs_table
 
     if len(a.run_dirs) == 1 and (Path(a.run_dirs[0]) / "sweep.parquet").is_file():
-        from analysis.sweep import compare_sweep
+        from analysis.sweep import DEFAULT_METRICS, compare_sweep, read_sweep
 
-        print(compare_sweep(a.run_dirs[0], a.out).to_string(index=False))
-        print(f"cell table and figures in {a.out}")
+        cells = compare_sweep(a.run_dirs[0], a.out)
+        keys = read_sweep(a.run_dirs[0])[1]
+        shown = [m for m in ("final_accuracy", "rounds_to_target", "sim_s_to_target", "bytes_total") if m in DEFAULT_METRICS]
+        _console().print(cells_table(cells, keys, shown, title=f"sweep {a.run_dirs[0]}"))
+        print(f"every column (std, n, CI bounds) in {Path(a.out) / 'cells.csv'}; figures in {a.out}")
         return 0
     dirs = [_run_dir_arg(p) for p in a.run_dirs]
     df = compare_runs(dirs, Path(a.out), target_accuracy=a.target)
-    print(df.to_string(index=False))
-    print(f"summary and figures in {a.out}")
+    tgt = f"target accuracy {a.target:g}" if a.target is not None else "target: each run's evaluation.target_accuracy"
+    _console().print(runs_table(df, title=f"{len(df)} runs ({tgt})"))
+    print(f"summary.csv / summary.md and figures in {a.out}")
     return 0
 
 
@@ -390,6 +435,8 @@ def cmd_sweep(args: argparse.Namespace, *, runner: Runner | None = None) -> int:
     from analysis.report import write_report
 
     print(f"report:          {write_report(res.out)}")
+    print(f"figures:         none per run (sweeps skip them); compare the cells with: fedsim compare {res.out} "
+          f"--out {res.out / 'report'}, or draw one run's with: fedsim plot RUN_DIR")
     if res.failed:
         for row in res.index[res.index["status"] == "failed"].itertuples(index=False):
             print(f"failed: {row.run_dir}: {row.error}", file=sys.stderr)

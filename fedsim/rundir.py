@@ -22,6 +22,13 @@ import pandas as pd
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_parquet", "write_json", "make_run_dir", "base_manifest", "git_revision"]
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than a call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same directory, then rename)."""
     path = Path(path)
@@ -32,6 +39,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the user's umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -105,7 +113,7 @@ def base_manifest(resolved: dict[str, Any], seed: int) -> dict[str, Any]:
             "numpy": numpy.__version__,
             "pandas": pd.__version__,
         },
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "finished_at": None,
         "wall_s": None,
         "scenario": resolved,

@@ -149,8 +149,22 @@ def test_optimal_infeasible_bounds_raise_or_relax() -> None:
         make_policy("optimal", min_load=2).assign(CLIENTS, OPT_BUDGETS, state, rng())
     policy = make_policy("optimal", min_load=2, max_load=2, on_infeasible="relax")
     out = policy.assign(CLIENTS, OPT_BUDGETS, state, rng())
-    assert policy.last_bounds == (0, 2)
-    assert expert_loads(out, 3).max() <= 2
+    assert policy.last_bounds == (1, 2)  # the floor drops only as far as needed
+    loads = expert_loads(out, 3)
+    assert loads.max() <= 2 and loads.min() >= 1
+
+
+def test_optimal_relax_raises_an_unreachable_ceiling_only_as_far_as_needed() -> None:
+    """10 clients with one expert each, 4 experts, max_load 2 (8 slots): the old relax
+    dropped the ceiling (one expert got 10 clients, two got none); now it is 3."""
+    clients = [f"c{i}" for i in range(10)]
+    fit = [[0.9, 0.1, 0.1, 0.1]] * 10  # every client prefers expert 0
+    state = state_with(fit, clients)
+    policy = make_policy("optimal", max_load=2, on_infeasible="relax")
+    out = policy.assign(clients, {c: 1 for c in clients}, state, rng())
+    assert policy.last_bounds == (0, 3)
+    loads = expert_loads(out, 4)
+    assert loads.max() == 3 and loads.sum() == 10
 
 
 # ------------------------------------------------------------------------ deadline-aware

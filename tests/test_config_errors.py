@@ -39,7 +39,7 @@ CASES = [
     ("wrong_type", {"s.yaml": "run:\n  seed: abc\n"}, "s.yaml", [], ["s.yaml:2", "run.seed", "valid integer"]),
     ("string_number", {"s.yaml": "model:\n  num_experts: '4'\n"}, "s.yaml", [], ["model.num_experts", "valid integer"]),
     ("out_of_range", {"s.yaml": "data:\n  tau: 1.5\n"}, "s.yaml", [], ["s.yaml:2", "data.tau", "less than or equal to 1"]),
-    ("negative_bandwidth", {"s.yaml": "channel:\n  bandwidth_up_hz: -5e6\n"}, "s.yaml", [], ["channel.bandwidth_up_hz", "greater than 0"]),
+    ("negative_bandwidth", {"s.yaml": "channel:\n  bandwidth_up_hz: -5e6\n"}, "s.yaml", [], ["channel.bandwidth_up_hz", "greater than or equal to 1000"]),
     ("negative_memory", {"s.yaml": "devices:\n  classes:\n    vehicle:\n      memory_gb: -1\n"}, "s.yaml", [], ["s.yaml:4", "devices.classes.vehicle.memory_gb", "greater than 0"]),
     ("top_k_gt_experts", {"s.yaml": "model:\n  num_experts: 2\n  top_k: 3\n"}, "s.yaml", [], ["s.yaml:3", "model.top_k", "<= model.num_experts"]),
     ("bad_literal", {"s.yaml": "channel:\n  model: moon\n"}, "s.yaml", [], ["channel.model", "'umi'", "moon"]),

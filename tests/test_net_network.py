@@ -156,7 +156,9 @@ def test_link_samples_are_interval_means() -> None:
     secs = p.value.seconds - 0.003  # minus path latency
     links = sim.rec.frame("links")
     wired = links[links.link == "bsA->cloud"]
-    assert list(wired.t_s) == [10.0]  # only the interval that saw traffic
+    assert list(wired.t_s) == [10.0, 20.0]  # from the first busy interval on; idle = zeros
+    assert wired.load_bps.iloc[1] == 0.0 and wired.bytes.iloc[1] == 0.0
+    assert wired.bytes.iloc[0] == pytest.approx(2.5e6, rel=1e-12)
     # mean load over the 10 s window = bits moved / 10 s; utilisation = that / 1e9
     assert wired.load_bps.iloc[0] == pytest.approx(2.5e6 * 8 / 10.0, rel=1e-9)
     assert wired.utilisation.iloc[0] == pytest.approx(2.5e6 * 8 / 10.0 / 1e9, rel=1e-9)

@@ -414,7 +414,8 @@ class OptimalPolicy(AlignmentPolicy):
 
     When no assignment meets the bounds: ``on_infeasible="raise"`` raises
     :class:`InfeasibleAssignmentError` (a ``ValueError``); ``"relax"`` first
-    drops ``min_load`` (to 0), then also ``max_load`` (to None), and solves
+    lowers ``min_load`` only as far as needed, then (with a floor of 0) raises
+    ``max_load`` only as far as needed (both by bisection), and solves
     again; the bounds actually used are left in ``last_bounds``.
 
     Args:
@@ -452,25 +453,55 @@ class OptimalPolicy(AlignmentPolicy):
         self.last_bounds: tuple[int, int | None] | None = None
 
     def _assign(self, clients, budgets, state, rng, ctx):
-        tries: list[tuple[int, int | None]] = [(self.min_load, self.max_load)]
-        if self.on_infeasible == "relax":
-            tries += [(0, self.max_load), (0, None)]
         E = state.num_experts
         if self.tie_break == "random":
             tie = np.stack([rng.permutation(E) for _ in clients])
         else:
             tie = np.tile(np.arange(E), (len(clients), 1))
-        for lo, hi in tries:
-            result = self._solve(clients, budgets, state, lo, hi, tie)
-            if result is not None:
-                self.last_bounds = (lo, hi)
-                return result
+        lo, hi = self.min_load, self.max_load
+        result = self._solve(clients, budgets, state, lo, hi, tie)
+        if result is None and self.on_infeasible == "relax":
+            lo, hi, result = self._relax(clients, budgets, state, tie)
+        if result is not None:
+            self.last_bounds = (lo, hi)
+            return result
         raise InfeasibleAssignmentError(
             f"no assignment gives every client exactly min(budget, E) experts with "
             f"{self.min_load} <= clients per expert <= {self.max_load} "
             f"(budgets {budgets}, E={state.num_experts}); "
             f'use on_infeasible="relax" or change the bounds'
         )
+
+    def _relax(self, clients, budgets, state, tie):
+        """Relax the bounds only as far as needed: the largest feasible floor
+        ``<= min_load`` (ceiling kept), else floor 0 and the smallest feasible
+        ceiling ``>= max_load``. Feasibility is monotone in each bound, so each is
+        found by bisection (O(log n) min-cost-flow solves)."""
+
+        def bisect(lo_v: int, hi_v: int, ok) -> tuple[int, Any] | None:  # noqa: ANN001
+            """Smallest v in [lo_v, hi_v] with ok(v) not None (ok monotone)."""
+            best = None
+            while lo_v <= hi_v:
+                mid = (lo_v + hi_v) // 2
+                r = ok(mid)
+                if r is not None:
+                    best, hi_v = (mid, r), mid - 1
+                else:
+                    lo_v = mid + 1
+            return best
+
+        hi = self.max_load
+        # floor: the largest feasible value, i.e. the smallest "drop" d with floor min_load - d
+        found = bisect(0, self.min_load, lambda d: self._solve(clients, budgets, state, self.min_load - d, hi, tie))
+        if found is not None:
+            return self.min_load - found[0], hi, found[1]
+        if hi is None:
+            return 0, None, None
+        n = len(clients)
+        found = bisect(hi, max(hi, n), lambda h: self._solve(clients, budgets, state, 0, h, tie))
+        if found is not None:
+            return 0, found[0], found[1]
+        return 0, None, self._solve(clients, budgets, state, 0, None, tie)
 
     def _solve(self, clients, budgets, state, lo, hi, tie):
         E = state.num_experts

@@ -10,6 +10,7 @@ a :class:`ScenarioError` with file, key path, line and rule.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,21 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+class Replace(dict):
+    """A mapping tagged ``!replace`` in a scenario file: it replaces the extended
+    file's mapping instead of being merged into it (``extends:`` merges mappings
+    key by key otherwise)."""
+
+
+def _construct_replace(loader: yaml.SafeLoader, node: yaml.Node) -> Replace:
+    if not isinstance(node, yaml.MappingNode):
+        raise yaml.constructor.ConstructorError(None, None, "!replace applies to a mapping", node.start_mark)
+    return Replace(loader.construct_mapping(node, deep=True))
+
+
+_Loader.add_constructor("!replace", _construct_replace)
 
 
 @dataclass(frozen=True)
@@ -147,13 +163,24 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     return data, lines
 
 
+def _plain(v: Any) -> Any:
+    """``v`` with every :class:`Replace` turned into a plain dict."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``over`` into ``base`` key by key (child wins); a mapping tagged
+    ``!replace`` replaces the base's mapping whole."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and not isinstance(v, Replace) and isinstance(out.get(k), dict):
             out[k] = _deep_merge(out[k], v)
         else:
-            out[k] = copy.deepcopy(v)
+            out[k] = _plain(copy.deepcopy(v))
     return out
 
 
@@ -189,8 +216,20 @@ def _resolve(path: Path, chain: tuple[Path, ...], origins: dict) -> dict[str, An
         if not ppath.exists():
             raise ScenarioError(f"extended file {parent!r} does not exist", file=str(path), key="extends", line=lines.get(("extends",)))
         base = _resolve(ppath, (*chain, path), origins)
+    _drop_replaced(data, (), origins)
     _origin_map(data, (), str(path), lines, origins)
     return _deep_merge(base, data)
+
+
+def _drop_replaced(data: dict[str, Any], prefix: tuple[str, ...], origins: dict) -> None:
+    """Forget the origins of keys under a ``!replace`` mapping (they no longer exist)."""
+    for k, v in data.items():
+        key = prefix + (str(k),)
+        if isinstance(v, Replace):
+            for o in [o for o in origins if o[: len(key)] == key and len(o) > len(key)]:
+                del origins[o]
+        elif isinstance(v, dict):
+            _drop_replaced(v, key, origins)
 
 
 def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
@@ -225,6 +264,7 @@ def _apply_overrides(data: dict[str, Any], overrides: list[tuple[str, Any]], ori
             if nxt is None:
                 nxt = {}
                 cur[part] = nxt
+                origins[tuple(parts[: i + 1])] = ("--set", None)  # a section --set created: blame --set
             elif not isinstance(nxt, dict):
                 raise ScenarioError(f"cannot set {key!r}: {'.'.join(parts[: i + 1])} is not a mapping", file="--set", key=key)
             cur = nxt
@@ -238,6 +278,9 @@ def _describe(err: dict[str, Any], model_keys: list[str] | None) -> str:
     if t == "extra_forbidden":
         rule = "unknown key"
         if model_keys:
+            close = difflib.get_close_matches(str(err["loc"][-1]), model_keys, n=1, cutoff=0.6)
+            if close:
+                rule += f"; did you mean {close[0]!r}?"
             rule += f" (allowed: {', '.join(model_keys)})"
         return rule
     if t == "missing":

@@ -8,13 +8,22 @@ is valid YAML that loads back to the defaults, so it doubles as a template.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel
 
 from fedsim.config.schema import Scenario
 
-__all__ = ["defaults_yaml"]
+__all__ = ["defaults_yaml", "resolved_yaml"]
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def _plain(text: str) -> str:
+    """Docstring markup (``:class:`x```, double backquotes) as plain text."""
+    return _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], text).replace("``", "")
 
 
 def _constraints(field: Any) -> str:
@@ -51,7 +60,7 @@ def _emit(value: BaseModel, indent: int, out: list[str]) -> None:
     pad = "  " * indent
     for name, field in type(value).model_fields.items():
         v = getattr(value, name)
-        note = field.description or ""
+        note = _plain(field.description or "")
         rule = _constraints(field)
         note = note.rstrip(".")
         comment = "  # " + " [" .join(p for p in (note, rule) if p) + ("]" if note and rule else "") if (note or rule) else ""
@@ -77,7 +86,47 @@ def defaults_yaml() -> str:
     default = Scenario()
     for name in Scenario.model_fields:
         out.append("")
-        doc = (type(getattr(default, name)).__doc__ or "").strip().splitlines()[0].replace("``", "")
+        doc = _plain((type(getattr(default, name)).__doc__ or "").strip().splitlines()[0])
         out.append(f"{name}:  # {doc}")
         _emit(getattr(default, name), 1, out)
+    return "\n".join(out) + "\n"
+
+
+def _origin(origins: dict, key: tuple[str, ...]) -> str:
+    hit = origins.get(key)  # the key itself was given; otherwise it took its default
+    if hit is None:
+        return "default"
+    fname, line = hit
+    return f"{fname}:{line}" if line is not None else str(fname)
+
+
+def _emit_resolved(value: BaseModel, key: tuple[str, ...], origins: dict, out: list[str]) -> None:
+    pad = "  " * len(key)
+    for name in type(value).model_fields:
+        v = getattr(value, name)
+        k = (*key, name)
+        if isinstance(v, BaseModel):
+            out.append(f"{pad}{name}:")
+            _emit_resolved(v, k, origins, out)
+        elif isinstance(v, dict) and v and all(isinstance(x, BaseModel) for x in v.values()):
+            out.append(f"{pad}{name}:")
+            for sub, model in v.items():
+                out.append(f"{pad}  {sub}:")
+                _emit_resolved(model, (*k, str(sub)), origins, out)
+        else:
+            dumped = [x.model_dump(mode="json") if isinstance(x, BaseModel) else x for x in v] if isinstance(v, list) else v
+            out.append(f"{pad}{name}: {_scalar(dumped)}  # {_origin(origins, k)}")
+
+
+def resolved_yaml(loaded: Any) -> str:
+    """The fully resolved scenario (after ``extends:``, ``--set`` and defaults) as YAML,
+    each value commented with where it came from (``FILE:LINE``, ``--set`` or ``default``).
+
+    ``loaded`` is a :class:`~fedsim.config.loader.LoadedScenario`. The text loads back
+    to the same scenario.
+    """
+    out = [f"# resolved scenario: {loaded.path}", "# each value: the file and line it came from, --set, or default"]
+    for name in Scenario.model_fields:
+        out.append(f"{name}:")
+        _emit_resolved(getattr(loaded.scenario, name), (name,), loaded.origins, out)
     return "\n".join(out) + "\n"

@@ -49,6 +49,8 @@ def check_rules(loaded: LoadedScenario) -> None:
     for cls, c in s.devices.classes.items():
         if c.speed_min_mps is not None and c.speed_max_mps is not None and c.speed_min_mps > c.speed_max_mps:
             fail(f"devices.classes.{cls}.speed_min_mps", "must be <= speed_max_mps")
+        if c.altitude_min_m is not None and c.altitude_max_m is not None and c.altitude_min_m > c.altitude_max_m:
+            fail(f"devices.classes.{cls}.altitude_min_m", "must be <= altitude_max_m")
     for key in ("availability_trace", "capacity_trace"):
         p = getattr(s.devices, key)
         resolved = getattr(paths, key)

@@ -52,16 +52,16 @@ class RunConfig(_Strict):
     """``run``: identity and length of the run."""
 
     name: str = Field("fedsim-run", min_length=1, description="Run name, used for the run directory.")
-    seed: int = Field(0, ge=0, description="Root seed; every random stream derives from it.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Root seed; every random stream derives from it.")
     rounds: int = Field(20, ge=1, le=100_000, description="Federated rounds (fedmoe) or training rounds per stage (nmoe).")
-    horizon_s: float | None = Field(None, gt=0, description="Optional cap on simulated time in seconds.")
+    horizon_s: float | None = Field(None, gt=0, le=3.2e7, description="Optional cap on simulated time in seconds.")
 
 
 class BaseStationSite(_Strict):
     """One base station at a grid intersection."""
 
-    ix: int = Field(ge=0, description="Intersection column index (0..blocks_x).")
-    iy: int = Field(ge=0, description="Intersection row index (0..blocks_y).")
+    ix: int = Field(ge=0, le=200, description="Intersection column index (0..blocks_x).")
+    iy: int = Field(ge=0, le=200, description="Intersection row index (0..blocks_y).")
     kind: Literal["macro", "small"] = Field("macro", description="Macro cell or small cell.")
 
 
@@ -70,7 +70,7 @@ class GridConfig(_Strict):
 
     blocks_x: int = Field(3, ge=1, le=200, description="Blocks along x.")
     blocks_y: int = Field(3, ge=1, le=200, description="Blocks along y.")
-    block_m: float = Field(200.0, gt=0, description="Block edge length in metres.")
+    block_m: float = Field(200.0, ge=1.0, le=5000.0, description="Block edge length in metres.")
     base_stations: list[BaseStationSite] = Field(
         default_factory=lambda: [BaseStationSite(ix=0, iy=0), BaseStationSite(ix=3, iy=3), BaseStationSite(ix=0, iy=3, kind="small"),
                                  BaseStationSite(ix=3, iy=0, kind="small"), BaseStationSite(ix=1, iy=1, kind="small"),
@@ -78,16 +78,16 @@ class GridConfig(_Strict):
         min_length=1,
         description="Base-station sites at intersections (default: two macros and four small cells, so that a typical client's uplink is not in outage).",
     )
-    clients: dict[str, int] = Field(
+    clients: dict[str, Annotated[int, Field(ge=0, le=10_000_000)]] = Field(
         default_factory=lambda: {"vehicle": 4, "drone": 2, "camera": 4, "sensor": 4, "phone": 6},
         description="Number of clients per device class.",
     )
-    backhaul_bps: float = Field(10e9, gt=0, description="Capacity of each base station's backhaul to the metro core, bit/s.")
-    backhaul_latency_s: float = Field(1e-3, ge=0, description="One-way latency of the backhaul, s.")
-    edge_bps: float = Field(10e9, gt=0, description="Capacity of the base station -> co-located edge server link, bit/s.")
-    edge_latency_s: float = Field(1e-4, ge=0, description="Latency of the base station -> edge server link, s.")
-    cloud_bps: float = Field(40e9, gt=0, description="Capacity of the core -> cloud WAN link shared by every cell, bit/s.")
-    cloud_latency_s: float = Field(10e-3, ge=0, description="One-way latency of the core -> cloud link, s.")
+    backhaul_bps: float = Field(10e9, ge=1e3, le=1e13, description="Capacity of each base station's backhaul to the metro core, bit/s.")
+    backhaul_latency_s: float = Field(1e-3, ge=0, le=10.0, description="One-way latency of the backhaul, s.")
+    edge_bps: float = Field(10e9, ge=1e3, le=1e13, description="Capacity of the base station -> co-located edge server link, bit/s.")
+    edge_latency_s: float = Field(1e-4, ge=0, le=10.0, description="Latency of the base station -> edge server link, s.")
+    cloud_bps: float = Field(40e9, ge=1e3, le=1e13, description="Capacity of the core -> cloud WAN link shared by every cell, bit/s.")
+    cloud_latency_s: float = Field(10e-3, ge=0, le=10.0, description="One-way latency of the core -> cloud link, s.")
 
 
 class TopologyConfig(_Strict):
@@ -106,28 +106,28 @@ class ChannelConfig(_Strict):
 
     model: Literal["umi", "uma", "free_space", "log_distance", "umi_av", "uma_av"] = Field("umi", description="Path-loss model, a name in fedsim.net.channel.CHANNEL_MODELS: umi / uma (3GPP TR 38.901 UMi street canyon / UMa, LOS drawn from the model's LOS probability), free_space, log_distance, umi_av / uma_av (the same below 22.5 m; aerial UEs above it by 3GPP TR 36.777 Annex B).")
     fc_ghz: float = Field(3.5, gt=0.5, le=100.0, description="Carrier frequency, GHz.")
-    bandwidth_up_hz: float = Field(20e6, gt=0, description="Uplink bandwidth of a cell, Hz, shared by its active flows.")
-    bandwidth_down_hz: float = Field(20e6, gt=0, description="Downlink bandwidth of a cell, Hz, shared by its active flows.")
+    bandwidth_up_hz: float = Field(20e6, ge=1e3, le=2e9, description="Uplink bandwidth of a cell, Hz, shared by its active flows.")
+    bandwidth_down_hz: float = Field(20e6, ge=1e3, le=2e9, description="Downlink bandwidth of a cell, Hz, shared by its active flows.")
     bs_tx_power_macro_dbm: float = Field(46.0, ge=-30, le=80, description="Macro base-station transmit power, dBm.")
     bs_tx_power_small_dbm: float = Field(30.0, ge=-30, le=80, description="Small-cell transmit power, dBm.")
     bs_height_macro_m: float = Field(25.0, gt=0, le=300, description="Macro antenna height, m.")
     bs_height_small_m: float = Field(10.0, gt=0, le=300, description="Small-cell antenna height, m.")
     noise_figure_db: float = Field(7.0, ge=0, le=30, description="Receiver noise figure, dB (thermal noise is -174 dBm/Hz).")
     shadowing_std_db: float | None = Field(None, ge=0, le=20, description="Log-normal shadowing std, dB (null: the model's default LOS/NLOS std: umi 4/7.82, uma 4/6, free_space 0/0, log_distance 8/8, umi_av 4/7.82, uma_av 4/6; TR 36.777 height-dependent aerial values are not applied).")
-    shadowing_decorrelation_m: float = Field(50.0, gt=0, description="Shadowing decorrelation distance for moving clients, m (13 m gave handover ping-pong).")
+    shadowing_decorrelation_m: float = Field(50.0, gt=0, le=1000.0, description="Shadowing decorrelation distance for moving clients, m (13 m gave handover ping-pong).")
     log_distance_exponent: float = Field(3.0, gt=1, le=8, description="log_distance: path-loss exponent.")
     fading: Literal["rayleigh", "rician", "none"] = Field("rayleigh", description="Block fading of the serving link.")
     rician_k_db: float = Field(9.0, ge=-20, le=40, description="Rician K factor, dB.")
-    coherence_s: float = Field(1.0, gt=0, description="Coherence interval: fading is redrawn every this many seconds.")
+    coherence_s: float = Field(1.0, ge=1e-3, le=3600.0, description="Coherence interval: fading is redrawn every this many seconds.")
     outage_sinr_db: float = Field(-5.0, ge=-30, le=30, description="Below this SINR a flow stalls until the channel recovers, dB.")
     max_spectral_efficiency_bps_hz: float = Field(7.4, gt=0, le=30, description="Cap of log2(1+SINR), bit/s/Hz (256-QAM ~ 7.4).")
     interference_margin_db: float = Field(0.0, ge=0, le=40, description="Extra noise rise on every link, dB.")
     interference_load_factor: float = Field(0.0, ge=0, le=1, description="Downlink inter-cell interference: share of time other cells transmit.")
     handover_hysteresis_db: float = Field(3.0, ge=0, le=20, description="Hand over when another cell is better by this margin, dB.")
-    handover_time_to_trigger_s: float = Field(2.0, ge=0, description="A better cell must stay better this long before a handover, s.")
-    access_latency_s: float = Field(1e-3, ge=0, description="One-way latency of the radio hop, s.")
-    max_ue_height_m: float = Field(22.5, gt=0, description="Terminal heights are clamped to this inside UMi/UMa (their validity range).")
-    nearest_bs: int = Field(0, ge=0, description="Approximation for large deployments: a moving client re-evaluates only its k nearest cells (0 = exact; 32 changed handovers by ~2% at 10,000 clients).")
+    handover_time_to_trigger_s: float = Field(2.0, ge=0, le=10.0, description="A better cell must stay better this long before a handover, s.")
+    access_latency_s: float = Field(1e-3, ge=0, le=1.0, description="One-way latency of the radio hop, s.")
+    max_ue_height_m: float = Field(22.5, gt=0, le=300.0, description="Terminal heights are clamped to this inside UMi/UMa (their validity range).")
+    nearest_bs: int = Field(0, ge=0, le=10_000, description="Approximation for large deployments: a moving client re-evaluates only its k nearest cells (0 = exact; 32 changed handovers by ~2% at 10,000 clients).")
     small_bandwidth_up_hz: float | None = Field(None, gt=0, le=1e9, description="Uplink bandwidth of a small cell, Hz (null: bandwidth_up_hz, the macro value).")
     small_bandwidth_down_hz: float | None = Field(None, gt=0, le=1e9, description="Downlink bandwidth of a small cell, Hz (null: bandwidth_down_hz).")
     attachment: Literal["downlink", "uplink"] = Field("uplink", description="Cell selection and handover by downlink received power, or by uplink SNR (default: a client near a strong macro is often better heard by a small cell; by downlink power 21-31 of 100 clients on the default grid had their mean uplink in outage, by uplink SNR with the default cells 0-1).")
@@ -140,23 +140,23 @@ class DeviceClassConfig(_Strict):
     Defaults per class are in :func:`fedsim.devices.params.default_device_classes`.
     """
 
-    flops_mean: float | None = Field(None, gt=0, description="Mean effective training speed, FLOP/s.")
+    flops_mean: float | None = Field(None, ge=1e3, le=1e16, description="Mean effective training speed, FLOP/s.")
     flops_cv: float | None = Field(None, ge=0, le=5, description="Coefficient of variation of speed across devices of the class.")
     background_load_mean: float | None = Field(None, ge=0, lt=1, description="Mean share of compute taken by background work.")
-    background_load_change_mean_s: float | None = Field(None, gt=0, description="Mean time between background-load changes, s.")
-    memory_gb: float | None = Field(None, gt=0, description="Device memory, GB (1e9 bytes).")
-    memory_pressure_levels: list[float] | None = Field(None, min_length=1, description="Share of memory used by other apps in each pressure state.")
-    memory_pressure_mean_hold_s: list[float] | None = Field(None, min_length=1, description="Mean sojourn in each pressure state, s.")
+    background_load_change_mean_s: float | None = Field(None, ge=1e-3, le=1e8, description="Mean time between background-load changes, s.")
+    memory_gb: float | None = Field(None, gt=0, le=4096.0, description="Device memory, GB (1e9 bytes).")
+    memory_pressure_levels: list[Annotated[float, Field(ge=0, lt=1)]] | None = Field(None, min_length=1, description="Share of memory used by other apps in each pressure state.")
+    memory_pressure_mean_hold_s: list[Annotated[float, Field(ge=1e-3, le=1e9)]] | None = Field(None, min_length=1, description="Mean sojourn in each pressure state, s.")
     oom_mode: Literal["kill", "swap"] | None = Field(None, description="On a memory-pressure rise during a job: kill it or slow it by swapping.")
-    swap_slowdown: float | None = Field(None, ge=1, description="Speed divisor while swapping.")
-    mean_on_s: float | None = Field(None, gt=0, description="Mean online session length, s.")
-    mean_off_s: float | None = Field(None, gt=0, description="Mean offline period, s.")
-    transfer_hazard_per_s: float | None = Field(None, ge=0, description="Failure rate during transfers, 1/s.")
+    swap_slowdown: float | None = Field(None, ge=1, le=1000.0, description="Speed divisor while swapping.")
+    mean_on_s: float | None = Field(None, ge=1e-3, le=1e9, description="Mean online session length, s.")
+    mean_off_s: float | None = Field(None, ge=1e-3, le=1e9, description="Mean offline period, s.")
+    transfer_hazard_per_s: float | None = Field(None, ge=0, le=1000.0, description="Failure rate during transfers, 1/s.")
     mobility: Literal["static", "street", "fly", "walk", "highway"] | None = Field(None, description="Mobility model (highway: along the grid's x axis on the client's own road, turning back at its ends).")
-    speed_min_mps: float | None = Field(None, ge=0, description="Minimum speed when moving, m/s.")
-    speed_max_mps: float | None = Field(None, ge=0, description="Maximum speed when moving, m/s.")
-    altitude_min_m: float | None = Field(None, ge=0, description="Lowest altitude / antenna height, m.")
-    altitude_max_m: float | None = Field(None, ge=0, description="Highest altitude / antenna height, m.")
+    speed_min_mps: float | None = Field(None, ge=0, le=150.0, description="Minimum speed when moving, m/s.")
+    speed_max_mps: float | None = Field(None, ge=0, le=150.0, description="Maximum speed when moving, m/s.")
+    altitude_min_m: float | None = Field(None, ge=0, le=10_000.0, description="Lowest altitude / antenna height, m.")
+    altitude_max_m: float | None = Field(None, ge=0, le=10_000.0, description="Highest altitude / antenna height, m.")
     tx_power_dbm: float | None = Field(None, ge=-30, le=40, description="Uplink transmit power, dBm.")
 
 
@@ -165,9 +165,8 @@ class DevicesConfig(_Strict):
 
     classes: dict[str, DeviceClassConfig] = Field(default_factory=dict, description="Per-class overrides; keys are device classes.")
     availability_trace: str | None = Field(None, description="FedScale availability trace (pickle) to drive on/off behaviour.")
-    capacity_trace: str | None = Field(None, description="FedScale device-capacity trace (pickle) for compute/network speed.")
-    mobility_interval_s: float = Field(1.0, gt=0, description="Position update interval for moving clients, s.")
-    ue_tx_power_dbm: float = Field(23.0, ge=-30, le=40, description="Client transmit power when the class gives none, dBm.")
+    capacity_trace: str | None = Field(None, description="FedScale device-capacity trace (pickle): per client, the training speed (computation, ms per sample) and an access-link rate cap in each direction (communication, kbit/s); trace ids are dealt to the sorted clients in turn.")
+    mobility_interval_s: float = Field(1.0, ge=1e-3, le=3600.0, description="Position update interval for moving clients, s.")
     background_load: bool = Field(True, description="Slow devices by a stochastic background load.")
     memory_pressure: bool = Field(True, description="Model time-varying memory pressure (OOMs).")
     dropout: bool = Field(True, description="Model availability sessions and transfer failures.")
@@ -179,12 +178,12 @@ class DataConfig(_Strict):
     dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "synthetic"] = Field("digits", description='digits (bundled, no files), mnist / fashion_mnist (IDX), cifar10 (python batches), synthetic (Gaussian clusters).')
     dir: str | None = Field(None, description="Dataset directory (relative to the scenario file); required except for digits and synthetic.")
     partition: Literal["iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew", "domain_skew"] = Field("dirichlet", description='How the training pool is split across clients (non-IID schemes: dirichlet, noniid_tau, label_clusters, quantity_skew, domain_skew).')
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet, quantity_skew).")
+    alpha: float = Field(0.5, gt=0, le=1e6, description="Dirichlet concentration (dirichlet, quantity_skew).")
     tau: float = Field(0.3, ge=0, le=1, description="non-IID(tau): skew of noniid_tau (see tau_definition).")
     tau_definition: Literal["outside_share", "paper_table"] = Field("outside_share", description="noniid_tau: outside_share gives the dominant class 1 - tau of a client's data; paper_table gives it 1 / (1 + tau) (fits the NMoE paper's Table I local accuracies).")
-    clusters: int = Field(4, ge=1, description="label_clusters: number of client groups.")
+    clusters: int = Field(4, ge=1, le=100_000, description="label_clusters: number of client groups.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each client's data held out as its own test split.")
-    max_train_samples: int | None = Field(None, ge=10, description="Cap on the training pool size (for quick runs).")
+    max_train_samples: int | None = Field(None, ge=10, le=100_000_000, description="Cap on the training pool size (for quick runs).")
     group_shares: list[Annotated[float, Field(gt=0, le=1)]] = Field([0.40, 0.25, 0.15, 0.12, 0.08], min_length=1, max_length=64, description="domain_skew: share of the clients in each group (largest group on the most often online clients).")
     domain_transform: Literal["permute", "rotate"] = Field("permute", description="domain_skew: each group's fixed input transform (a pixel permutation, or a rotation / mirror).")
     synthetic_samples: int = Field(2000, ge=10, le=10_000_000, description="synthetic: samples generated (train + test pool); a city-scale population needs a few per client.")
@@ -197,11 +196,11 @@ class ModelConfig(_Strict):
     hidden: int = Field(64, ge=1, le=65536, description="Backbone width.")
     feature_dim: int = Field(32, ge=1, le=65536, description="Feature dimension fed to gate and experts.")
     num_experts: int = Field(4, ge=1, le=1024, description='Experts E of the MoE.')
-    top_k: int = Field(2, ge=1, description="Experts combined per sample; must be <= num_experts.")
+    top_k: int = Field(2, ge=1, le=1024, description="Experts combined per sample; must be <= num_experts.")
     expert_hidden: int = Field(32, ge=0, le=65536, description='Hidden width of each expert MLP head (0: a linear expert head, feature -> classes).')
     feature_layer: bool = Field(True, description="mlp backbone ends in a projection to feature_dim (false: the last hidden layer, width `hidden`, is the feature; feature_dim is then unused).")
-    gate_noise_std: float = Field(0.0, ge=0, description='Std of Gaussian noise added to gate logits during training.')
-    aux_loss_weight: float = Field(0.01, ge=0, description="Switch-style load-balancing loss weight.")
+    gate_noise_std: float = Field(0.0, ge=0, le=100.0, description='Std of Gaussian noise added to gate logits during training.')
+    aux_loss_weight: float = Field(0.01, ge=0, le=100.0, description="Switch-style load-balancing loss weight.")
     stem_layers: int | None = Field(None, ge=0, le=8, description="Hidden layers of the shared stem (mlp: of width hidden; cnn: conv blocks); null: 1 for mlp, 2 for cnn.")
     expert_layers: int = Field(1, ge=1, le=8, description="Hidden layers of expert_hidden units in each expert.")
     stem_projection: bool = Field(True, description="mlp with stem_layers 0: false drops the shared projection, so gate and experts read the flattened input (feature_dim is then ignored).")
@@ -214,10 +213,10 @@ class TrainingConfig(_Strict):
     optimizer: Literal["sgd", "adam"] = Field("sgd", description='Local optimizer.')
     lr: float = Field(0.05, gt=0, le=10, description='Learning rate.')
     momentum: float = Field(0.9, ge=0, lt=1, description='SGD momentum.')
-    weight_decay: float = Field(0.0, ge=0, description='L2 weight decay.')
+    weight_decay: float = Field(0.0, ge=0, le=10.0, description='L2 weight decay.')
     local_epochs: int = Field(1, ge=1, le=1000, description='Passes over the local data per round.')
-    batch_size: int = Field(32, ge=1, description='Samples per local step.')
-    fedprox_mu: float = Field(0.0, ge=0, description="FedProx proximal term weight (0 = FedAvg).")
+    batch_size: int = Field(32, ge=1, le=1_000_000, description='Samples per local step.')
+    fedprox_mu: float = Field(0.0, ge=0, le=1000.0, description="FedProx proximal term weight (0 = FedAvg).")
     executor: Literal["sequential", "batched", "parallel"] = Field("batched", description="How the training jobs of a round run: batched (a cohort at once with torch.func; models with BatchNorm fall back to sequential), sequential (one after another, the reference), parallel (worker processes). All give the same updates within float tolerance and identical simulated events.")
     workers: int = Field(2, ge=1, le=256, description="parallel: worker processes (each keeps its model and clients' data between rounds).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda (fails when there is none).")
@@ -227,12 +226,12 @@ class TrainingConfig(_Strict):
 class FedMoEConfig(_Strict):
     """``protocol.fedmoe``: the server-side federated MoE round loop."""
 
-    clients_per_round: int = Field(10, ge=1, description="Clients the server wants per round.")
+    clients_per_round: int = Field(10, ge=1, le=10_000_000, description="Clients the server wants per round.")
     over_selection: float = Field(1.3, ge=1.0, le=10.0, description="Select this factor more clients to absorb stragglers.")
-    deadline_s: float = Field(60.0, gt=0, description="Round deadline, s after dispatch.")
-    min_completions: int | None = Field(None, ge=1, description="End the round at the first K completions (default: clients_per_round).")
+    deadline_s: float = Field(60.0, gt=0, le=1e6, description="Round deadline, s after dispatch.")
+    min_completions: int | None = Field(None, ge=1, le=10_000_000, description="End the round at the first K completions (default: clients_per_round).")
     train_shared: bool = Field(True, description="Clients also train the backbone and gate.")
-    server_compute_s: float = Field(0.0, ge=0, description="Server aggregation time per round, s.")
+    server_compute_s: float = Field(0.0, ge=0, le=1e6, description="Server aggregation time per round, s.")
     round_interval_s: float = Field(0.0, ge=0, le=86400, description="Idle time between the end of a round and the next selection, s (devices keep moving and going on/offline meanwhile).")
 
 
@@ -251,8 +250,8 @@ class NMoEConfig(_Strict):
     server: str | None = Field(None, description="Node id of the stage-1 / fedgate aggregator: a base station, the cloud or a volunteer client (null: topology.server).")
     deadline_s: float = Field(600.0, gt=0, le=86_400, description="Training exchange deadline, s after dispatch (clients still running are stragglers).")
     min_completions: int | None = Field(None, ge=1, le=100_000, description="Close a training exchange at the first K completions (null: wait for every selected client).")
-    request_rate_per_s: float = Field(0.5, gt=0, description="Poisson inference request rate per client, 1/s.")
-    inference_horizon_s: float = Field(120.0, gt=0, description="Simulated seconds of inference traffic.")
+    request_rate_per_s: float = Field(0.5, gt=0, le=1e4, description="Poisson inference request rate per client, 1/s.")
+    inference_horizon_s: float = Field(120.0, gt=0, le=1e6, description="Simulated seconds of inference traffic.")
     request_timeout_s: float = Field(60.0, gt=0, le=86_400, description="An inference request unanswered this long after issue fails (reason timeout).")
 
 
@@ -277,28 +276,28 @@ class AlignmentConfig(_Strict):
     """``alignment``: client-expert alignment state and policy."""
 
     policy: str = Field("load_balanced", description="random, greedy, load_balanced, load_balanced_inround, optimal, deadline_aware, systems_aware.")
-    w_f: float = Field(1.0, ge=0, description="load_balanced / deadline_aware: weight of normalised fitness.")
-    w_u: float = Field(0.5, ge=0, description="load_balanced / deadline_aware: weight of normalised usage (penalty).")
+    w_f: float = Field(1.0, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised fitness.")
+    w_u: float = Field(0.5, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised usage (penalty).")
     w_r: float = Field(0.0, ge=0, le=100, description="load_balanced / deadline_aware: weight of the in-round load (0 = the paper's rule; load_balanced_inround uses 0.5).")
     w_t: float = Field(1.0, ge=0, le=100, description="systems_aware: weight of an expert's predicted extra round time (per deadline).")
-    min_load: int = Field(0, ge=0, description="optimal: fewest clients per expert each round.")
-    max_load: int | None = Field(None, ge=1, description="optimal: most clients per expert each round (null: unbounded).")
+    min_load: int = Field(0, ge=0, le=10_000_000, description="optimal: fewest clients per expert each round.")
+    max_load: int | None = Field(None, ge=1, le=10_000_000, description="optimal: most clients per expert each round (null: unbounded).")
     on_infeasible: Literal["raise", "relax"] = Field("relax", description="optimal: when load bounds cannot be met, fail or drop them.")
-    min_k: int = Field(0, ge=0, description="deadline_aware: experts given regardless of predicted time.")
+    min_k: int = Field(0, ge=0, le=1024, description="deadline_aware: experts given regardless of predicted time.")
     reward: Literal["gate_prob", "loss", "expert_loss"] = Field("gate_prob", description="Fitness reward: the gate's mean routing probability (all experts), loss reduction (trained experts), or exp(-loss) of each trained expert alone on the client's data before training (expert-specific).")
     fitness_ema: float = Field(0.3, gt=0, le=1, description='Weight of a new reward in the fitness EMA.')
     fitness_decay: float = Field(0.95, gt=0, le=1, description='Per-round decay of fitness for pairs without feedback.')
     usage_decay: float = Field(0.9, ge=0, le=1, description='Per-round decay of expert usage (U <- decay x U + load).')
-    max_experts_per_client: int | None = Field(None, ge=1, description="Cap on k_c regardless of capacity.")
+    max_experts_per_client: int | None = Field(None, ge=1, le=1024, description="Cap on k_c regardless of capacity.")
     capacity: CapacityConfig = Field(default_factory=CapacityConfig)
 
 
 class EvaluationConfig(_Strict):
     """``evaluation``: when and how the global model is evaluated."""
 
-    every_rounds: int = Field(1, ge=1, description='Evaluate the global model every this many rounds (and at the last).')
+    every_rounds: int = Field(1, ge=1, le=100_000, description='Evaluate the global model every this many rounds (and at the last).')
     target_accuracy: float = Field(0.8, gt=0, le=1, description="Accuracy for time-to-target metrics.")
-    max_test_samples: int | None = Field(None, ge=10, description='Cap on the global test set size (null: all).')
+    max_test_samples: int | None = Field(None, ge=10, le=100_000_000, description='Cap on the global test set size (null: all).')
 
 
 class OutputConfig(_Strict):
@@ -306,7 +305,7 @@ class OutputConfig(_Strict):
 
     dir: str = Field("runs", description="Parent directory of run directories (relative to the working directory).")
     figures: bool = Field(True, description="Write figures at the end of the run.")
-    link_sample_s: float = Field(5.0, gt=0, description="Link utilisation sampling interval, s.")
+    link_sample_s: float = Field(5.0, ge=1e-3, le=1e6, description="Link utilisation sampling interval, s.")
     tensorboard: bool = Field(False, description="Also write per-round accuracy, simulated time, bytes and stragglers as TensorBoard event files into RUN_DIR/tensorboard while the run goes on (tensorboard --logdir RUN_DIR or SWEEP_DIR).")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ import simpy
 from fedsim.devices.causes import Dropout, OutOfMemory
 from fedsim.devices.params import DeviceClassParams
 from fedsim.devices.traces import AvailabilityTrace
+from fedsim.engine.clock import delay_to, step
 from fedsim.engine.simulation import Simulation
 
 __all__ = ["Device", "ComputeResult", "lognormal_params"]
@@ -127,18 +129,20 @@ class Device:
         self.availability = availability
         self.online = True
         self.processes: dict[str, simpy.Process] = {}
+        self.ever_online = True  # set after the initial state below
         if p.background_load_mean > 0:
             self.background_load = self._draw_load()
             self.processes["load"] = self.env.process(self._load_loop())
         if len(p.memory_pressure_levels) > 1:
             self.processes["memory"] = self.env.process(self._memory_loop())
         if availability is not None:
-            self.online = availability.is_active(self.env.now)
-            self.processes["availability"] = self.env.process(self._trace_loop())
+            self.online, changes = availability.timeline(self.env.now)
+            self.processes["availability"] = self.env.process(self._trace_loop(changes))
         elif math.isfinite(p.mean_on_s):
             frac_on = p.mean_on_s / (p.mean_on_s + p.mean_off_s)
             self.online = bool(self._rng_avail.random() < frac_on)
             self.processes["availability"] = self.env.process(self._onoff_loop())
+        self.ever_online = self.online
 
     # -- compute speed -------------------------------------------------------
     def speed_flops(self) -> float:
@@ -158,8 +162,8 @@ class Device:
 
     def _load_loop(self) -> Any:
         while True:
-            yield self.env.timeout(self._rng_compute.exponential(
-                self.params.background_load_change_mean_s))
+            yield self.env.timeout(step(self.env.now, self._rng_compute.exponential(
+                self.params.background_load_change_mean_s)))
             self.set_background_load(self._draw_load())
 
     def _job_rate(self, job: _Job) -> float:
@@ -219,8 +223,8 @@ class Device:
         np.fill_diagonal(jump, 0.0)
         jump = jump / jump.sum(axis=1, keepdims=True)
         while True:
-            yield self.env.timeout(self._rng_mem.exponential(p.memory_pressure_mean_hold_s[
-                self.memory_state]))
+            yield self.env.timeout(step(self.env.now, self._rng_mem.exponential(
+                p.memory_pressure_mean_hold_s[self.memory_state])))
             nxt = int(self._rng_mem.choice(len(jump), p=jump[self.memory_state]))
             self.set_memory_state(nxt)
 
@@ -354,26 +358,26 @@ class Device:
         if self.online:
             return
         self.online = True
+        self.ever_online = True
         self.sim.rec.event(self.env.now, "online", node=self.node)
 
     def _onoff_loop(self) -> Any:
         p = self.params
         while True:
             mean = p.mean_on_s if self.online else p.mean_off_s
-            yield self.env.timeout(self._rng_avail.exponential(mean))
+            yield self.env.timeout(step(self.env.now, self._rng_avail.exponential(mean)))
             if self.online:
                 self.go_offline()
             else:
                 self.go_online()
 
-    def _trace_loop(self) -> Any:
-        assert self.availability is not None
-        while True:
-            online, dt = self.availability.state_at(self.env.now)
-            if online and not self.online:
+    def _trace_loop(self, changes: Iterator[tuple[float, bool]]) -> Any:
+        """Follow the trace's state changes, generated on demand from kept state
+        (:meth:`AvailabilityTrace.timeline`): the clock always advances."""
+        for t, online in changes:
+            if t > self.env.now:
+                yield self.env.timeout(delay_to(self.env.now, t))
+            if online:
                 self.go_online()
-            elif not online and self.online:
+            else:
                 self.go_offline()
-            if math.isinf(dt):
-                return
-            yield self.env.timeout(dt)

@@ -90,6 +90,8 @@ class DeviceClassParams:
             raise ValueError('"mean_on_s" and "mean_off_s" must be > 0')
         if self.speed_max_mps < self.speed_min_mps:
             raise ValueError('"speed_max_mps" must be >= "speed_min_mps"')
+        if self.altitude_max_m < self.altitude_min_m:
+            raise ValueError('"altitude_max_m" must be >= "altitude_min_m"')
 
 
 def default_device_classes() -> dict[str, DeviceClassParams]:

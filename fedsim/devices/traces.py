@@ -11,10 +11,9 @@ dict ``client_id -> {"computation": ms per sample, "communication": kbit/s}``.
 
 from __future__ import annotations
 
-import bisect
 import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class AvailabilityTrace:
-    """Online intervals ``[active[k], inactive[k]]`` (s) repeating every ``finish_time_s``."""
+    """Online intervals ``[active[k], inactive[k]]`` (s) repeating every ``finish_time_s``.
+
+    Intervals are clipped to ``[0, finish_time_s]`` (what lies beyond the period
+    is never reached), touching intervals merge, and an interval that ends at
+    the period's end continues into one that starts at 0 (no toggle at the
+    wrap). The resulting per-period toggle list is kept as offsets; the edge
+    times of the ``c``-th period are ``c * finish_time_s + offset``, stepped
+    through from kept state (period and toggle index) by :meth:`timeline`, so a
+    device never recomputes its phase from the absolute clock (which, once the
+    period wraps, lands a few ulps before an edge and stops the clock).
+    """
 
     active_s: tuple[float, ...]
     inactive_s: tuple[float, ...]
@@ -40,31 +49,116 @@ class AvailabilityTrace:
     def __post_init__(self) -> None:
         if len(self.active_s) != len(self.inactive_s):
             raise ValueError('"active" and "inactive" must have the same length')
-        if not self.finish_time_s > 0:
-            raise ValueError('"finish_time" must be > 0')
+        if not (self.finish_time_s > 0 and math.isfinite(self.finish_time_s)):
+            raise ValueError('"finish_time" must be > 0 and finite')
         prev = -math.inf
         for a, b in zip(self.active_s, self.inactive_s):
+            if not (math.isfinite(a) and math.isfinite(b)):
+                raise ValueError("trace times must be finite")
             if not (prev <= a <= b):
                 raise ValueError("trace intervals must be sorted and non-overlapping")
             prev = b
+        period = self.finish_time_s
+        merged: list[list[float]] = []
+        for a, b in zip(self.active_s, self.inactive_s):
+            a, b = min(max(a, 0.0), period), min(max(b, 0.0), period)
+            if b <= a:
+                continue
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        offs: list[float] = []
+        states: list[bool] = []
+        if merged:
+            start_on = merged[0][0] == 0.0
+            end_on = merged[-1][1] == period
+            if start_on != end_on:  # the state at offset 0 differs from the one just before the wrap
+                offs.append(0.0)
+                states.append(start_on)
+            for a, b in merged:
+                if a > 0.0:
+                    offs.append(a)
+                    states.append(True)
+                if b < period:
+                    offs.append(b)
+                    states.append(False)
+        object.__setattr__(self, "_offsets", tuple(offs))
+        object.__setattr__(self, "_states", tuple(states))
+        # state before the first toggle of a period = state at the end of the previous one
+        object.__setattr__(self, "_wrap_state", bool(merged) and merged[-1][1] == period)
+
+    @property
+    def toggles(self) -> tuple[tuple[float, bool], ...]:
+        """One period's state changes: ``(offset_s, online_after)``, offsets in ``[0, period)``."""
+        return tuple(zip(self._offsets, self._states))  # type: ignore[attr-defined]
+
+    def _edge(self, cycle: int, k: int) -> float:
+        return cycle * self.finish_time_s + self._offsets[k]  # type: ignore[attr-defined]
+
+    def timeline(self, t0_s: float) -> tuple[bool, Iterator[tuple[float, bool]]]:
+        """The state at ``t0_s`` and a lazy iterator of the later state changes.
+
+        The iterator yields ``(t_s, online)`` with ``t_s > t0_s`` strictly
+        increasing and ``online`` alternating, generated on demand from a kept
+        (period, toggle index) pair: the ``c``-th period's edges are
+        ``c * finish_time_s + offset``. Edges that the float clock cannot
+        separate (an interval shorter than an ulp of the time) are merged into
+        one instant, and a merge that leaves the state unchanged yields nothing.
+        The iterator is empty for a device that never changes state.
+        """
+        offs = self._offsets  # type: ignore[attr-defined]
+        states = self._states  # type: ignore[attr-defined]
+        if not offs:
+            return self._wrap_state, iter(())  # type: ignore[attr-defined]
+        n = len(offs)
+        cycle = max(math.floor(t0_s / self.finish_time_s) - 1, 0) if t0_s > 0 else 0
+        k = 0
+        state = bool(self._wrap_state)  # type: ignore[attr-defined]
+        if t0_s >= 0.0:
+            # walk forward from kept state to the first edge after t0 (at most two periods)
+            while self._edge(cycle, k) <= t0_s:
+                state = states[k]
+                k += 1
+                if k == n:
+                    k, cycle = 0, cycle + 1
+        return state, self._changes(state, cycle, k, t0_s)
+
+    def _changes(self, state: bool, cycle: int, k: int, last_t: float) -> Iterator[tuple[float, bool]]:
+        offs = self._offsets  # type: ignore[attr-defined]
+        states = self._states  # type: ignore[attr-defined]
+        n = len(offs)
+        idle = 0  # edges consumed since the last change
+        while idle <= n:  # a whole period without a change: the float clock merged every interval
+            t = self._edge(cycle, k)
+            s = states[k]
+            k += 1
+            idle += 1
+            if k == n:
+                k, cycle = 0, cycle + 1
+            # edges the float clock cannot separate from ``t`` happen at the same instant
+            while self._edge(cycle, k) <= t:
+                s = states[k]
+                k += 1
+                idle += 1
+                if k == n:
+                    k, cycle = 0, cycle + 1
+            if s == state or t <= last_t:
+                continue
+            state = s
+            last_t = t
+            idle = 0
+            yield t, s
 
     def state_at(self, t_s: float) -> tuple[bool, float]:
         """(online at ``t_s``, seconds until the state next changes; inf if never)."""
-        if not self.active_s:
-            return False, math.inf
-        period = self.finish_time_s
-        cycle = math.floor(t_s / period)
-        x = t_s - cycle * period
-        k = bisect.bisect_right(self.active_s, x) - 1
-        if k >= 0 and x < self.inactive_s[k]:
-            # at a period boundary the state is simply re-evaluated (no spurious toggle)
-            return True, min(self.inactive_s[k], period) - x
-        nxt = self.active_s[k + 1] if k + 1 < len(self.active_s) else self.active_s[0] + period
-        return False, nxt - x
+        online, changes = self.timeline(t_s)
+        nxt = next(changes, None)
+        return online, (math.inf if nxt is None else nxt[0] - t_s)
 
     def is_active(self, t_s: float) -> bool:
         """Whether the device is online at ``t_s``."""
-        return self.state_at(t_s)[0]
+        return self.timeline(t_s)[0]
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ _ROUNDS = TableSchema("rounds", "one row per round (nmoe: per training-stage rou
     _c("t_upload_s", "float", "s", "mean upload time of completed clients"),
     _c("t_wait_s", "float", "s", "mean wait from a completed client's end to the round's close"),
     _c("t_server_s", "float", "s", "server time after the close (aggregation, compute)"),
-    _c("online", "int", "1", "clients online at the round's end"),
+    _c("online", "int", "1", "clients online when the round selected its clients"),
     _c("stage", "str", "", "nmoe: training stage (extractor / experts / gate)", False),
     _c("loss", "float", "1", "nmoe: the stage round's training loss (NaN when the stage reports none)", False),
     _c("stage_round", "int", "1", "nmoe: round within its stage", False),
@@ -164,13 +164,15 @@ _EVENTS = TableSchema("events", "flat event log: transfers, compute jobs, OOMs, 
     _c("available_bytes", "float", "bytes", "oom: memory available", False),
 ))
 
-_LINKS = TableSchema("links", "per-link mean load and utilisation over each sampling interval", (
+_LINKS = TableSchema("links", "per link and sampling interval (the last partial one included; idle intervals as zeros once a link has carried traffic): mean load, bytes, utilisation", (
     _c("t_s", "float", "s", "end of the sampling interval"),
+    _c("interval_s", "float", "s", "length of the interval (the last one may be shorter)"),
     _c("link", "str", "", "link name"),
     _c("kind", "str", "", "link kind"),
     _c("node", "str", "", "node the link belongs to"),
     _c("capacity_bps", "float", "bps", "capacity"),
     _c("load_bps", "float", "bps", "mean load"),
+    _c("bytes", "float", "bytes", "bytes carried in the interval (per link they sum to edges.bytes_carried)"),
     _c("utilisation", "float", "1", "load / capacity"),
     _c("flows", "int", "1", "flows at the sample"),
 ))
@@ -191,6 +193,7 @@ _EDGES = TableSchema("edges", "topology edges with bytes carried", (
     _c("capacity_bps", "float", "bps", "capacity (NaN for radio cells)"),
     _c("capacity_hz", "float", "hz", "radio bandwidth (NaN for wires)"),
     _c("bytes_carried", "float", "bytes", "bytes carried over the run"),
+    _c("link", "str", "", "link name, as in the links table (client access caps: CLIENT/cap_up, CLIENT/cap_down)"),
 ))
 
 _ASSIGNMENTS = TableSchema("assignments", "(round, client, expert) pairs: the client x expert assignment of every round", (

@@ -295,6 +295,23 @@ class FlowSystem:
             self._enter(f)
         self._maybe_flush()
 
+    def settle(self) -> None:
+        """Credit every active flow's progress so far to ``bytes_carried`` of its links
+        (e.g. at the end of a run); rates and finish times are unchanged (a flow's
+        finish is at virtual time ``vt0 + size - base``, kept by moving both)."""
+        now = self.env.now
+        for b in list(self._bundles.values()):
+            b.advance(now)
+            for f in b.flows:
+                done = min(f.size_bits, f.base_bits + (b.vt - f.vt0))
+                seg = done - f.base_bits
+                if seg > 0.0:
+                    by = seg / 8.0
+                    for lk in f.path:
+                        lk.bytes_carried += by
+                    f.base_bits = done
+                    f.vt0 = b.vt
+
     # -- internals -----------------------------------------------------------
     def mark(self, lk: Link) -> None:
         """Bring ``lk``'s usage and load integrals up to now."""

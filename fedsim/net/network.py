@@ -27,8 +27,9 @@ deployments (off by default): only the ``k`` nearest BSs and the serving
 one are re-evaluated, the others can neither serve nor interfere.
 
 Records: ``nodes`` (once), ``edges`` (at :meth:`finish`), ``links``
-(utilisation samples, only of links carrying traffic at the sample
-instant: a missing row means idle), events ``transfer`` (every completed or
+(one row per sampling interval for every link that has carried traffic so
+far, idle intervals as zeros, the last partial interval written by
+:meth:`finish`; the ``bytes`` column sums to the link's ``bytes_carried``), events ``transfer`` (every completed or
 interrupted transfer) and ``handover``. Fading blocks are counted
 (:attr:`Network.fading_blocks`), not logged.
 
@@ -46,6 +47,7 @@ import networkx as nx
 import numpy as np
 import simpy
 
+from fedsim.engine.clock import delay_to
 from fedsim.engine.simulation import Simulation
 from fedsim.net import channel as ch
 from fedsim.net.flows import Flow, FlowSystem, Link, TransferResult
@@ -167,8 +169,11 @@ class Network:
         # SNR (UE power - path loss - the cell's uplink noise, same UE power for every cell)
         self.attach_offset_db = (np.zeros(len(self.bs_ids)) if self.cp.attachment == "downlink"
                                  else -self.bs_power_dbm - self.noise_up_dbm)
+        self._caps: dict[int, tuple[Link, Link]] = {}  # per-client access rate caps
         self._init_population(specs)
         self._record_nodes()
+        self._sample_t = 0.0
+        self._sample_last: dict[Link, tuple[float, float]] = {}
         if self.params.link_sample_interval_s > 0:
             self.env.process(self._sample_loop())
 
@@ -427,6 +432,10 @@ class Network:
             se = self.se_up[si]
             coeffs.append(1.0 / se if se > 0 else math.inf)
             lat += self.cp.access_latency_s
+            cap = self._caps.get(si)
+            if cap is not None:  # after the cell: the cell stays at index 0 (see _refresh)
+                links.append(cap[0])
+                coeffs.append(1.0)
         wp = self._wired_path(a, b)
         for u, v in zip(wp, wp[1:]):
             lk = self._wlink[(u, v)]
@@ -434,12 +443,37 @@ class Network:
             coeffs.append(1.0)
             lat += lk.latency_s
         if di is not None:
+            cap = self._caps.get(di)
+            if cap is not None:  # before the cell: the cell stays last (see _refresh)
+                links.append(cap[1])
+                coeffs.append(1.0)
             links.append(self.down[self.serving[di]])
             se = self.se_down[di]
             coeffs.append(1.0 / se if se > 0 else math.inf)
             lat += self.cp.access_latency_s
         names = tuple(([src] if si is not None else []) + wp + ([dst] if di is not None else []))
         return links, coeffs, names, lat
+
+    def set_rate_cap(self, client: str, rate_bps: float) -> None:
+        """Cap ``client``'s access rate at ``rate_bps`` in each direction.
+
+        Models a device's own link limit (FedScale's device-capacity
+        ``communication`` rate, in the trace's kbit/s x 1000): a virtual link of
+        capacity ``rate_bps`` (kind ``access_cap``) is added to every path from and
+        to the client, after its uplink cell and before its downlink cell, so its
+        concurrent flows share the cap max-min fairly with everything else. Call
+        before transfers start.
+
+        Raises:
+            ValueError: ``client`` is not a client, or ``rate_bps`` is not > 0.
+        """
+        i = self._index(client)
+        if not rate_bps > 0 or not math.isfinite(rate_bps):
+            raise ValueError(f'"rate_bps" must be > 0 and finite, got {rate_bps!r}')
+        up = self.fs.add_link(f"{client}/cap_up", "access_cap", client, float(rate_bps))
+        down = self.fs.add_link(f"{client}/cap_down", "access_cap", client, float(rate_bps))
+        up.min_coeff = down.min_coeff = 1.0
+        self._caps[i] = (up, down)
 
     # -- public queries ------------------------------------------------------
     def serving_bs(self, client: str) -> str:
@@ -475,6 +509,9 @@ class Network:
                        - self.cp.interference_margin_db)
             bw = self.bw_down_hz[s]
         rate = bw * float(self._se(np.array([sinr_db]))[0])
+        cap = self._caps.get(i)
+        if cap is not None:
+            rate = min(rate, cap[0].capacity)
         bs = self.bs_ids[s]
         wp = self._wired_path(bs, self.server) if up else self._wired_path(self.server, bs)
         for u, v in zip(wp, wp[1:]):
@@ -679,31 +716,47 @@ class Network:
                 self._refresh([i for i in rows.tolist() if i in self._active])
 
     def _sample_loop(self) -> Any:
-        """Every ``link_sample_interval_s``, one row per link that carried traffic in the
-        interval: its *mean* load (bit/s) and utilisation over the interval, from the
-        exact time integrals kept by the flow system (short bursts between two
-        samples are not missed). Idle links write no row."""
+        """Every ``link_sample_interval_s``, one row per link that has carried traffic so
+        far: its *mean* load (bit/s), bytes and utilisation over the interval, from the
+        exact time integrals kept by the flow system (short bursts between two samples
+        are not missed; idle intervals are explicit zeros). The sample instants are
+        ``k x interval`` from a kept index, never accumulated; :meth:`finish` writes the
+        last, partial interval."""
         dt = self.params.link_sample_interval_s
+        k = 0
+        while True:
+            k += 1
+            yield self.env.timeout(delay_to(self.env.now, k * dt))
+            self._sample()
+
+    def _sample(self) -> None:
+        """Write the rows of the interval since the previous sample (see :meth:`_sample_loop`)."""
+        now = self.env.now
+        dt = now - self._sample_t
+        if dt <= 0.0:
+            return
+        self._sample_t = now
         rec = self.sim.rec
         fs = self.fs
-        last: dict[Link, tuple[float, float]] = {}
-        while True:
-            yield self.env.timeout(dt)
-            now = self.env.now
-            links = {lk: None for lk in fs.take_touched()}
-            links.update({lk: None for lk in fs.busy})
-            for lk in sorted(links, key=lambda k: k.name):
-                fs.mark(lk)
-                u0, b0 = last.get(lk, (0.0, 0.0))
-                du, db = lk.usage_s - u0, lk.load_bits - b0
-                last[lk] = (lk.usage_s, lk.load_bits)
-                if du <= 0.0 and db <= 0.0:
-                    continue
-                util = du / (lk.capacity * dt) if lk.capacity > 0 else 0.0
-                load = db / dt
-                cap = lk.capacity if lk.kind == "wired" else (load / util if util > 0 else math.nan)
-                rec.row("links", t_s=now, link=lk.name, kind=lk.kind, node=lk.node,
-                        capacity_bps=cap, load_bps=load, utilisation=util, flows=len(lk.flows))
+        last = self._sample_last
+        for lk in fs.take_touched():
+            last.setdefault(lk, (0.0, 0.0))
+        for lk in fs.busy:
+            last.setdefault(lk, (0.0, 0.0))
+        for lk in sorted(last, key=lambda k: k.name):
+            fs.mark(lk)
+            u0, b0 = last[lk]
+            du, db = max(lk.usage_s - u0, 0.0), max(lk.load_bits - b0, 0.0)
+            last[lk] = (lk.usage_s, lk.load_bits)
+            util = du / (lk.capacity * dt) if lk.capacity > 0 else 0.0
+            load = db / dt
+            if lk.kind not in ("uplink", "downlink"):
+                cap = lk.capacity
+            else:  # a cell's bit-rate capacity depends on its clients' channels
+                cap = load / util if util > 0 else math.nan
+            rec.row("links", t_s=now, interval_s=dt, link=lk.name, kind=lk.kind, node=lk.node,
+                    capacity_bps=cap, load_bps=load, bytes=db / 8.0, utilisation=util,
+                    flows=len(lk.flows))
 
     # -- records -------------------------------------------------------------
     def _record_nodes(self) -> None:
@@ -719,16 +772,28 @@ class Network:
         Wired links appear once per direction (src -> dst); a cell appears as
         src = dst = its BS with kind ``uplink`` / ``downlink`` and its
         bandwidth in ``capacity_hz`` (``capacity_bps`` is NaN: it depends on
-        the clients' channels).
+        the clients' channels); a client's access rate cap (:meth:`set_rate_cap`)
+        appears as src = dst = the client, kind ``access_cap``. ``link`` is the
+        link's name, as in the ``links`` table. Flows still in flight are brought up to now first,
+        and the ``links`` table gets its last, partial interval, so the bytes in
+        ``links`` equal ``bytes_carried`` of every link.
         """
+        self.fs.settle()
+        if self.params.link_sample_interval_s > 0:
+            self._sample()
         rec = self.sim.rec
         for (u, v), lk in self._wlink.items():
             rec.row("edges", src=u, dst=v, kind="wired", capacity_bps=lk.capacity,
-                    capacity_hz=math.nan, bytes_carried=lk.bytes_carried)
+                    capacity_hz=math.nan, bytes_carried=lk.bytes_carried, link=lk.name)
         for j, b in enumerate(self.bs_ids):
             for lk in (self.up[j], self.down[j]):
                 rec.row("edges", src=b, dst=b, kind=lk.kind, capacity_bps=math.nan,
-                        capacity_hz=lk.capacity, bytes_carried=lk.bytes_carried)
+                        capacity_hz=lk.capacity, bytes_carried=lk.bytes_carried, link=lk.name)
+        for i in sorted(self._caps):
+            c = self.client_ids[i]
+            for lk in self._caps[i]:
+                rec.row("edges", src=c, dst=c, kind="access_cap", capacity_bps=lk.capacity,
+                        capacity_hz=math.nan, bytes_carried=lk.bytes_carried, link=lk.name)
 
     def stats(self) -> dict[str, int]:
         """Counters: fading blocks, handovers, mobility steps, flows, recomputations."""

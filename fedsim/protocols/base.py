@@ -92,6 +92,7 @@ class RoundState:
     tasks: dict[str, list[int]] = field(default_factory=dict)
     t_close_s: float = math.nan
     t_end_s: float = math.nan
+    online: int = 0  # clients online when the round selected its clients (the rounds table's ``online``)
     update: Any = None
     metrics: dict[str, float] = field(default_factory=lambda: {"accuracy": math.nan, "f1": math.nan, "auc": math.nan})
 
@@ -217,6 +218,7 @@ class Protocol:
         """One synchronous round (module docstring); returns its :class:`RoundState`."""
         st = RoundState(r, float(self.env.now))
         self.rec.event(st.t_start_s, "round_start", round=r)
+        st.online = sum(1 for c in self.world.clients if self.world.is_online(c))
         st.selected = self.select(r)
         st.tasks = self.assign(r, st.selected) if st.selected else {}
 
@@ -324,7 +326,7 @@ class Protocol:
             t_download_s=mean([o.t_download_s for o in done]), t_compute_s=mean([o.t_compute_s for o in done]),
             t_upload_s=mean([o.t_upload_s for o in done]), t_wait_s=mean([st.t_close_s - o.t_end_s for o in done]),
             t_server_s=st.t_end_s - st.t_close_s,
-            online=sum(1 for c in w.clients if w.is_online(c)),
+            online=st.online,
         )
         for o in outs:
             wasted = o.status != "completed"
