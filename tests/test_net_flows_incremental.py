@@ -135,3 +135,11 @@ def test_stop_at_the_instant_a_bundle_was_due_does_not_finish_another_flow() -> 
     # b: 2 bytes by t = 4 (0.5 B/s), then 8 bytes alone at 1 B/s -> t = 12
     assert math.isclose(ends["b"], 12.0), ends
     assert math.isclose(flows["b"].done_bits, 80.0)
+
+
+def test_schedule_stays_compact_when_a_scheduled_bundle_empties() -> None:
+    """Regression (hypothesis cases seed 2353 / 3031, 7 links): a bundle that emptied while
+    scheduled lowered the live count without a compaction check, so superseded entries
+    outgrew the bound; both sequences now keep it after every change."""
+    _run(2353, 7, 150)
+    _run(3031, 7, 150)

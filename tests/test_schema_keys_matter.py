@@ -69,6 +69,10 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "alignment.on_infeasible": ("alignment.policy=optimal", "alignment.max_load=1"),
     "alignment.min_k": ("alignment.policy=deadline_aware",),
     "data.tau": ("data.partition=noniid_tau",),
+    "data.tau_definition": ("data.partition=noniid_tau", "data.tau=1.0"),
+    "data.group_shares": ("data.partition=domain_skew",),
+    "data.domain_transform": ("data.partition=domain_skew",),
+    "model.stem_projection": ("model.stem_layers=0",),
     "data.clusters": ("data.partition=label_clusters",),
     "channel.rician_k_db": ("channel.fading=rician",),
     "channel.log_distance_exponent": ("channel.model=log_distance",),
@@ -80,7 +84,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "topology.grid.edge_": ("topology.server=edge0",),
     "protocol.nmoe.dp_": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
                           "protocol.nmoe.extractor=fedsc", "protocol.nmoe.dp_epsilon=1.0"),
-    "model.aux_loss_weight": ("model.top_k=1",),  # with k_c <= top_k the Switch loss is constant
+    "model.aux_loss_weight": ("model.top_k=1", "model.gate_weights=softmax"),  # with k_c <= top_k the Switch loss is constant
     "channel.handover_time_to_trigger_s": ("channel.handover_hysteresis_db=0", "devices.mobility_interval_s=0.2"),
     "channel.handover_hysteresis_db": ("channel.handover_time_to_trigger_s=0", "devices.mobility_interval_s=0.2"),
     "channel.shadowing_decorrelation_m": ("devices.mobility_interval_s=0.2",),
@@ -112,6 +116,7 @@ VALUES: dict[str, str] = {
     "alignment.policy": "greedy",
     "data.dataset": "synthetic",
     "data.clusters": "2",
+    "data.group_shares": "[0.5, 0.5]",
     "training.batch_size": "2",
     "channel.max_spectral_efficiency_bps_hz": "1.0",
     "protocol.fedmoe.clients_per_round": "2",
@@ -157,6 +162,8 @@ _MEMX = ("acts only on a job running when memory pressure rises; in a CI-sized r
 
 #: keys whose effect is, by design, not in the run directory (reason; where it is tested)
 EXCEPTIONS: dict[str, str] = {
+    "alignment.w_u": _ALIGN,
+    "alignment.w_t": _ALIGN,
     "training.torch_threads": "host threads only: results are identical by design (wall time changes)",
     "training.executor": "how jobs run (sequential / batched / parallel): identical results by design, tested in the learning tests",
     "training.workers": "parallel executor's worker count: identical results by design",

@@ -200,6 +200,7 @@ class FlowSystem:
                 self._live -= 1
             b.version += 1  # any schedule entry of it is superseded
             b.rate = 0.0
+            self._maybe_compact()
             return
         w = b.weight
         for i, a in enumerate(f.coeffs):
@@ -463,8 +464,7 @@ class FlowSystem:
         b.scheduled = True
         self._live += 1
         heapq.heappush(self._sched, (t, b.seq, b.version, b))
-        if len(self._sched) > 2 * self._live + 64:
-            self._compact()
+        self._maybe_compact()
         if t < self._next_wake:
             self._wake_at(t)
 
@@ -476,9 +476,16 @@ class FlowSystem:
         ev = self.env.timeout(max(t - self.env.now, 0.0))
         ev.callbacks.append(lambda e, t=t: self._on_wake(e, t))
 
+    def _maybe_compact(self) -> None:
+        """Keep superseded entries <= live entries + 64. Called after every change that
+        adds an entry or retires a live one (a retired bundle leaves its entry behind)."""
+        if len(self._sched) > 2 * self._live + 64:
+            self._compact()
+
     def _compact(self) -> None:
         """Drop superseded schedule entries (keeps the schedule proportional to the bundles)."""
-        self._sched = [e for e in self._sched if e[3].scheduled and e[3].version == e[2]]
+        # in place: _on_wake holds an alias of the list while completions detach flows
+        self._sched[:] = [e for e in self._sched if e[3].scheduled and e[3].version == e[2]]
         heapq.heapify(self._sched)
 
     def _on_wake(self, _ev: simpy.Event, target: float = -_INF) -> None:
@@ -522,6 +529,7 @@ class FlowSystem:
                 f.done.succeed(f)
         while sched and (not sched[0][3].scheduled or sched[0][2] != sched[0][3].version):
             heapq.heappop(sched)
+        self._maybe_compact()
         if sched and sched[0][0] < self._next_wake:
             self._wake_at(sched[0][0])
 
