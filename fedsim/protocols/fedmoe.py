@@ -96,6 +96,10 @@ class FedMoE(Protocol):
         """Record each client's personalised accuracy (table ``personal``)."""
         self.world.personalised_accuracy(self.model, self.global_state)
 
+    def final_state(self) -> dict[str, Any]:
+        """The global model's state dict."""
+        return self.global_state
+
     def budget(self, c: str, est: Any) -> int:
         """Expert budget k_c of client ``c`` from the server's estimate."""
         k = self.acct.budget(est, self.world.num_samples(c), self.cfg.deadline_s, self.s.alignment.capacity.safety_margin)
@@ -175,7 +179,7 @@ class FedMoE(Protocol):
     def train(self, arrived: list[str], r: int) -> list[Any]:
         """Run the training jobs of the clients whose uploads arrived (reference executor)."""
         jobs = [self.world.train_job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared) for c in arrived]
-        return self.executor.run(jobs) if jobs else []
+        return self.world.run_jobs(self.executor, jobs)
 
     def fedavg(self, updates: list[Any], r: int) -> None:
         """FedAvg into the global state, then update fitness, usage and capacity estimates."""

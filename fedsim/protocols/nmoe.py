@@ -266,18 +266,28 @@ class NMoE(Protocol):
         self.clients_data = client_data(ds, splits)
         tc = self.train_config()
         self.model_config = replace(w.model_config, num_experts=len(w.clients), top_k=tc.top_k)
-        model, ext, info = train_nmoe(self.clients_data, self.model_config, tc, self.sim.rng.seed_int("nmoe/train"), dataset=ds.name)
-        own = evaluate_per_client(model, self.clients_data)
-        glob = evaluate_per_client(model, self.clients_data, x_global=w.x_test, y_global=w.y_test)
-        lr = local_ratio(model, self.clients_data)
+
+        def train_and_evaluate() -> tuple[Any, list[dict[str, Any]], dict[str, float], dict[str, float], float]:
+            model, ext, _info = train_nmoe(self.clients_data, self.model_config, tc, self.sim.rng.seed_int("nmoe/train"), dataset=ds.name)
+            own = evaluate_per_client(model, self.clients_data)
+            glob = evaluate_per_client(model, self.clients_data, x_global=w.x_test, y_global=w.y_test)
+            return model, list(ext.history), own, glob, float(local_ratio(model, self.clients_data))
+
+        # the real PyTorch work goes through the replay seam (checkpoint / resume)
+        model, history, own, glob, lr = self.replayed("nmoe/train", train_and_evaluate)
         for test, m in (("own", own), ("global", glob)):
             self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr)
-        for h in ext.history:
+        for h in history:
             self.rec.row("nmoe_stage1", extractor=tc.extractor, round=int(h["round"]), loss=float(h["loss"]))
-        self.record_stages(ext.history, glob)
+        self.record_stages(history, glob)
         self.progress(round=tc.rounds, rounds=tc.rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=0.0)
         self.model = model
+        self.checkpoint(tc.rounds, force=True)
         return model
+
+    def final_state(self) -> dict[str, Any] | None:
+        """The trained NMoE's state dict (after :meth:`train`)."""
+        return None if self.model is None else self.model.state_dict()
 
     def record_stages(self, history: list[dict[str, Any]], glob: dict[str, float]) -> None:
         """One ``rounds`` row per training stage (``round`` 0, 1, 2 = extractor, experts, gate).
