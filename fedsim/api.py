@@ -36,7 +36,7 @@ from fedsim.rundir import (
     write_parquet,
 )
 
-__all__ = ["RunResult", "load_scenario", "run", "resume", "checkpoint_interval", "CheckpointError", "ProgressFn", "TABLES"]
+__all__ = ["RunResult", "load_scenario", "run", "resume", "checkpoint_interval", "checkpoint_identity", "CheckpointError", "ProgressFn", "TABLES"]
 
 #: Tables a run may write, as ``<name>.parquet`` in the run directory (declared in :mod:`fedsim.engine.tables`).
 TABLES = tuple(_TABLE_SCHEMAS)
@@ -146,6 +146,8 @@ def run(
     run_dir = None
     if out_dir is not None:
         run_dir = Path(out_dir)
+        if (run_dir / "manifest.json").is_file() and (run_dir / HEADER_FILE).is_file():
+            raise ScenarioError(f"output directory {str(run_dir)!r} holds an interrupted run; continue it with fedsim run --resume {run_dir}", file="--out")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ScenarioError(f"output directory {str(run_dir)!r} already holds files; choose another --out", file="--out")
     return _execute(loaded, run_dir, progress=progress, figures=figures)
@@ -169,11 +171,11 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: 
         Exception: as :func:`run`.
     """
     loaded, manifest = _load_for_resume(Path(run_dir))
-    head, records = read_checkpoint(Path(run_dir), _identity(loaded))
+    head, records = read_checkpoint(Path(run_dir), checkpoint_identity(loaded))
     return _execute(loaded, Path(run_dir), progress=progress, figures=figures, resume=(manifest, head, records))
 
 
-def _identity(loaded: LoadedScenario) -> dict[str, Any]:
+def checkpoint_identity(loaded: LoadedScenario) -> dict[str, Any]:
     """The fields a checkpoint must match: fedsim version, scenario hash, seed."""
     from fedsim import __version__
 
@@ -264,7 +266,7 @@ def _execute(
             head = {}
         write_json(run_dir / "manifest.json", manifest)
         world.checkpointer = Checkpointer(
-            run_dir, _identity(loaded), world.replay, every,
+            run_dir, checkpoint_identity(loaded), world.replay, every,
             committed_bytes=int(head.get("log_bytes", 0)), committed_records=len(records),
         )
 
@@ -289,6 +291,7 @@ def _execute(
     manifest["checkpoint"] = {
         "every_rounds": every, "writes": cp.writes, "write_s": round(cp.seconds, 4),
         "pickle_s": round(world.replay.cost_s, 4), "replayed_calls": len(records),
+        "log_bytes": cp.committed_bytes,
     }
     if failed is not None:
         manifest["status"] = "failed"

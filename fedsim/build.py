@@ -296,12 +296,18 @@ class World:
         """
         return self.replay.call(key, fn)
 
-    def run_jobs(self, executor: Any, jobs: list[Any]) -> list[Any]:
-        """Run training jobs with ``executor`` through the replay seam (key: their round/client ids)."""
-        if not jobs:
-            return []
+    def run_jobs(self, executor: Any, jobs: list[Any], reduce: Callable[[list[Any]], Any] | None = None) -> Any:
+        """Run training jobs with ``executor`` through the replay seam (key: their round/client ids).
+
+        Without ``reduce`` the updates themselves are logged (every client's
+        weights); with it, ``reduce(updates)`` runs inside the seam and only its
+        result is logged and returned: a pure fold such as FedAvg into one
+        state, so that a checkpoint holds one model per round, not one per client.
+        """
         key = "train/" + ",".join(f"{j.round}:{j.client_id}" for j in jobs)
-        return self.replayed(key, lambda: list(executor.run(jobs)))
+        if reduce is None:
+            return self.replayed(key, lambda: list(executor.run(jobs)) if jobs else [])
+        return self.replayed(key, lambda: reduce(list(executor.run(jobs)) if jobs else []))
 
     def checkpoint(self, rounds_done: int, *, force: bool = False) -> None:
         """Round boundary: let the checkpointer (if the run has one) write every

@@ -143,7 +143,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         else:
             res = go()
     except KeyboardInterrupt:
-        return _err("interrupted; files written so far are kept", 130)
+        return _err("interrupted; files written so far are kept (continue with: fedsim run --resume RUN_DIR)", 130)
     rounds = res.rounds
     last = rounds["accuracy"].dropna().iloc[-1] if "accuracy" in rounds and rounds["accuracy"].notna().any() else float("nan")
     print(f"run directory: {res.run_dir}")

@@ -291,3 +291,43 @@ def test_completed_run_and_non_run_dir_are_refused(reference: dict[str, Path], t
     assert "already completed" in err
     err = _refused(tmp_path, capsys)
     assert "manifest.json" in err and "not a run directory" in err
+
+
+# ------------------------------------------------------------------ sweeps
+def test_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path: Path) -> None:
+    """Ctrl-C during a sweep's run, then the same sweep again: the run continues
+    from its checkpoint (not from scratch) and ends identical to a plain run."""
+    import pandas as pd
+
+    from fedsim.api import run
+    from fedsim.build import load_checked
+    from fedsim.engine import checkpoint as cp
+    from fedsim.sweep import INDEX_FILE, SweepSpec, run_sweep
+
+    sets = [*SMALL, "protocol.name=fedmoe"]
+    spec = SweepSpec(scenario=SCENARIO, grid={"alignment.policy": ["greedy"]}, seeds=[0, 1], out=tmp_path / "sw", overrides=sets)
+    orig, n = cp.Checkpointer.write, {"writes": 0}
+
+    def write(self: cp.Checkpointer, rounds_done: int, t_s: float) -> None:
+        n["writes"] += 1
+        if n["writes"] == 6 + 4:  # the second run (seed 1), after its third checkpoint
+            raise KeyboardInterrupt
+        orig(self, rounds_done, t_s)
+
+    cp.Checkpointer.write = write  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(spec, backend="inprocess", workers=1)
+    finally:
+        cp.Checkpointer.write = orig  # type: ignore[method-assign]
+    run_dir = sorted(p for p in (tmp_path / "sw").iterdir() if p.is_dir() and p.name.endswith("seed=1"))[0]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"
+
+    res = run_sweep(spec, backend="inprocess", workers=1)
+    assert res.skipped == 1 and res.executed == 1 and res.failed == 0
+    assert (pd.read_parquet(tmp_path / "sw" / INDEX_FILE)["status"] == "completed").all()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["resumed"] == 1 and m["resumed_from_round"] == 3 and m["checkpoint"]["replayed_calls"] > 0
+    assert not (tmp_path / "sw" / ".trash").exists()
+    ref = run(load_checked(SCENARIO, [*sets, "alignment.policy=greedy"], seed=1), tmp_path / "ref", figures=False)
+    _assert_identical(ref.run_dir, run_dir)

@@ -103,8 +103,8 @@ class ProtocolWorld(Protocol):
         ``run_jobs`` / ``evaluate`` / ``personalised_accuracy`` must go through here."""
         ...
 
-    def run_jobs(self, executor: Any, jobs: list[Any]) -> list[Any]:
-        """``executor.run(jobs)`` through the replay log (every training job goes through here)."""
+    def run_jobs(self, executor: Any, jobs: list[Any], reduce: Any = None) -> Any:
+        """``executor.run(jobs)`` (or ``reduce`` of it) through the replay log (every training job goes through here)."""
         ...
 
     def checkpoint(self, rounds_done: int, *, force: bool = False) -> None:
