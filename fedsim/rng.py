@@ -13,9 +13,12 @@ Nothing in fedsim touches the global RNGs of ``random``, ``numpy`` or
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["RngStreams", "name_key"]
 
@@ -64,6 +67,8 @@ class RngStreams:
 
     def torch(self, name: str) -> torch.Generator:
         """A new CPU ``torch.Generator`` for stream ``name``, identical on every call."""
+        import torch  # lazily: validating a scenario must not pay for importing torch
+
         gen = torch.Generator(device="cpu")
         gen.manual_seed(self.seed_int(name))
         return gen

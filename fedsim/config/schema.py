@@ -188,7 +188,8 @@ class ModelConfig(_Strict):
     feature_dim: int = Field(32, ge=1, le=65536, description="Feature dimension fed to gate and experts.")
     num_experts: int = Field(4, ge=1, le=1024, description='Experts E of the MoE.')
     top_k: int = Field(2, ge=1, description="Experts combined per sample; must be <= num_experts.")
-    expert_hidden: int = Field(32, ge=1, le=65536, description='Hidden width of each expert MLP head.')
+    expert_hidden: int = Field(32, ge=0, le=65536, description='Hidden width of each expert MLP head (0: a linear expert head, feature -> classes).')
+    feature_layer: bool = Field(True, description="mlp backbone ends in a projection to feature_dim (false: the last hidden layer, width `hidden`, is the feature; feature_dim is then unused).")
     gate_noise_std: float = Field(0.0, ge=0, description='Std of Gaussian noise added to gate logits during training.')
     aux_loss_weight: float = Field(0.01, ge=0, description="Switch-style load-balancing loss weight.")
 
@@ -203,8 +204,10 @@ class TrainingConfig(_Strict):
     local_epochs: int = Field(1, ge=1, le=1000, description='Passes over the local data per round.')
     batch_size: int = Field(32, ge=1, description='Samples per local step.')
     fedprox_mu: float = Field(0.0, ge=0, description="FedProx proximal term weight (0 = FedAvg).")
-    executor: Literal["sequential"] = Field("sequential", description="Training executor.")
-    torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads used for training.")
+    executor: Literal["sequential", "batched", "parallel"] = Field("batched", description="How the training jobs of a round run: batched (a cohort at once with torch.func; models with BatchNorm fall back to sequential), sequential (one after another, the reference), parallel (worker processes). All give the same updates within float tolerance and identical simulated events.")
+    workers: int = Field(2, ge=1, le=256, description="parallel: worker processes (each keeps its model and clients' data between rounds).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda (fails when there is none).")
+    torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads used for training (per worker with the parallel executor).")
 
 
 class FedMoEConfig(_Strict):
@@ -286,6 +289,7 @@ class OutputConfig(_Strict):
         description="Write a checkpoint (checkpoint.json + checkpoint.log, for `fedsim run --resume`) every this many rounds; "
         "0 = never; default (null) = max(1, run.rounds // 10), i.e. about 10 checkpoints per run.",
     )
+    tensorboard: bool = Field(False, description="Also write per-round accuracy, simulated time, bytes and stragglers as TensorBoard event files into RUN_DIR/tensorboard while the run goes on (tensorboard --logdir RUN_DIR or SWEEP_DIR).")
 
 
 class Scenario(_Strict):

@@ -40,7 +40,6 @@ class FedMoE(Protocol):
     def __init__(self, world: Any, progress: Any = None) -> None:
         super().__init__(world, progress)
         from fedsim.alignment.policies import make_policy, policy_params
-        from fedsim.learning.executors import SequentialExecutor
 
         s = world.scenario
         self.s = s
@@ -51,7 +50,7 @@ class FedMoE(Protocol):
         self.align = world.new_alignment_state()
         self.policy = make_policy(s.alignment.policy, **policy_params(s.alignment))
         self.estimator = world.new_capacity_estimator()
-        self.executor = SequentialExecutor()
+        self.executor = world.new_executor()  # training.executor
         self.acct = world.accounting(self.model)
         self.rng_select = self.sim.rng.numpy("selection")
         self.rng_policy = self.sim.rng.numpy("policy")
@@ -184,7 +183,7 @@ class FedMoE(Protocol):
         return [self.world.train_job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared) for c in arrived]
 
     def train(self, arrived: list[str], r: int) -> list[Any]:
-        """Run the training jobs of the clients whose uploads arrived (through the world's replay seam)."""
+        """Run the training jobs of the clients whose uploads arrived (``training.executor``, through the world's replay seam)."""
         return self.world.run_jobs(self.executor, self.jobs(arrived, r))
 
     def fold(self, updates: list[Any]) -> tuple[Any, list[Any]]:
