@@ -194,8 +194,9 @@ class Protocol:
     def checkpoint(self, rounds_done: int, *, force: bool = False) -> None:
         """Round boundary: the world's checkpointer may write (every
         ``output.checkpoint_every_rounds`` rounds; a world without one ignores it).
-        Call it only where the clock and every process are at a point the
-        replay reaches again identically (the end of a round)."""
+        Any moment is safe, clients in flight included: a resumed run replays
+        from ``t = 0``, so a checkpoint is only a prefix of the replay log; an
+        asynchronous loop calls it when it publishes a model version."""
         cp = getattr(self.world, "checkpoint", None)
         if callable(cp):
             cp(rounds_done, force=force)
