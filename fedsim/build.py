@@ -222,7 +222,8 @@ class World:
         d = s.data
         rng = self.sim.rng
         try:
-            ds = load_dataset(d.dataset, self.loaded.paths.data_dir, rng=rng.fresh_numpy("data/load"))
+            kw = {"n": d.synthetic_samples} if d.dataset == "synthetic" else {}
+            ds = load_dataset(d.dataset, self.loaded.paths.data_dir, rng=rng.fresh_numpy("data/load"), **kw)
         except DatasetError as e:
             raise ScenarioError(str(e), file=str(self.loaded.path), key="data.dir") from None
         if d.max_train_samples is not None and len(ds.y_train) > d.max_train_samples:
@@ -433,7 +434,12 @@ class World:
             link_sample_interval_s=s.output.link_sample_s,
             ue_tx_power_dbm=s.devices.ue_tx_power_dbm,
         )
-        self.network = Network(self.sim, self.graph, params, server=self.server, classes=classes)
+        net_cls: type[Network] = Network
+        if params.channel.population == "lazy":
+            from fedsim.net.population import LazyNetwork
+
+            net_cls = LazyNetwork
+        self.network = net_cls(self.sim, self.graph, params, server=self.server, classes=classes)
         avail = caps = None
         if s.devices.availability_trace:
             from fedsim.devices.traces import load_fedscale_availability

@@ -87,6 +87,10 @@ class FedMoE(Protocol):
         """``protocol.fedmoe.server_compute_s``."""
         return float(self.cfg.server_compute_s)
 
+    def round_interval_s(self) -> float:
+        """``protocol.fedmoe.round_interval_s``."""
+        return float(self.cfg.round_interval_s)
+
     def evaluate(self, r: int) -> dict[str, float]:
         """Accuracy / F1 / AUC of the global state on the global test set."""
         return self.world.evaluate(self.model, self.global_state)
@@ -226,13 +230,17 @@ class FedMoE(Protocol):
         self.align.update_usage(load)
         self._last_load = load
         for c, o in self.outcomes.items():
+            mem = self.acct.memory_bytes(len(o.experts)) if o.experts else None
             if o.status == "completed":
                 self.estimator.observe(
                     c,
                     download_s=o.t_download_s, download_bytes=o.bytes_down,
                     compute_s=o.t_compute_s, flops=o.flops,
                     upload_s=o.t_upload_s, upload_bytes=o.bytes_up,
+                    memory_ok_bytes=mem,
                 )
+            elif o.status == "oom":
+                self.estimator.observe(c, memory_oom_bytes=mem)
         self.rec.event(now, "aggregate", round=r, updates=len(good), rejected=len(res.rejected))
 
     # -------------------------------------------------------------- records
