@@ -331,3 +331,17 @@ def test_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path: Path) ->
     assert not (tmp_path / "sw" / ".trash").exists()
     ref = run(load_checked(SCENARIO, [*sets, "alignment.policy=greedy"], seed=1), tmp_path / "ref", figures=False)
     _assert_identical(ref.run_dir, run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("gate", "extractor", "nth"), [("rollgate", "fedsc", 3), ("rangate", "fedce", 2)])
+def test_nmoe_other_stages_resume_identically(tmp_path: Path, gate: str, extractor: str, nth: int) -> None:
+    """nmoe with RollGate hops / FedSC (or RanGate) killed inside a checkpoint write."""
+    extra = [f"protocol.nmoe.gate={gate}", f"protocol.nmoe.extractor={extractor}"]
+    ref = tmp_path / "ref"
+    assert main(_args(ref, "nmoe", extra)) == 0
+    d = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-c", _CHILD, "mid-log", str(nth), *_args(d, "nmoe", extra)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    _resume(d)
+    _assert_identical(ref, d)
