@@ -419,10 +419,10 @@ class World:
 
         model.load_state_dict(state)
         k = self.scenario.alignment.max_experts_per_client or self.model_config.top_k
-        return alignment_metrics(
+        return self.replayed("evaluate_alignment", lambda: alignment_metrics(
             model, self.dataset.x_train, self.dataset.y_train, [self.splits[c] for c in self.clients],
             fitness, k, self.x_test, self.y_test, self.test_groups,
-        )
+        ))
 
     def accounting(self, model: Any) -> Accounting:
         """Bytes / FLOPs / memory figures of ``model`` for this scenario's training settings."""

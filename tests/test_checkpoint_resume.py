@@ -170,15 +170,20 @@ def test_killed_during_a_checkpoint_write_resumes_identically(reference: dict[st
 
 @pytest.mark.parametrize(
     ("protocol", "rounds_done"),
-    [pytest.param("fedmoe", 1, marks=pytest.mark.slow), ("fedmoe", 4), ("nmoe", 6)],
+    [pytest.param("fedmoe", 1, marks=pytest.mark.slow), ("fedmoe", 2), ("nmoe", 2)],
 )
 def test_killed_at_a_random_moment_resumes_identically(reference: dict[str, Path], tmp_path: Path, protocol: str, rounds_done: int) -> None:
     d = tmp_path / "run"
-    delay = random.Random(f"{protocol}{rounds_done}").uniform(0.0, 0.4)
+    delay = random.Random(f"{protocol}{rounds_done}").uniform(0.0, 0.1)
     rc = _kill_after_checkpoints(d, protocol, rounds_done, delay)
     if rc == 0:
         pytest.skip("the run finished before the kill")  # a very fast machine: nothing to resume
     assert rc == -signal.SIGKILL
+    if json.loads((d / "manifest.json").read_text())["status"] == "completed":
+        # killed after the run completed (while the CLI wrote report.html): nothing to resume, nothing lost
+        names = sorted(p.name for p in reference[protocol].glob("*.parquet")) + ["model.pt"]
+        assert all((d / n).read_bytes() == (reference[protocol] / n).read_bytes() for n in names)
+        pytest.skip("killed after the run completed")
     _resume(d)
     _assert_identical(reference[protocol], d)
     assert json.loads((d / "manifest.json").read_text())["resumed_from_round"] >= rounds_done
