@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -15,11 +16,27 @@ import pandas as pd
 
 from fedsim.config import LoadedScenario, ScenarioError
 from fedsim.config import load_scenario as _load
+from fedsim.engine.checkpoint import (
+    HEADER_FILE,
+    LOG_FILE,
+    Checkpointer,
+    CheckpointError,
+    Replay,
+    read_checkpoint,
+    scenario_sha256,
+)
 from fedsim.engine.tables import TABLES as _TABLE_SCHEMAS
 from fedsim.engine.tables import check_frame
-from fedsim.rundir import atomic_write_text, base_manifest, make_run_dir, write_json, write_parquet
+from fedsim.rundir import (
+    atomic_write_bytes,
+    atomic_write_text,
+    base_manifest,
+    make_run_dir,
+    write_json,
+    write_parquet,
+)
 
-__all__ = ["RunResult", "load_scenario", "run", "ProgressFn", "TABLES"]
+__all__ = ["RunResult", "load_scenario", "run", "resume", "checkpoint_interval", "checkpoint_identity", "CheckpointError", "ProgressFn", "TABLES"]
 
 #: Tables a run may write, as ``<name>.parquet`` in the run directory (declared in :mod:`fedsim.engine.tables`).
 TABLES = tuple(_TABLE_SCHEMAS)
@@ -116,6 +133,10 @@ def run(
 ) -> RunResult:
     """Run a scenario to completion and write its run directory.
 
+    Every ``output.checkpoint_every_rounds`` rounds a checkpoint is written into
+    the run directory (:mod:`fedsim.engine.checkpoint`), so a killed run
+    continues with :func:`resume`.
+
     Args:
         scenario: a loaded scenario or a path to one.
         out_dir: the run directory to create. It must not already hold files.
@@ -138,21 +159,102 @@ def run(
         Exception: whatever the simulation raised, after the run directory is
             written with ``status: failed``.
     """
+    loaded = scenario if isinstance(scenario, LoadedScenario) else load_scenario(scenario)
+    run_dir = None
+    if out_dir is not None:
+        run_dir = Path(out_dir)
+        if (run_dir / "manifest.json").is_file() and (run_dir / HEADER_FILE).is_file():
+            raise ScenarioError(f"output directory {str(run_dir)!r} holds an interrupted run; continue it with fedsim run --resume {run_dir}", file="--out")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ScenarioError(f"output directory {str(run_dir)!r} already holds files; choose another --out", file="--out")
+    return _execute(loaded, run_dir, progress=progress, figures=figures)
+
+
+def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: bool | None = None) -> RunResult:
+    """Continue an interrupted run from its last checkpoint (``fedsim run --resume DIR``).
+
+    The world is rebuilt from the scenario recorded in ``manifest.json`` and the
+    simulation re-runs from ``t = 0``, the stored training and evaluation
+    results standing in for the real work until they run out
+    (:mod:`fedsim.engine.checkpoint`); the tables and the model end
+    byte-identical to an uninterrupted run. A run with no checkpoint yet starts
+    over in the same directory.
+
+    Raises:
+        CheckpointError: ``FILE: reason`` when the directory is not a resumable
+            run (no or unreadable manifest, already completed, another fedsim
+            version) or its checkpoint is corrupt or belongs to another
+            scenario, seed or version.
+        Exception: as :func:`run`.
+    """
+    loaded, manifest = _load_for_resume(Path(run_dir))
+    head, records = read_checkpoint(Path(run_dir), checkpoint_identity(loaded))
+    return _execute(loaded, Path(run_dir), progress=progress, figures=figures, resume=(manifest, head, records))
+
+
+def checkpoint_identity(loaded: LoadedScenario) -> dict[str, Any]:
+    """The fields a checkpoint must match: fedsim version, scenario hash, seed."""
+    from fedsim import __version__
+
+    resolved = json.loads(json.dumps(loaded.scenario.model_dump(mode="json"), default=str))
+    return {"fedsim_version": __version__, "scenario_sha256": scenario_sha256(resolved), "seed": int(loaded.scenario.run.seed)}
+
+
+def _load_for_resume(run_dir: Path) -> tuple[LoadedScenario, dict[str, Any]]:
+    """The scenario (from ``manifest.json``) and manifest of a run to resume.
+
+    Raises:
+        CheckpointError: no / unreadable manifest, a completed run, another fedsim version, an invalid scenario.
+    """
+    from fedsim import __version__
+    from fedsim.config.loader import scenario_from_dict
+
+    mp = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(mp.read_text(encoding="utf-8"))
+        resolved = manifest["scenario"]
+        if not isinstance(resolved, dict):
+            raise TypeError("scenario is not an object")
+    except FileNotFoundError:
+        raise CheckpointError(mp, "not a run directory (no manifest.json)") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(mp, f"unreadable manifest ({type(e).__name__}: {e})") from None
+    if manifest.get("status") == "completed":
+        raise CheckpointError(mp, "the run already completed; nothing to resume")
+    if manifest.get("fedsim_version") != __version__:
+        raise CheckpointError(mp, f"run written by fedsim {manifest.get('fedsim_version')!r}, this is fedsim {__version__!r}")
+    try:
+        sc = scenario_from_dict(resolved, file=str(mp))
+    except ScenarioError as e:
+        raise CheckpointError(mp, f"recorded scenario is invalid: {e.rule}") from None
+    sf = manifest.get("scenario_file")
+    return LoadedScenario(sc, Path(sf) if sf else None, resolved), manifest
+
+
+def checkpoint_interval(rounds: int, every: int | None) -> int:
+    """Rounds between checkpoints: ``every`` if set (0 = never), else ``max(1, rounds // 10)``."""
+    return int(every) if every is not None else max(1, rounds // 10)
+
+
+def _execute(
+    loaded: LoadedScenario,
+    run_dir: Path | None,
+    *,
+    progress: ProgressFn | None,
+    figures: bool | None,
+    resume: tuple[dict[str, Any], dict[str, Any], list[tuple[str, int, int]]] | None = None,
+) -> RunResult:
+    """Build the world, run it with checkpoints (replaying ``resume``'s records), write the run directory."""
     from fedsim.build import build_world
     from fedsim.learning.threads import set_torch_threads
     from fedsim.protocols import make_protocol
 
-    loaded = scenario if isinstance(scenario, LoadedScenario) else load_scenario(scenario)
     s = loaded.scenario
-    if out_dir is not None:
-        run_dir = Path(out_dir)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ScenarioError(f"output directory {str(run_dir)!r} already holds files; choose another --out", file="--out")
-
     wall0 = time.perf_counter()  # host wall time is reported, never used in the simulation
     started = datetime.now(timezone.utc)
     gc_threshold = gc.get_threshold()
     restore_threads = set_torch_threads(s.training.torch_threads)
+    every = checkpoint_interval(s.run.rounds, s.output.checkpoint_every_rounds)
     try:
         # build first: bad input found here (a dataset directory that does not
         # hold the expected files, ...) fails before anything is written
@@ -160,6 +262,8 @@ def run(
             world = build_world(loaded)
         except ArithmeticError as e:  # overflow, division by zero... from extreme values
             raise _arithmetic_error(loaded, e) from None
+        records = resume[2] if resume else []
+        world.replay = Replay(run_dir / LOG_FILE if run_dir is not None else None, records, record=every > 0)
         sinks: list[Any] = []  # live sinks (output.tensorboard), opened once run_dir exists
 
         def _progress(**kw: Any) -> None:
@@ -177,20 +281,36 @@ def run(
         gc.freeze()
         gc.set_threshold(20_000, 10, 10)
 
-        if out_dir is None:
+        if run_dir is None:
             run_dir = make_run_dir(Path(s.output.dir), f"{s.run.name}-seed{s.run.seed}")
+            world.replay.log_path = run_dir / LOG_FILE
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
         draw = s.output.figures if figures is None else figures
         if draw:  # no empty figures/ for runs that draw none (sweeps, --no-figures)
             (run_dir / "figures").mkdir(exist_ok=True)
-        manifest = base_manifest(s.model_dump(mode="json"), s.run.seed)
+        if resume:
+            manifest, head = dict(resume[0]), resume[1]
+            manifest["status"] = "running"
+            manifest["resumed"] = int(manifest.get("resumed") or 0) + 1
+            manifest["resumed_from_round"] = int(head.get("rounds_done", 0))
+        else:
+            manifest = base_manifest(s.model_dump(mode="json"), s.run.seed)
+            manifest["scenario_file"] = str(loaded.path) if loaded.path else None
+            head = {}
         manifest["started_at"] = started.isoformat(timespec="milliseconds")
-        manifest["scenario_file"] = str(loaded.path) if loaded.path else None
         write_json(run_dir / "manifest.json", manifest)
+        world.checkpointer = Checkpointer(
+            run_dir, checkpoint_identity(loaded), world.replay, every,
+            committed_bytes=int(head.get("log_bytes", 0)), committed_records=len(records),
+        )
         if s.output.tensorboard:
             from fedsim.engine.sinks import TensorBoardSink
 
+            if resume:  # the replay rewrites every round: the killed run's event files would duplicate them
+                import shutil
+
+                shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
             sinks.append(TensorBoardSink(run_dir / "tensorboard"))
 
         failed: BaseException | None = None
@@ -207,12 +327,21 @@ def run(
         gc.unfreeze()
     frames = world.frames()
     _write_frames(run_dir, frames)
+    state = proto.final_state() if failed is None else None
+    if state is not None:
+        _write_model(run_dir / "model.pt", state)
+    cp = world.checkpointer
     wall_s = time.perf_counter() - wall0
     # finished_at - started_at == wall_s (one clock reading each, same resolution)
     manifest["finished_at"] = (started + timedelta(seconds=wall_s)).isoformat(timespec="milliseconds")
     manifest["wall_s"] = round(wall_s, 3)
     manifest["sim_end_s"] = float(world.sim.now)
     manifest["clients"] = _client_summary(world)
+    manifest["checkpoint"] = {
+        "every_rounds": every, "writes": cp.writes, "write_s": round(cp.seconds, 4),
+        "pickle_s": round(world.replay.cost_s, 4), "replayed_calls": len(records),
+        "log_bytes": cp.committed_bytes,
+    }
     if failed is not None:
         interrupted = isinstance(failed, KeyboardInterrupt)
         manifest["status"] = "interrupted" if interrupted else "failed"
@@ -226,7 +355,11 @@ def run(
             raise err from failed
         raise failed
     manifest["status"] = "completed"
+    manifest.pop("error", None)
     write_json(run_dir / "manifest.json", manifest)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    for name in (HEADER_FILE, LOG_FILE):  # the run is complete: its checkpoint has served
+        (run_dir / name).unlink(missing_ok=True)
 
     figs: list[Path] = []
     if draw:
@@ -234,3 +367,14 @@ def run(
 
         figs = list(plot_run(run_dir))
     return RunResult(run_dir=run_dir, manifest=manifest, frames=frames, figures=figs)
+
+
+def _write_model(path: Path, state: dict[str, Any]) -> None:
+    """Write a state dict as ``model.pt`` (``torch.save``; byte-identical for equal tensors), atomically."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().clone().contiguous() for k, v in state.items()}, buf)
+    atomic_write_bytes(path, buf.getvalue())

@@ -11,6 +11,7 @@ scenario schema.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ import networkx as nx
 import numpy as np
 
 from fedsim.config.errors import ScenarioError
+from fedsim.engine.checkpoint import Checkpointer, Replay
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -204,6 +206,9 @@ class World:
         self.loaded = loaded
         self.scenario = s = loaded.scenario
         self.sim = Simulation(s.run.seed)
+        # the replay seam (fedsim/engine/checkpoint.py): every real PyTorch result goes through it
+        self.replay = Replay(record=False)
+        self.checkpointer: Checkpointer | None = None
         self.graph = check_world_rules(loaded)  # the one build of the topology per run
         self.server = s.topology.server
         self.clients = sorted(n for n, d in self.graph.nodes(data=True) if d.get("kind") == "client")
@@ -355,7 +360,39 @@ class World:
         from fedsim.learning.metrics import evaluate
 
         model.load_state_dict(state)
-        return evaluate(model, self.x_test, self.y_test)
+        return self.replayed("evaluate", lambda: evaluate(model, self.x_test, self.y_test))
+
+    # ------------------------------------------------- replay / checkpoints
+    def replayed(self, key: str, fn: Callable[[], Any]) -> Any:
+        """The result of ``fn()`` (real learning work at zero simulated time), through the
+        run's replay log: answered from the log while a resumed run replays, else
+        computed and kept for the next checkpoint (:mod:`fedsim.engine.checkpoint`).
+        ``key`` names the call (its position in the log is its identity; the key
+        catches a diverged replay). ``fn`` must not draw from a shared RNG stream.
+
+        Raises:
+            CheckpointError: the replay diverged from the stored calls.
+        """
+        return self.replay.call(key, fn)
+
+    def run_jobs(self, executor: Any, jobs: list[Any], reduce: Callable[[list[Any]], Any] | None = None) -> Any:
+        """Run training jobs with ``executor`` through the replay seam (key: their round/client ids).
+
+        Without ``reduce`` the updates themselves are logged (every client's
+        weights); with it, ``reduce(updates)`` runs inside the seam and only its
+        result is logged and returned: a pure fold such as FedAvg into one
+        state, so that a checkpoint holds one model per round, not one per client.
+        """
+        key = "train/" + ",".join(f"{j.round}:{j.client_id}" for j in jobs)
+        if reduce is None:
+            return self.replayed(key, lambda: list(executor.run(jobs)) if jobs else [])
+        return self.replayed(key, lambda: reduce(list(executor.run(jobs)) if jobs else []))
+
+    def checkpoint(self, rounds_done: int, *, force: bool = False) -> None:
+        """Round boundary: let the checkpointer (if the run has one) write every
+        ``output.checkpoint_every_rounds`` rounds."""
+        if self.checkpointer is not None:
+            self.checkpointer.round_done(rounds_done, float(self.sim.now), force=force)
 
     def personalised_accuracy(self, model: Any, state: dict) -> None:
         """Record each client's accuracy on its own test split (table ``personal``)."""
@@ -363,7 +400,7 @@ class World:
 
         model.load_state_dict(state)
         splits = [self.splits[c] for c in self.clients]
-        acc = personalised_accuracy(model, self.dataset.x_train, self.dataset.y_train, splits)
+        acc = self.replayed("personalised", lambda: personalised_accuracy(model, self.dataset.x_train, self.dataset.y_train, splits))
         for c, a, sp in zip(self.clients, acc, splits):
             self.sim.rec.row("personal", client=c, accuracy=float(a), num_test=int(len(sp.test_idx)), num_train=int(len(sp.train_idx)), group=int(sp.group))
 
@@ -383,10 +420,10 @@ class World:
 
         model.load_state_dict(state)
         k = self.scenario.alignment.max_experts_per_client or self.model_config.top_k
-        return alignment_metrics(
+        return self.replayed("evaluate_alignment", lambda: alignment_metrics(
             model, self.dataset.x_train, self.dataset.y_train, [self.splits[c] for c in self.clients],
             fitness, k, self.x_test, self.y_test, self.test_groups,
-        )
+        ))
 
     def accounting(self, model: Any) -> Accounting:
         """Bytes / FLOPs / memory figures of ``model`` for this scenario's training settings."""

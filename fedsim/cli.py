@@ -1,6 +1,7 @@
 """The ``fedsim`` command.
 
     fedsim run SCENARIO [--out DIR] [--seed N] [--set k=v ...] [--quiet]
+    fedsim run --resume DIR
     fedsim validate SCENARIO...
     fedsim plot RUN_DIR [--round N]
     fedsim info RUN_DIR
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a scenario and write a run directory")
-    r.add_argument("scenario")
+    r.add_argument("scenario", nargs="?", help="scenario file (omit with --resume)")
     r.add_argument("--out", help="run directory to create (default: <output.dir>/<run.name>-seed<seed>)")
+    r.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint")
     r.add_argument("--seed", type=int, help="override run.seed")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any scenario key, e.g. --set model.num_experts=8")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -130,26 +132,36 @@ def _fmt_bytes(b: float) -> str:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from fedsim.api import load_scenario, run
+    from fedsim.api import load_scenario, resume, run
 
-    loaded = load_scenario(a.scenario, a.overrides, seed=a.seed)
-    counts = _client_counts(loaded)
-    if counts:
-        print(counts)
-    prog, update = _progress_bar(a.quiet, loaded.scenario.run.rounds)
+    figs = False if a.no_figures else None
+    if a.resume is not None:
+        if a.scenario or a.out or a.seed is not None or a.overrides:
+            return _err("--resume DIR takes no SCENARIO, --out, --seed or --set (the run directory records them)")
+        prog, update = _progress_bar(a.quiet, 0)
+        go = lambda: resume(a.resume, progress=update, figures=figs)  # noqa: E731
+    else:
+        if not a.scenario:
+            return _err("run: give a SCENARIO (or --resume DIR)")
+        loaded = load_scenario(a.scenario, a.overrides, seed=a.seed)
+        counts = _client_counts(loaded)
+        if counts:
+            print(counts)
+        prog, update = _progress_bar(a.quiet, loaded.scenario.run.rounds)
+        go = lambda: run(loaded, a.out, progress=update, figures=figs)  # noqa: E731
     try:
         if prog is not None:
             with prog:
-                res = run(loaded, a.out, progress=update, figures=False if a.no_figures else None)
+                res = go()
         else:
-            res = run(loaded, a.out, figures=False if a.no_figures else None)
+            res = go()
     except KeyboardInterrupt:
-        return _err("interrupted; files written so far are kept", 130)
+        return _err("interrupted; files written so far are kept (continue with: fedsim run --resume RUN_DIR)", 130)
     rounds = res.rounds
     last = rounds["accuracy"].dropna().iloc[-1] if "accuracy" in rounds and rounds["accuracy"].notna().any() else float("nan")
     print(f"run directory: {res.run_dir}")
     n_fig = len({p.stem for p in res.figures})
-    if a.no_figures or not loaded.scenario.output.figures:
+    if a.no_figures or not res.figures:  # (--resume has no `loaded` here)
         why = "--no-figures" if a.no_figures else "output.figures: false"
         print(f"figures:       none ({why}); draw them later with: fedsim plot {res.run_dir}")
     else:
@@ -458,6 +470,7 @@ def _cmd_defaults(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedsim`` command; returns the exit code."""
     from fedsim.config import ScenarioError
+    from fedsim.engine.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     handlers = {
@@ -472,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.cmd](args)
-    except ScenarioError as e:
+    except (ScenarioError, CheckpointError) as e:
         return _err(str(e))
     except KeyboardInterrupt:
         return _err("interrupted", 130)

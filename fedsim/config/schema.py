@@ -306,6 +306,11 @@ class OutputConfig(_Strict):
     dir: str = Field("runs", description="Parent directory of run directories (relative to the working directory).")
     figures: bool = Field(True, description="Write figures at the end of the run.")
     link_sample_s: float = Field(5.0, ge=1e-3, le=1e6, description="Link utilisation sampling interval, s.")
+    checkpoint_every_rounds: int | None = Field(
+        None, ge=0, le=1_000_000,
+        description="Write a checkpoint (checkpoint.json + checkpoint.log, for `fedsim run --resume`) every this many rounds; "
+        "0 = never; default (null) = max(1, run.rounds // 10), i.e. about 10 checkpoints per run.",
+    )
     tensorboard: bool = Field(False, description="Also write per-round accuracy, simulated time, bytes and stragglers as TensorBoard event files into RUN_DIR/tensorboard while the run goes on (tensorboard --logdir RUN_DIR or SWEEP_DIR).")
 
 

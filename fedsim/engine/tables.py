@@ -285,7 +285,9 @@ TABLES: dict[str, TableSchema] = {
 }
 
 #: Every file of a run directory besides the tables.
-RUN_DIR_FILES: tuple[str, ...] = ("manifest.json", "figures/", "error.txt", "report.html", "tensorboard/")
+#: (``model.pt``: the final model; ``checkpoint.*``: only while a run is unfinished, see
+#: :mod:`fedsim.engine.checkpoint`.)
+RUN_DIR_FILES: tuple[str, ...] = ("manifest.json", "figures/", "error.txt", "report.html", "tensorboard/", "model.pt", "checkpoint.json", "checkpoint.log")
 
 _KINDS = {"int": "iu", "float": "f", "bool": "b"}
 

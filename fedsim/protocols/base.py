@@ -188,7 +188,26 @@ class Protocol:
     def on_end(self) -> None:
         """Called once after the last round, inside the server process."""
 
+    def final_state(self) -> dict[str, Any] | None:
+        """The trained model's state dict, written as ``model.pt`` at the end. Default: none."""
+        return None
+
     # ------------------------------------------------------------ loop
+    def replayed(self, key: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` through the world's replay seam (``world.replayed``; a world without one just calls it)."""
+        rep = getattr(self.world, "replayed", None)
+        return rep(key, fn) if callable(rep) else fn()
+
+    def checkpoint(self, rounds_done: int, *, force: bool = False) -> None:
+        """Round boundary: the world's checkpointer may write (every
+        ``output.checkpoint_every_rounds`` rounds; a world without one ignores it).
+        Any moment is safe, clients in flight included: a resumed run replays
+        from ``t = 0``, so a checkpoint is only a prefix of the replay log; an
+        asynchronous loop calls it when it publishes a model version."""
+        cp = getattr(self.world, "checkpoint", None)
+        if callable(cp):
+            cp(rounds_done, force=force)
+
     def progress(self, **fields: Any) -> None:
         """Report progress to the callback, if any."""
         if self._progress is not None:
@@ -212,6 +231,7 @@ class Protocol:
             if s.run.horizon_s is not None and self.env.now >= s.run.horizon_s:
                 break
             yield from self.play_round(r)
+            self.checkpoint(r + 1)
         self.on_end()
 
     def play_round(self, r: int) -> Generator[Any, Any, RoundState]:

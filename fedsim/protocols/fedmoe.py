@@ -106,6 +106,10 @@ class FedMoE(Protocol):
         """Record each client's personalised accuracy (table ``personal``)."""
         self.world.personalised_accuracy(self.model, self.global_state)
 
+    def final_state(self) -> dict[str, Any]:
+        """The global model's state dict."""
+        return self.global_state
+
     def budget(self, c: str, est: Any) -> int:
         """Expert budget k_c of client ``c`` from the server's estimate."""
         k = self.acct.budget(est, self.world.num_samples(c), self.cfg.deadline_s, self.s.alignment.capacity.safety_margin)
@@ -176,23 +180,41 @@ class FedMoE(Protocol):
     # ---------------------------------------------------------- aggregation
     def aggregate(self, r: int, arrived: list[str]) -> list[Any]:
         """Run the arrived clients' training jobs, FedAvg them into the global state,
-        update fitness, usage and capacity estimates; returns the updates."""
-        updates = self.train(arrived, r)
-        if updates:
-            self.fedavg(updates, r)
+        update fitness, usage and capacity estimates; returns the updates (without
+        their weights: FedAvg runs inside the replay seam, see :meth:`fold`)."""
+        jobs = self.jobs(arrived, r)
+        if not jobs:
+            return []
+        res, updates = self.world.run_jobs(self.executor, jobs, reduce=self.fold)
+        self.fedavg(updates, r, res)
         return updates
 
-    def train(self, arrived: list[str], r: int) -> list[Any]:
-        """Run the training jobs of the clients whose uploads arrived (``training.executor``)."""
-        jobs = [self.world.train_job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared) for c in arrived]
-        return self.executor.run(jobs) if jobs else []
+    def jobs(self, arrived: list[str], r: int) -> list[Any]:
+        """The training jobs of the clients whose uploads arrived, on the current global state."""
+        return [self.world.train_job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared) for c in arrived]
 
-    def fedavg(self, updates: list[Any], r: int) -> None:
-        """FedAvg into the global state, then update fitness, usage and capacity estimates."""
-        from fedsim.alignment.state import Feedback
+    def train(self, arrived: list[str], r: int) -> list[Any]:
+        """Run the training jobs of the clients whose uploads arrived (``training.executor``, through the world's replay seam)."""
+        return self.world.run_jobs(self.executor, self.jobs(arrived, r))
+
+    def fold(self, updates: list[Any]) -> tuple[Any, list[Any]]:
+        """Pure: FedAvg of ``updates`` into the current global state
+        (:class:`~fedsim.learning.aggregation.AggregationResult`) and the updates
+        without their weights (what the alignment feedback needs)."""
+        import dataclasses
+
         from fedsim.learning.aggregation import aggregate
 
         res = aggregate(self.global_state, updates, self.E)
+        return res, [dataclasses.replace(u, state={}) for u in updates]
+
+    def fedavg(self, updates: list[Any], r: int, res: Any = None) -> None:
+        """FedAvg into the global state (or take ``res``, the FedAvg already done
+        by :meth:`fold`), then update fitness, usage and capacity estimates."""
+        from fedsim.alignment.state import Feedback
+
+        if res is None:
+            res = self.fold(updates)[0]
         self.global_state = res.state
         now = float(self.env.now)
         for cid in res.rejected:

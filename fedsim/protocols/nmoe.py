@@ -359,10 +359,15 @@ class NMoE(Protocol):
         self.training = tr
         self.env.run(until=self.env.process(tr.serve()))
         model = tr.model
-        own = evaluate_per_client(model, self.clients_data)
-        glob = evaluate_per_client(model, self.clients_data, x_global=w.x_test, y_global=w.y_test)
+
+        def evaluate() -> tuple[dict[str, float], dict[str, float], float]:
+            own = evaluate_per_client(model, self.clients_data)
+            glob = evaluate_per_client(model, self.clients_data, x_global=w.x_test, y_global=w.y_test)
+            return own, glob, float(local_ratio(model, self.clients_data))
+
+        # real PyTorch work goes through the replay seam (checkpoint / resume)
+        own, glob, lr = self.replayed("nmoe/evaluate", evaluate)
         tr.finish(glob)
-        lr = local_ratio(model, self.clients_data)
         tot = tr.stage_totals()
         eps = float(tr.info.get("dp_epsilon", math.nan))
         for test, m in (("own", own), ("global", glob)):
@@ -371,7 +376,12 @@ class NMoE(Protocol):
             self.rec.row("nmoe_stage1", extractor=tc.extractor, round=int(h["round"]), loss=float(h["loss"]))
         self.progress(round=tr.total_rounds, rounds=tr.total_rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=tr.bytes_moved)
         self.model = model
+        self.checkpoint(tc.rounds, force=True)
         return model
+
+    def final_state(self) -> dict[str, Any] | None:
+        """The trained NMoE's state dict (after :meth:`train`)."""
+        return None if self.model is None else self.model.state_dict()
 
     # -------------------------------------------------------------- inference
     def costs(self) -> Any:

@@ -186,7 +186,9 @@ class NMoETraining:
         """SimPy process: stage 1, 2, 3, then the assembled model's evaluation."""
         self.p.progress(round=0, rounds=self.total_rounds, t_s=float(self.env.now), bytes=0.0)
         yield from self.stage1()
+        self.p.checkpoint(1, force=True)  # any moment is replay-safe: a stage is a natural one
         yield from self.stage2()
+        self.p.checkpoint(2, force=True)
         yield from self.stage3()
 
     def stage1(self) -> Any:
@@ -225,17 +227,21 @@ class NMoETraining:
         key = ("stage1", tc.extractor, tuple((tuple(a), tuple(b)) for a, b in plan))
         if self.cache is not None and key in self.cache:
             return self.cache[key]
-        if tc.extractor == "fedsc":
-            steps: Any = FedSCSteps(self.cd, self.cfg, tc, self.seed, dataset=self.p.world.dataset.name)
-            for r, (sharers, trainers) in enumerate(plan):
-                steps.share(r, sharers)
-                steps.round(r, trainers)
-            out = (steps.result(), steps.epsilon_spent())
-        else:
+
+        def learn() -> tuple[Any, float]:
+            if tc.extractor == "fedsc":
+                steps: Any = FedSCSteps(self.cd, self.cfg, tc, self.seed, dataset=self.p.world.dataset.name)
+                for r, (sharers, trainers) in enumerate(plan):
+                    steps.share(r, sharers)
+                    steps.round(r, trainers)
+                return steps.result(), steps.epsilon_spent()
             steps = FedCESteps(self.cd, self.cfg, tc, self.seed)
             for r, (_, trainers) in enumerate(plan):
                 steps.round(r, trainers)
-            out = (steps.result(), math.nan)
+            return steps.result(), math.nan
+
+        # the real learning goes through the replay seam (checkpoint / resume)
+        out = self.p.replayed(f"nmoe/stage1/{tc.extractor}", learn)
         if self.cache is not None:
             self.cache[key] = out
         self.stage1_key = key
@@ -261,9 +267,13 @@ class NMoETraining:
         if self.cache is not None and key[0] is not None and key in self.cache:
             self.feats, self.experts = self.cache[key]
         else:
-            self.feats = [extract_features(self.cfg, self.ext.backbone, d.x) for d in self.cd]
-            init = self.ext.head if self.ext.kind == "fedce" else None
-            self.experts = train_experts(self.feats, [d.y for d in self.cd], self.cfg, tc, self.seed, init=init, trained=set(done))
+
+            def learn() -> tuple[Any, Any]:
+                feats = [extract_features(self.cfg, self.ext.backbone, d.x) for d in self.cd]
+                init = self.ext.head if self.ext.kind == "fedce" else None
+                return feats, train_experts(feats, [d.y for d in self.cd], self.cfg, tc, self.seed, init=init, trained=set(done))
+
+            self.feats, self.experts = self.p.replayed("nmoe/stage2", learn)
             if self.cache is not None and key[0] is not None:
                 self.cache[key] = (self.feats, self.experts)
         self.ys = [d.y for d in self.cd]
@@ -307,7 +317,8 @@ class NMoETraining:
                 leg = yield from self.run.hop(3, len(self.rows), holder if not first else c, c, gbytes, tc.gate_local_epochs * self.n[c] * gflops, gmem, self.ncfg.deadline_s, "rollgate")
                 legs[c] = leg
                 if leg.status == "completed":
-                    steps.hop(r, i)
+                    # the hop's training through the replay seam: the stepper after the hop is the result
+                    steps = self.p.replayed(f"nmoe/rollgate/{r}/{i}", lambda s=steps, r=r, i=i: (s.hop(r, i), s)[1])
                     holder, first = c, False
             res = ExchangeResult(legs, t0, float(self.env.now))
             self._row(3, r, "rollgate", [res], t0, steps.loss(), len(legs))
@@ -334,7 +345,9 @@ class NMoETraining:
             for x in chosen:  # chosen but unscored (or without data): counted as skipped
                 if x not in res.legs:
                     res.legs[x] = Leg(x, t0, status="skipped", t_end_s=t0)
-            loss = steps.round(r, self._idx(res.completed))
+            idx = self._idx(res.completed)
+            # the round's training through the replay seam: (loss, the stepper after the round)
+            loss, steps = self.p.replayed(f"nmoe/fedgate/{r}", lambda s=steps, r=r, idx=idx: (s.round(r, idx), s))
             self._row(3, r + 1, "fedgate", [res], t0, loss, len(chosen))
         self.info["participants"] = steps.history
         return steps.gate_state

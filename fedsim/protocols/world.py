@@ -101,6 +101,20 @@ class ProtocolWorld(Protocol):
         """Record each client's accuracy on its own test split (table ``personal``)."""
         ...
 
+    # -- the replay seam (checkpoint / resume, fedsim/engine/checkpoint.py)
+    def replayed(self, key: str, fn: Any) -> Any:
+        """``fn()`` through the run's replay log: real learning work that is not
+        ``run_jobs`` / ``evaluate`` / ``personalised_accuracy`` must go through here."""
+        ...
+
+    def run_jobs(self, executor: Any, jobs: list[Any], reduce: Any = None) -> Any:
+        """``executor.run(jobs)`` (or ``reduce`` of it) through the replay log (every training job goes through here)."""
+        ...
+
+    def checkpoint(self, rounds_done: int, *, force: bool = False) -> None:
+        """Round boundary: the checkpointer may write a checkpoint."""
+        ...
+
     # -- alignment
     def new_alignment_state(self) -> Any:
         """Fresh client-expert alignment state."""

@@ -80,7 +80,12 @@ def execute_run(task: RunTask, runner: Runner | None = None) -> RunOutcome:
     try:
         loaded = _load_scenario(task.scenario, list(task.overrides), seed=task.seed)
         with torch_threads(loaded.scenario.training.torch_threads):
-            (runner or _api_run)(loaded, Path(task.out_dir))
+            if task.resume and runner is None:
+                from fedsim.api import resume
+
+                resume(Path(task.out_dir), figures=False)
+            else:
+                (runner or _api_run)(loaded, Path(task.out_dir))
         status = _manifest_status(Path(task.out_dir))
         if status not in (None, "completed"):
             return RunOutcome(

@@ -37,6 +37,7 @@ class RunTask:
     seed: int
     out_dir: str
     cell: tuple[tuple[str, Any], ...]
+    resume: bool = False  # continue the interrupted run in out_dir from its checkpoint
 
 
 def plan_runs(spec: SweepSpec) -> tuple[list[RunTask], list[LoadedScenario]]:
@@ -94,12 +95,34 @@ def plan_runs(spec: SweepSpec) -> tuple[list[RunTask], list[LoadedScenario]]:
 # resuming
 
 
-def _check_or_trash(task: RunTask, loaded: LoadedScenario, out: Path) -> bool:
-    """True if ``task`` already completed; otherwise clear its directory (moving it to the trash)."""
+def _resumable(d: Path, m: dict[str, Any] | None, loaded: LoadedScenario) -> bool:
+    """Whether run directory ``d`` (manifest ``m``) is an interrupted run of ``loaded`` with a sound checkpoint."""
+    from fedsim import __version__
+    from fedsim.api import checkpoint_identity
+    from fedsim.engine.checkpoint import HEADER_FILE, CheckpointError, read_checkpoint
+
+    if m is None or m.get("status") not in ("running", "failed") or m.get("fedsim_version") != __version__:
+        return False
+    expected = json.loads(json.dumps(loaded.scenario.model_dump(mode="json"), default=str))
+    if m.get("scenario") != expected or not (d / HEADER_FILE).is_file():
+        return False
+    try:
+        read_checkpoint(d, checkpoint_identity(loaded))
+    except CheckpointError:
+        return False  # a corrupt checkpoint: the directory goes to the trash, the run starts over
+    return True
+
+
+def _check_or_trash(task: RunTask, loaded: LoadedScenario, out: Path, *, resumable: bool = False) -> bool | str:
+    """True if ``task`` already completed; ``"resume"`` if ``resumable`` and its directory
+    holds an interrupted run of the same scenario with a sound checkpoint; otherwise
+    False, after clearing its directory (moving it to the trash)."""
     d = Path(task.out_dir)
     if not d.exists():
         return False
     m = _manifest(d)
+    if resumable and _resumable(d, m, loaded):
+        return "resume"
     if m is not None and m.get("status") == "completed":
         recorded = m.get("scenario")
         if isinstance(recorded, dict):

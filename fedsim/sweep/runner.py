@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -56,8 +57,10 @@ def run_sweep(
     """Run (or resume) a sweep and write its index.
 
     Every run is validated first (see :func:`plan_runs`). Runs already
-    completed in ``spec.out`` are skipped; other existing run directories are
-    moved to ``out/.trash``. ``sweep.parquet`` is rewritten atomically after
+    completed in ``spec.out`` are skipped; interrupted runs with a sound
+    checkpoint of the same scenario continue from it (``fedsim run --resume``;
+    default runner only); other existing run directories are moved to
+    ``out/.trash``. ``sweep.parquet`` is rewritten atomically after
     every finished run, so a crash or Ctrl-C leaves a consistent index
     (unfinished runs ``pending``) and re-running the same call resumes.
 
@@ -109,7 +112,11 @@ def run_sweep(
     rows: dict[int, dict[str, Any]] = {}
     todo: list[RunTask] = []
     for t, ls in zip(tasks, loaded):
-        if _check_or_trash(t, ls, out):
+        # interrupted real runs resume from their checkpoint (a custom runner starts them over)
+        state = _check_or_trash(t, ls, out, resumable=runner is None)
+        if state == "resume":
+            todo.append(dataclasses.replace(t, resume=True))
+        elif state:
             m = _manifest(Path(t.out_dir)) or {}
             rows[t.index] = {
                 "status": "completed",
