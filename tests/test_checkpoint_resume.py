@@ -326,7 +326,7 @@ def test_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path: Path) ->
     finally:
         cp.Checkpointer.write = orig  # type: ignore[method-assign]
     run_dir = sorted(p for p in (tmp_path / "sw").iterdir() if p.is_dir() and p.name.endswith("seed=1"))[0]
-    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"  # a KeyboardInterrupt is recorded as interrupted (issue 18)
 
     res = run_sweep(spec, backend="inprocess", workers=1)
     assert res.skipped == 1 and res.executed == 1 and res.failed == 0

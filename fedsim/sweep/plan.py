@@ -101,7 +101,7 @@ def _resumable(d: Path, m: dict[str, Any] | None, loaded: LoadedScenario) -> boo
     from fedsim.api import checkpoint_identity
     from fedsim.engine.checkpoint import HEADER_FILE, CheckpointError, read_checkpoint
 
-    if m is None or m.get("status") not in ("running", "failed") or m.get("fedsim_version") != __version__:
+    if m is None or m.get("status") not in ("running", "failed", "interrupted") or m.get("fedsim_version") != __version__:
         return False
     expected = json.loads(json.dumps(loaded.scenario.model_dump(mode="json"), default=str))
     if m.get("scenario") != expected or not (d / HEADER_FILE).is_file():
