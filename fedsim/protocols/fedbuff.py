@@ -14,9 +14,10 @@ memory check, train, upload; dropout, OOM and availability traces end it as
 in sync mode). A completed upload enters the buffer; a lost one frees its slot.
 When ``K = fedbuff.buffer_size`` updates are buffered the server folds the
 first K (arrival order, i.e. simulated-time order) into the model
-(:func:`fedsim.learning.buffered.buffered_aggregate`), waits
-``server_compute_s``, publishes the new version, evaluates, writes one
-``rounds`` row, and refills the slots at once. No deadline cuts a client in
+(:func:`fedsim.learning.buffered.buffered_aggregate`), works
+``server_compute_s`` (meanwhile freed slots are refilled at once with the
+version still published, and arrivals are buffered), publishes the new
+version, evaluates and writes one ``rounds`` row. No deadline cuts a client in
 async mode; a client still training when the run ends is not recorded.
 When free slots find nobody eligible, the server looks again every
 ``min(deadline_s, 10)`` s.
@@ -167,7 +168,7 @@ class BufferedLoop:
     def _serve_async(self) -> Generator[Any, Any, None]:
         env, rounds = self.p.env, self.p.s.run.rounds
         while True:
-            while len(self.buffer) >= self.buffer_size and self.version < rounds:
+            while len(self.buffer) >= self.buffer_size and self.version < rounds and not self._past_horizon():
                 yield from self.aggregate(self.buffer[: self.buffer_size])
             if self.version >= rounds or self._past_horizon():
                 return
@@ -260,7 +261,9 @@ class BufferedLoop:
 
     # -------------------------------------------------------- aggregate
     def aggregate(self, batch: list[Arrival]) -> Generator[Any, Any, None]:
-        """Fold ``batch`` (buffered arrivals) into the model, publish the next version, record it."""
+        """Fold ``batch`` (buffered arrivals) into the model: the step, ``server_compute_s``
+        of server work (async: clients keep being dispatched, with the version still
+        published), then publish the next version, evaluate and record it."""
         from fedsim.learning.buffered import BufferedUpdate, buffered_aggregate, staleness_weight
 
         p, w, fb = self.p, self.p.world, self.p.cfg.fedbuff
@@ -282,18 +285,26 @@ class BufferedLoop:
             ss = self.shared_version - t.shared_version
             stale[t.client] = (ss, es)
             entries.append(BufferedUpdate(u, self.snapshots[t.version], weight(ss), {e: weight(v) for e, v in es.items()}))
-        if entries:
-            res = buffered_aggregate(p.global_state, entries, p.E, fb.server_lr)
+        res = buffered_aggregate(p.global_state, entries, p.E, fb.server_lr) if entries else None
+
+        # the row's window closes here: what is dispatched or lost during the server work counts in the next row
+        t_close = float(env.now)
+        st = RoundState(r, self.t_last_s, selected=[t.client for t in self.dispatched], t_close_s=t_close)
+        ended, self.ended, self.dispatched = self.ended, [], []
+        t_done = t_close + p.server_compute_s()
+        while env.now < t_done:
+            if self.mode == "async":
+                self.dispatch()
+            self._wake = env.event()
+            yield env.any_of([env.timeout(t_done - env.now), self._wake])
+
+        # publish: the new state, alignment feedback, versions
+        good: list[Any] = []
+        if res is not None:
             p.global_state = res.state
-            rejected = res.rejected
-        else:
-            rejected = []
-        outcomes = {a.ticket.client: a.outcome for a in batch}
-        good = p.apply_feedback(updates, rejected, r, outcomes) if updates else []
+            good = p.apply_feedback(updates, res.rejected, r, {a.ticket.client: a.outcome for a in batch})
         good_ids = {u.client_id for u in good}
         gb = [a for a in batch if a.ticket.client in good_ids]
-
-        # versions: the global one always, an expert's / the shared part's when an update held it
         p.last_staleness = {e: [stale[a.ticket.client][1][e] for a in gb if e in a.ticket.task] for e in range(p.E)}
         p.last_staleness[-1] = [stale[a.ticket.client][0] for a in gb] if p.cfg.train_shared else []
         self.version += 1
@@ -304,24 +315,21 @@ class BufferedLoop:
             self.shared_version += 1
         self.snapshots[self.version] = p.global_state
         live = {t.version for t in self.inflight.values()} | {a.ticket.version for a in self.buffer} | {self.version}
-        self.snapshots = {v: st for v, st in self.snapshots.items() if v in live}
+        self.snapshots = {v: sd for v, sd in self.snapshots.items() if v in live}
 
-        t_close = float(env.now)
-        if p.server_compute_s() > 0:
-            yield env.timeout(p.server_compute_s())
-        st = RoundState(r, self.t_last_s, selected=[t.client for t in self.dispatched], t_close_s=t_close)
         st.tasks = {a.ticket.client: list(a.ticket.task) for a in gb}
         st.t_end_s = float(env.now)
         if p.should_evaluate(r):
             st.metrics = dict(p.evaluate(r))
-        self._record(st, batch, gb, stale)
+        self._record(st, batch, gb, stale, ended)
         p.record_round_extra(st)
         p.rec.event(st.t_end_s, "round_end", round=r, seconds=st.t_end_s - st.t_start_s)
         p.progress(round=r + 1, t_s=st.t_end_s, accuracy=st.metrics["accuracy"], bytes=p.bytes_moved)
         self.t_last_s = st.t_end_s
-        self.ended, self.dispatched = [], []
 
-    def _record(self, st: RoundState, batch: list[Arrival], good: list[Arrival], stale: dict[str, tuple[int, dict[int, int]]]) -> None:
+    def _record(
+        self, st: RoundState, batch: list[Arrival], good: list[Arrival], stale: dict[str, tuple[int, dict[int, int]]], ended: list[ClientOutcome],
+    ) -> None:
         """The ``rounds`` row of one aggregation, the ``clients`` rows of its updates, the ``updates`` rows."""
         from fedsim.learning.buffered import staleness_weight
 
@@ -338,7 +346,7 @@ class BufferedLoop:
                     t_arrival_s=a.outcome.t_end_s, staleness=int(tau),
                     staleness_weight=staleness_weight(tau, fb.staleness, fb.staleness_exponent, fb.hinge_threshold),
                 )
-        outs = [a.outcome for a in batch] + self.ended
+        outs = [a.outcome for a in batch] + ended
         done = [a.outcome for a in batch]
         glob = [st.round - a.ticket.version for a in good]
         count = {s: sum(1 for o in outs if o.status == s) for s in ("dropout", "oom", "skipped", "straggler")}
