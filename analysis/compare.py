@@ -112,8 +112,9 @@ def compare_runs(
 ) -> pd.DataFrame:
     """Overlay accuracy curves of several runs and tabulate their summaries.
 
-    Writes into ``out_dir``: ``accuracy_vs_round``, ``accuracy_vs_time``
-    (PNG and SVG), ``summary.csv`` and ``summary.md``.
+    Writes into ``out_dir``: ``accuracy_vs_round``, ``accuracy_vs_time``,
+    ``staleness_hist`` (one panel per run, when runs have ``updates`` tables;
+    PNG and SVG), ``summary.csv`` and ``summary.md``.
 
     Args:
         run_dirs: run directories (paths or :class:`RunDir`).
@@ -131,7 +132,10 @@ def compare_runs(
         columns=list(SUMMARY_COLUMNS),
     )
     if runs:
+        from analysis.staleness import plot_staleness
+
         plot_accuracy(runs, out, target=target_accuracy, formats=formats)
+        plot_staleness(runs, out, formats=formats)  # sync and async side by side (skipped without updates tables)
     df.to_csv(out / "summary.csv", index=False)
     md = df.drop(columns=["path"])
     header = "# Run comparison\n\n"

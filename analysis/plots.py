@@ -903,6 +903,8 @@ def plot_run(
     inputs are missing is skipped (logged); a figure that fails for another
     reason is logged with its traceback and the others are still written.
     """
+    from analysis.staleness import plot_staleness
+
     run = as_rundir(run_dir)
     out = Path(out_dir) if out_dir is not None else run.figures_dir
     written: list[Path] = []
@@ -917,6 +919,7 @@ def plot_run(
         ("expert load", lambda: plot_expert_load(run, out, formats=formats)),
         ("request latency", lambda: plot_request_latency(run, out, formats=formats)),
         ("gating heatmap", lambda: plot_gating_heatmap(run, out, formats=formats)),
+        ("staleness histogram", lambda: plot_staleness(run, out, formats=formats)),
     ]
     for what, job in jobs:
         try:

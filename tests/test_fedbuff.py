@@ -211,3 +211,15 @@ def test_semi_async_keeps_late_updates() -> None:
     assert rounds["staleness_max"].tolist()[1] == 1.0
     cl = w.sim.rec.frame("clients")
     assert (cl["status"] == "completed").all() and not math.isnan(cl["t_end_s"].max())
+
+
+def test_async_ends_when_nobody_can_ever_work() -> None:
+    """Every client offline for good: the server polls every min(deadline_s, 10) = 10 s and gives up
+    after run.rounds + 1 empty polls (sync would have spent run.rounds empty rounds)."""
+    w, clients = _world(["run.rounds=2", "protocol.fedmoe.aggregation=async"], 3)
+    TraceTiming(w, {c: (1, 1, 1) for c in clients}, {c: [(0.0, 1e9)] for c in clients})
+    _run(w)
+    ev = w.sim.rec.frame("events")
+    stop = ev[ev["kind"] == "async_idle_stop"]
+    assert len(stop) == 1 and stop["t_s"].iloc[0] == 20.0
+    assert len(w.sim.rec.rows("rounds")) == 0

@@ -20,7 +20,7 @@ version still published, and arrivals are buffered), publishes the new
 version, evaluates and writes one ``rounds`` row. No deadline cuts a client in
 async mode; a client still training when the run ends is not recorded.
 When free slots find nobody eligible, the server looks again every
-``min(deadline_s, 10)`` s.
+``min(deadline_s, 10)`` s (``idle_polls`` below).
 
 ``semi_async``. Rounds close every ``fedbuff.period_s`` (default ``deadline_s``; a fixed period, no early
 close, nobody cut): at each round start the server tops the clients in flight
@@ -48,7 +48,9 @@ State (for checkpoint / resume): everything lives on :class:`BufferedLoop`
 ``inflight`` (client -> :class:`Ticket`), ``buffer`` (:class:`Arrival`s in
 arrival order), ``ended`` (client runs lost since the last aggregation),
 ``dispatched`` (tickets since the last aggregation), ``t_last_s``,
-``dispatch_seq`` and ``arrival_seq``; the protocol keeps the global state,
+``dispatch_seq``, ``arrival_seq`` and ``idle_polls`` (consecutive polls with
+nobody working; the run ends after ``run.rounds`` of them, as sync would after
+that many empty rounds); the protocol keeps the global state,
 alignment, estimator and rng streams as in sync. The SimPy processes of
 in-flight clients are the only thing not stored: a resume re-creates them from
 ``inflight`` (each ticket holds the client, its task, the version and
@@ -132,6 +134,7 @@ class BufferedLoop:
     t_last_s: float = 0.0
     dispatch_seq: int = 0
     arrival_seq: int = 0
+    idle_polls: int = 0
 
     def __post_init__(self) -> None:
         p = self.p
@@ -166,13 +169,22 @@ class BufferedLoop:
         return h is not None and self.p.env.now >= h
 
     def _serve_async(self) -> Generator[Any, Any, None]:
-        env, rounds = self.p.env, self.p.s.run.rounds
+        p = self.p
+        env, rounds = p.env, p.s.run.rounds
         while True:
             while len(self.buffer) >= self.buffer_size and self.version < rounds and not self._past_horizon():
                 yield from self.aggregate(self.buffer[: self.buffer_size])
             if self.version >= rounds or self._past_horizon():
                 return
             self.dispatch()
+            if not self.inflight and len(self.buffer) < self.buffer_size:
+                # nobody can work: as many empty polls as sync would spend empty rounds, then the run ends
+                self.idle_polls += 1
+                if self.idle_polls > rounds:
+                    p.rec.event(float(env.now), "async_idle_stop", round=self.version, seconds=self.idle_polls * self.retry_s)
+                    return
+            else:
+                self.idle_polls = 0
             self._wake = env.event()
             waits: list[Any] = [self._wake]
             if len(self.inflight) < self.concurrency:
@@ -300,6 +312,7 @@ class BufferedLoop:
 
         # publish: the new state, alignment feedback, versions
         good: list[Any] = []
+        p._last_load = np.zeros(p.E)  # samples routed per expert in this aggregation (apply_feedback fills it)
         if res is not None:
             p.global_state = res.state
             good = p.apply_feedback(updates, res.rejected, r, {a.ticket.client: a.outcome for a in batch})
