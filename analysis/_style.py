@@ -8,12 +8,16 @@ display. Nothing happens at import time.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from analysis.rundir import RunDir
 
 log = logging.getLogger("analysis")
 
@@ -141,3 +145,28 @@ def unique_labels(labels: Sequence[str], extras: Sequence[str]) -> list[str]:
         if labels.count(lab) > 1:
             out[i] = f"{lab} [{extras[i]}]"
     return out
+
+
+def natural_key(v: object) -> list:
+    """Sort key that orders ``c9`` before ``c10``."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(v))]
+
+
+def skip(run: RunDir, what: str, why: str) -> list[Path]:
+    """Log why figure ``what`` is skipped for ``run``; return no paths."""
+    log.info("skipping %s for %s: %s", what, run.path, why)
+    return []
+
+
+def need(run: RunDir, what: str, *tables: str) -> bool:
+    """Whether ``run`` has every table in ``tables`` (logs the skip when not)."""
+    missing = [t for t in tables if not run.has(t)]
+    if missing:
+        skip(run, what, "missing " + ", ".join(f"{t}.parquet" for t in missing))
+        return False
+    return True
+
+
+def run_labels(runs: Sequence[RunDir]) -> list[str]:
+    """Legend labels of ``runs``, made unique by the seed where needed."""
+    return unique_labels([r.label for r in runs], [f"seed {r.seed}" for r in runs])

@@ -2,8 +2,9 @@
 
     fedsim run SCENARIO [--out DIR] [--seed N] [--set k=v ...] [--quiet]
     fedsim validate SCENARIO...
-    fedsim plot RUN_DIR
+    fedsim plot RUN_DIR [--round N]
     fedsim info RUN_DIR
+    fedsim report RUN_DIR|SWEEP_DIR
     fedsim compare RUN_DIR... --out DIR [--target ACC]   (or one sweep directory)
     fedsim sweep SCENARIO --grid key=v1,v2 ... --seeds 0-4 --out DIR [--workers N] [--backend B]
     fedsim defaults
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="write figures of a run directory into RUN_DIR/figures")
     pl.add_argument("run_dir")
+    pl.add_argument("--round", type=int, default=None, dest="round_", metavar="N",
+                    help="only the timeline of round N: each client's phases, cell and cell sharing")
+
+    rp = sub.add_parser("report", help="write a self-contained report.html of a run or sweep directory")
+    rp.add_argument("path", metavar="RUN_DIR|SWEEP_DIR")
 
     i = sub.add_parser("info", help="summary table of a run directory")
     i.add_argument("run_dir")
@@ -138,6 +144,25 @@ def _cmd_run(a: argparse.Namespace) -> int:
     n_fig = len({p.stem for p in res.figures})
     print(f"figures:       {res.run_dir / 'figures'} ({n_fig} figures, PNG and SVG)")
     print(f"final accuracy {last:.4f}, simulated time {_fmt_s(res.manifest.get('sim_end_s', 0.0))}, wall {res.manifest['wall_s']:.1f} s")
+    print(f"report:        {_write_report(res.run_dir)}")
+    return 0
+
+
+def _write_report(path: Path) -> Path:
+    from analysis.report import write_report
+
+    return write_report(path, draw_figures=False)
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from fedsim.config import ScenarioError
+
+    p = Path(a.path)
+    if not ((p / "manifest.json").is_file() or (p / "sweep.parquet").is_file()):
+        raise ScenarioError("neither a run directory (manifest.json) nor a sweep directory (sweep.parquet)", file=a.path)
+    from analysis.report import write_report
+
+    print(f"report: {write_report(p)}")
     return 0
 
 
@@ -167,8 +192,20 @@ def _run_dir_arg(path: str) -> Path:
 
 def _cmd_plot(a: argparse.Namespace) -> int:
     from analysis.plots import plot_run
+    from fedsim.config import ScenarioError
 
     d = _run_dir_arg(a.run_dir)
+    if a.round_ is not None:
+        from analysis.plots_round import plot_round
+
+        try:
+            paths = plot_round(d, a.round_, d / "figures")
+        except ValueError as e:
+            raise ScenarioError(str(e), file=str(d)) from None
+        if not paths:
+            return _err(f"{d}: round {a.round_}: nothing to draw (no clients.parquet)")
+        print(f"wrote {paths[0].with_suffix('')}.{{png,svg}}")
+        return 0
     paths = plot_run(d)
     print(f"wrote {len({p.stem for p in paths})} figures (PNG and SVG) to {d / 'figures'}")
     return 0
@@ -346,6 +383,9 @@ def cmd_sweep(args: argparse.Namespace, *, runner: Runner | None = None) -> int:
         f"{res.failed} failed; wall {res.wall_s:.1f} s)"
     )
     print(f"index:           {res.out / INDEX_FILE}")
+    from analysis.report import write_report
+
+    print(f"report:          {write_report(res.out)}")
     if res.failed:
         for row in res.index[res.index["status"] == "failed"].itertuples(index=False):
             print(f"failed: {row.run_dir}: {row.error}", file=sys.stderr)
@@ -374,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "validate": _cmd_validate,
         "plot": _cmd_plot,
         "info": _cmd_info,
+        "report": _cmd_report,
         "compare": _cmd_compare,
         "defaults": _cmd_defaults,
         "sweep": _cmd_sweep,

@@ -41,6 +41,7 @@ FEDMOE_STEMS = [
     "client_timeline",
     "link_utilisation",
     "topology",
+    "coverage",
     "assignment_heatmap",
     "expert_load",
 ]
@@ -334,7 +335,7 @@ def test_failed_run_with_no_rounds(tmp_path: Path) -> None:
         (path / f"{name}.parquet").unlink()
     assert plot_accuracy(path, tmp_path / "o") == []
     written = plot_run(path, tmp_path / "o")
-    assert {p.stem for p in written} <= {"link_utilisation", "topology"}
+    assert {p.stem for p in written} <= {"link_utilisation", "topology", "coverage"}
     d = dict(summary_table(path))
     assert d["status"] == "failed" and d["final accuracy"] == "—"
     s = run_summary(path, target_accuracy=0.5)

@@ -302,6 +302,7 @@ class OutputConfig(_Strict):
     dir: str = Field("runs", description="Parent directory of run directories (relative to the working directory).")
     figures: bool = Field(True, description="Write figures at the end of the run.")
     link_sample_s: float = Field(5.0, gt=0, description="Link utilisation sampling interval, s.")
+    tensorboard: bool = Field(False, description="Also write per-round accuracy, simulated time, bytes and stragglers as TensorBoard event files into RUN_DIR/tensorboard while the run goes on (tensorboard --logdir RUN_DIR or SWEEP_DIR).")
 
 
 class Scenario(_Strict):

@@ -1,4 +1,4 @@
-"""Simulation engine: the SimPy environment, the recorder and the RNG streams."""
+"""Simulation engine: the SimPy environment, the recorder, the RNG streams and live metric sinks (:mod:`fedsim.engine.sinks`)."""
 
 from fedsim.engine.recorder import EVENT_COLUMNS, Recorder
 from fedsim.engine.simulation import Simulation

@@ -281,7 +281,7 @@ TABLES: dict[str, TableSchema] = {
 }
 
 #: Every file of a run directory besides the tables.
-RUN_DIR_FILES: tuple[str, ...] = ("manifest.json", "figures/", "error.txt")
+RUN_DIR_FILES: tuple[str, ...] = ("manifest.json", "figures/", "error.txt", "report.html", "tensorboard/")
 
 _KINDS = {"int": "iu", "float": "f", "bool": "b"}
 
