@@ -323,7 +323,8 @@ def plot_run(
         ("expert load", lambda: plot_expert_load(run, out, formats=formats)),
         ("request latency", lambda: plot_request_latency(run, out, formats=formats)),
         ("gating heatmap", lambda: plot_gating_heatmap(run, out, formats=formats)),
-        ("staleness histogram", lambda: plot_staleness(run, out, formats=formats)),
+        # async modes only: in sync every update has staleness 0
+        ("staleness histogram", lambda: plot_staleness(run, out, formats=formats) if run.aggregation not in ("sync", "-") else []),
     ]
     for what, job in jobs:
         try:

@@ -17,7 +17,9 @@ first K (arrival order, i.e. simulated-time order) into the model
 (:func:`fedsim.learning.buffered.buffered_aggregate`), works
 ``server_compute_s`` (meanwhile freed slots are refilled at once with the
 version still published, and arrivals are buffered), publishes the new
-version, evaluates and writes one ``rounds`` row. No deadline cuts a client in
+version, evaluates and writes one ``rounds`` row. A buffer whose oldest update
+has waited ``deadline_s`` is folded in as it is (liveness: clients that keep
+failing, or fewer clients than K, cannot stall the server). No deadline cuts a client in
 async mode; a client still training when the run ends is not recorded.
 When free slots find nobody eligible, the server looks again every
 ``min(deadline_s, 10)`` s (``idle_polls`` below).
@@ -49,7 +51,7 @@ State (for checkpoint / resume): everything lives on :class:`BufferedLoop`
 arrival order), ``ended`` (client runs lost since the last aggregation),
 ``dispatched`` (tickets since the last aggregation), ``t_last_s``,
 ``dispatch_seq``, ``arrival_seq`` and ``idle_polls`` (consecutive polls with
-nobody working; the run ends after ``run.rounds`` of them, as sync would after
+nobody working and an empty buffer; the run ends after ``run.rounds`` of them, as sync would after
 that many empty rounds); the protocol keeps the global state,
 alignment, estimator and rng streams as in sync. The SimPy processes of
 in-flight clients are the only thing not stored: a resume re-creates them from
@@ -168,16 +170,20 @@ class BufferedLoop:
         h = self.p.s.run.horizon_s
         return h is not None and self.p.env.now >= h
 
+    def _buffer_expired(self) -> bool:
+        """Whether the oldest buffered update has waited ``deadline_s`` (then the buffer is folded in as it is)."""
+        return bool(self.buffer) and self.p.env.now >= self.buffer[0].outcome.t_end_s + float(self.p.cfg.deadline_s)
+
     def _serve_async(self) -> Generator[Any, Any, None]:
         p = self.p
         env, rounds = p.env, p.s.run.rounds
         while True:
-            while len(self.buffer) >= self.buffer_size and self.version < rounds and not self._past_horizon():
+            while (len(self.buffer) >= self.buffer_size or self._buffer_expired()) and self.version < rounds and not self._past_horizon():
                 yield from self.aggregate(self.buffer[: self.buffer_size])
             if self.version >= rounds or self._past_horizon():
                 return
             self.dispatch()
-            if not self.inflight and len(self.buffer) < self.buffer_size:
+            if not self.inflight and not self.buffer:
                 # nobody can work: as many empty polls as sync would spend empty rounds, then the run ends
                 self.idle_polls += 1
                 if self.idle_polls > rounds:
@@ -189,6 +195,8 @@ class BufferedLoop:
             waits: list[Any] = [self._wake]
             if len(self.inflight) < self.concurrency:
                 waits.append(env.timeout(self.retry_s))  # free slots, nobody eligible now: look again later
+            if self.buffer:  # the buffer's timeout
+                waits.append(env.timeout(self.buffer[0].outcome.t_end_s + float(p.cfg.deadline_s) - env.now))
             h = self.p.s.run.horizon_s
             if h is not None:
                 waits.append(env.timeout(h - env.now))
