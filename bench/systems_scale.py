@@ -24,8 +24,8 @@ from fedsim.net import Network, NetworkParams, manhattan_grid
 from fedsim.net.params import ChannelParams
 
 
-def build(n_clients: int, seed: int, mobility_interval_s: float, nearest_bs: int = 0
-          ) -> tuple[Simulation, Network, dict[str, Device]]:
+def build(n_clients: int, seed: int, mobility_interval_s: float, nearest_bs: int = 0,
+          population: str = "eager") -> tuple[Simulation, Network, dict[str, Device]]:
     sim = Simulation(seed)
     blocks = max(3, math.ceil(math.sqrt(n_clients / 10.0)))
     sites = [(ix, iy, "macro" if (ix // 3 + iy // 3) % 2 == 0 else "small")
@@ -35,9 +35,15 @@ def build(n_clients: int, seed: int, mobility_interval_s: float, nearest_bs: int
     graph = manhattan_grid(blocks_x=blocks, blocks_y=blocks, block_m=100.0, bs_sites=sites,
                            clients_per_class=per, rng=sim.rng.numpy("topology"))
     classes = default_device_classes()
-    params = NetworkParams(channel=ChannelParams(coherence_s=1.0, nearest_bs=nearest_bs),
+    params = NetworkParams(channel=ChannelParams(coherence_s=1.0, nearest_bs=nearest_bs,
+                                                 population=population),
                            mobility_interval_s=mobility_interval_s, link_sample_interval_s=10.0)
-    net = Network(sim, graph, params, server="cloud", classes=classes)
+    cls: type[Network] = Network
+    if population == "lazy":
+        from fedsim.net.population import LazyNetwork
+
+        cls = LazyNetwork
+    net = cls(sim, graph, params, server="cloud", classes=classes)
     devices = {c: Device(sim, c, classes[graph.nodes[c]["device_class"]]) for c in net.client_ids}
     return sim, net, devices
 
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mobility-interval-s", type=float, default=1.0)
     ap.add_argument("--nearest-bs", type=int, default=0,
                     help="ChannelParams.nearest_bs approximation (0 = exact, every BS)")
+    ap.add_argument("--population", choices=("eager", "lazy"), default="eager",
+                    help="channel.population: eager (every client advanced periodically) or lazy")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--gc", choices=("default", "freeze", "tuned"), default="tuned",
                     help="garbage collector setting (no effect on results): 'freeze' moves the "
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
     c_start = time.process_time()
-    sim, net, devices = build(a.clients, a.seed, a.mobility_interval_s, a.nearest_bs)
+    sim, net, devices = build(a.clients, a.seed, a.mobility_interval_s, a.nearest_bs, a.population)
     t_built = time.perf_counter()
     if a.gc != "default":
         gc.collect()
@@ -129,7 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     print("net:", net.stats())
     print("event rows:", ev["kind"].value_counts().to_dict())
     print(f"link rows: {len(sim.rec.rows('links'))}")
-    print(f"cpu_s={time.process_time() - c_start:.2f} gc={a.gc}")
+    import resource
+
+    print(f"cpu_s={time.process_time() - c_start:.2f} gc={a.gc} "
+          f"peak_rss_gb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f}")
     print(f"wall_s={wall:.2f} events={events} events_per_s={events / wall:.0f}")
 
 

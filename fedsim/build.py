@@ -201,6 +201,7 @@ class World:
         self.graph = check_world_rules(loaded)  # the one build of the topology per run
         self.server = s.topology.server
         self.clients = sorted(n for n, d in self.graph.nodes(data=True) if d.get("kind") == "client")
+        self._executors: list[Any] = []  # closed by finish()
         self._build_data()
         self._build_systems()
 
@@ -216,7 +217,8 @@ class World:
         d = s.data
         rng = self.sim.rng
         try:
-            ds = load_dataset(d.dataset, self.loaded.paths.data_dir, rng=rng.fresh_numpy("data/load"))
+            kw = {"n": d.synthetic_samples} if d.dataset == "synthetic" else {}
+            ds = load_dataset(d.dataset, self.loaded.paths.data_dir, rng=rng.fresh_numpy("data/load"), **kw)
         except DatasetError as e:
             raise ScenarioError(str(e), file=str(self.loaded.path), key="data.dir") from None
         if d.max_train_samples is not None and len(ds.y_train) > d.max_train_samples:
@@ -236,9 +238,9 @@ class World:
         m = s.model
         self.model_config = MoEConfig(
             input_shape=tuple(ds.input_shape), num_classes=ds.num_classes, backbone=m.backbone,
-            widths=(m.hidden,) if m.backbone == "mlp" else (16, 32), feature_dim=m.feature_dim,
+            widths=(m.hidden,) if m.backbone == "mlp" else (16, 32), feature_dim=m.feature_dim if m.feature_layer else m.hidden,
             num_experts=m.num_experts, top_k=m.top_k, expert_hidden=m.expert_hidden,
-            gate_noise_std=m.gate_noise_std, aux_loss_weight=m.aux_loss_weight,
+            gate_noise_std=m.gate_noise_std, aux_loss_weight=m.aux_loss_weight, feature_layer=m.feature_layer,
         )
         cap = s.evaluation.max_test_samples
         self.x_test, self.y_test = ds.x_test[:cap], ds.y_test[:cap]
@@ -267,9 +269,34 @@ class World:
             train=TrainConfig(
                 optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                 local_epochs=t.local_epochs, batch_size=t.batch_size, fedprox_mu=t.fedprox_mu, train_shared=train_shared,
+                device=self.train_device,
             ),
             seed=self.sim.rng.seed_int(f"train/{r}/{c}"),
         )
+
+    @property
+    def train_device(self) -> str:
+        """``training.device`` resolved (``auto`` -> cuda when present, else cpu).
+
+        Raises:
+            ScenarioError: ``cuda`` asked for where torch sees no CUDA device.
+        """
+        from fedsim.learning.executors import resolve_device
+
+        try:
+            return resolve_device(self.scenario.training.device)
+        except ValueError as e:
+            raise self.loaded.error("training.device", str(e)) from None
+
+    def new_executor(self) -> Any:
+        """The training executor of ``training.executor``; :meth:`finish` closes it."""
+        from fedsim.learning.executors import make_executor
+
+        t = self.scenario.training
+        _ = self.train_device  # a missing GPU fails here, before the run directory is written
+        ex = make_executor(t.executor, workers=t.workers, torch_threads=t.torch_threads)
+        self._executors.append(ex)
+        return ex
 
     def evaluate(self, model: Any, state: dict) -> dict[str, float]:
         """Accuracy, macro-F1 and macro AUC of ``state`` on the global test set."""
@@ -370,7 +397,12 @@ class World:
             link_sample_interval_s=s.output.link_sample_s,
             ue_tx_power_dbm=s.devices.ue_tx_power_dbm,
         )
-        self.network = Network(self.sim, self.graph, params, server=self.server, classes=classes)
+        net_cls: type[Network] = Network
+        if params.channel.population == "lazy":
+            from fedsim.net.population import LazyNetwork
+
+            net_cls = LazyNetwork
+        self.network = net_cls(self.sim, self.graph, params, server=self.server, classes=classes)
         avail = caps = None
         if s.devices.availability_trace:
             from fedsim.devices.traces import load_fedscale_availability
@@ -450,7 +482,9 @@ class World:
 
     # ---------------------------------------------------------------- output
     def finish(self) -> None:
-        """Write end-of-run tables (edges with bytes carried)."""
+        """Write end-of-run tables (edges with bytes carried); close the training executors."""
+        for ex in self._executors:
+            ex.close()
         self.network.finish()
 
     def frames(self) -> dict[str, pd.DataFrame]:

@@ -144,6 +144,10 @@ def _cmd_run(a: argparse.Namespace) -> int:
     n_fig = len({p.stem for p in res.figures})
     print(f"figures:       {res.run_dir / 'figures'} ({n_fig} figures, PNG and SVG)")
     print(f"final accuracy {last:.4f}, simulated time {_fmt_s(res.manifest.get('sim_end_s', 0.0))}, wall {res.manifest['wall_s']:.1f} s")
+    cl = res.clients
+    if len(cl) and {"client", "status"} <= set(cl.columns):
+        ok = cl.groupby("client")["status"].apply(lambda st: bool((st == "completed").any()))
+        print(f"clients:       {int((~ok).sum())} of {len(ok)} selected never completed a round")
     print(f"report:        {_write_report(res.run_dir)}")
     return 0
 

@@ -13,11 +13,14 @@ Nothing in fedsim touches the global RNGs of ``random``, ``numpy`` or
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-__all__ = ["RngStreams", "name_key"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["RngStreams", "CounterRng", "name_key"]
 
 
 def name_key(name: str) -> tuple[int, ...]:
@@ -62,8 +65,67 @@ class RngStreams:
         """A new numpy Generator for stream ``name``, identical on every call."""
         return np.random.Generator(np.random.PCG64(self.seed_sequence(name)))
 
+    def counter(self, name: str) -> CounterRng:
+        """The counter-based generator of stream ``name`` (draws keyed by integers)."""
+        key = int(self.seed_sequence(name).generate_state(1, np.uint64)[0])
+        return CounterRng(key)
+
     def torch(self, name: str) -> torch.Generator:
         """A new CPU ``torch.Generator`` for stream ``name``, identical on every call."""
+        import torch  # lazily: validating a scenario must not pay for importing torch
+
         gen = torch.Generator(device="cpu")
         gen.manual_seed(self.seed_int(name))
         return gen
+
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Steele, Lea & Flood, OOPSLA 2014): a bijection of uint64."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+class CounterRng:
+    """Counter-based random numbers: a draw is a pure function of (stream key, counters).
+
+    ``uniform(a, b, ...)`` hashes the stream key and the integer counters
+    (broadcast arrays, e.g. client index and coherence block) with
+    SplitMix64's finaliser, chained once per counter, so a value drawn lazily
+    equals the one an eager loop would draw, whatever the order or the subset
+    of queries. Uniforms have 53 random bits in (0, 1).
+    """
+
+    def __init__(self, key: int) -> None:
+        self.key = np.uint64(key & 0xFFFFFFFFFFFFFFFF)
+        with np.errstate(over="ignore"):
+            self._h0 = _mix(np.asarray(self.key, dtype=np.uint64) + _GOLD)
+
+    def bits(self, *counters: np.ndarray | int) -> np.ndarray:
+        """uint64 hash of the counters (broadcast shape)."""
+        with np.errstate(over="ignore"):
+            h = self._h0
+            for c in counters:
+                h = _mix(h ^ (np.asarray(c).astype(np.uint64) * _GOLD + _GOLD))
+        return np.asarray(h, dtype=np.uint64)
+
+    def uniform(self, *counters: np.ndarray | int) -> np.ndarray:
+        """Uniform(0, 1) draws, one per broadcast element of the counters."""
+        return ((self.bits(*counters) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+
+    def normal(self, *counters: np.ndarray | int) -> np.ndarray:
+        """Standard normal draws (Box-Muller on two keyed uniforms)."""
+        u1 = self.uniform(*counters, 0)
+        u2 = self.uniform(*counters, 1)
+        return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+    def exponential(self, *counters: np.ndarray | int) -> np.ndarray:
+        """Exponential(1) draws (inverse transform)."""
+        return -np.log(self.uniform(*counters))

@@ -18,6 +18,9 @@ SMALL = [
     "data.max_train_samples=400",
     "evaluation.max_test_samples=150",
     "topology.grid.clients={phone: 4, vehicle: 3, sensor: 2, camera: 2, drone: 1}",
+    # with uplink attachment no client's uplink is dead, so 3 rounds last ~1.5 simulated s:
+    # sample links within that
+    "output.link_sample_s=0.25",
 ]
 
 

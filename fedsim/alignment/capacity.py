@@ -172,8 +172,11 @@ class CapacityEstimator:
     - ``"learned"``: start from a prior (:meth:`set_prior`, or a self-report);
       each :meth:`observe` moves every observed rate towards the observed one
       by an EWMA with weight ``ewma``:
-      ``rate <- (1 - ewma) * rate + ewma * observed_rate``. Memory is never
-      learned from times (it stays at the prior).
+      ``rate <- (1 - ewma) * rate + ewma * observed_rate``. Memory is learned
+      from job outcomes: a job of ``m`` bytes that completed proves at least
+      ``m`` was free, one killed out of memory that less than ``m`` was; when
+      the evidence contradicts the estimate, ``memory <- (1 - ewma) * memory
+      + ewma * m`` (otherwise it stays).
 
     Args:
         mode: ``"self_reported"`` or ``"learned"``.
@@ -252,6 +255,8 @@ class CapacityEstimator:
         upload_s: float | None = None,
         upload_bytes: float | None = None,
         latency_s: float | None = None,
+        memory_ok_bytes: float | None = None,
+        memory_oom_bytes: float | None = None,
     ) -> CapacityEstimate:
         """Update ``client``'s rates from one round's observed phases (learned mode).
 
@@ -261,8 +266,10 @@ class CapacityEstimator:
         durations *excluding* the fixed latency; pass the measured latency as
         ``latency_s`` to learn it too. Observed rates: ``down_bps =
         download_bytes*8/download_s``, ``flops_per_s = flops/compute_s``,
-        ``up_bps = upload_bytes*8/upload_s``. Returns the (new) estimate; in
-        self-reported mode nothing changes.
+        ``up_bps = upload_bytes*8/upload_s``. ``memory_ok_bytes``: memory of a
+        job that ran to completion; ``memory_oom_bytes``: memory of a job that
+        was killed out of memory (see the class docstring). Returns the (new)
+        estimate; in self-reported mode nothing changes.
         """
         est = self.estimate(client)
         if self.mode != "learned":
@@ -277,8 +284,14 @@ class CapacityEstimator:
         new_latency = est.latency_s
         if latency_s is not None and latency_s >= 0:
             new_latency = (1 - a) * est.latency_s + a * latency_s
+        memory = est.memory_bytes
+        if memory_ok_bytes is not None and memory_ok_bytes > memory:
+            memory = (1 - a) * memory + a * memory_ok_bytes
+        if memory_oom_bytes is not None and 0 <= memory_oom_bytes <= memory:
+            memory = (1 - a) * memory + a * memory_oom_bytes
         est = replace(
             est,
+            memory_bytes=memory,
             down_bps=mix(est.down_bps, download_s, download_bytes, 8.0),
             flops_per_s=mix(est.flops_per_s, compute_s, flops, 1.0),
             up_bps=mix(est.up_bps, upload_s, upload_bytes, 8.0),

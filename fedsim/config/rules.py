@@ -36,6 +36,8 @@ def check_rules(loaded: LoadedScenario) -> None:
 
     if s.model.top_k > s.model.num_experts:
         fail("model.top_k", f"must be <= model.num_experts ({s.model.num_experts}), got {s.model.top_k}")
+    if not s.model.feature_layer and s.model.backbone != "mlp":
+        fail("model.feature_layer", f"false needs backbone mlp, got {s.model.backbone!r}")
     if s.model.backbone == "cnn" and s.data.dataset == "synthetic":
         fail("model.backbone", "cnn needs image data; synthetic data is flat vectors (use mlp)")
 

@@ -72,9 +72,11 @@ class GridConfig(_Strict):
     blocks_y: int = Field(3, ge=1, le=200, description="Blocks along y.")
     block_m: float = Field(200.0, gt=0, description="Block edge length in metres.")
     base_stations: list[BaseStationSite] = Field(
-        default_factory=lambda: [BaseStationSite(ix=0, iy=0), BaseStationSite(ix=3, iy=3), BaseStationSite(ix=0, iy=3, kind="small")],
+        default_factory=lambda: [BaseStationSite(ix=0, iy=0), BaseStationSite(ix=3, iy=3), BaseStationSite(ix=0, iy=3, kind="small"),
+                                 BaseStationSite(ix=3, iy=0, kind="small"), BaseStationSite(ix=1, iy=1, kind="small"),
+                                 BaseStationSite(ix=2, iy=2, kind="small")],
         min_length=1,
-        description="Base-station sites at intersections.",
+        description="Base-station sites at intersections (default: two macros and four small cells, so that a typical client's uplink is not in outage).",
     )
     clients: dict[str, int] = Field(
         default_factory=lambda: {"vehicle": 4, "drone": 2, "camera": 4, "sensor": 4, "phone": 6},
@@ -102,7 +104,7 @@ class TopologyConfig(_Strict):
 class ChannelConfig(_Strict):
     """``channel``: the wireless access channel of every cell (mirrors :class:`fedsim.net.params.ChannelParams`)."""
 
-    model: Literal["umi", "uma", "free_space", "log_distance"] = Field("umi", description="Path-loss model, a name in fedsim.net.channel.CHANNEL_MODELS: umi / uma (3GPP TR 38.901 UMi street canyon / UMa, LOS drawn from the model's LOS probability), free_space, log_distance.")
+    model: Literal["umi", "uma", "free_space", "log_distance", "umi_av", "uma_av"] = Field("umi", description="Path-loss model, a name in fedsim.net.channel.CHANNEL_MODELS: umi / uma (3GPP TR 38.901 UMi street canyon / UMa, LOS drawn from the model's LOS probability), free_space, log_distance, umi_av / uma_av (the same below 22.5 m; aerial UEs above it by 3GPP TR 36.777 Annex B).")
     fc_ghz: float = Field(3.5, gt=0.5, le=100.0, description="Carrier frequency, GHz.")
     bandwidth_up_hz: float = Field(20e6, gt=0, description="Uplink bandwidth of a cell, Hz, shared by its active flows.")
     bandwidth_down_hz: float = Field(20e6, gt=0, description="Downlink bandwidth of a cell, Hz, shared by its active flows.")
@@ -111,7 +113,7 @@ class ChannelConfig(_Strict):
     bs_height_macro_m: float = Field(25.0, gt=0, le=300, description="Macro antenna height, m.")
     bs_height_small_m: float = Field(10.0, gt=0, le=300, description="Small-cell antenna height, m.")
     noise_figure_db: float = Field(7.0, ge=0, le=30, description="Receiver noise figure, dB (thermal noise is -174 dBm/Hz).")
-    shadowing_std_db: float | None = Field(None, ge=0, le=20, description="Log-normal shadowing std, dB (null: the model's default LOS/NLOS std: umi 4/7.82, uma 4/6, free_space 0/0, log_distance 8/8).")
+    shadowing_std_db: float | None = Field(None, ge=0, le=20, description="Log-normal shadowing std, dB (null: the model's default LOS/NLOS std: umi 4/7.82, uma 4/6, free_space 0/0, log_distance 8/8, umi_av 4/7.82, uma_av 4/6; TR 36.777 height-dependent aerial values are not applied).")
     shadowing_decorrelation_m: float = Field(50.0, gt=0, description="Shadowing decorrelation distance for moving clients, m (13 m gave handover ping-pong).")
     log_distance_exponent: float = Field(3.0, gt=1, le=8, description="log_distance: path-loss exponent.")
     fading: Literal["rayleigh", "rician", "none"] = Field("rayleigh", description="Block fading of the serving link.")
@@ -126,6 +128,10 @@ class ChannelConfig(_Strict):
     access_latency_s: float = Field(1e-3, ge=0, description="One-way latency of the radio hop, s.")
     max_ue_height_m: float = Field(22.5, gt=0, description="Terminal heights are clamped to this inside UMi/UMa (their validity range).")
     nearest_bs: int = Field(0, ge=0, description="Approximation for large deployments: a moving client re-evaluates only its k nearest cells (0 = exact; 32 changed handovers by ~2% at 10,000 clients).")
+    small_bandwidth_up_hz: float | None = Field(None, gt=0, le=1e9, description="Uplink bandwidth of a small cell, Hz (null: bandwidth_up_hz, the macro value).")
+    small_bandwidth_down_hz: float | None = Field(None, gt=0, le=1e9, description="Downlink bandwidth of a small cell, Hz (null: bandwidth_down_hz).")
+    attachment: Literal["downlink", "uplink"] = Field("uplink", description="Cell selection and handover by downlink received power, or by uplink SNR (default: a client near a strong macro is often better heard by a small cell; by downlink power 21-31 of 100 clients on the default grid had their mean uplink in outage, by uplink SNR with the default cells 0-1).")
+    population: Literal["eager", "lazy"] = Field("eager", description="eager: every client's position, fading and serving cell advance periodically (the reference); lazy: evaluated on demand, for clients with flows or at selection, so idle clients cost no events (fedsim.net.population).")
 
 
 class DeviceClassConfig(_Strict):
@@ -146,7 +152,7 @@ class DeviceClassConfig(_Strict):
     mean_on_s: float | None = Field(None, gt=0, description="Mean online session length, s.")
     mean_off_s: float | None = Field(None, gt=0, description="Mean offline period, s.")
     transfer_hazard_per_s: float | None = Field(None, ge=0, description="Failure rate during transfers, 1/s.")
-    mobility: Literal["static", "street", "fly", "walk"] | None = Field(None, description="Mobility model.")
+    mobility: Literal["static", "street", "fly", "walk", "highway"] | None = Field(None, description="Mobility model (highway: along the grid's x axis on the client's own road, turning back at its ends).")
     speed_min_mps: float | None = Field(None, ge=0, description="Minimum speed when moving, m/s.")
     speed_max_mps: float | None = Field(None, ge=0, description="Maximum speed when moving, m/s.")
     altitude_min_m: float | None = Field(None, ge=0, description="Lowest altitude / antenna height, m.")
@@ -178,6 +184,7 @@ class DataConfig(_Strict):
     clusters: int = Field(4, ge=1, description="label_clusters: number of client groups.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each client's data held out as its own test split.")
     max_train_samples: int | None = Field(None, ge=10, description="Cap on the training pool size (for quick runs).")
+    synthetic_samples: int = Field(2000, ge=10, le=10_000_000, description="synthetic: samples generated (train + test pool); a city-scale population needs a few per client.")
 
 
 class ModelConfig(_Strict):
@@ -188,7 +195,8 @@ class ModelConfig(_Strict):
     feature_dim: int = Field(32, ge=1, le=65536, description="Feature dimension fed to gate and experts.")
     num_experts: int = Field(4, ge=1, le=1024, description='Experts E of the MoE.')
     top_k: int = Field(2, ge=1, description="Experts combined per sample; must be <= num_experts.")
-    expert_hidden: int = Field(32, ge=1, le=65536, description='Hidden width of each expert MLP head.')
+    expert_hidden: int = Field(32, ge=0, le=65536, description='Hidden width of each expert MLP head (0: a linear expert head, feature -> classes).')
+    feature_layer: bool = Field(True, description="mlp backbone ends in a projection to feature_dim (false: the last hidden layer, width `hidden`, is the feature; feature_dim is then unused).")
     gate_noise_std: float = Field(0.0, ge=0, description='Std of Gaussian noise added to gate logits during training.')
     aux_loss_weight: float = Field(0.01, ge=0, description="Switch-style load-balancing loss weight.")
 
@@ -203,8 +211,10 @@ class TrainingConfig(_Strict):
     local_epochs: int = Field(1, ge=1, le=1000, description='Passes over the local data per round.')
     batch_size: int = Field(32, ge=1, description='Samples per local step.')
     fedprox_mu: float = Field(0.0, ge=0, description="FedProx proximal term weight (0 = FedAvg).")
-    executor: Literal["sequential"] = Field("sequential", description="Training executor.")
-    torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads used for training.")
+    executor: Literal["sequential", "batched", "parallel"] = Field("batched", description="How the training jobs of a round run: batched (a cohort at once with torch.func; models with BatchNorm fall back to sequential), sequential (one after another, the reference), parallel (worker processes). All give the same updates within float tolerance and identical simulated events.")
+    workers: int = Field(2, ge=1, le=256, description="parallel: worker processes (each keeps its model and clients' data between rounds).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where training runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda (fails when there is none).")
+    torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads used for training (per worker with the parallel executor).")
 
 
 class FedBuffConfig(_Strict):
@@ -233,6 +243,7 @@ class FedMoEConfig(_Strict):
     min_completions: int | None = Field(None, ge=1, description="End the round at the first K completions (default: clients_per_round).")
     train_shared: bool = Field(True, description="Clients also train the backbone and gate.")
     server_compute_s: float = Field(0.0, ge=0, description="Server aggregation time per round, s.")
+    round_interval_s: float = Field(0.0, ge=0, le=86400, description="Idle time between the end of a round and the next selection, s (devices keep moving and going on/offline meanwhile).")
     aggregation: Literal["sync", "async", "semi_async"] = Field(
         "sync", description="sync: rounds cut at the deadline; async: FedBuff; semi_async: rounds close every deadline_s, late updates folded in later (see fedbuff).",
     )

@@ -8,7 +8,7 @@ __all__ = ["DeviceClassParams", "default_device_classes", "DEVICE_CLASSES"]
 
 #: The five client device classes of the smart-city scenario.
 DEVICE_CLASSES = ("vehicle", "drone", "camera", "sensor", "phone")
-_MOBILITY = ("static", "street", "fly", "walk")
+_MOBILITY = ("static", "street", "fly", "walk", "highway")
 
 
 @dataclass(frozen=True)

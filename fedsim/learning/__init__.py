@@ -4,19 +4,47 @@ aggregation, FLOP / byte / memory accounting, metrics and training executors.
 Import from the submodules (``fedsim.learning.training`` ...) or from here.
 """
 
-from fedsim.learning.accounting import (
-    flops_per_sample,
-    payload_bytes,
-    state_bytes,
-    training_memory_bytes,
-)
-from fedsim.learning.aggregation import AggregationResult, aggregate
-from fedsim.learning.datasets import Dataset, DatasetError, load_dataset
-from fedsim.learning.executors import Executor, SequentialExecutor
-from fedsim.learning.metrics import evaluate, personalised_accuracy
-from fedsim.learning.models import MoEClassifier, MoEConfig, MoEOutput, expert_keys, shared_keys
+from importlib import import_module
+from typing import Any
+
+# eager: the function ``partition`` shares its name with its submodule (numpy only, cheap)
 from fedsim.learning.partition import ClientSplit, label_histograms, partition
-from fedsim.learning.training import TrainConfig, TrainJob, Update, init_state, train_local
+
+# name -> submodule: imported on first use (PEP 562), so that importing one
+# submodule (a training worker, ``fedsim validate``) does not pay for all of them
+_WHERE = {
+    "flops_per_sample": "accounting",
+    "payload_bytes": "accounting",
+    "state_bytes": "accounting",
+    "training_memory_bytes": "accounting",
+    "AggregationResult": "aggregation",
+    "aggregate": "aggregation",
+    "Dataset": "datasets",
+    "DatasetError": "datasets",
+    "load_dataset": "datasets",
+    "Executor": "executors",
+    "SequentialExecutor": "executors",
+    "make_executor": "executors",
+    "evaluate": "metrics",
+    "personalised_accuracy": "metrics",
+    "MoEClassifier": "models",
+    "MoEConfig": "models",
+    "MoEOutput": "models",
+    "expert_keys": "models",
+    "shared_keys": "models",
+    "TrainConfig": "training",
+    "TrainJob": "training",
+    "Update": "training",
+    "init_state": "training",
+    "train_local": "training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"fedsim.learning.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'fedsim.learning' has no attribute {name!r}")
+
 
 __all__ = [
     "AggregationResult",
@@ -38,6 +66,7 @@ __all__ = [
     "init_state",
     "label_histograms",
     "load_dataset",
+    "make_executor",
     "partition",
     "payload_bytes",
     "personalised_accuracy",

@@ -48,8 +48,11 @@ class AggregationResult:
 def is_finite_update(update: Update) -> bool:
     """True when every floating tensor of the update's state, its gate feedback
     and its losses are finite (no NaN, no inf)."""
-    for t in update.state.values():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    floats = [t for t in update.state.values() if t.is_floating_point()]
+    # one check per update: a NaN or inf element makes its tensor's float64 sum non-finite; a
+    # non-finite sum of finite elements (float64 overflow) is ruled out by the exact check
+    if floats and not bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float64) for t in floats]).sum())):
+        if not all(bool(torch.isfinite(t).all()) for t in floats):
             return False
     if not np.all(np.isfinite(np.asarray(update.mean_gate_prob, dtype=np.float64))):
         return False
@@ -59,8 +62,8 @@ def is_finite_update(update: Update) -> bool:
 def _weighted(tensors: list[torch.Tensor], weights: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     w = torch.as_tensor(weights / weights.sum(), dtype=torch.float64)
     acc = torch.zeros(like.shape, dtype=torch.float64)
-    for t, wi in zip(tensors, w):
-        acc += wi * t.detach().to(torch.float64)
+    for t, wi in zip(tensors, w.tolist()):
+        acc.add_(t.detach(), alpha=wi)  # in float64, no temporaries
     if like.is_floating_point():
         return acc.to(like.dtype)
     return acc.round().to(like.dtype)
@@ -70,8 +73,9 @@ def aggregate(
     global_state: dict[str, torch.Tensor], updates: Sequence[Update], num_experts: int
 ) -> AggregationResult:
     """Aggregate ``updates`` into a new global state (see module docstring)."""
-    rejected = [u.client_id for u in updates if not is_finite_update(u)]
-    ok = [u for u in updates if is_finite_update(u)]
+    finite = [is_finite_update(u) for u in updates]
+    rejected = [u.client_id for u, f in zip(updates, finite) if not f]
+    ok = [u for u, f in zip(updates, finite) if f]
     new_state = {k: v.detach().clone() for k, v in global_state.items()}
     weights_out: dict[int, dict[int | str, float]] = {}
 

@@ -51,7 +51,13 @@ class MoEConfig:
     ``"resnet18"`` (CIFAR ResNet-18, ``widths`` ignored). Every backbone ends in a
     linear projection to ``feature_dim`` followed by ReLU.
     ``num_experts`` E, ``top_k`` experts per sample, ``expert_hidden`` the hidden
-    width of each expert MLP head. ``aux_loss_weight`` is used by training.
+    width of each expert MLP head (0: a linear expert head, ``fc2`` only).
+    ``feature_layer`` False drops the mlp backbone's final projection, so the
+    last hidden layer is the feature (then ``feature_dim`` must equal
+    ``widths[-1]``): with one linear expert, an MLP 784-128-10 is exactly
+    ``MoEConfig((784,), 10, widths=(128,), feature_dim=128, num_experts=1,
+    expert_hidden=0, feature_layer=False)`` (plus a 128 -> 1 gate).
+    ``aux_loss_weight`` is used by training.
     """
 
     input_shape: tuple[int, ...]
@@ -64,8 +70,13 @@ class MoEConfig:
     expert_hidden: int = 64
     gate_noise_std: float = 0.0
     aux_loss_weight: float = 0.01
+    feature_layer: bool = True
 
     def __post_init__(self) -> None:
+        if not self.feature_layer and (self.backbone != "mlp" or self.feature_dim != self.widths[-1]):
+            raise ValueError('"feature_layer" False needs backbone "mlp" and feature_dim == widths[-1]')
+        if self.expert_hidden < 0:
+            raise ValueError('"expert_hidden" must be >= 0 (0: a linear expert head)')
         if self.backbone not in ("mlp", "cnn", "resnet18"):
             raise ValueError('"backbone" must be "mlp", "cnn" or "resnet18"')
         if self.num_experts < 1:
@@ -99,7 +110,8 @@ def _mlp_backbone(cfg: MoEConfig) -> nn.Sequential:
     for w in cfg.widths:
         layers += [nn.Linear(width, w), nn.ReLU()]
         width = w
-    layers += [nn.Linear(width, cfg.feature_dim), nn.ReLU()]
+    if cfg.feature_layer:
+        layers += [nn.Linear(width, cfg.feature_dim), nn.ReLU()]
     return nn.Sequential(*layers)
 
 
@@ -165,13 +177,15 @@ def _resnet18_backbone(cfg: MoEConfig) -> nn.Sequential:
 
 
 class Expert(nn.Module):
-    """An expert: MLP head feature_dim -> expert_hidden -> num_classes."""
+    """An expert: MLP head feature_dim -> expert_hidden -> num_classes, or the
+    linear head feature_dim -> num_classes (``fc2`` only) when expert_hidden is 0."""
 
     def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(cfg.feature_dim, cfg.expert_hidden)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(cfg.expert_hidden, cfg.num_classes)
+        hidden = cfg.expert_hidden
+        self.fc1: nn.Module = nn.Linear(cfg.feature_dim, hidden) if hidden else nn.Identity()
+        self.act: nn.Module = nn.ReLU() if hidden else nn.Identity()
+        self.fc2 = nn.Linear(hidden or cfg.feature_dim, cfg.num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(h)))

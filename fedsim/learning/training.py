@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from fedsim.learning.accounting import flops_per_sample
 from fedsim.learning.models import MoEClassifier, MoEConfig, expert_index
 
-__all__ = ["TrainConfig", "TrainJob", "Update", "train_local", "build_model", "init_state"]
+__all__ = ["TrainConfig", "TrainJob", "Update", "train_local", "build_model", "init_state", "job_experts", "job_flops"]
 
 
 @dataclass(frozen=True)
@@ -163,26 +163,61 @@ def _job_flops_per_sample(cfg: MoEConfig, k: int) -> tuple[float, float]:
     )
 
 
-def train_local(job: TrainJob) -> Update:
-    """Train the job's model locally and return its :class:`Update` (see module docstring)."""
-    cfg, tc = job.model_config, job.train
-    e_total = cfg.num_experts
+def job_experts(job: TrainJob) -> list[int]:
+    """The job's assigned experts, sorted and checked.
+
+    Raises:
+        ValueError: an expert outside ``[0, E)``, no expert, or no training sample.
+    """
+    e_total = job.model_config.num_experts
     experts = sorted(set(int(e) for e in job.experts))
     if any(not 0 <= e < e_total for e in experts):
         raise ValueError(f'"experts" must be in [0, {e_total}), got {job.experts}')
     if not experts:
         raise ValueError('"experts" must name at least one expert (the gate needs one to route to)')
-    n = int(job.y.shape[0])
-    if n == 0:
+    if int(job.y.shape[0]) == 0:
         raise ValueError(f"client {job.client_id} has no training samples")
+    return experts
 
-    model = build_model(cfg, job.global_state).to(tc.device)
+
+def job_flops(job: TrainJob, num_experts_assigned: int) -> float:
+    """FLOPs of the whole job: training over ``local_epochs`` plus the feedback pass."""
+    cfg, n = job.model_config, int(job.y.shape[0])
+    train_fps, fwd_shared = _job_flops_per_sample(cfg, min(cfg.top_k, num_experts_assigned))
+    return float(train_fps * n * job.train.local_epochs + fwd_shared * n)
+
+
+def _kept_key(key: str, experts: list[int], train_shared: bool) -> bool:
+    owner = expert_index(key)
+    return (owner is None and train_shared) or (owner is not None and owner in experts)
+
+
+def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
+    """Train the job's model locally and return its :class:`Update` (see module docstring).
+
+    ``model``: an :class:`MoEClassifier` of ``job.model_config`` on ``job.train.device``
+    to reuse (its weights are overwritten with ``job.global_state``; executors keep
+    one per configuration instead of building one per job); None builds one.
+
+    Raises:
+        ValueError: see :func:`job_experts`.
+    """
+    cfg, tc = job.model_config, job.train
+    e_total = cfg.num_experts
+    experts = job_experts(job)
+    n = int(job.y.shape[0])
+
+    if model is None:
+        model = build_model(cfg, job.global_state).to(tc.device)
+    else:
+        model.load_state_dict(job.global_state)  # copies into the reused model's storage
     mask = torch.zeros(e_total, dtype=torch.bool)
     mask[experts] = True
     for name, p in model.named_parameters():
         owner = expert_index(name)
         train_it = tc.train_shared if owner is None else owner in experts
         p.requires_grad_(train_it)
+        p.grad = None
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
@@ -225,19 +260,17 @@ def train_local(job: TrainJob) -> Update:
         loss_last = total / seen
 
     model.eval()
-    with torch.no_grad():
-        probs = [model.route(model.features(x[s : s + 1024]))[0] for s in range(0, n, 1024)]
-        mean_gate_prob = torch.cat(probs).mean(0).double().cpu().numpy()
+    if e_total == 1:
+        mean_gate_prob = np.ones(1)  # a softmax over one expert is exactly 1: no pass needed
+    else:
+        with torch.no_grad():
+            probs = [model.route(model.features(x[s : s + 1024]))[0] for s in range(0, n, 1024)]
+            mean_gate_prob = torch.cat(probs).mean(0).double().cpu().numpy()
 
     sd = model.state_dict()
-    keep = []
-    for k in sd:
-        owner = expert_index(k)
-        if (owner is None and tc.train_shared) or (owner is not None and owner in experts):
-            keep.append(k)
-    state = {k: sd[k].detach().to("cpu", copy=True) for k in keep}
-    train_fps, fwd_shared = _job_flops_per_sample(cfg, min(cfg.top_k, len(experts)))
-    flops = train_fps * n * tc.local_epochs + fwd_shared * n
+    # copies: the model is reused by the next job, the update must keep its own weights
+    state = {k: v.detach().to("cpu", copy=True) for k, v in sd.items() if _kept_key(k, experts, tc.train_shared)}
+    flops = job_flops(job, len(experts))
     return Update(
         client_id=job.client_id,
         round=job.round,

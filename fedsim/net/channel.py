@@ -41,6 +41,12 @@ __all__ = [
     "pathloss_uma",
     "los_probability_umi",
     "los_probability_uma",
+    "los_probability_uma_av",
+    "los_probability_umi_av",
+    "pathloss_uma_av_aerial",
+    "pathloss_umi_av_aerial",
+    "AERIAL_MIN_HEIGHT_M",
+    "AERIAL_MAX_HEIGHT_M",
     "pathloss_free_space",
     "pathloss_log_distance",
     "shadowing_db",
@@ -213,6 +219,73 @@ def rayleigh_ergodic_capacity(snr: ArrayLike) -> Array:
     return np.where(x > 500.0, asym, exact) / math.log(2.0)
 
 
+
+# ---------------------------------------------------------------------------
+# aerial UEs: 3GPP TR 36.777 V15.0.0 Annex B (UMa-AV, UMi-AV)
+
+#: TR 38.901's UMi / UMa formulas hold up to this UE height; TR 36.777 above (m)
+AERIAL_MIN_HEIGHT_M = 22.5
+#: the TR 36.777 Annex B models hold up to this UE height (m); higher UEs are clamped
+AERIAL_MAX_HEIGHT_M = 300.0
+
+
+def _aerial_los(d2d_m: ArrayLike, h_ut_m: ArrayLike, p1: Array, d1: Array) -> Array:
+    d = np.maximum(np.asarray(d2d_m, dtype=float), 1e-9)
+    p = d1 / d + np.exp(-d / p1) * (1.0 - d1 / d)
+    return np.where(d <= d1, 1.0, np.minimum(p, 1.0))
+
+
+def los_probability_uma_av(d2d_m: ArrayLike, h_ut_m: ArrayLike) -> Array:
+    """UMa-AV LOS probability, TR 36.777 Table B-1: TR 38.901 UMa up to 22.5 m; for
+    22.5 < h_UT <= 100 m, 1 within d1 and ``d1/d2D + exp(-d2D/p1) (1 - d1/d2D)``
+    beyond, ``p1 = 4300 log10(h_UT) - 3800``, ``d1 = max(460 log10(h_UT) - 700, 18)``;
+    1 above 100 m."""
+    h = np.clip(np.asarray(h_ut_m, dtype=float), 1.0, AERIAL_MAX_HEIGHT_M)
+    ha = np.maximum(h, AERIAL_MIN_HEIGHT_M)
+    lh = np.log10(ha)
+    air = _aerial_los(d2d_m, ha, 4300.0 * lh - 3800.0, np.maximum(460.0 * lh - 700.0, 18.0))
+    air = np.where(ha > 100.0, 1.0, air)
+    ground = los_probability_uma(d2d_m, np.minimum(h, AERIAL_MIN_HEIGHT_M))
+    return np.where(h > AERIAL_MIN_HEIGHT_M, air, ground)
+
+
+def los_probability_umi_av(d2d_m: ArrayLike, h_ut_m: ArrayLike) -> Array:
+    """UMi-AV LOS probability, TR 36.777 Table B-1: TR 38.901 UMi up to 22.5 m; for
+    22.5 < h_UT <= 300 m the form of :func:`los_probability_uma_av` with
+    ``p1 = 233.98 log10(h_UT) - 0.95``, ``d1 = max(294.05 log10(h_UT) - 432.94, 18)``."""
+    h = np.clip(np.asarray(h_ut_m, dtype=float), 1.0, AERIAL_MAX_HEIGHT_M)
+    ha = np.maximum(h, AERIAL_MIN_HEIGHT_M)
+    lh = np.log10(ha)
+    air = _aerial_los(d2d_m, ha, 233.98 * lh - 0.95, np.maximum(294.05 * lh - 432.94, 18.0))
+    return np.where(h > AERIAL_MIN_HEIGHT_M, air, los_probability_umi(d2d_m))
+
+
+def pathloss_uma_av_aerial(d3d_m: ArrayLike, fc_ghz: float, h_ut_m: ArrayLike, los: ArrayLike) -> Array:
+    """UMa-AV path loss (dB) for 22.5 < h_UT <= 300 m, TR 36.777 Table B-2:
+    LOS ``28.0 + 22 log10(d3D) + 20 log10(fc)``; NLOS
+    ``-17.5 + (46 - 7 log10(h_UT)) log10(d3D) + 20 log10(40 pi fc / 3)``."""
+    lg = np.log10(np.maximum(np.asarray(d3d_m, dtype=float), 1.0))
+    h = np.clip(np.asarray(h_ut_m, dtype=float), AERIAL_MIN_HEIGHT_M, AERIAL_MAX_HEIGHT_M)
+    pl_los = 28.0 + 22.0 * lg + 20.0 * math.log10(fc_ghz)
+    pl_nlos = -17.5 + (46.0 - 7.0 * np.log10(h)) * lg + 20.0 * math.log10(40.0 * math.pi * fc_ghz / 3.0)
+    return np.where(np.asarray(los, dtype=bool), pl_los, pl_nlos)
+
+
+def pathloss_umi_av_aerial(d3d_m: ArrayLike, fc_ghz: float, h_ut_m: ArrayLike, los: ArrayLike) -> Array:
+    """UMi-AV path loss (dB) for 22.5 < h_UT <= 300 m, TR 36.777 Table B-2:
+    LOS ``max(PL_FS, 30.9 + (22.25 - 0.5 log10(h_UT)) log10(d3D) + 20 log10(fc))`` with
+    free space ``PL_FS = 20 log10(40 pi d3D fc / 3)``; NLOS
+    ``max(PL_LOS, 32.4 + (43.2 - 7.6 log10(h_UT)) log10(d3D) + 20 log10(fc))``."""
+    d3 = np.maximum(np.asarray(d3d_m, dtype=float), 1.0)
+    lg = np.log10(d3)
+    lh = np.log10(np.clip(np.asarray(h_ut_m, dtype=float), AERIAL_MIN_HEIGHT_M, AERIAL_MAX_HEIGHT_M))
+    lf = 20.0 * math.log10(fc_ghz)
+    pl_fs = 20.0 * np.log10(40.0 * math.pi * d3 * fc_ghz / 3.0)
+    pl_los = np.maximum(pl_fs, 30.9 + (22.25 - 0.5 * lh) * lg + lf)
+    pl_nlos = np.maximum(pl_los, 32.4 + (43.2 - 7.6 * lh) * lg + lf)
+    return np.where(np.asarray(los, dtype=bool), pl_los, pl_nlos)
+
+
 # ---------------------------------------------------------------------------
 # the registry of path-loss models
 
@@ -262,6 +335,8 @@ class ChannelModel:
         shadowing_std_db: default log-normal shadowing std (dB), ``(LOS, NLOS)``;
             ``channel.shadowing_std_db`` overrides both.
         source: the standard or paper the model follows.
+        aerial: the LOS probability takes the client's actual height (not the
+            one clipped to the TR 38.901 range), as the TR 36.777 models do.
     """
 
     name: str
@@ -269,6 +344,7 @@ class ChannelModel:
     los_probability: LosProbabilityFn | None
     shadowing_std_db: tuple[float, float]
     source: str
+    aerial: bool = False
 
 
 def _pl_umi(g: LinkGeometry, los: Any, fc_ghz: float, params: Any) -> Array:
@@ -291,6 +367,18 @@ def _los_umi(d2d_m: Array, h_ut_m: ArrayLike) -> Array:
     return los_probability_umi(d2d_m)
 
 
+def _pl_uma_av(g: LinkGeometry, los: Any, fc_ghz: float, params: Any) -> Array:
+    air = np.asarray(g.z_ut_m, dtype=float) > AERIAL_MIN_HEIGHT_M
+    return np.where(air, pathloss_uma_av_aerial(g.d3d_m(), fc_ghz, g.z_ut_m, los),
+                    pathloss_uma(g.d2d_m, fc_ghz, g.h_bs_m, g.h_ut_m, los))
+
+
+def _pl_umi_av(g: LinkGeometry, los: Any, fc_ghz: float, params: Any) -> Array:
+    air = np.asarray(g.z_ut_m, dtype=float) > AERIAL_MIN_HEIGHT_M
+    return np.where(air, pathloss_umi_av_aerial(g.d3d_m(), fc_ghz, g.z_ut_m, los),
+                    pathloss_umi(g.d2d_m, fc_ghz, g.h_bs_m, g.h_ut_m, los))
+
+
 #: Every path-loss model a scenario can name, by name. The order is the
 #: order of the ``channel.model`` ``Literal`` in the scenario schema.
 CHANNEL_MODELS: dict[str, ChannelModel] = {
@@ -300,6 +388,8 @@ CHANNEL_MODELS: dict[str, ChannelModel] = {
         ChannelModel("uma", _pl_uma, los_probability_uma, (4.0, 6.0), "3GPP TR 38.901 V17 Tables 7.4.1-1, 7.4.2-1 (UMa)"),
         ChannelModel("free_space", _pl_free_space, None, (0.0, 0.0), "Friis free-space equation"),
         ChannelModel("log_distance", _pl_log_distance, None, (8.0, 8.0), "log-distance model (Rappaport, Wireless Communications, 2nd ed., 4.9)"),
+        ChannelModel("umi_av", _pl_umi_av, los_probability_umi_av, (4.0, 7.82), "3GPP TR 36.777 V15 Annex B Tables B-1, B-2 (UMi-AV) above 22.5 m; TR 38.901 UMi below", aerial=True),
+        ChannelModel("uma_av", _pl_uma_av, los_probability_uma_av, (4.0, 6.0), "3GPP TR 36.777 V15 Annex B Tables B-1, B-2 (UMa-AV) above 22.5 m; TR 38.901 UMa below", aerial=True),
     )
 }
 

@@ -1,25 +1,45 @@
-"""Flow-level transfers sharing links by (weighted) max-min fairness.
+"""Flow-level transfers sharing links by (weighted) max-min fairness, kept incrementally.
 
 A :class:`Link` has a capacity in its own unit: bit/s for a wired link, Hz
 for a wireless cell direction. A :class:`Flow` crossing link ``l`` uses
 ``a_lf * r_f`` of it, where ``r_f`` is the flow's rate in bit/s and
 ``a_lf`` its usage coefficient (1 for wired links, 1 / spectral efficiency
 for a cell). Rates are the max-min fair allocation under
-``sum_f a_lf r_f <= C_l`` computed by progressive filling; a flow with an
-infinite coefficient (a client in outage) is *stalled*: rate 0, no usage.
+``sum_f a_lf r_f <= C_l`` (progressive filling, Bertsekas & Gallager,
+*Data Networks*, section 6.5.2); a flow with an infinite coefficient (a
+client in outage) is *stalled*: rate 0, no usage.
 
-Rates are recomputed whenever a flow starts or ends, a capacity or a
-coefficient changes, but only over the flows coupled to the change: the
-connected component of flows and *binding* links reachable from the
-changed links. A link is non-binding (skipped) when the sum over its flows
-of ``a_lf * ub_f`` stays below its capacity, ``ub_f`` being the rate the
-flow could get alone on its tightest link; such a link can never saturate,
-so removing it leaves the max-min allocation unchanged (exact, not an
-approximation).
+Scaling (exact, no approximation):
 
-Byte accounting is exact: every flow's progress is integrated piecewise
-(rate x time) and credited to every link of its path at the same moment;
-a completed flow is credited exactly its size.
+- **Bundles.** Progressive filling grows every unfrozen flow at the same
+  rate and freezes all flows of a saturating link together, so flows with
+  the same path always get the same rate: they form one *bundle*, whose
+  weight on link ``l`` is the sum of its flows' coefficients. The filling
+  runs over bundles (at most one per path: per cell and direction in a
+  city), not over flows, with a heap of link saturation levels:
+  ``O(B log L)`` per recomputation for ``B`` bundles. A coefficient change
+  (fading) or a flow joining / leaving a bundle is an ``O(path)`` update of
+  the bundle's weights.
+- **Virtual time per bundle.** All flows of a bundle progress at the
+  bundle's rate, so the bundle integrates one counter ``vt`` (bits any of
+  its flows has moved since the bundle was created). A flow that joins at
+  ``vt0`` with ``R`` bits left finishes when ``vt`` reaches ``vt0 + R``; a
+  bundle keeps its flows in a heap of those finish marks and has one entry
+  in the schedule, so a rate change costs one schedule entry per bundle
+  whatever the number of flows in it.
+- **Only what a change can reach.** A recomputation covers the bundles
+  connected (through shared links) to the bundles and links changed since
+  the last one; everything else keeps its rates.
+- **No stale entries.** The schedule is compacted whenever superseded
+  entries outnumber live ones, and each bundle's flow heap whenever flows
+  that left it outnumber those in it, so memory stays proportional to the
+  active flows.
+
+Byte accounting is exact: a flow's progress is materialised when it leaves
+its bundle (completion, interruption, handover, outage) and credited to
+every link of its path at that moment; a completed flow is credited
+exactly its size. Link usage and load are recomputed exactly from the
+bundles at each recomputation and integrated over time for sampling.
 """
 
 from __future__ import annotations
@@ -28,255 +48,26 @@ import heapq
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import simpy
 
+from fedsim.net.flow_state import Bundle, Flow, Link, TransferResult
+from fedsim.net.maxmin import maxmin_rates
+
 __all__ = ["Link", "Flow", "FlowSystem", "TransferResult", "maxmin_rates"]
 
 _INF = math.inf
-_TIE = 1e-12
-
-
-class Link:
-    """One directed shared resource (a wired direction or a cell direction).
-
-    Attributes:
-        name: unique id (e.g. ``"edge0->cloud"``, ``"bs3/up"``).
-        kind: ``"wired"``, ``"uplink"`` or ``"downlink"``.
-        node: node the link belongs to (source node for wired, BS for cells).
-        capacity: bit/s (wired) or Hz (cells).
-        latency_s: propagation + per-hop latency of the link (s).
-        flows: active flows on the link -> their coefficient ``a_lf``.
-        bytes_carried: bytes that crossed the link so far (exact).
-        usage: current sum of ``a_lf * r_f`` (capacity units).
-        load_bps: current sum of the rates of its flows (bit/s).
-        usage_s: time integral of ``usage`` up to ``t_mark`` (capacity units x s);
-            its increase over an interval / (capacity x interval) is the mean
-            utilisation of the link over that interval.
-        load_bits: time integral of ``load_bps`` up to ``t_mark`` (bits).
-    """
-
-    __slots__ = ("name", "kind", "node", "capacity", "latency_s", "flows", "bytes_carried",
-                 "usage", "load_bps", "usage_s", "load_bits", "t_mark", "min_coeff", "_direct", "_groups", "_demand", "_dirty", "_abs")
-
-    def __init__(self, name: str, kind: str, node: str, capacity: float, latency_s: float = 0.0) -> None:
-        if capacity < 0:
-            raise ValueError(f'link {name!r}: "capacity" must be >= 0')
-        self.name = name
-        self.kind = kind
-        self.node = node
-        self.capacity = float(capacity)
-        self.latency_s = float(latency_s)
-        self.flows: dict[Flow, float] = {}
-        self.bytes_carried = 0.0
-        self.usage = 0.0
-        self.load_bps = 0.0
-        self.usage_s = 0.0
-        self.load_bits = 0.0
-        self.t_mark = 0.0
-        #: smallest coefficient any flow can have here (1 wired; 1 / SE cap for a
-        #: cell; 0 = unknown): bounds the link's total bit rate by capacity / min_coeff.
-        self.min_coeff = 1.0 if kind == "wired" else 0.0
-        # non-binding test: upper bound of sum_f a_lf r_f, from the flows' rate
-        # bounds ub_f, grouped by each flow's narrowest link (whose max_bps caps
-        # the group's total) where a_lf == 1.
-        self._direct = 0.0
-        self._groups: dict[Link, list[float]] = {}
-        self._demand = 0.0
-        self._dirty = False
-        self._abs = 0.0  # sum of |terms| added since the last exact rebuild: bounds rounding drift
-
-    @property
-    def max_bps(self) -> float:
-        """Upper bound of the total bit rate through the link."""
-        return self.capacity / self.min_coeff if self.min_coeff > 0 else _INF
-
-    def _rebuild(self) -> None:
-        """Recompute the demand terms exactly from the current flows (drops rounding drift)."""
-        self._direct = 0.0
-        self._groups = {}
-        for f, a in self.flows.items():
-            ub = f.ub
-            if ub == 0.0:
-                continue
-            g = f.group
-            if a == 1.0 and g is not None and g is not self:
-                ent = self._groups.get(g)
-                if ent is None:
-                    self._groups[g] = [ub, 1.0]
-                else:
-                    ent[0] += ub
-                    ent[1] += 1.0
-            else:
-                self._direct += a * ub
-        self._abs = self._direct + sum(t for t, _ in self._groups.values())
-
-    def demand(self) -> float:
-        """Upper bound of the link's usage over every feasible allocation bounded by ub_f."""
-        if self._dirty:
-            if self._abs > 1e3 * (self.capacity + self._demand) + 1e-300:
-                self._rebuild()
-            d = self._direct
-            for g, (tot, _n) in self._groups.items():
-                d += min(tot, g.max_bps)
-            self._demand = d
-            self._dirty = False
-        return self._demand
-
-    def binding(self) -> bool:
-        """Whether the link can saturate given its flows' upper bounds."""
-        if not self.flows:
-            return False
-        # conservative: a link is treated as binding when it might be (within the
-        # rounding drift of the incremental sums), which keeps the allocation exact
-        tol = 1e-9 * (self.capacity + self._abs)
-        return self.capacity <= 0.0 or self.demand() >= self.capacity - tol
-
-    def __repr__(self) -> str:
-        return f"Link({self.name!r}, {self.kind}, capacity={self.capacity:g})"
-
-
-class Flow:
-    """One active transfer: ``size_bits`` along ``path`` with ``coeffs``."""
-
-    __slots__ = ("seq", "path", "coeffs", "size_bits", "done_bits", "rate", "last_t", "version",
-                 "ub", "group", "stalled", "done", "active", "tag")
-
-    def __init__(self, seq: int, path: list[Link], coeffs: list[float], size_bits: float,
-                 now: float, done: simpy.Event, tag: Any = None) -> None:
-        self.seq = seq
-        self.path = path
-        self.coeffs = coeffs
-        self.size_bits = float(size_bits)
-        self.done_bits = 0.0
-        self.rate = 0.0
-        self.last_t = now
-        self.version = 0
-        self.ub = 0.0
-        self.group: Link | None = None
-        #: True when some link of the path gives the flow no rate (outage).
-        self.stalled = any(a == _INF for a in coeffs)
-        self.done = done
-        self.active = True
-        self.tag = tag
-
-    @property
-    def remaining_bits(self) -> float:
-        return self.size_bits - self.done_bits
-
-    def __repr__(self) -> str:
-        return f"Flow(#{self.seq}, {self.done_bits:g}/{self.size_bits:g} bit, rate={self.rate:g})"
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    """Outcome of a transfer process (returned, never raised).
-
-    Attributes:
-        requested_bytes: bytes asked for.
-        delivered_bytes: bytes that arrived (== requested when completed).
-        completed: whether the whole payload arrived.
-        start_s: simulated time the transfer was started.
-        end_s: simulated time it completed or was interrupted.
-        path: node / link names along the route.
-        cause: the interrupt cause when not completed (e.g. ``Dropout``), else None.
-    """
-
-    requested_bytes: float
-    delivered_bytes: float
-    completed: bool
-    start_s: float
-    end_s: float
-    path: tuple[str, ...]
-    cause: Any = None
-
-    @property
-    def seconds(self) -> float:
-        """Duration in simulated seconds."""
-        return self.end_s - self.start_s
-
-    @property
-    def lost_bytes(self) -> float:
-        """Bytes requested but not delivered."""
-        return self.requested_bytes - self.delivered_bytes
-
-
-def maxmin_rates(
-    flows: Sequence[Flow], links: Sequence[Link]
-) -> dict[Flow, float]:
-    """Weighted max-min fair rates of ``flows`` under the capacities of ``links``.
-
-    Progressive filling: all unfrozen flows grow at the same rate ``t``;
-    link ``l`` saturates at ``t_l = (C_l - frozen usage) / sum of a_lf`` over
-    its unfrozen flows; the flows on the first saturating links freeze.
-    Only ``links`` constrain (others are assumed non-binding). Stalled flows
-    get 0.
-    """
-    rates: dict[Flow, float] = {}
-    unfrozen: dict[Flow, None] = {}
-    for f in flows:
-        if f.stalled:
-            rates[f] = 0.0
-        else:
-            unfrozen[f] = None
-    link_set = {id(lk): lk for lk in links}
-    residual = {id(lk): lk.capacity for lk in links}
-    weight: dict[int, float] = {}
-    count: dict[int, int] = {}
-    for lk in links:
-        w = 0.0
-        k = 0
-        for f, a in lk.flows.items():
-            if f in unfrozen:
-                w += a
-                k += 1
-        if k:
-            weight[id(lk)] = w
-            count[id(lk)] = k
-    while unfrozen:
-        best = _INF
-        for key, w in weight.items():
-            t = residual[key] / w
-            if t < best:
-                best = t
-        if best == _INF:
-            break
-        best = max(best, 0.0)
-        limit = best * (1.0 + _TIE) + 1e-300
-        to_freeze: dict[Flow, None] = {}
-        for key, w in weight.items():
-            if residual[key] / w <= limit:
-                for f in link_set[key].flows:
-                    if f in unfrozen:
-                        to_freeze[f] = None
-        for f in to_freeze:
-            del unfrozen[f]
-            rates[f] = best
-            for lk, a in zip(f.path, f.coeffs):
-                key = id(lk)
-                if key in weight:
-                    residual[key] -= a * best
-                    k = count[key] - 1
-                    if k == 0:
-                        del weight[key]
-                        del count[key]
-                    else:
-                        count[key] = k
-                        weight[key] -= a
-    for f in unfrozen:  # on no constraining link (cannot happen by construction): alone rate
-        rates[f] = min((lk.capacity / a for lk, a in zip(f.path, f.coeffs) if a > 0.0),
-                       default=0.0)
-    return rates
+#: relative slack under which flows of a bundle finishing at the same instant complete together
+_FINISH_TOL = 1e-12
 
 
 class FlowSystem:
     """All links and active flows of a run, with max-min rate allocation.
 
     Mutations (:meth:`start`, :meth:`stop`, :meth:`set_capacity`,
-    :meth:`set_coeff`, :meth:`reroute`) mark links dirty; rates are
-    recomputed at once unless inside ``with fs.batch():``, in which case
+    :meth:`set_coeff`, :meth:`reroute`) mark bundles and links dirty; rates
+    are recomputed at once unless inside ``with fs.batch():``, in which case
     one recomputation happens when the outermost batch exits. With
     ``defer=True`` the recomputation is postponed to a zero-delay event at
     the same simulated instant, so a burst of simultaneous starts (a round
@@ -292,12 +83,17 @@ class FlowSystem:
         self.links: dict[str, Link] = {}
         self.busy: dict[Link, None] = {}  # links with at least one flow
         self._seq = 0
-        self._heap: list[tuple[float, int, int, Flow]] = []
+        self._bundles: dict[tuple[Link, ...], Bundle] = {}
+        self._bseq = 0
+        self._sched: list[tuple[float, int, int, Bundle]] = []  # (time, seq, version, bundle)
+        self._live = 0  # schedule entries that are current
         self._next_wake = _INF
-        self._dirty: dict[Link, None] = {}
-        self._dirty_flows: dict[Flow, None] = {}
+        self._dirty: dict[Bundle, None] = {}
+        self._dirty_links: dict[Link, None] = {}
         self._batch_depth = 0
         self.recomputations = 0
+        #: bundles re-rated over all recomputations (their sum is the cost of the filling)
+        self.bundles_rerated = 0
         #: links whose usage changed since the last :meth:`take_touched` (for sampling)
         self.touched: dict[Link, None] = {}
         self.flows_started = 0
@@ -340,45 +136,80 @@ class FlowSystem:
         """Recompute pending rates now."""
         self._flush()
 
-    # -- upper bounds (non-binding test) -------------------------------------
-    @staticmethod
-    def _contrib(f: Flow, sign: float) -> None:
-        """Add (+1, recomputing ub_f and the group) or remove (-1) f's demand terms."""
-        if sign > 0:
-            f.stalled = any(a == _INF for a in f.coeffs)
-            ub = 0.0 if f.stalled else _INF
-            group: Link | None = None
-            gcap = _INF
-            if not f.stalled:
-                for lk, a in zip(f.path, f.coeffs):
-                    if a > 0.0:
-                        c = lk.capacity / a
-                        if c < ub:
-                            ub = c
-                    m = lk.max_bps
-                    if m < gcap:
-                        gcap = m
-                        group = lk
-            f.ub = ub
-            f.group = group
-        ub = f.ub
-        if ub == 0.0:
+    @property
+    def active_flows(self) -> int:
+        """Flows currently in a bundle (not stalled)."""
+        return sum(len(b.flows) for b in self._bundles.values())
+
+    @property
+    def schedule_size(self) -> int:
+        """Entries in the completion schedule (live + superseded, for memory checks)."""
+        return len(self._sched)
+
+    # -- bundles -------------------------------------------------------------
+    def _enter(self, f: Flow) -> None:
+        """Put an active flow with finite coefficients into the bundle of its path."""
+        key = tuple(f.path)
+        b = self._bundles.get(key)
+        now = self.env.now
+        if b is None:
+            self._bseq += 1
+            b = Bundle(key, now, self._bseq)
+            self._bundles[key] = b
+            for i, lk in enumerate(key):
+                lk.bundles[b] = i
+        else:
+            b.advance(now)
+        b.flows[f] = None
+        w = b.weight
+        for i, a in enumerate(f.coeffs):
+            w[i] += a
+        b.touch_weight()
+        f.bundle = b
+        f.vt0 = b.vt
+        f.entry += 1
+        heapq.heappush(b.heap, (b.vt + (f.size_bits - f.base_bits), f.seq, f.entry, f))
+        self._dirty[b] = None
+
+    def _leave(self, f: Flow, finished: bool = False) -> None:
+        """Take ``f`` out of its bundle, materialising and crediting its progress."""
+        b = f.bundle
+        if b is None:
             return
-        g = f.group
-        for lk, a in zip(f.path, f.coeffs):
-            lk._dirty = True
-            lk._abs += a * ub
-            if a == 1.0 and g is not None and g is not lk:
-                ent = lk._groups.get(g)
-                if ent is None:
-                    lk._groups[g] = [ub, 1.0]
-                else:
-                    ent[0] += sign * ub
-                    ent[1] += sign
-                    if ent[1] <= 0.0:
-                        del lk._groups[g]
-            else:
-                lk._direct += sign * a * ub
+        b.advance(self.env.now)
+        done = f.size_bits if finished else min(f.size_bits, f.base_bits + (b.vt - f.vt0))
+        seg = done - f.base_bits
+        if seg > 0.0:
+            by = seg / 8.0
+            for lk in f.path:
+                lk.bytes_carried += by
+        f.base_bits = done
+        f.bundle = None
+        del b.flows[f]
+        if not finished:
+            b.left += 1  # its heap entry stays until popped or compacted
+        for lk in b.links:
+            self._dirty_links[lk] = None
+        if not b.flows:
+            del self._bundles[b.links]
+            for lk in b.links:
+                del lk.bundles[b]
+            self._dirty.pop(b, None)
+            if b.scheduled:
+                b.scheduled = False
+                self._live -= 1
+            b.version += 1  # any schedule entry of it is superseded
+            b.rate = 0.0
+            return
+        w = b.weight
+        for i, a in enumerate(f.coeffs):
+            w[i] -= a
+        b.touch_weight()
+        if b.left > len(b.flows) + 16:  # compact: drop the entries of flows that left
+            b.heap = [e for e in b.heap if e[3].bundle is b and e[3].entry == e[2]]
+            heapq.heapify(b.heap)
+            b.left = 0
+        self._dirty[b] = None
 
     # -- flows ---------------------------------------------------------------
     def start(self, path: Sequence[Link], coeffs: Sequence[float], nbytes: float, tag: Any = None) -> Flow:
@@ -391,26 +222,25 @@ class FlowSystem:
             raise ValueError("a path must not repeat a link")
         self._seq += 1
         self.flows_started += 1
-        f = Flow(self._seq, list(path), [float(a) for a in coeffs], 8.0 * nbytes, self.env.now,
+        f = Flow(self._seq, list(path), [float(a) for a in coeffs], 8.0 * nbytes, self.env,
                  self.env.event(), tag)
         if f.size_bits == 0.0 or not path:
             f.active = False
-            f.done_bits = f.size_bits
+            f.base_bits = f.size_bits
             f.done.succeed(f)
             return f
         for lk, a in zip(f.path, f.coeffs):
             lk.flows[f] = a
             self.busy[lk] = None
-            self._dirty[lk] = None
-        self._contrib(f, 1.0)
-        self._dirty_flows[f] = None
+            self._dirty_links[lk] = None
+        if not f.stalled:
+            self._enter(f)
         self._maybe_flush()
         return f
 
     def stop(self, f: Flow) -> float:
         """End an active flow now (interruption); returns bits delivered."""
         if f.active:
-            self._advance(f, self.env.now)
             self._detach(f)
             self._maybe_flush()
         return f.done_bits
@@ -421,38 +251,37 @@ class FlowSystem:
             raise ValueError('"capacity" must be >= 0')
         if capacity == lk.capacity:
             return
-        for f in lk.flows:
-            self._contrib(f, -1.0)
         lk.capacity = float(capacity)
-        for f in lk.flows:
-            self._contrib(f, 1.0)
-            for other in f.path:
-                self._dirty[other] = None
-        self._dirty[lk] = None
+        self._dirty_links[lk] = None
         self._maybe_flush()
 
     def set_coeff(self, f: Flow, index: int, coeff: float) -> None:
         """Change flow ``f``'s coefficient on its ``index``-th link (``inf`` stalls it)."""
-        if not f.active or f.coeffs[index] == coeff:
+        old = f.coeffs[index]
+        if not f.active or old == coeff:
             return
-        self._advance(f, self.env.now)
-        self._set_rate(f, 0.0)
-        self._contrib(f, -1.0)
-        f.coeffs[index] = float(coeff)
-        f.path[index].flows[f] = float(coeff)
-        self._contrib(f, 1.0)
-        for lk in f.path:
-            self._dirty[lk] = None
-        self._dirty_flows[f] = None
+        coeff = float(coeff)
+        b = f.bundle
+        if b is not None and coeff != _INF:  # stays in its bundle: O(1)
+            b.weight[index] += coeff - old
+            f.coeffs[index] = coeff
+            b.touch_weight()
+            self._dirty[b] = None
+        else:
+            self._leave(f)
+            f.coeffs[index] = coeff
+            f.stalled = any(a == _INF for a in f.coeffs)
+            if not f.stalled:
+                self._enter(f)
+        f.path[index].flows[f] = coeff
+        self._dirty_links[f.path[index]] = None
         self._maybe_flush()
 
     def reroute(self, f: Flow, path: Sequence[Link], coeffs: Sequence[float]) -> None:
         """Move an active flow onto a new path (handover); progress is kept."""
         if not f.active:
             return
-        self._advance(f, self.env.now)
-        self._set_rate(f, 0.0)
-        self._contrib(f, -1.0)
+        self._leave(f)
         for lk in f.path:
             self._unlink(lk, f)
         f.path = list(path)
@@ -460,9 +289,10 @@ class FlowSystem:
         for lk, a in zip(f.path, f.coeffs):
             lk.flows[f] = a
             self.busy[lk] = None
-            self._dirty[lk] = None
-        self._contrib(f, 1.0)
-        self._dirty_flows[f] = None
+            self._dirty_links[lk] = None
+        f.stalled = any(a == _INF for a in f.coeffs)
+        if not f.stalled:
+            self._enter(f)
         self._maybe_flush()
 
     # -- internals -----------------------------------------------------------
@@ -483,143 +313,200 @@ class FlowSystem:
 
     def _unlink(self, lk: Link, f: Flow) -> None:
         del lk.flows[f]
-        self._dirty[lk] = None
+        self._dirty_links[lk] = None
         if not lk.flows:
-            self.mark(lk)
-            self.touched[lk] = None
-            lk.usage = 0.0
-            lk.load_bps = 0.0
-            lk._direct = 0.0
-            lk._groups.clear()
-            lk._demand = 0.0
-            lk._dirty = False
-            lk._abs = 0.0
             self.busy.pop(lk, None)
 
-    def _detach(self, f: Flow) -> None:
-        self._set_rate(f, 0.0)
-        self._contrib(f, -1.0)
+    def _detach(self, f: Flow, finished: bool = False) -> None:
+        self._leave(f, finished)
+        if finished:
+            f.base_bits = f.size_bits
         for lk in f.path:
             self._unlink(lk, f)
         f.active = False
-        f.version += 1
-        self._dirty_flows.pop(f, None)
 
-    def _advance(self, f: Flow, now: float) -> None:
-        dt = now - f.last_t
-        f.last_t = now
-        if dt <= 0.0 or f.rate == 0.0:
-            return
-        bits = min(f.rate * dt, f.size_bits - f.done_bits)
-        if bits <= 0.0:
-            return
-        f.done_bits += bits
-        b = bits / 8.0
-        for lk in f.path:
-            lk.bytes_carried += b
-
-    def _set_rate(self, f: Flow, rate: float) -> None:
-        d = rate - f.rate
-        if d == 0.0:
-            return
-        touched = self.touched
-        now = self.env.now
-        for lk, a in zip(f.path, f.coeffs):
-            # self.mark(lk), inlined (hot path)
-            dt = now - lk.t_mark
-            if dt > 0.0:
-                lk.usage_s += lk.usage * dt
-                lk.load_bits += lk.load_bps * dt
-                lk.t_mark = now
-            touched[lk] = None
-            if a != _INF:
-                lk.usage += a * d
-            lk.load_bps += d
-        f.rate = rate
-
-    def _component(self) -> tuple[list[Flow], list[Link]]:
-        flows: dict[Flow, None] = {}
+    def _component(self) -> tuple[list[Bundle], list[Link]]:
+        """Bundles connected through shared links to what changed, and their links."""
+        bundles: dict[Bundle, None] = {}
         links: dict[Link, None] = {}
-        stack: list[Link] = [lk for lk in self._dirty if lk.binding()]
-        for f in self._dirty_flows:
-            if f.active and f not in flows:
-                flows[f] = None
-                stack.extend(lk for lk in f.path if lk.binding())
-        self._dirty.clear()
-        self._dirty_flows.clear()
+        stack: list[Link] = list(self._dirty_links)
+        for b in self._dirty:
+            if b not in bundles:
+                bundles[b] = None
+                stack.extend(b.links)
         while stack:
             lk = stack.pop()
             if lk in links:
                 continue
             links[lk] = None
-            for f in lk.flows:
-                if f not in flows:
-                    flows[f] = None
-                    for other in f.path:
-                        if other not in links and other.binding():
-                            stack.append(other)
-        return list(flows), list(links)
+            for b in lk.bundles:
+                if b not in bundles:
+                    bundles[b] = None
+                    stack.extend(x for x in b.links if x not in links)
+        return list(bundles), list(links)
+
+    def _fill(self, bundles: list[Bundle], links: list[Link]) -> dict[Bundle, float]:
+        """Progressive filling over bundles with a heap of link saturation levels."""
+        resid: dict[Link, float] = {}
+        weight: dict[Link, float] = {}
+        count: dict[Link, int] = {}
+        ver: dict[Link, int] = {}
+        for lk in links:
+            w = 0.0
+            k = 0
+            for b, i in lk.bundles.items():
+                a = b.weight[i]
+                if a > 0.0:
+                    w += a
+                    k += 1
+            resid[lk] = lk.capacity
+            weight[lk] = w
+            count[lk] = k
+            ver[lk] = 0
+        heap = [(lk.capacity / weight[lk], n, 0, lk) for n, lk in enumerate(links) if count[lk]]
+        heapq.heapify(heap)
+        order = {lk: n for n, lk in enumerate(links)}
+        rates: dict[Bundle, float] = {}
+        while heap:
+            t, _, v, lk = heapq.heappop(heap)
+            if v != ver[lk] or count[lk] == 0:
+                continue
+            t = max(t, 0.0)
+            count[lk] = 0
+            for b, i in lk.bundles.items():
+                if b in rates or b.weight[i] <= 0.0:
+                    continue
+                rates[b] = t
+                for j, other in enumerate(b.links):
+                    a = b.weight[j]
+                    if a <= 0.0 or count[other] == 0:
+                        continue
+                    resid[other] -= a * t
+                    weight[other] -= a
+                    k = count[other] - 1
+                    count[other] = k
+                    ver[other] += 1
+                    if k:
+                        w = weight[other]
+                        lvl = resid[other] / w if w > 0.0 else t
+                        heapq.heappush(heap, (max(lvl, t), order[other], ver[other], other))
+        for b in bundles:  # no constraining link (only zero coefficients): alone rate
+            if b not in rates:
+                rates[b] = min((lk.capacity / a for lk, a in zip(b.links, b.weight) if a > 0.0),
+                               default=0.0)
+        return rates
 
     def _flush(self) -> None:
-        if not self._dirty and not self._dirty_flows:
+        if not self._dirty and not self._dirty_links:
             return
-        flows, links = self._component()
-        if not flows:
-            return
-        self.recomputations += 1
+        dirty = self._dirty
+        bundles, links = self._component()
+        self._dirty = {}
+        self._dirty_links.clear()
         now = self.env.now
-        rates = maxmin_rates(flows, links)
-        for f in flows:
-            r = rates[f]
-            if r == f.rate:
-                continue
-            self._advance(f, now)
-            self._set_rate(f, r)
-            self._schedule(f)
+        if bundles:
+            self.recomputations += 1
+            self.bundles_rerated += len(bundles)
+            rates = self._fill(bundles, links)
+            for b in bundles:
+                r = rates[b]
+                if r != b.rate:
+                    b.advance(now)
+                    b.rate = r
+                    self._schedule(b)
+                elif b in dirty:
+                    self._schedule(b)
+        touched = self.touched
+        for lk in links:  # exact usage and load from the bundles
+            dt = now - lk.t_mark
+            if dt > 0.0:
+                lk.usage_s += lk.usage * dt
+                lk.load_bits += lk.load_bps * dt
+            lk.t_mark = now
+            u = 0.0
+            load = 0.0
+            for b, i in lk.bundles.items():
+                u += b.rate * b.weight[i]
+                load += b.rate * len(b.flows)
+            if u != lk.usage or load != lk.load_bps:
+                lk.usage = u
+                lk.load_bps = load
+                touched[lk] = None
 
-    def _schedule(self, f: Flow) -> None:
-        f.version += 1
-        if f.rate <= 0.0:
+    def _schedule(self, b: Bundle) -> None:
+        """(Re)place the bundle's one schedule entry: its earliest-finishing flow."""
+        if b.scheduled:
+            b.scheduled = False
+            self._live -= 1
+        b.version += 1
+        e = b.top()
+        if e is None or b.rate <= 0.0:
             return
-        t = f.last_t + (f.size_bits - f.done_bits) / f.rate
-        heapq.heappush(self._heap, (t, f.seq, f.version, f))
+        t = b.t_mark + (e[0] - b.vt) / b.rate
+        b.scheduled = True
+        self._live += 1
+        heapq.heappush(self._sched, (t, b.seq, b.version, b))
+        if len(self._sched) > 2 * self._live + 64:
+            self._compact()
         if t < self._next_wake:
-            self._next_wake = t
-            ev = self.env.timeout(max(t - self.env.now, 0.0))
-            ev.callbacks.append(self._on_wake)
+            self._wake_at(t)
 
-    def _on_wake(self, _ev: simpy.Event) -> None:
+    def _wake_at(self, t: float) -> None:
+        """Schedule a wake for the bundle finishing at ``t``. The wake carries ``t``:
+        ``now + (t - now)`` can round to just below ``t``, and a wake that compared
+        the clock with ``t`` would leave ``_next_wake`` in the past (every flow stalls)."""
+        self._next_wake = t
+        ev = self.env.timeout(max(t - self.env.now, 0.0))
+        ev.callbacks.append(lambda e, t=t: self._on_wake(e, t))
+
+    def _compact(self) -> None:
+        """Drop superseded schedule entries (keeps the schedule proportional to the bundles)."""
+        self._sched = [e for e in self._sched if e[3].scheduled and e[3].version == e[2]]
+        heapq.heapify(self._sched)
+
+    def _on_wake(self, _ev: simpy.Event, target: float = -_INF) -> None:
+        if self._dirty or self._dirty_links:
+            # a change at this instant whose (deferred) recomputation has not run yet:
+            # run it first, so every schedule entry read below is current
+            self._flush()
         now = self.env.now
-        if now >= self._next_wake:
+        due = max(now, target)
+        if due >= self._next_wake:
             self._next_wake = _INF
-        heap = self._heap
+        sched = self._sched
         finished: list[Flow] = []
-        while heap and heap[0][0] <= now:
-            _, _, version, f = heapq.heappop(heap)
-            if f.active and version == f.version:
-                finished.append(f)
+        while sched and sched[0][0] <= due:
+            _, _, version, b = heapq.heappop(sched)
+            if not b.scheduled or version != b.version:
+                continue
+            b.scheduled = False
+            self._live -= 1
+            b.advance(now)
+            e = b.top()
+            if e is None:
+                continue
+            finished.append(e[3])  # the flow this entry was scheduled for
+            heapq.heappop(b.heap)
+            lim = b.vt + _FINISH_TOL * max(abs(b.vt), 1.0)
+            while True:  # others of the bundle finishing at the same instant
+                e = b.top()
+                if e is None or e[0] > lim:
+                    break
+                finished.append(e[3])
+                heapq.heappop(b.heap)
+            self._dirty[b] = None  # reschedule even if its rate does not change
         if finished:
             self._batch_depth += 1
             for f in finished:
-                self._advance(f, now)
-                rest = f.size_bits - f.done_bits
-                if rest > 0.0:
-                    b = rest / 8.0
-                    for lk in f.path:
-                        lk.bytes_carried += b
-                f.done_bits = f.size_bits
-                self._detach(f)
+                self._detach(f, finished=True)
             self._batch_depth -= 1
             self._maybe_flush()
             for f in finished:
                 f.done.succeed(f)
-        while heap and (not heap[0][3].active or heap[0][2] != heap[0][3].version):
-            heapq.heappop(heap)
-        if heap and heap[0][0] < self._next_wake:
-            t = heap[0][0]
-            self._next_wake = t
-            ev = self.env.timeout(max(t - now, 0.0))
-            ev.callbacks.append(self._on_wake)
+        while sched and (not sched[0][3].scheduled or sched[0][2] != sched[0][3].version):
+            heapq.heappop(sched)
+        if sched and sched[0][0] < self._next_wake:
+            self._wake_at(sched[0][0])
 
     # -- the transfer process ------------------------------------------------
     def transfer(self, path: Sequence[Link], coeffs: Sequence[float], nbytes: float,

@@ -4,6 +4,9 @@
   Manhattan street grid, at a speed drawn uniformly per leg.
 - ``"walk"`` (pedestrians): the same on a lattice shifted sideways by the
   walker's own sidewalk offset, at walking speed.
+- ``"highway"`` (vehicles on a highway): along the grid's long (x) axis on
+  the client's own road (the nearest street row), one intersection per leg,
+  turning back at the ends of the road.
 - ``"fly"`` (drones): 3D random waypoint over the area, altitude within
   the class's range.
 - ``"static"``: never moves.
@@ -59,12 +62,13 @@ class Mobility:
         self.grid_tgt = np.zeros((n, 2), dtype=np.int64)
         self.grid_prev = np.full((n, 2), -1, dtype=np.int64)
         self.offset = np.zeros(n)
+        self.heading = np.ones(n, dtype=np.int64)
         for i in self.mobile.tolist():
             self._init_client(i)
 
     # -- waypoints -----------------------------------------------------------
     def _on_grid(self, i: int) -> bool:
-        return self.streets is not None and self.modes[i] in ("street", "walk")
+        return self.streets is not None and self.modes[i] in ("street", "walk", "highway")
 
     def _init_client(self, i: int) -> None:
         if self._on_grid(i):
@@ -73,7 +77,13 @@ class Mobility:
             bx, by = int(self.streets["blocks_x"]), int(self.streets["blocks_y"])
             x, y = float(self.pos[i, 0]), float(self.pos[i, 1])
             ry, rx = round(y / b), round(x / b)
-            if abs(y - ry * b) <= abs(x - rx * b):  # on a horizontal street
+            if self.modes[i] == "highway":  # onto its road, heading either way
+                self.pos[i, 1] = min(max(ry, 0), by) * b
+                lo = min(max(int(np.floor(x / b)), 0), bx - 1)
+                pick = int(self.rng.integers(0, 2))
+                self.heading[i] = 1 if pick else -1
+                self.grid_tgt[i] = (lo + pick, min(max(ry, 0), by))
+            elif abs(y - ry * b) <= abs(x - rx * b):  # on a horizontal street
                 self.offset[i] = y - ry * b if self.modes[i] == "walk" else 0.0
                 lo = min(max(int(np.floor(x / b)), 0), bx - 1)
                 ix = lo + int(self.rng.integers(0, 2))
@@ -99,6 +109,13 @@ class Mobility:
         assert self.streets is not None
         bx, by = int(self.streets["blocks_x"]), int(self.streets["blocks_y"])
         ix, iy = (int(v) for v in self.grid_tgt[i])
+        if self.modes[i] == "highway":
+            if not 0 <= ix + self.heading[i] <= bx:
+                self.heading[i] = -self.heading[i]  # end of the road: turn back
+            self.grid_prev[i] = (ix, iy)
+            self.grid_tgt[i] = (ix + self.heading[i], iy)
+            self._set_grid_target(i)
+            return
         cand = [(ix + dx, iy + dy) for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))
                 if 0 <= ix + dx <= bx and 0 <= iy + dy <= by]
         prev = (int(self.grid_prev[i, 0]), int(self.grid_prev[i, 1]))

@@ -127,9 +127,12 @@ class Network:
         self._bs_index = {b: j for j, b in enumerate(self.bs_ids)}
         self.up: list[Link] = []
         self.down: list[Link] = []
-        for b in self.bs_ids:
-            self.up.append(self.fs.add_link(f"{b}/up", "uplink", b, self.cp.bandwidth_up_hz))
-            self.down.append(self.fs.add_link(f"{b}/down", "downlink", b, self.cp.bandwidth_down_hz))
+        # per-cell bandwidth: the node's own, else the channel's value for its kind
+        self.bw_up_hz = np.array([self._cell_bw(b, "up") for b in self.bs_ids])
+        self.bw_down_hz = np.array([self._cell_bw(b, "down") for b in self.bs_ids])
+        for j, b in enumerate(self.bs_ids):
+            self.up.append(self.fs.add_link(f"{b}/up", "uplink", b, float(self.bw_up_hz[j])))
+            self.down.append(self.fs.add_link(f"{b}/down", "downlink", b, float(self.bw_down_hz[j])))
         for lk in self.up + self.down:  # SE <= cap, so a cell carries <= B x cap bit/s
             lk.min_coeff = 1.0 / self.cp.max_spectral_efficiency_bps_hz
         # a BS without a positive ``z`` gets the channel's default antenna height
@@ -154,6 +157,49 @@ class Network:
                                else self.params.ue_tx_power_dbm))
             for c, s in zip(self.client_ids, specs)])
 
+        self._active: dict[int, list[_Active]] = {}
+        # noise over each cell's bandwidth (dBm, per BS)
+        self.noise_up_dbm = np.array([ch.noise_power_dbm(float(b), self.cp.noise_figure_db)
+                                      for b in self.bw_up_hz])
+        self.noise_down_dbm = np.array([ch.noise_power_dbm(float(b), self.cp.noise_figure_db)
+                                        for b in self.bw_down_hz])
+        # cell selection metric = received power + offset: downlink power, or the uplink
+        # SNR (UE power - path loss - the cell's uplink noise, same UE power for every cell)
+        self.attach_offset_db = (np.zeros(len(self.bs_ids)) if self.cp.attachment == "downlink"
+                                 else -self.bs_power_dbm - self.noise_up_dbm)
+        self._init_population(specs)
+        self._record_nodes()
+        if self.params.link_sample_interval_s > 0:
+            self.env.process(self._sample_loop())
+
+    def _cell_bw(self, bs: str, direction: str) -> float:
+        """Bandwidth (Hz) of ``bs``'s uplink / downlink: the node's ``bandwidth_up_hz`` /
+        ``bandwidth_down_hz`` if set, else the channel's value for the BS kind."""
+        d = self.graph.nodes[bs]
+        own = d.get(f"bandwidth_{direction}_hz")
+        if own is not None:
+            return float(own)
+        cp = self.cp
+        small = cp.small_bandwidth_up_hz if direction == "up" else cp.small_bandwidth_down_hz
+        if d.get("kind") == "bs_small" and small is not None:
+            return float(small)
+        return float(cp.bandwidth_up_hz if direction == "up" else cp.bandwidth_down_hz)
+
+    # -- population (eager: every client's channel and position kept up to date) --
+    def _bbox(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) of the area (m)."""
+        g = self.graph
+        area = g.graph.get("area_m")
+        if area:
+            return (0.0, 0.0, float(area[0]), float(area[1]))
+        xs = [d["x"] for _, d in g.nodes(data=True)]
+        ys = [d["y"] for _, d in g.nodes(data=True)]
+        return (float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)))
+
+    def _init_population(self, specs: list[Any]) -> None:
+        """Channel state, mobility and their periodic processes, for every client."""
+        n = len(self.client_ids)
+        sim = self.sim
         # channel state
         self._channel = ch.channel_model(self.cp.model)  # the one look-up of the path-loss model
         rng_s = sim.rng.numpy("channel/shadowing")
@@ -166,25 +212,20 @@ class Network:
         self.loss_db = np.zeros((n, m))
         self.rsrp_dbm = np.zeros((n, m))
         self._update_loss(np.arange(n))
-        self.serving = (np.argmax(self.rsrp_dbm, axis=1) if n else np.zeros(0, dtype=np.int64))
+        self.serving = (np.argmax(self.rsrp_dbm + self.attach_offset_db, axis=1) if n
+                        else np.zeros(0, dtype=np.int64))
         self.fading = np.ones(n)
         if self.cp.fading != "none":
             self.fading = self._draw_fading(n)
-        self.noise_up_dbm = ch.noise_power_dbm(self.cp.bandwidth_up_hz, self.cp.noise_figure_db)
-        self.noise_down_dbm = ch.noise_power_dbm(self.cp.bandwidth_down_hz, self.cp.noise_figure_db)
         self.se_up = np.zeros(n)
         self.se_down = np.zeros(n)
         self._update_se(np.arange(n))
-        self._active: dict[int, list[_Active]] = {}
         self._ho_time = np.zeros(n)
         self._ho_cand = np.full(n, -1, dtype=np.int64)
 
         # mobility
-        xs = [d["x"] for _, d in graph.nodes(data=True)]
-        ys = [d["y"] for _, d in graph.nodes(data=True)]
-        area = graph.graph.get("area_m")
-        bbox = (0.0, 0.0, float(area[0]), float(area[1])) if area else (
-            float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)))
+        bbox = self._bbox()
+        graph = self.graph
         self.mobility = Mobility(
             self.pos,
             [s.mobility if s is not None else "static" for s in specs],
@@ -198,13 +239,10 @@ class Network:
         if self._near_k:
             self._init_nearest(bbox)
 
-        self._record_nodes()
         if self.cp.fading != "none" and n:
             self.env.process(self._fading_loop())
         if self.mobility.mobile.size:
             self.env.process(self._mobility_loop())
-        if self.params.link_sample_interval_s > 0:
-            self.env.process(self._sample_loop())
 
     # -- channel -------------------------------------------------------------
     def _init_nearest(self, bbox: tuple[float, float, float, float]) -> None:
@@ -261,7 +299,7 @@ class Network:
         geom = ch.LinkGeometry(d2, h_bs, h_ut, pz)
         if model.los_probability is not None:
             u = self._los_u.reshape(-1)[flat]
-            los = u < model.los_probability(d2, h_ut)
+            los = u < model.los_probability(d2, pz if model.aerial else h_ut)
             pl = model.path_loss(geom, los, cp.fc_ghz, cp)
             std = np.where(los, std_los, std_nlos)
         else:
@@ -324,7 +362,7 @@ class Network:
             d2 = np.sqrt(dx * dx + dy * dy)
             geom = ch.LinkGeometry(d2, h_bs, h_ut, pz)
             if ut is not None:
-                los = ut[j0:j1] < model.los_probability(d2, h_ut)
+                los = ut[j0:j1] < model.los_probability(d2, pz if model.aerial else h_ut)
                 pl = model.path_loss(geom, los, cp.fc_ghz, cp)
                 std = np.where(los, std_los, std_nlos)
             else:
@@ -345,16 +383,16 @@ class Network:
         loss = self.loss_db[rows, s]
         fad_db = ch.linear_to_db(np.maximum(self.fading[rows], 1e-30))
         margin = self.cp.interference_margin_db
-        up_db = self.ue_power_dbm[rows] - loss + fad_db - self.noise_up_dbm - margin
+        up_db = self.ue_power_dbm[rows] - loss + fad_db - self.noise_up_dbm[s] - margin
         rx_down = self.bs_power_dbm[s] - loss + fad_db
         if self.cp.interference_load_factor > 0 and len(self.bs_ids) > 1:
             mw = ch.db_to_linear(self.rsrp_dbm[rows])
             interf = self.cp.interference_load_factor * (mw.sum(axis=1) - mw[np.arange(rows.size), s])
             down_lin = ch.db_to_linear(rx_down) / (
-                ch.db_to_linear(self.noise_down_dbm + margin) + interf)
+                ch.db_to_linear(self.noise_down_dbm[s] + margin) + interf)
             down_db = ch.linear_to_db(down_lin)
         else:
-            down_db = rx_down - self.noise_down_dbm - margin
+            down_db = rx_down - self.noise_down_dbm[s] - margin
         self.se_up[rows] = self._se(up_db)
         self.se_down[rows] = self._se(down_db)
 
@@ -430,12 +468,12 @@ class Network:
         s = self.serving[i]
         loss = self.loss_db[i, s]
         if up:
-            sinr_db = self.ue_power_dbm[i] - loss - self.noise_up_dbm - self.cp.interference_margin_db
-            bw = self.cp.bandwidth_up_hz
+            sinr_db = self.ue_power_dbm[i] - loss - self.noise_up_dbm[s] - self.cp.interference_margin_db
+            bw = self.bw_up_hz[s]
         else:
-            sinr_db = (self.bs_power_dbm[s] - loss - self.noise_down_dbm
+            sinr_db = (self.bs_power_dbm[s] - loss - self.noise_down_dbm[s]
                        - self.cp.interference_margin_db)
-            bw = self.cp.bandwidth_down_hz
+            bw = self.bw_down_hz[s]
         rate = bw * float(self._se(np.array([sinr_db]))[0])
         bs = self.bs_ids[s]
         wp = self._wired_path(bs, self.server) if up else self._wired_path(self.server, bs)
@@ -500,6 +538,7 @@ class Network:
                     i = self._ci.get(nd)
                     if i is not None:
                         self._active.setdefault(i, []).append(act)
+                        self._on_active(i)
             yield flow.done
             completed = True
         except simpy.Interrupt as intr:
@@ -526,6 +565,9 @@ class Network:
                            mean_rate_bps=delivered * 8.0 / dur if dur > 0 else math.nan,
                            cause=None if completed else type(cause).__name__)
         return res
+
+    def _on_active(self, i: int) -> None:
+        """Hook: client row ``i`` has a new active transfer (the lazy population tracks it)."""
 
     def _refresh(self, rows: Any) -> None:
         """Push the current spectral efficiencies of ``rows`` into their active flows."""
@@ -597,7 +639,7 @@ class Network:
             zr = rho * shadow[flat] + np.sqrt(1.0 - rho * rho) * z
             shadow[flat] = zr
             z_odo[flat] = np.broadcast_to(odo, flat.shape)
-            rc = self._update_loss_pairs(rows, cols, flat, zr)
+            rc = self._update_loss_pairs(rows, cols, flat, zr) + self.attach_offset_db[cols]
             bc = np.argmax(rc, axis=1)
             best = cols[k, bc]
             rs_best = rc[k, bc]
@@ -609,7 +651,7 @@ class Network:
             zr = rho * self._shadow_z[rows]
             zr += z
             self._shadow_z[rows] = zr
-            rs = self._update_loss(rows, zr)
+            rs = self._update_loss(rows, zr) + self.attach_offset_db
             best = np.argmax(rs, axis=1)
             rs_best = rs[k, best]
             rs_cur = rs[k, cur]

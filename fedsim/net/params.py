@@ -58,8 +58,8 @@ class ChannelParams:
         access_latency_s: one-way latency of the radio hop (scheduling,
             HARQ), added once per wireless hop of a path (s).
         max_ue_height_m: terminal heights are clamped to this value inside
-            the UMi / UMa formulas (their validity range ends at 22.5 m;
-            aerial-UE models of TR 36.777 are not implemented).
+            the UMi / UMa formulas (their validity range ends at 22.5 m);
+            models ``umi_av`` / ``uma_av`` use TR 36.777 above that height.
         nearest_bs: approximation for large deployments, ``0`` (default) =
             exact. With ``k > 0``, after a client moves only its ``k``
             nearest base stations (precomputed on a 25 m grid) and its
@@ -72,6 +72,16 @@ class ChannelParams:
             results differ from the exact model for the same seed even
             where the candidate set does not matter. Cost per mobility
             update falls from O(moving clients x BSs) to O(moving clients x k).
+        population: ``"eager"`` (every client advanced periodically: the
+            reference) or ``"lazy"`` (:class:`fedsim.net.population.LazyNetwork`:
+            channels, positions and serving cells evaluated on demand).
+        small_bandwidth_up_hz / small_bandwidth_down_hz: bandwidth of a small
+            cell's uplink / downlink (Hz); ``None`` = the macro value. A BS node
+            with its own ``bandwidth_up_hz`` / ``bandwidth_down_hz`` uses those.
+        attachment: cell selection and handover by ``"downlink"`` received
+            power (RSRP) or by ``"uplink"`` SNR (path loss and the cell's uplink
+            noise: a client near a strong macro may be better heard by a small
+            cell, as in downlink / uplink decoupling).
     """
 
     model: str = "umi"
@@ -98,6 +108,10 @@ class ChannelParams:
     access_latency_s: float = 1e-3
     max_ue_height_m: float = 22.5
     nearest_bs: int = 0
+    population: str = "eager"
+    small_bandwidth_up_hz: float | None = None
+    small_bandwidth_down_hz: float | None = None
+    attachment: str = "downlink"
 
     def __post_init__(self) -> None:
         if self.model not in CHANNEL_MODELS:
@@ -108,6 +122,14 @@ class ChannelParams:
                      "max_spectral_efficiency_bps_hz", "shadowing_decorrelation_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f'"{name}" must be > 0')
+        if self.attachment not in ("downlink", "uplink"):
+            raise ValueError(f'"attachment" must be "downlink" or "uplink", got {self.attachment!r}')
+        for name in ("small_bandwidth_up_hz", "small_bandwidth_down_hz"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f'"{name}" must be > 0')
+        if self.population not in ("eager", "lazy"):
+            raise ValueError(f'"population" must be "eager" or "lazy", got {self.population!r}')
         if self.nearest_bs < 0:
             raise ValueError('"nearest_bs" must be >= 0')
         if not 0.0 <= self.interference_load_factor <= 1.0:

@@ -15,6 +15,7 @@ The synchronous round (:meth:`Protocol.play_round`, Flower-strategy style)::
     metrics    = evaluate(r)                    # only when should_evaluate(r)
     rows of rounds / clients / assignments, then record_round_extra(state)
     round_end event, progress
+    (between rounds the server idles round_interval_s())
 
 Edge cases: nobody selected, or every task empty -> nobody is dispatched and
 the round idles for ``min(round_deadline_s(), 10 s)`` (the clock always
@@ -163,6 +164,11 @@ class Protocol:
         """Simulated seconds of server work after aggregation. Default 0."""
         return 0.0
 
+    def round_interval_s(self) -> float:
+        """Simulated seconds the server idles between the end of a round and the next
+        selection (devices keep moving and going on / offline meanwhile). Default 0."""
+        return 0.0
+
     def should_evaluate(self, r: int) -> bool:
         """Whether round ``r`` is evaluated: every ``evaluation.every_rounds`` and the last round."""
         s = self.world.scenario
@@ -200,6 +206,8 @@ class Protocol:
         self.on_start()
         self.progress(round=0, rounds=rounds, t_s=0.0, bytes=0.0)
         for r in range(rounds):
+            if r > 0 and self.round_interval_s() > 0:
+                yield self.env.timeout(self.round_interval_s())
             if s.run.horizon_s is not None and self.env.now >= s.run.horizon_s:
                 break
             yield from self.play_round(r)

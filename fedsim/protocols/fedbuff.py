@@ -207,6 +207,8 @@ class BufferedLoop:
         for r in range(p.s.run.rounds):
             if self._past_horizon():
                 return
+            if r > 0 and p.round_interval_s() > 0:
+                yield env.timeout(p.round_interval_s())  # as in sync: the server idles between rounds
             p.rec.event(float(env.now), "round_start", round=r)
             self.dispatch()
             yield env.timeout(self.period_s)
@@ -323,7 +325,7 @@ class BufferedLoop:
         p._last_load = np.zeros(p.E)  # samples routed per expert in this aggregation (apply_feedback fills it)
         if res is not None:
             p.global_state = res.state
-            good = p.apply_feedback(updates, res.rejected, r, {a.ticket.client: a.outcome for a in batch})
+            good = p.apply_feedback(updates, res.rejected, r, {a.ticket.client: a.outcome for a in batch}, ended)
         good_ids = {u.client_id for u in good}
         gb = [a for a in batch if a.ticket.client in good_ids]
         p.last_staleness = {e: [stale[a.ticket.client][1][e] for a in gb if e in a.ticket.task] for e in range(p.E)}

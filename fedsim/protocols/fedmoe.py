@@ -40,7 +40,6 @@ class FedMoE(Protocol):
     def __init__(self, world: Any, progress: Any = None) -> None:
         super().__init__(world, progress)
         from fedsim.alignment.policies import make_policy, policy_params
-        from fedsim.learning.executors import SequentialExecutor
 
         s = world.scenario
         self.s = s
@@ -51,7 +50,7 @@ class FedMoE(Protocol):
         self.align = world.new_alignment_state()
         self.policy = make_policy(s.alignment.policy, **policy_params(s.alignment))
         self.estimator = world.new_capacity_estimator()
-        self.executor = SequentialExecutor()
+        self.executor = world.new_executor()  # training.executor
         self.acct = world.accounting(self.model)
         self.rng_select = self.sim.rng.numpy("selection")
         self.rng_policy = self.sim.rng.numpy("policy")
@@ -90,6 +89,10 @@ class FedMoE(Protocol):
     def server_compute_s(self) -> float:
         """``protocol.fedmoe.server_compute_s``."""
         return float(self.cfg.server_compute_s)
+
+    def round_interval_s(self) -> float:
+        """``protocol.fedmoe.round_interval_s``."""
+        return float(self.cfg.round_interval_s)
 
     def evaluate(self, r: int) -> dict[str, float]:
         """Accuracy / F1 / AUC of the global state on the global test set."""
@@ -176,7 +179,7 @@ class FedMoE(Protocol):
         return updates
 
     def train(self, arrived: list[str], r: int) -> list[Any]:
-        """Run the training jobs of the clients whose uploads arrived (reference executor)."""
+        """Run the training jobs of the clients whose uploads arrived (``training.executor``)."""
         jobs = [self.world.train_job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared) for c in arrived]
         return self.executor.run(jobs) if jobs else []
 
@@ -187,7 +190,7 @@ class FedMoE(Protocol):
         res = aggregate(self.global_state, updates, self.E)
         self.global_state = res.state
         done = {c: o for c, o in self.outcomes.items() if o.status == "completed"}
-        good = self.apply_feedback(updates, res.rejected, r, done)
+        good = self.apply_feedback(updates, res.rejected, r, done, [o for o in self.outcomes.values() if o.status != "completed"])
         # sync: every update was trained on the current version (staleness 0, weight 1)
         self.last_staleness = {e: [0] * sum(1 for u in good if e in done[u.client_id].experts) for e in range(self.E)}
         self.last_staleness[-1] = [0] * len(good) if self.cfg.train_shared else []
@@ -197,10 +200,13 @@ class FedMoE(Protocol):
                 self.rec.row("updates", version=r + 1, client=o.client, expert=int(e), t_dispatch_s=o.t_dispatch_s,
                              t_arrival_s=o.t_end_s, staleness=0, staleness_weight=1.0)
 
-    def apply_feedback(self, updates: list[Any], rejected: list[Any], r: int, outcomes: dict[str, ClientOutcome]) -> list[Any]:
+    def apply_feedback(
+        self, updates: list[Any], rejected: list[Any], r: int, outcomes: dict[str, ClientOutcome], lost: list[ClientOutcome] = (),  # type: ignore[assignment]
+    ) -> list[Any]:
         """After an aggregation: ``rejected_update`` events, fitness, usage, capacity
-        estimates (from ``outcomes``, the aggregated clients' outcomes by id) and the
-        ``aggregate`` event; returns the accepted updates."""
+        estimates (timings and memory from ``outcomes``, the aggregated clients' outcomes
+        by id; memory refusals from the OOMs in ``lost``) and the ``aggregate`` event;
+        returns the accepted updates."""
         from fedsim.alignment.state import Feedback
 
         now = float(self.env.now)
@@ -223,13 +229,18 @@ class FedMoE(Protocol):
             load += np.asarray(u.samples_per_expert, dtype=float)
         self.align.update_usage(load)
         self._last_load = load
-        for c, o in outcomes.items():
-            self.estimator.observe(
-                c,
-                download_s=o.t_download_s, download_bytes=o.bytes_down,
-                compute_s=o.t_compute_s, flops=o.flops,
-                upload_s=o.t_upload_s, upload_bytes=o.bytes_up,
-            )
+        for o in [*outcomes.values(), *lost]:
+            mem = self.acct.memory_bytes(len(o.experts)) if o.experts else None
+            if o.status == "completed":
+                self.estimator.observe(
+                    o.client,
+                    download_s=o.t_download_s, download_bytes=o.bytes_down,
+                    compute_s=o.t_compute_s, flops=o.flops,
+                    upload_s=o.t_upload_s, upload_bytes=o.bytes_up,
+                    memory_ok_bytes=mem,
+                )
+            elif o.status == "oom":
+                self.estimator.observe(o.client, memory_oom_bytes=mem)
         self.rec.event(now, "aggregate", round=r, updates=len(good), rejected=len(rejected))
         return good
 

@@ -85,6 +85,10 @@ class ProtocolWorld(Protocol):
         """Bytes / FLOPs / memory of ``model`` (:class:`fedsim.build.Accounting`)."""
         ...
 
+    def new_executor(self) -> Any:
+        """The training executor of ``training.executor`` (``run(jobs) -> updates``); ``finish`` closes it."""
+        ...
+
     def train_job(self, c: str, r: int, state: dict, experts: list[int], train_shared: bool) -> Any:
         """The training job of client ``c`` in round ``r``."""
         ...

@@ -1,0 +1,384 @@
+"""A network whose idle clients cost nothing: channels and positions evaluated on demand.
+
+:class:`LazyNetwork` has the interface and the channel model of
+:class:`fedsim.net.network.Network` (TR 38.901 path loss and LOS, Gudmundson
+shadowing, block fading, hysteresis + time-to-trigger handover), but keeps no
+periodic process for clients that are not transferring:
+
+- **Positions** come from :class:`fedsim.net.trajectory.Trajectories`
+  (piecewise-linear, exact at any query time).
+- **Block fading** of client ``i`` in coherence block ``b = floor(t /
+  coherence_s)`` is a pure function of ``(i, b)`` drawn from the
+  counter-based ``"channel/fading"`` stream, so a lazy draw equals the
+  eager one, in any query order.
+- **LOS** of a client-BS pair is a keyed uniform of ``(i, j)`` compared with
+  the LOS probability at the current distance (as the eager model does with
+  a stored uniform).
+- **Shadowing** is kept for the client's candidate BSs only (the ``k``
+  nearest, ``ChannelParams.nearest_bs`` or 8, plus the serving one) and
+  advanced at each evaluation by the distance travelled since the last one:
+  the Gudmundson AR(1) ``z' = rho z + sqrt(1 - rho^2) n``, ``rho =
+  exp(-d / d_corr)``. Exponential correlation composes (``rho(d1) rho(d2) =
+  rho(d1 + d2)``), so evaluating rarely has the same distribution as
+  evaluating every step. A BS that (re-)enters the candidate set gets a
+  fresh stationary draw.
+- **Serving cell.** A client is evaluated when something needs its channel:
+  at selection time (``serving_bs``, ``nominal_rate_bps``), when a transfer
+  starts, and every ``mobility_interval_s`` / at every coherence-block
+  boundary while it has active flows. A client without active flows attaches
+  to the best candidate (idle-mode cell reselection, no hysteresis); a
+  connected one (a flow active now or within the RRC inactivity time,
+  10 s) hands over with the eager model's hysteresis and time-to-trigger.
+  Handovers are therefore counted for connected clients only (idle
+  reselections are not handovers).
+
+Approximations (measured by ``bench/population_equivalence.py`` and the
+statistical tests): only the candidate BSs can serve or interfere (as
+``nearest_bs`` in the eager model) and idle-mode reselection has no
+hysteresis. Random streams: ``"channel/los"``, ``"channel/shadowing"``,
+``"channel/fading"``, ``"mobility"`` (all counter-based here).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from fedsim.net import channel as ch
+from fedsim.net.network import _NEAR_CELL_M, Network
+from fedsim.net.trajectory import Trajectories
+
+__all__ = ["LazyNetwork", "DEFAULT_CANDIDATES"]
+
+#: candidate BSs per client when ``ChannelParams.nearest_bs`` is 0
+DEFAULT_CANDIDATES = 8
+#: a client stays connected (handover rules, not idle reselection) this long after its
+#: last flow, like an LTE / NR RRC inactivity timer (typically 10 s), s
+RRC_INACTIVITY_S = 10.0
+_BLOCK_EPS = 1e-9
+
+
+class LazyNetwork(Network):
+    """:class:`Network` with on-demand channels and trajectories (see the module docstring)."""
+
+    # -- set-up ----------------------------------------------------------------
+    def _init_population(self, specs: list[Any]) -> None:
+        n = len(self.client_ids)
+        m = len(self.bs_ids)
+        cp = self.cp
+        rng = self.sim.rng
+        self._cr_los = rng.counter("channel/los")
+        self._cr_shadow = rng.counter("channel/shadowing")
+        self._cr_fading = rng.counter("channel/fading")
+        bbox = self._bbox()
+        self.traj = Trajectories(
+            self.pos,
+            [s.mobility if s is not None else "static" for s in specs],
+            [(s.speed_min_mps, s.speed_max_mps) if s is not None else (0.0, 0.0) for s in specs],
+            [(s.altitude_min_m, s.altitude_max_m) if s is not None else (1.5, 1.5) for s in specs],
+            self.graph.graph.get("streets"), bbox, rng.counter("mobility"))
+        self.pos = self.traj.p0.copy()  # last evaluated positions (highway ones snap at the first)
+        k = int(cp.nearest_bs)
+        self._near_k = k if 0 < k < m else min(DEFAULT_CANDIDATES, m)
+        self._kk = min(self._near_k + 1, m)
+        self._grid = self._nearest_grid(bbox, self._kk)
+        kk = self._kk
+        self._cand = np.full((n, kk), -1, dtype=np.int64)
+        self._cz = np.zeros((n, kk))
+        self._codo = np.full((n, kk), np.nan)
+        self._closs = np.full((n, kk), np.inf)
+        self._crsrp = np.full((n, kk), -np.inf)
+        self._gen = np.zeros(n, dtype=np.int64)  # evaluations of each client (draw counter)
+        self._t_eval = np.full(n, -np.inf)
+        self._t_conn = np.full(n, -np.inf)  # last time the client had an active flow
+        self._block_se = np.full(n, -1, dtype=np.int64)
+        self.serving = np.full(n, -1, dtype=np.int64)
+        self.se_up = np.zeros(n)
+        self.se_down = np.zeros(n)
+        self._ho_time = np.zeros(n)
+        self._ho_cand = np.full(n, -1, dtype=np.int64)
+        self.evaluations = 0
+        self._channel = ch.channel_model(cp.model)  # the one look-up of the path-loss model
+        self._std = self._shadowing_std_db()
+        self._upkeep = False
+
+    def _nearest_grid(self, bbox: tuple[float, float, float, float], kk: int) -> tuple[Any, ...]:
+        """The ``kk`` nearest BSs of every cell of a grid over the area."""
+        x0, y0, x1, y1 = bbox
+        if self.pos.size:
+            x0 = min(x0, float(self.pos[:, 0].min()))
+            y0 = min(y0, float(self.pos[:, 1].min()))
+            x1 = max(x1, float(self.pos[:, 0].max()))
+            y1 = max(y1, float(self.pos[:, 1].max()))
+        g = max(_NEAR_CELL_M, (x1 - x0) / 1024.0, (y1 - y0) / 1024.0)
+        nx_ = max(1, math.ceil((x1 - x0) / g))
+        ny_ = max(1, math.ceil((y1 - y0) / g))
+        cx = x0 + (np.arange(nx_) + 0.5) * g
+        cy = y0 + (np.arange(ny_) + 0.5) * g
+        gx, gy = np.meshgrid(cx, cy, indexing="ij")
+        order = np.empty((nx_ * ny_, kk), dtype=np.int64)
+        flat_x, flat_y = gx.reshape(-1), gy.reshape(-1)
+        for a in range(0, flat_x.size, 4096):  # bounded memory at city scale
+            d = np.hypot(flat_x[a:a + 4096, None] - self.bs_pos[None, :, 0],
+                         flat_y[a:a + 4096, None] - self.bs_pos[None, :, 1])
+            order[a:a + 4096] = np.argsort(d, axis=1, kind="stable")[:, :kk]
+        return (x0, y0, g, nx_, ny_, order)
+
+    # -- evaluation --------------------------------------------------------------
+    def _candidates(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """(rows, kk) candidate BS indices, sorted, the serving BS always among them."""
+        x0, y0, g, nx_, ny_, order = self._grid
+        ix = np.clip(((pos[:, 0] - x0) / g).astype(np.int64), 0, nx_ - 1)
+        iy = np.clip(((pos[:, 1] - y0) / g).astype(np.int64), 0, ny_ - 1)
+        cols = order[ix * ny_ + iy].copy()
+        k = self._near_k
+        s = self.serving[rows]
+        if cols.shape[1] > k:
+            has = (cols[:, :k] == s[:, None]).any(axis=1) | (s < 0)
+            cols[~has, k] = s[~has]
+        return np.sort(cols, axis=1)
+
+    def _pair_loss(self, rows: np.ndarray, pos: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Path loss (dB, without shadowing) and LOS-dependent shadowing std of the pairs."""
+        cp = self.cp
+        pz = pos[:, 2:3]
+        h_ut = np.minimum(pz, cp.max_ue_height_m)
+        bs = self.bs_pos[cols]
+        d2 = np.hypot(pos[:, 0:1] - bs[..., 0], pos[:, 1:2] - bs[..., 1])
+        h_bs = bs[..., 2]
+        std_los, std_nlos = self._std
+        model = self._channel
+        geom = ch.LinkGeometry(d2, h_bs, h_ut, pz)
+        if model.los_probability is not None:
+            u = self._cr_los.uniform(rows[:, None], cols)
+            los = u < model.los_probability(d2, pz if model.aerial else h_ut)
+            pl = model.path_loss(geom, los, cp.fc_ghz, cp)
+            return np.stack([pl, np.where(los, std_los, std_nlos)])
+        pl = model.path_loss(geom, True, cp.fc_ghz, cp)
+        return np.stack([pl, np.full_like(pl, std_los)])
+
+    def _merge(self, rows: np.ndarray, cand: np.ndarray) -> None:
+        """Carry the shadowing state of BSs that stay candidates; new ones start fresh."""
+        old = self._cand[rows]
+        for r in np.nonzero((cand != old).any(axis=1))[0].tolist():
+            i = int(rows[r])
+            keep = {int(j): (self._cz[i, c], self._codo[i, c]) for c, j in enumerate(old[r]) if j >= 0}
+            for c, j in enumerate(cand[r].tolist()):
+                self._cz[i, c], self._codo[i, c] = keep.get(j, (0.0, np.nan))
+            self._cand[i] = cand[r]
+
+    def _evaluate(self, rows: np.ndarray) -> np.ndarray:
+        """Position, shadowing, path loss and serving cell of ``rows`` now; returns the rows
+        (connected ones) that handed over."""
+        now = self.env.now
+        self.evaluations += rows.size
+        pos, odo = self.traj.positions(rows, now)
+        self.pos[rows] = pos
+        cand = self._candidates(rows, pos)
+        self._merge(rows, cand)
+        self._gen[rows] += 1
+        gen = self._gen[rows][:, None]
+        innov = self._cr_shadow.normal(rows[:, None], cand, gen)
+        z = self._cz[rows]
+        d = odo[:, None] - self._codo[rows]
+        fresh = np.isnan(d)
+        rho = np.exp(-np.where(fresh, 0.0, np.maximum(d, 0.0)) / self.cp.shadowing_decorrelation_m)
+        z = np.where(fresh, innov, np.where(d > 0.0, rho * z + np.sqrt(1.0 - rho * rho) * innov, z))
+        self._cz[rows] = z
+        self._codo[rows] = odo[:, None]
+        pl, std = self._pair_loss(rows, pos, cand)
+        loss = pl + std * z
+        rsrp = self.bs_power_dbm[cand] - loss
+        self._closs[rows] = loss
+        self._crsrp[rows] = rsrp
+        rs = rsrp + self.attach_offset_db[cand]  # the cell-selection metric
+        k = np.arange(rows.size)
+        bc = np.argmax(rs, axis=1)
+        best = cand[k, bc]
+        cur = self.serving[rows]
+        act = np.array([int(i) in self._active for i in rows.tolist()], dtype=bool)
+        self._t_conn[rows[act]] = now
+        connected = (cur >= 0) & (now - self._t_conn[rows] <= RRC_INACTIVITY_S)
+        idle = ~connected
+        self.serving[rows[idle]] = best[idle]
+        self._ho_time[rows[idle]] = 0.0
+        self._ho_cand[rows[idle]] = -1
+        ho_rows = np.zeros(0, dtype=np.int64)
+        if connected.any():
+            cr = rows[connected]
+            dt = np.maximum(now - self._t_eval[cr], 0.0)
+            kc = k[connected]
+            rs_cur = rs[kc, np.argmax(cand[kc] == cur[connected][:, None], axis=1)]
+            b = best[connected]
+            cond = rs[kc, bc[connected]] > rs_cur + self.cp.handover_hysteresis_db
+            same = cond & (self._ho_cand[cr] == b)
+            self._ho_time[cr] = np.where(same, self._ho_time[cr] + dt, np.where(cond, dt, 0.0))
+            self._ho_cand[cr] = np.where(cond, b, -1)
+            ttt = np.maximum(self.cp.handover_time_to_trigger_s, dt)
+            ho = cond & (self._ho_time[cr] >= ttt - 1e-9)
+            ho_rows = cr[ho]
+            self._ho_time[ho_rows] = 0.0
+            self._ho_cand[ho_rows] = -1
+            for i, new in zip(ho_rows.tolist(), b[ho].tolist()):
+                old = int(self.serving[i])
+                self.serving[i] = new
+                self.handovers += 1
+                self.sim.rec.event(now, "handover", node=self.client_ids[i],
+                                   src_bs=self.bs_ids[old], dst_bs=self.bs_ids[new])
+        self._t_eval[rows] = now
+        self._se_now(rows)
+        return ho_rows
+
+    def _block(self) -> int:
+        return int(math.floor(self.env.now / self.cp.coherence_s + _BLOCK_EPS))
+
+    def fading_power(self, rows: np.ndarray, block: int | np.ndarray) -> np.ndarray:
+        """Block-fading power gain (unit mean) of ``rows`` in coherence block ``block``:
+        a pure function of (client row, block), drawn from the counter-based stream."""
+        cp = self.cp
+        if cp.fading == "none":
+            return np.ones(np.broadcast(rows, block).shape)
+        if cp.fading == "rayleigh":
+            return self._cr_fading.exponential(rows, block)
+        kf = 10.0 ** (cp.rician_k_db / 10.0)
+        s = math.sqrt(1.0 / (2.0 * (kf + 1.0)))
+        re = math.sqrt(kf / (kf + 1.0)) + s * self._cr_fading.normal(rows, block, 0)
+        im = s * self._cr_fading.normal(rows, block, 1)
+        return re * re + im * im
+
+    def _se_now(self, rows: np.ndarray) -> None:
+        """Spectral efficiencies of ``rows`` with the fading of the current block."""
+        if rows.size == 0:
+            return
+        block = self._block()
+        self._block_se[rows] = block
+        k = np.arange(rows.size)
+        cand = self._cand[rows]
+        sc = np.argmax(cand == self.serving[rows][:, None], axis=1)
+        loss = self._closs[rows][k, sc]
+        fad_db = ch.linear_to_db(np.maximum(self.fading_power(rows, block), 1e-30))
+        margin = self.cp.interference_margin_db
+        s = self.serving[rows]
+        up_db = self.ue_power_dbm[rows] - loss + fad_db - self.noise_up_dbm[s] - margin
+        rx_down = self.bs_power_dbm[s] - loss + fad_db
+        if self.cp.interference_load_factor > 0 and len(self.bs_ids) > 1:
+            mw = ch.db_to_linear(self._crsrp[rows])
+            interf = self.cp.interference_load_factor * (mw.sum(axis=1) - mw[k, sc])
+            down_db = ch.linear_to_db(ch.db_to_linear(rx_down) / (
+                ch.db_to_linear(self.noise_down_dbm[s] + margin) + interf))
+        else:
+            down_db = rx_down - self.noise_down_dbm[s] - margin
+        self.se_up[rows] = self._se(up_db)
+        self.se_down[rows] = self._se(down_db)
+
+    def _ensure(self, i: int) -> None:
+        """Bring client row ``i`` up to date now.
+
+        A client evaluated less than ``mobility_interval_s`` ago keeps its serving
+        cell and path loss (as in the eager model, where they change only at
+        mobility steps) and gets the current block's fading; anyone else is
+        evaluated now."""
+        now = self.env.now
+        if self._t_eval[i] == now:
+            return
+        if self.serving[i] >= 0 and now - self._t_eval[i] < self.params.mobility_interval_s:
+            if self._block_se[i] != self._block():
+                self._se_now(np.array([i], dtype=np.int64))
+            return
+        ho = self._evaluate(np.array([i], dtype=np.int64))
+        self._after_handover(ho, np.array([i], dtype=np.int64))
+
+    def _after_handover(self, ho_rows: np.ndarray, rows: np.ndarray) -> None:
+        """Reroute the flows of clients that handed over; push new rates of ``rows``."""
+        if not self._active:
+            return
+        with self.fs.batch():
+            for i in ho_rows.tolist():
+                for a in self._active.get(i, ()):
+                    links, coeffs, _, _ = Network._route(self, a.src, a.dst)
+                    self.fs.reroute(a.flow, links, coeffs)
+            self._refresh([i for i in rows.tolist() if i in self._active])
+
+    # -- connected clients: upkeep while they have flows ------------------------
+    def _on_active(self, i: int) -> None:
+        self._t_conn[i] = self.env.now
+        if not self._upkeep:
+            self._upkeep = True
+            self.env.process(self._mobility_upkeep())
+            if self.cp.fading != "none":
+                self.env.process(self._fading_upkeep())
+
+    def _mobility_upkeep(self) -> Any:
+        dt = self.params.mobility_interval_s
+        while self._active:
+            yield self.env.timeout(dt)
+            rows = np.array(sorted(self._active), dtype=np.int64)
+            if rows.size:
+                self.mobility_steps += 1
+                self._after_handover(self._evaluate(rows), rows)
+        self._upkeep = False
+
+    def _fading_upkeep(self) -> Any:
+        c = self.cp.coherence_s
+        while self._active:
+            nxt = (self._block() + 1) * c
+            yield self.env.timeout(nxt - self.env.now)
+            rows = np.array(sorted(self._active), dtype=np.int64)
+            if rows.size:
+                self.fading_blocks += 1
+                self._se_now(rows)
+                self._refresh(rows.tolist())
+
+    # -- public queries (evaluate first) -----------------------------------------
+    def _route(self, src: str, dst: str) -> tuple[list[Any], list[float], tuple[str, ...], float]:
+        for nd in (src, dst):
+            i = self._ci.get(nd)
+            if i is not None:
+                self._ensure(i)
+        return super()._route(src, dst)
+
+    def serving_bs(self, client: str) -> str:
+        self._ensure(self._index(client))
+        return super().serving_bs(client)
+
+    def position(self, node: str) -> tuple[float, float, float]:
+        i = self._ci.get(node)
+        if i is not None:
+            self._ensure(i)
+        return super().position(node)
+
+    def spectral_efficiency(self, client: str, direction: str) -> float:
+        self._ensure(self._index(client))
+        return super().spectral_efficiency(client, direction)
+
+    def nominal_rate_bps(self, client: str, direction: str) -> float:
+        i = self._index(client)
+        self._ensure(i)
+        up = self._dir(direction) == "up"
+        s = int(self.serving[i])
+        loss = float(self._closs[i, int(np.argmax(self._cand[i] == s))])
+        if up:
+            sinr_db = self.ue_power_dbm[i] - loss - self.noise_up_dbm[s] - self.cp.interference_margin_db
+            bw = self.bw_up_hz[s]
+        else:
+            sinr_db = (self.bs_power_dbm[s] - loss - self.noise_down_dbm[s]
+                       - self.cp.interference_margin_db)
+            bw = self.bw_down_hz[s]
+        rate = bw * float(self._se(np.array([sinr_db]))[0])
+        bs = self.bs_ids[s]
+        wp = self._wired_path(bs, self.server) if up else self._wired_path(self.server, bs)
+        for u, v in zip(wp, wp[1:]):
+            rate = min(rate, self._wlink[(u, v)].capacity)
+        return rate
+
+    def move_client(self, client: str, x: float, y: float, z: float) -> None:
+        """Teleport ``client`` now (it then stands still) and re-evaluate its channel."""
+        i = self._index(client)
+        _, odo = self.traj.positions(np.array([i]), self.env.now)
+        step = float(np.linalg.norm(np.array([x, y, z]) - self.pos[i]))
+        self.traj.teleport(i, (x, y, z), self.env.now, float(odo[0]) + step)
+        self._t_eval[i] = min(self._t_eval[i], self.env.now - self.params.mobility_interval_s)
+        ho = self._evaluate(np.array([i], dtype=np.int64))
+        self._after_handover(ho, np.array([i], dtype=np.int64))
