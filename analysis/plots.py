@@ -294,6 +294,13 @@ def plot_topology(
 # ---------------------------------------------------------------------------
 
 
+def _nmoe_stages(run: RunLike, out: Path, formats: Sequence[str]) -> list[Path]:
+    """nmoe: the per-stage training cost figure (its accuracy is one number, on the last round)."""
+    from analysis.nmoe_plots import plot_nmoe_stages
+
+    return plot_nmoe_stages(run, out, formats=formats)
+
+
 def plot_run(
     run_dir: RunLike,
     out_dir: str | Path | None = None,
@@ -312,7 +319,7 @@ def plot_run(
     out = Path(out_dir) if out_dir is not None else run.figures_dir
     written: list[Path] = []
     jobs = [
-        ("accuracy", lambda: plot_accuracy([run], out, formats=formats)),
+        ("accuracy", lambda: plot_accuracy([run], out, formats=formats) if run.protocol != "nmoe" else _nmoe_stages(run, out, formats)),
         ("round breakdown", lambda: plot_round_breakdown(run, out, formats=formats)),
         ("latency CDF", lambda: plot_latency_cdf(run, out, formats=formats)),
         ("client timeline", lambda: plot_client_timeline(run, out, formats=formats)),

@@ -1,45 +1,47 @@
-"""NMoE results table, shaped like Tables I and II of "Towards Efficient Federated
-Learning of Networked Mixture-of-Experts for Mobile Edge Computing".
+"""NMoE results table with costs, shaped like Tables I and II of "Towards Efficient
+Federated Learning of Networked Mixture-of-Experts for Mobile Edge Computing".
 
-Methods: Centralised MoE (top-k gate, all data: upper bound), Local (each client's
-own extractor + classifier, own data only), FedAvg (FedAvg of the local
-classifiers = the FedCE stage-1 model), and FedCE / FedSC extractors x RanGate /
-RollGate / FedGate. Data settings: IID and non-IID(tau) for tau in 0.5, 0.3, 0.2
-(``noniid_tau``: client i's dominant class i mod 10 holds 1 - tau of its data),
-10 clients. Two tables:
+Every gated method (FedCE / FedSC extractor x RanGate / RollGate / FedGate) is a
+real ``nmoe`` run of ``scenarios/nmoe-cifar10.yaml`` on its built world (10
+clients under 4 cells of a Manhattan grid, UMi channel with Rayleigh fading,
+device classes with their speeds, availability and dropout): the three training
+stages are SimPy processes whose seconds and bytes come from the flow network
+and the device models, then serverless inference runs on the same network.
+Per method the table gives accuracy / macro-F1 / macro-AUC, LR (local
+processing ratio), each training stage's simulated seconds and bytes and their
+totals, the inference latency P50 / P95 and bytes per request, and FedSC's
+privacy budget (epsilon spent over the stage-1 rounds at delta 1e-5).
+Runs of one setting and seed share the learning of identical stage-1
+participants (the same world and seed give the same stage-1 schedule whatever
+the gate), so each extractor is trained once per setting and seed.
 
-- Table I ("same"): every client tests on its own test split (same distribution
-  as its training data); metrics are averaged over clients. LR = share of the
-  top-k expert slots of a client's test samples served by its own expert.
-  For every gated method (FedCE/FedSC x RanGate/RollGate/FedGate) Table I also
-  gives the serverless-inference cost of that method's own routing
-  (:func:`method_latency`: :class:`~fedsim.protocols.nmoe.InferenceSim` on a
-  :class:`~fedsim.net.star.StarNetwork`, 10 Mbit/s links, 5 ms latency,
-  0.1 GFLOP/s clients, 2 requests/s per client for 20 s, each request a random
-  sample of the client's own test split routed by the trained gate): latency
-  ``P50`` / ``P95`` in ms and ``B/REQ``, the bytes moved per request (latents to
-  and answers from remote experts; a local expert moves none). Baselines: ``-``.
-  The request streams are the run seed's named streams ``nmoe/requests/<client>``
-  (the same for every method of a setting: common random numbers).
-- Table II ("iid-test"): trained non-IID, tested on the global IID test set.
+Baselines, trained on the same client data without simulated costs: Centralised
+MoE (one MoE with one expert per client and top-k gating on all data, top-1
+weighted by the gate probability so the gate trains; its LR is the share of
+client i's top-k slots served by expert i), Local (each client's own
+classifier), FedAvg (the FedCE stage-1 classifier; its costs are FedCE's
+stage 1).
 
-Metrics: accuracy, macro-F1, macro one-vs-rest AUC, LR in percent; mean (and std
-over seeds when ``--seeds`` > 1). Writes ``nmoe_table.csv`` (long format) and
-``nmoe_table.md`` to ``--out`` (default ``runs/nmoe_table``) and prints the Markdown with the wall time.
+Data settings: IID and non-IID(tau) for tau in 0.5, 0.3, 0.2 with
+``data.tau_definition: paper_table`` (the dominant class holds 1 / (1 + tau) of
+a client's data: 66.7 / 76.9 / 83.3 %, the reading that fits the paper's Table
+I Local row; ``--tau-definition outside_share`` gives 1 - tau). Table I
+("same"): every client tests on its own test split; Table II ("iid-test"): the
+global IID test set. Mean ± std over seeds.
 
-Scale: the CIFAR-10 subset has 5,085 train / 1,017 test images in total (the
-paper: 2,500 / 1,000 per client on full CIFAR-10 with ResNet-18), so each
-client gets ~508 images (~406 train / ~102 own test) and the model is a small
-CNN (two 3x3 conv layers of 8 and 16 channels, 64 features).
+``--quick``: digits (bundled), tau = 0.2, 3 stage-1 rounds, one seed, 10 s of
+inference; prints one line per method::
 
-``--inference``: instead of the table, run the ``nmoe`` protocol (FedCE + FedGate,
-top-2, non-IID tau=0.2) on a stand-in world (10 clients on a
-:class:`~fedsim.net.star.StarNetwork`, 10 Mbit/s links, 5 ms latency,
-0.1 GFLOP/s per client (IoT class), 10 requests/s per client for 30 s) and print the latency
-percentiles and bytes per request of the serverless inference.
+    method=NAME acc=... lr=... train_s=... train_bytes=... p95_ms=...
 
-Usage: python bench/nmoe_table.py [--data-dir DIR] [--dataset cifar10|mnist|digits]
-       [--seeds N] [--rounds R] [--threads T] [--out DIR] [--taus 0.5,0.3,0.2] [--inference]
+(``acc``: Table I accuracy in %, ``lr`` in %, ``train_s`` simulated seconds of
+the three stages, ``train_bytes`` their bytes, ``p95_ms`` inference latency).
+
+Writes ``nmoe_table.csv`` (long format) and ``nmoe_table.md`` to ``--out``
+(default ``runs/nmoe_table``) and prints the Markdown with the wall time.
+
+Usage: python bench/nmoe_table.py [--quick] [--data-dir DIR] [--seeds N] [--rounds R] [--taus 0.5,0.3,0.2]
+       [--top-k K] [--threads T] [--out DIR]
 """
 
 from __future__ import annotations
@@ -48,165 +50,119 @@ import argparse
 import csv
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedsim.engine import Simulation
-from fedsim.learning.accounting import flops_per_sample
-from fedsim.learning.datasets import load_dataset
-from fedsim.learning.models import MoEClassifier, MoEConfig
-from fedsim.learning.nmoe import (
-    GATES,
-    ClientData,
-    NMoETrainConfig,
-    client_data,
-    train_extractor,
-)
+from fedsim.api import load_scenario
+from fedsim.build import build_world
+from fedsim.learning.models import MoEClassifier
 from fedsim.learning.nmoe_model import (
-    NMoEModel,
     evaluate_per_client,
-    local_ratio,
     train_centralised_moe,
     train_local_classifiers,
-    train_nmoe,
 )
-from fedsim.learning.partition import partition
 from fedsim.learning.threads import set_torch_threads
-from fedsim.net.star import StarNetwork
-from fedsim.protocols.nmoe import InferenceCosts, InferenceSim, latency_summary
-from fedsim.rng import RngStreams
+from fedsim.protocols.nmoe import NMoE
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DIRS = {
-    "cifar10": ROOT.parent / "shared" / "data" / "cifar10-subset",
-    "mnist": ROOT.parent / "shared" / "data" / "mnist",
-    "digits": None,
-}
-METHODS = ["Centralised MoE", "Local", "FedAvg"] + [f"{e}+{g}" for e in ("FedCE", "FedSC") for g in ("RanGate", "RollGate", "FedGate")]
-GATE_NAMES = dict(zip(GATES, ("RanGate", "RollGate", "FedGate")))
-# serverless-inference stand-in of Table I's latency columns (module docstring)
-INF_RATE_PER_S, INF_HORIZON_S, INF_LINK_BPS, INF_LATENCY_S, INF_SPEED_FLOPS = 2.0, 20.0, 10e6, 0.005, 1e8
-INF_WALL_S = [0.0]  # wall time spent in method_latency (reported with the table)
+SCENARIO = ROOT / "scenarios" / "nmoe-cifar10.yaml"
+GATED = [(e, g) for e in ("fedce", "fedsc") for g in ("rangate", "rollgate", "fedgate")]
+NAMES = {"fedce": "FedCE", "fedsc": "FedSC", "rangate": "RanGate", "rollgate": "RollGate", "fedgate": "FedGate"}
+METHODS = ["Centralised MoE", "Local", "FedAvg"] + [f"{NAMES[e]}+{NAMES[g]}" for e, g in GATED]
+TARGETS = [15.0, 20.0, 25.0, 30.0, 40.0]  # Table V's accuracy targets, %
+COST_COLS = ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage2_bytes", "stage3_bytes", "train_bytes"]
 
 
-def model_config(dataset: str, input_shape: tuple[int, ...], num_clients: int, top_k: int) -> MoEConfig:
-    """The small CNN used for ``dataset`` (8/16 conv channels for CIFAR, 16/32 for
-    MNIST, one 16-channel layer for 8x8 digits), 64 features, 64-wide expert heads."""
-    widths = {"cifar10": (8, 16), "mnist": (16, 32)}.get(dataset, (16,))
-    return MoEConfig(input_shape, 10, backbone="cnn", widths=widths, feature_dim=64, num_experts=num_clients, top_k=top_k, expert_hidden=64)
-
-
-def model_costs(model: NMoEModel) -> InferenceCosts:
-    """Per-request FLOPs and bytes of ``model`` (as the ``nmoe`` protocol computes them)."""
-    cfg = model.cfg
-    ext = flops_per_sample(MoEClassifier(replace(cfg, num_experts=1, top_k=1)), cfg.input_shape, experts_active=0, train=False)
-    exp = flops_per_sample(model.experts[0], (cfg.feature_dim,), train=False)
-    return InferenceCosts(ext, exp, 4.0 * cfg.feature_dim, 4.0 * cfg.num_classes)
-
-
-def model_routes(model: NMoEModel, cl: list[ClientData], clients: list[str]) -> dict:
-    """Per client: a route drawing one of its own test samples and routing it with
-    the trained gate (the ``nmoe`` protocol's router)."""
-    out = {}
+def central_local_ratio(model: MoEClassifier, clients: list) -> float:
+    """LR of a centralised MoE whose expert i stands for client i: share of the
+    top-k slots of client i's own test samples routed to expert i, mean over clients."""
+    vals = []
     with torch.no_grad():
-        for c, cd in zip(clients, cl):
-            x, y = (cd.x_test, cd.y_test) if cd.x_test.shape[0] else (cd.x[:1], cd.y[:1])
-            h = model.backbone(x)
+        for i, c in enumerate(clients):
+            if c.x_test.shape[0] == 0:
+                continue
+            _, idx, _ = model.route(model.features(c.x_test))
+            vals.append(float((idx == i).float().mean()))
+    return float(np.mean(vals)) if vals else math.nan
 
-            def route(rng: np.random.Generator, allowed: list[bool] | None, h: torch.Tensor = h, y: torch.Tensor = y) -> tuple[list[int], bool]:
-                i = int(rng.integers(h.shape[0]))
-                mask = None if allowed is None else torch.tensor(allowed, dtype=torch.bool)
-                with torch.no_grad():
-                    idx, wts = model.route(h[i : i + 1], mask)
-                    p = model.expert_proba(h[i : i + 1], idx, wts)
-                return [int(e) for e in idx[0]], bool(int(p.argmax(1)) == int(y[i]))
 
-            out[c] = route
+def overrides(args: argparse.Namespace, tau: float | None, extractor: str, gate: str) -> list[str]:
+    """Scenario overrides of one method and data setting."""
+    out = [
+        f"run.rounds={args.rounds}", f"model.top_k={args.top_k}", f"training.torch_threads={args.threads}",
+        f"protocol.nmoe.extractor={extractor}", f"protocol.nmoe.gate={gate}",
+        f"protocol.nmoe.inference_horizon_s={args.horizon}", "output.figures=false",
+        f"data.tau_definition={args.tau_definition}",
+    ]
+    out += ["data.partition=iid"] if tau is None else ["data.partition=noniid_tau", f"data.tau={tau}"]
+    if args.dataset == "digits":
+        out += ["data.dataset=digits", "data.dir=null"]
+    elif args.data_dir is not None:
+        out += [f"data.dir={args.data_dir.resolve()}"]
     return out
 
 
-def method_latency(
-    routes: dict, costs: InferenceCosts, seed: int, *, clients: list[str] | None = None,
-    rate_per_s: float = INF_RATE_PER_S, horizon_s: float = INF_HORIZON_S,
-    link_bps: float = INF_LINK_BPS, latency_s: float = INF_LATENCY_S, speed_flops: float = INF_SPEED_FLOPS,
-) -> dict[str, float]:
-    """Serverless inference of one method's ``routes`` (client id -> route, see
-    :class:`~fedsim.protocols.nmoe.InferenceSim`; client i owns expert i, ids in
-    ``clients`` order, default sorted ``routes``) on a fresh
-    :class:`~fedsim.net.star.StarNetwork`; request streams are the run
-    seed's named streams ``nmoe/requests/<client>``. Returns
-    :func:`~fedsim.protocols.nmoe.latency_summary` of the requests."""
-    t0 = time.perf_counter()
-    ids = list(clients) if clients is not None else sorted(routes)
-    sim = Simulation(seed)
-    net = StarNetwork(sim.env, ids, rate_bps=link_bps, latency_s=latency_s)
-    rngs = {c: sim.rng.fresh_numpy(f"nmoe/requests/{c}") for c in ids}
-    InferenceSim(sim.env, sim.rec, ids, routes, net.transfer, lambda c: speed_flops, costs, rate_per_s, horizon_s, rngs).run()
-    INF_WALL_S[0] += time.perf_counter() - t0
-    return latency_summary(sim.rec.rows("requests"))
-
-
-def run_setting(ds, setting: str, tau: float | None, seed: int, tc: NMoETrainConfig, num_clients: int) -> list[dict]:  # noqa: ANN001
-    """All methods on one data setting and seed; returns long-format rows."""
-    rng = RngStreams(seed)
-    labels = ds.y_train.numpy()
-    if tau is None:
-        splits = partition("iid", labels, num_clients, rng.fresh_numpy("split"))
-    else:
-        splits = partition("noniid_tau", labels, num_clients, rng.fresh_numpy("split"), tau=tau)
-    cl = client_data(ds, splits)
-    cfg = model_config(ds.name, ds.input_shape, num_clients, tc.top_k)
+def run_setting(args: argparse.Namespace, setting: str, tau: float | None, seed: int) -> list[dict]:
+    """Every method on one data setting and seed; returns long-format rows."""
     rows: list[dict] = []
+    cache: dict = {}
+    fedavg: dict = {}
+    base = None
 
-    ids = [f"client{i:02d}" for i in range(num_clients)]
-
-    def add(method: str, model, lr: float = math.nan) -> None:  # noqa: ANN001
-        same = evaluate_per_client(model, cl)
-        glob = evaluate_per_client(model, cl, x_global=ds.x_test, y_global=ds.y_test)
-        inf = {"p50_s": math.nan, "p95_s": math.nan, "bytes_per_request": math.nan}
-        if isinstance(model, NMoEModel):  # gated methods: serve with this method's own routing
-            model.reseed(RngStreams(seed).seed_int(f"nmoe/inference/{method}"))  # RanGate draws
-            inf = method_latency(model_routes(model, cl, ids), model_costs(model), seed, clients=ids)
-        for test, m in (("same", same), ("iid-test", glob)):
-            t1 = test == "same"
+    def add(method: str, own: dict, glob: dict, lr: float, extra: dict) -> None:
+        for test, m in (("same", own), ("iid-test", glob)):
             rows.append({"setting": setting, "seed": seed, "method": method, "test": test,
                          "acc": 100 * m["accuracy"], "f1": 100 * m["f1"], "auc": 100 * m["auc"],
-                         "lr": 100 * lr if t1 else math.nan,
-                         "p50_ms": 1e3 * inf["p50_s"] if t1 else math.nan,
-                         "p95_ms": 1e3 * inf["p95_s"] if t1 else math.nan,
-                         "bytes_req": inf["bytes_per_request"] if t1 else math.nan})
+                         "lr": 100 * lr if test == "same" else math.nan, **extra})
 
-    add("Centralised MoE", train_centralised_moe(cl, cfg, tc, seed))
-    add("Local", train_local_classifiers(cl, cfg, tc, seed))
-    for ext_name in ("fedce", "fedsc"):
-        tce = replace(tc, extractor=ext_name)
-        ext = train_extractor(cl, cfg, tce, seed, dataset=ds.name)
-        if ext_name == "fedce":
-            fedavg = MoEClassifier(ext.config)
-            fedavg.load_state_dict(ext.full_state)
-            add("FedAvg", fedavg)
-        for gate in GATES:
-            model, _, _ = train_nmoe(cl, cfg, replace(tce, gate=gate), seed, extractor=ext)
-            add(f"{'FedCE' if ext_name == 'fedce' else 'FedSC'}+{GATE_NAMES[gate]}", model, local_ratio(model, cl))
+    for ext, gate in GATED:
+        world = build_world(load_scenario(SCENARIO, overrides(args, tau, ext, gate), seed=seed))
+        p = NMoE(world)
+        p.cache = cache
+        p.run()
+        rec = world.sim.rec
+        own, glob = rec.rows("nmoe_eval")
+        (inf,) = rec.rows("nmoe_inference")
+        tot = p.training.stage_totals()
+        extra = {k: tot[k] for k in COST_COLS}
+        extra.update(p95_ms=1e3 * inf.get("p95_s", math.nan), p50_ms=1e3 * inf.get("p50_s", math.nan),
+                     bytes_req=inf.get("bytes_per_request", math.nan), dp_epsilon=own["dp_epsilon"])
+        add(f"{NAMES[ext]}+{NAMES[gate]}", own, glob, own["lr"], extra)
+        if ext == "fedce" and not fedavg:
+            fedavg = {"ext": p.training.ext, "costs": {k: (tot[k] if k.startswith("stage1") else 0.0) for k in COST_COLS}}
+            fedavg["costs"]["train_s"], fedavg["costs"]["train_bytes"] = tot["stage1_s"], tot["stage1_bytes"]
+            base = (p.clients_data, p.model_config, p.train_config(), world)
+        print(f"  [{setting} seed {seed}] {ext}+{gate}: acc {100 * own['accuracy']:.1f} train {tot['train_s']:.0f} s", flush=True)
+
+    cl, cfg, tc, world = base  # type: ignore[misc]
+    xg, yg = world.x_test, world.y_test
+    seed_int = world.sim.rng.seed_int("nmoe/train")
+    none = dict.fromkeys([*COST_COLS, "p95_ms", "p50_ms", "bytes_req", "dp_epsilon"], math.nan)
+    central = train_centralised_moe(cl, cfg, tc, seed_int)
+    add("Centralised MoE", evaluate_per_client(central, cl), evaluate_per_client(central, cl, x_global=xg, y_global=yg), central_local_ratio(central, cl), none)
+    local = train_local_classifiers(cl, cfg, tc, seed_int)
+    add("Local", evaluate_per_client(local, cl), evaluate_per_client(local, cl, x_global=xg, y_global=yg), math.nan, none)
+    fa = MoEClassifier(fedavg["ext"].config)
+    fa.load_state_dict(fedavg["ext"].full_state)
+    add("FedAvg", evaluate_per_client(fa, cl), evaluate_per_client(fa, cl, x_global=xg, y_global=yg), math.nan, {**none, **fedavg["costs"]})
     return rows
 
 
-def fmt(vals: list[float]) -> str:
-    """``mean`` or ``mean±std`` of finite values, one decimal; ``-`` if none."""
+def fmt(vals: list[float], digits: int = 1) -> str:
+    """``mean`` or ``mean±std`` of finite values; ``-`` if none."""
     v = [x for x in vals if not math.isnan(x)]
     if not v:
         return "-"
-    return f"{np.mean(v):.1f}" if len(v) == 1 else f"{np.mean(v):.1f}±{np.std(v):.1f}"
+    return f"{np.mean(v):.{digits}f}" if len(v) == 1 else f"{np.mean(v):.{digits}f}±{np.std(v):.{digits}f}"
 
 
-def markdown(rows: list[dict], settings: list[str], test: str, title: str) -> str:
-    """One table: methods x settings x (Acc, F1, AUC) (+ LR, latency P50 / P95 in
-    ms and bytes per request per setting for Table I)."""
-    metrics = ["acc", "f1", "auc"] + (["lr", "p50_ms", "p95_ms", "bytes_req"] if test == "same" else [])
-    label = {"p50_ms": "P50 ms", "p95_ms": "P95 ms", "bytes_req": "B/REQ"}
+def markdown(rows: list[dict], settings: list[str], test: str, metrics: list[str], title: str, scale: dict | None = None) -> str:
+    """One table: methods x settings x metrics (``scale`` divides a metric, e.g. bytes -> MB)."""
+    scale = scale or {}
+    label = {"p50_ms": "P50 ms", "p95_ms": "P95 ms", "bytes_req": "B/REQ", "train_s": "train s", "train_bytes": "train MB",
+             "stage1_s": "s1 s", "stage2_s": "s2 s", "stage3_s": "s3 s", "stage1_bytes": "s1 MB", "stage3_bytes": "s3 MB", "dp_epsilon": "ε"}
     head = ["Method"] + [f"{s} {label.get(m, m.upper())}" for s in settings for m in metrics]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for meth in METHODS:
@@ -214,97 +170,121 @@ def markdown(rows: list[dict], settings: list[str], test: str, title: str) -> st
         for s in settings:
             sel = [r for r in rows if r["method"] == meth and r["setting"] == s and r["test"] == test]
             for m in metrics:
-                cells.append(fmt([r[m] for r in sel]))
+                cells.append(fmt([r[m] / scale.get(m, 1.0) for r in sel], 2 if m in ("stage3_bytes",) else 1))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def inference_demo(ds, args: argparse.Namespace) -> dict[str, float]:  # noqa: ANN001
-    """Run the nmoe protocol on a stand-in world (see module docstring); returns the summary."""
-    from types import SimpleNamespace
-
-    from fedsim.config.schema import Scenario
-    from fedsim.engine import Simulation
-    from fedsim.protocols.nmoe import NMoE, latency_summary
-
-    scen = Scenario.model_validate(
-        {
-            "run": {"rounds": args.rounds},
-            "model": {"top_k": 2},
-            "training": {"local_epochs": args.local_epochs, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
-            "protocol": {"name": "nmoe", "nmoe": {"extractor": "fedce", "gate": "fedgate", "request_rate_per_s": 10.0, "inference_horizon_s": 30.0}},
-        },
-        strict=False,
-    )
-    sim = Simulation(0)
-    clients = [f"client{i:02d}" for i in range(args.clients)]
-    splits = partition("noniid_tau", ds.y_train.numpy(), args.clients, sim.rng.fresh_numpy("split"), tau=0.2)
-    world = SimpleNamespace(
-        scenario=scen, sim=sim, clients=clients, dataset=ds, splits=dict(zip(clients, splits)),
-        model_config=model_config(ds.name, ds.input_shape, args.clients, 2), x_test=ds.x_test, y_test=ds.y_test,
-        devices={c: SimpleNamespace(speed_flops=lambda: 1e8) for c in clients},
-    )
-    NMoE(world).run()
-    summ = latency_summary(sim.rec.rows("requests"))
-    print("nmoe_eval:", sim.rec.rows("nmoe_eval"))
-    print("inference:", {k: round(v, 4) for k, v in summ.items()})
-    return summ
+def cheapest(rows: list[dict], settings: list[str], targets: list[float]) -> str:
+    """Table V: per setting and target Table-I accuracy (%), the method with a
+    simulated training cost that reaches it (mean accuracy over seeds >= target)
+    in the fewest seconds and the one in the fewest bytes."""
+    lines = ["### Table V: cheapest method reaching a Table-I accuracy (mean over seeds; methods with a simulated cost)", "",
+             "| setting | target acc % | fewest seconds | fewest bytes | fewest seconds, NMoE only | fewest bytes, NMoE only |", "|---|---|---|---|---|---|"]
+    for s_ in settings:
+        stats = {}
+        for meth in METHODS:
+            sel = [r for r in rows if r["method"] == meth and r["setting"] == s_ and r["test"] == "same" and not math.isnan(r["train_s"])]
+            if sel:
+                stats[meth] = (np.mean([r["acc"] for r in sel]), np.mean([r["train_s"] for r in sel]), np.mean([r["train_bytes"] for r in sel]))
+        for t in targets:
+            cells = [s_, f"{t:g}"]
+            for pool in (stats, {m: v for m, v in stats.items() if "+" in m}):
+                ok = {m: v for m, v in pool.items() if v[0] >= t}
+                if not ok:
+                    cells += ["none", "none"]
+                    continue
+                fs = min(ok, key=lambda m: (ok[m][1], ok[m][2]))
+                fb = min(ok, key=lambda m: (ok[m][2], ok[m][1]))
+                cells += [f"{fs} ({ok[fs][1]:.1f} s, {ok[fs][0]:.1f} %)", f"{fb} ({ok[fb][2] / 1e6:.1f} MB, {ok[fb][0]:.1f} %)"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def main() -> None:
-    """Parse arguments, run every setting and seed, print and write the tables."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", choices=["cifar10", "mnist", "digits"], default="cifar10")
-    ap.add_argument("--data-dir", type=Path, default=None)
-    ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--clients", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=10, help="stage-1 FL rounds (and baseline epochs)")
-    ap.add_argument("--local-epochs", type=int, default=1)
-    ap.add_argument("--top-k", type=int, default=1)
-    ap.add_argument("--taus", default="0.5,0.3,0.2")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    ap.add_argument("--out", type=Path, default=Path("runs/nmoe_table"))
-    ap.add_argument("--inference", action="store_true", help="run the serverless-inference demo instead")
-    args = ap.parse_args()
-
-    set_torch_threads(args.threads)
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    data_dir = args.data_dir if args.data_dir is not None else DEFAULT_DIRS[args.dataset]
-    ds = load_dataset(args.dataset, data_dir, rng=RngStreams(0).fresh_numpy("data"))
-    if args.inference:
-        inference_demo(ds, args)
-        print(f"wall {time.perf_counter() - t0:.0f} s, CPU {time.process_time() - c0:.0f} s")
-        return
-    tc = NMoETrainConfig(rounds=args.rounds, local_epochs=args.local_epochs, top_k=args.top_k)
-    settings = [("IID", None)] + [(f"tau={t}", float(t)) for t in args.taus.split(",") if t]
-    rows: list[dict] = []
-    for seed in range(args.seeds):
-        for name, tau in settings:
-            ts = time.perf_counter()
-            rows += run_setting(ds, name, tau, seed, tc, args.clients)
-            print(f"[seed {seed}] {name} done in {time.perf_counter() - ts:.0f} s", flush=True)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    inf_wall = INF_WALL_S[0]
+def report(args: argparse.Namespace, rows: list[dict], settings: list, seeds: int, t0: float | None, c0: float | None) -> str:
+    """The Markdown tables of ``rows``; also written with the CSV to ``args.out``
+    (``t0`` / ``c0`` None: rebuilt from a CSV, no timing)."""
+    timing = "rebuilt from its CSV" if t0 is None or c0 is None else f"wall {time.perf_counter() - t0:.0f} s, CPU {time.process_time() - c0:.0f} s"
     names = [s for s, _ in settings]
+    mb = {k: 1e6 for k in COST_COLS if k.endswith("bytes")}
     md = "\n\n".join([
-        f"NMoE on {ds.name} ({len(ds.y_train)} train / {len(ds.y_test)} test), {args.clients} clients, "
-        f"top-{args.top_k}, {args.rounds} rounds x {args.local_epochs} local epochs, {args.seeds} seed(s), "
-        f"{args.threads} torch threads; wall {wall:.0f} s (inference simulation {inf_wall:.0f} s), CPU {cpu:.0f} s. "
-        "Acc / F1 / AUC / LR in %.",
-        markdown(rows, names, "same", "Table I: test on each client's own distribution (LR = local processing ratio; "
-                 f"serverless inference at {INF_RATE_PER_S:g} req/s per client for {INF_HORIZON_S:g} s, "
-                 f"{INF_LINK_BPS / 1e6:g} Mbit/s links, {1e3 * INF_LATENCY_S:g} ms latency, {INF_SPEED_FLOPS / 1e9:g} GFLOP/s clients: "
-                 "latency P50 / P95 in ms, B/REQ = bytes moved per request)"),
-        markdown(rows, names, "iid-test", "Table II: train non-IID, test on the global IID test set"),
+        f"NMoE on {args.dataset}, scenario nmoe-cifar10 (10 clients), top-{args.top_k}, {args.rounds} stage-1 rounds, "
+        f"{seeds} seed(s), non-IID(τ) as {args.tau_definition}; {timing}. "
+        "Acc / F1 / AUC / LR in %, mean±std over seeds.",
+        markdown(rows, names, "same", ["acc", "f1", "auc", "lr"], "Table I: test on each client's own distribution"),
+        markdown(rows, names, "iid-test", ["acc", "f1", "auc"], "Table II: train non-IID, test on the global IID test set"),
+        markdown(rows, names, "same", ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage3_bytes", "train_bytes"],
+                 "Table III: simulated training cost per stage (s = seconds, MB = 10^6 bytes; stage 2 moves bytes only with FedGate)", mb),
+        markdown(rows, names, "same", ["p50_ms", "p95_ms", "bytes_req", "dp_epsilon"], "Table IV: serverless inference latency, bytes per request, FedSC's epsilon spent"),
+        cheapest(rows, names, TARGETS),
     ])
-    print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "nmoe_table.md").write_text(md + "\n")
     with open(args.out / "nmoe_table.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    return md
+
+
+def from_csv(args: argparse.Namespace) -> str:
+    """The tables of a written ``nmoe_table.csv`` (``args.from_csv``), rewritten to ``args.out``."""
+    with open(args.from_csv, newline="") as f:
+        raw = list(csv.DictReader(f))
+    rows = [{k: (v if k in ("setting", "method", "test") else (int(v) if k == "seed" else float(v))) for k, v in r.items()} for r in raw]
+    order = list(dict.fromkeys(r["setting"] for r in rows))
+    seeds = len({r["seed"] for r in rows})
+    return report(args, rows, [(s, None) for s in order], seeds, None, None)
+
+
+def main() -> None:
+    """Parse arguments, run every setting and seed, print and write the tables."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="digits, tau=0.2, 3 rounds, 1 seed; one line per method")
+    ap.add_argument("--dataset", choices=["cifar10", "digits"], default=None)
+    ap.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 subset directory (default: the scenario's data.dir)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=None, help="stage-1 FL rounds (and baseline epochs); default 10 (quick: 3)")
+    ap.add_argument("--top-k", type=int, default=1)
+    ap.add_argument("--taus", default=None, help="comma-separated; default 0.5,0.3,0.2 (quick: 0.2); IID is always run except with --quick")
+    ap.add_argument("--tau-definition", choices=["paper_table", "outside_share"], default="paper_table")
+    ap.add_argument("--horizon", type=float, default=None, help="inference horizon, s (default 60; quick: 10)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--out", type=Path, default=Path("runs/nmoe_table"))
+    ap.add_argument("--from-csv", type=Path, default=None, help="rebuild the tables from a written nmoe_table.csv (no runs)")
+    args = ap.parse_args()
+    q = args.quick
+    args.dataset = args.dataset or ("digits" if q else "cifar10")
+    args.rounds = args.rounds or (3 if q else 10)
+    args.horizon = args.horizon or (10.0 if q else 60.0)
+    seeds = 1 if q else args.seeds
+    taus = args.taus or ("0.2" if q else "0.5,0.3,0.2")
+    set_torch_threads(args.threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    if args.from_csv is not None:
+        print(from_csv(args))
+        return
+    settings = ([] if q else [("IID", None)]) + [(f"τ={t}", float(t)) for t in taus.split(",") if t]
+    rows: list[dict] = []
+    for seed in range(seeds):
+        for name, tau in settings:
+            ts = time.perf_counter()
+            rows += run_setting(args, name, tau, seed)
+            print(f"[seed {seed}] {name} done in {time.perf_counter() - ts:.0f} s", flush=True)
+            report(args, rows, settings, seed + 1, t0, c0)  # partial tables survive an interrupted run
+    md = report(args, rows, settings, seeds, t0, c0)
+    print(md)
+    if q:
+        for meth in METHODS:
+            sel = [r for r in rows if r["method"] == meth and r["test"] == "same"]
+            if not sel:
+                continue
+
+            def m(k: str, sel: list[dict] = sel) -> float:
+                return float(np.nanmean([r[k] for r in sel])) if any(not math.isnan(r[k]) for r in sel) else math.nan
+
+            print(f"method={meth.replace(' ', '_')} acc={m('acc'):.1f} lr={m('lr'):.1f} train_s={m('train_s'):.1f} train_bytes={m('train_bytes'):.0f} p95_ms={m('p95_ms'):.1f}")
+    print(f"wall {time.perf_counter() - t0:.0f} s, CPU {time.process_time() - c0:.0f} s")
 
 
 if __name__ == "__main__":

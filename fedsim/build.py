@@ -81,7 +81,8 @@ def check_world_rules(loaded: LoadedScenario) -> nx.Graph:
 
     The rules: the alignment policy is registered
     (:data:`fedsim.alignment.policies.POLICIES`); the topology builds; the
-    server is a node of it; every client reaches the server. :class:`World`
+    server is a node of it; every client reaches the server; an ``nmoe``
+    aggregator (``protocol.nmoe.server``) is a node of it. :class:`World`
     calls this once per run (so the graph is built once) and ``fedsim
     validate`` calls it after loading, so every rule is reported before a run.
 
@@ -103,6 +104,9 @@ def check_world_rules(loaded: LoadedScenario) -> nx.Graph:
     if bad:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise loaded.error("topology", f"client(s) {', '.join(bad[:3])}{more} cannot reach server {s.topology.server!r}")
+    agg = s.protocol.nmoe.server
+    if s.protocol.name == "nmoe" and agg is not None and agg not in graph:
+        raise loaded.error("protocol.nmoe.server", f"aggregator node {agg!r} is not in the topology (a base station, the cloud or a client id)")
     return graph
 
 
@@ -229,7 +233,7 @@ class World:
         try:
             splits = partition(
                 d.partition, ds.y_train.numpy(), n_clients, rng.fresh_numpy("data/split"),
-                test_fraction=d.test_fraction, alpha=d.alpha, tau=d.tau, clusters=d.clusters,
+                test_fraction=d.test_fraction, alpha=d.alpha, tau=d.tau, clusters=d.clusters, tau_definition=d.tau_definition,
                 num_classes=ds.num_classes,
             )
         except ValueError as e:

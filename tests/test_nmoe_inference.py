@@ -8,6 +8,7 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 import pytest
 import simpy
+import torch
 
 from fedsim.config.schema import Scenario
 from fedsim.engine import Simulation
@@ -119,9 +120,10 @@ def test_nmoe_protocol_on_stand_in_world() -> None:
     assert ev_own["test"] == "own" and 0.0 <= ev_glob["accuracy"] <= 1.0
     (summ,) = sim.rec.rows("nmoe_inference")
     assert summ["n"] == len(rows) and np.isfinite(summ["p99_s"])
-    # one rounds row per training stage; the gate's row carries the trained model's global accuracy
+    # one rounds row per training-stage round (2 stage-1 rounds, the experts, FedGate's
+    # scoring and its 50 rounds); the last row carries the trained model's global accuracy
     stages = sim.rec.rows("rounds")
-    assert [r["stage"] for r in stages] == ["extractor", "experts", "gate"]
+    assert [r["stage"] for r in stages] == ["extractor"] * 2 + ["experts"] + ["gate"] * 51
     assert stages[-1]["accuracy"] == ev_glob["accuracy"] and np.isfinite(stages[0]["loss"])
     from fedsim.engine.tables import check_frame
 
@@ -183,19 +185,17 @@ def _nmoe_table() -> ModuleType:
     return mod
 
 
-def test_table_method_latency_local_routing_is_cheaper() -> None:
-    """Table I's per-method latency: a routing that never picks the local expert moves
-    more bytes per request (and is slower) than one that always does; deterministic."""
+def test_table_central_local_ratio_counts_own_expert_slots() -> None:
+    """The centralised MoE's LR (bench): share of client i's top-k slots that go to expert i."""
+    from fedsim.learning.models import MoEClassifier
+
     mod = _nmoe_table()
-    clients = ["a", "b", "c"]
-    local = {c: (lambda rng, allowed, i=i: ([i], True)) for i, c in enumerate(clients)}
-    remote = {c: (lambda rng, allowed, i=i: ([(i + 1) % 3], True)) for i, c in enumerate(clients)}
-    costs = InferenceCosts(extract_flops=1e5, expert_flops=1e5, latent_bytes=256.0, reply_bytes=40.0)
-    s_loc = mod.method_latency(local, costs, 0, clients=clients, horizon_s=10.0)
-    s_rem = mod.method_latency(remote, costs, 0, clients=clients, horizon_s=10.0)
-    assert s_loc["n"] == s_rem["n"] > 0  # same request streams (routes draw nothing)
-    assert s_loc["bytes_per_request"] == 0.0 and s_loc["local_share"] == 1.0
-    assert s_rem["bytes_per_request"] == pytest.approx(296.0) and s_rem["local_share"] == 0.0
-    assert s_rem["bytes_per_request"] > s_loc["bytes_per_request"]
-    assert s_rem["p50_s"] > s_loc["p50_s"] + 2 * mod.INF_LATENCY_S - 1e-9  # two one-way latencies
-    assert mod.method_latency(remote, costs, 0, clients=clients, horizon_s=10.0) == s_rem
+    cfg = MoEConfig((4,), 3, backbone="mlp", widths=(4,), feature_dim=4, num_experts=2, top_k=1)
+    model = MoEClassifier(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.gate.bias.copy_(torch.tensor([1.0, 0.0]))  # every sample goes to expert 0
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    clients = [SimpleNamespace(x_test=x), SimpleNamespace(x_test=x)]
+    assert mod.central_local_ratio(model, clients) == pytest.approx(0.5)  # client 0: 1.0, client 1: 0.0

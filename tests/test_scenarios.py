@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -107,8 +108,9 @@ def test_scenario_smoke_run(path: Path, tmp_path: Path) -> None:
         rounds = pd.read_parquet(out / "rounds.parquet")
         assert len(rounds) == ROUNDS
         assert rounds["completed"].sum() > 0, "no client completed a round"
-    else:  # nmoe: one row per stage-1 round (rounds.parquet where it writes one)
-        table = out / "rounds.parquet"
-        if not table.exists():
-            table = out / f"{s.protocol.name}_stage1.parquet"
-        assert len(pd.read_parquet(table)) == ROUNDS
+    else:  # nmoe: one rounds row per stage-1 round, then stages 2 and 3; the model's accuracy on the last row
+        rounds = pd.read_parquet(out / "rounds.parquet")
+        assert (rounds["stage"] == "extractor").sum() == ROUNDS
+        assert set(rounds["stage"]) == {"extractor", "experts", "gate"}
+        assert (rounds[rounds["stage"] == "extractor"]["bytes_up"] > 0).any()
+        assert np.isfinite(rounds["accuracy"].iloc[-1])

@@ -180,7 +180,8 @@ class DataConfig(_Strict):
     dir: str | None = Field(None, description="Dataset directory (relative to the scenario file); required except for digits and synthetic.")
     partition: Literal["iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew"] = Field("dirichlet", description='How the training pool is split across clients (non-IID schemes: dirichlet, noniid_tau, label_clusters, quantity_skew).')
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet, quantity_skew).")
-    tau: float = Field(0.3, ge=0, le=1, description="non-IID(tau): share of a client's data outside its dominant class.")
+    tau: float = Field(0.3, ge=0, le=1, description="non-IID(tau): skew of noniid_tau (see tau_definition).")
+    tau_definition: Literal["outside_share", "paper_table"] = Field("outside_share", description="noniid_tau: outside_share gives the dominant class 1 - tau of a client's data; paper_table gives it 1 / (1 + tau) (fits the NMoE paper's Table I local accuracies).")
     clusters: int = Field(4, ge=1, description="label_clusters: number of client groups.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each client's data held out as its own test split.")
     max_train_samples: int | None = Field(None, ge=10, description="Cap on the training pool size (for quick runs).")
@@ -257,10 +258,17 @@ class NMoEConfig(_Strict):
     gate: Literal["rangate", "rollgate", "fedgate"] = Field("fedgate", description='Stage 3: rangate (random routing), rollgate (pseudo client-id classifier), fedgate (FedAvg inside the MoE).')
     rollgate_p: float = Field(0.7, gt=0, lt=1, description="rollgate: share of a client's data labelled with its own id.")
     fedgate_fraction: float = Field(0.7, gt=0, le=1, description='fedgate: share of clients sampled per epoch.')
-    dp_epsilon: float | None = Field(None, gt=0, description='fedsc: differential-privacy epsilon of the shared correlation matrices (null: no noise).')
+    dp_epsilon: float | None = Field(8.0, gt=0, le=1000, description='fedsc: differential-privacy epsilon of each release of a shared correlation matrix (Gaussian mechanism; the epsilon spent over all rounds is reported); null: no noise.')
     dp_delta: float = Field(1e-5, gt=0, lt=1, description='fedsc: differential-privacy delta.')
+    fedgate_loss: Literal["topk_noisy", "dense"] = Field("topk_noisy", description='fedgate local loss: topk_noisy (noisy top-k gate + load-balancing loss) or dense (dense mixture likelihood).')
+    fedgate_noise_std: float = Field(1.0, ge=0, le=10, description='fedgate topk_noisy: std of the Gaussian noise on the gate logits during training (logit units).')
+    fedgate_load_weight: float = Field(0.01, ge=0, le=10, description='fedgate topk_noisy: weight of the Switch load-balancing loss.')
+    server: str | None = Field(None, description="Node id of the stage-1 / fedgate aggregator: a base station, the cloud or a volunteer client (null: topology.server).")
+    deadline_s: float = Field(600.0, gt=0, le=86_400, description="Training exchange deadline, s after dispatch (clients still running are stragglers).")
+    min_completions: int | None = Field(None, ge=1, le=100_000, description="Close a training exchange at the first K completions (null: wait for every selected client).")
     request_rate_per_s: float = Field(0.5, gt=0, description="Poisson inference request rate per client, 1/s.")
     inference_horizon_s: float = Field(120.0, gt=0, description="Simulated seconds of inference traffic.")
+    request_timeout_s: float = Field(60.0, gt=0, le=86_400, description="An inference request unanswered this long after issue fails (reason timeout).")
 
 
 class ProtocolConfig(_Strict):

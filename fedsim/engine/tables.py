@@ -83,8 +83,8 @@ def _c(name: str, dtype: str, unit: str, doc: str, required: bool = True) -> Col
     return Column(name, dtype, unit, doc, required)
 
 
-_ROUNDS = TableSchema("rounds", "one row per round (nmoe: per training stage)", (
-    _c("round", "int", "1", "round index (nmoe: stage index, 0-based)"),
+_ROUNDS = TableSchema("rounds", "one row per round (nmoe: per training-stage round)", (
+    _c("round", "int", "1", "round index (nmoe: every training-stage round of the run, in order)"),
     _c("t_start_s", "float", "s", "round start"),
     _c("t_end_s", "float", "s", "round end (after server compute)"),
     _c("duration_s", "float", "s", "t_end_s - t_start_s"),
@@ -111,7 +111,10 @@ _ROUNDS = TableSchema("rounds", "one row per round (nmoe: per training stage)", 
     _c("staleness_mean", "float", "1", "mean staleness of the folded updates, in global versions (sync: 0)"),
     _c("staleness_max", "float", "1", "largest staleness of the folded updates, in global versions"),
     _c("stage", "str", "", "nmoe: training stage (extractor / experts / gate)", False),
-    _c("loss", "float", "1", "nmoe: the stage's final training loss (NaN when the stage reports none)", False),
+    _c("loss", "float", "1", "nmoe: the stage round's training loss (NaN when the stage reports none)", False),
+    _c("stage_round", "int", "1", "nmoe: round within its stage", False),
+    _c("phase", "str", "", "nmoe: fedce / fedsc / experts / rangate / rollgate / fedgate_scoring / fedgate", False),
+    _c("dp_epsilon", "float", "1", "nmoe fedsc: differential-privacy epsilon spent so far (RDP composition; NaN without DP)", False),
 ))
 
 _CLIENTS = TableSchema("clients", "one row per selected client and round", (
@@ -240,6 +243,7 @@ _REQUESTS = TableSchema("requests", "one row per nmoe inference request", (
     _c("completed", "bool", "", "every transfer completed"),
     _c("failed", "int", "1", "branches whose transfer failed"),
     _c("correct", "bool", "", "the combined answer is the true label"),
+    _c("fail_reason", "str", "", "why the request failed: '' (it did not), timeout, or the failed transfer's status", False),
 ), ("nmoe",))
 
 _NMOE_EVAL = TableSchema("nmoe_eval", "the trained NMoE on own and global test sets", (
@@ -250,6 +254,15 @@ _NMOE_EVAL = TableSchema("nmoe_eval", "the trained NMoE on own and global test s
     _c("f1", "float", "1", "macro-F1"),
     _c("auc", "float", "1", "macro AUC"),
     _c("lr", "float", "1", "local ratio: share of requests routed to the own expert"),
+    _c("dp_epsilon", "float", "1", "fedsc: epsilon spent over all stage-1 rounds (NaN without DP)", False),
+    _c("stage1_s", "float", "s", "simulated seconds of stage 1 (extractor)", False),
+    _c("stage2_s", "float", "s", "simulated seconds of stage 2 (experts)", False),
+    _c("stage3_s", "float", "s", "simulated seconds of stage 3 (gate)", False),
+    _c("train_s", "float", "s", "simulated seconds of the three stages", False),
+    _c("stage1_bytes", "float", "bytes", "bytes moved in stage 1", False),
+    _c("stage2_bytes", "float", "bytes", "bytes moved in stage 2", False),
+    _c("stage3_bytes", "float", "bytes", "bytes moved in stage 3", False),
+    _c("train_bytes", "float", "bytes", "bytes moved by the three stages", False),
 ), ("nmoe",))
 
 _NMOE_STAGE1 = TableSchema("nmoe_stage1", "stage-1 (feature extractor) training loss per round", (

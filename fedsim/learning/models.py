@@ -58,6 +58,10 @@ class MoEConfig:
     ``MoEConfig((784,), 10, widths=(128,), feature_dim=128, num_experts=1,
     expert_hidden=0, feature_layer=False)`` (plus a 128 -> 1 gate).
     ``aux_loss_weight`` is used by training.
+    ``top1_gate_prob``: at ``top_k = 1`` weight the chosen expert by its gate
+    probability instead of the renormalised 1 (Switch Transformer, Fedus et
+    al. 2021), so the task loss reaches the gate; otherwise only the auxiliary
+    loss trains a top-1 gate.
     """
 
     input_shape: tuple[int, ...]
@@ -71,6 +75,7 @@ class MoEConfig:
     gate_noise_std: float = 0.0
     aux_loss_weight: float = 0.01
     feature_layer: bool = True
+    top1_gate_prob: bool = False
 
     def __post_init__(self) -> None:
         if not self.feature_layer and (self.backbone != "mlp" or self.feature_dim != self.widths[-1]):
@@ -228,7 +233,8 @@ class MoEClassifier(nn.Module):
             k = min(k, allowed)
         probs = F.softmax(logits, dim=-1)
         top_w, top_idx = probs.topk(k, dim=-1)
-        top_w = top_w / top_w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        if not (self.cfg.top1_gate_prob and k == 1):
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         return probs, top_idx, top_w
 
     def forward(

@@ -93,7 +93,7 @@ own expert fills at most one of a sample's ``k`` slots.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -105,7 +105,7 @@ from fedsim.learning.aggregation import aggregate
 from fedsim.learning.datasets import Dataset
 from fedsim.learning.models import Expert, MoEClassifier, MoEConfig
 from fedsim.learning.partition import ClientSplit
-from fedsim.learning.training import TrainConfig, TrainJob, Update, init_state, train_local
+from fedsim.learning.training import Update, init_state
 from fedsim.rng import RngStreams
 
 __all__ = [
@@ -126,10 +126,12 @@ __all__ = [
     "train_experts",
     "EXTRACTORS",
     "GATES",
+    "FEDGATE_LOSSES",
 ]
 
 EXTRACTORS = ("fedce", "fedsc")
 GATES = ("rangate", "rollgate", "fedgate")
+FEDGATE_LOSSES = ("topk_noisy", "dense")
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,10 @@ class NMoETrainConfig:
     fedgate rounds), ``gate_local_epochs``, ``gate_lr`` (fedgate, normalised SGD),
     ``rollgate_lr`` (plain SGD: small steps keep the last-visited client from
     dominating), ``rollgate_p``,
-    ``fedgate_fraction``, ``rangate_probs`` (None = uniform).
+    ``fedgate_fraction``, ``rangate_probs`` (None = uniform); FedGate's local
+    loss ``fedgate_loss``: ``"topk_noisy"`` (noisy top-k gate, logit noise std
+    ``gate_noise_std``, plus ``fedgate_load_weight`` times the Switch
+    load-balancing loss) or ``"dense"`` (the dense mixture likelihood).
     """
 
     extractor: str = "fedce"
@@ -169,6 +174,9 @@ class NMoETrainConfig:
     rollgate_p: float = 0.7
     fedgate_fraction: float = 0.7
     rangate_probs: tuple[float, ...] | None = None
+    fedgate_loss: str = "topk_noisy"
+    gate_noise_std: float = 1.0
+    fedgate_load_weight: float = 0.01
 
     def __post_init__(self) -> None:
         if self.extractor not in EXTRACTORS:
@@ -185,6 +193,10 @@ class NMoETrainConfig:
             raise ValueError('"dp_epsilon" must be > 0')
         if not 0.0 < self.dp_delta < 1.0:
             raise ValueError('"dp_delta" must be in (0, 1)')
+        if self.fedgate_loss not in FEDGATE_LOSSES:
+            raise ValueError(f'"fedgate_loss" must be one of {", ".join(FEDGATE_LOSSES)}')
+        if self.gate_noise_std < 0 or self.fedgate_load_weight < 0:
+            raise ValueError('"gate_noise_std" and "fedgate_load_weight" must be >= 0')
 
 
 @dataclass
@@ -344,20 +356,14 @@ class ExtractorResult:
 
 def train_extractor_fedce(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int) -> ExtractorResult:
     """Stage 1, ``fedce``: FedAvg (all clients, ``tc.rounds`` rounds) of the
-    single-expert classifier trained with cross-entropy by ``train_local``."""
-    rng = RngStreams(seed)
-    ccfg = _classifier_cfg(cfg)
-    state = init_state(ccfg, rng.seed_int("nmoe/fedce/init"))
-    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=tc.local_epochs, batch_size=tc.batch_size)
-    hist = []
+    single-expert classifier trained with cross-entropy by ``train_local``
+    (:class:`~fedsim.learning.nmoe_steps.FedCESteps`, every client every round)."""
+    from fedsim.learning.nmoe_steps import FedCESteps
+
+    steps = FedCESteps(clients, cfg, tc, seed)
     for r in range(tc.rounds):
-        ups = [
-            train_local(TrainJob(c.client_id, r, state, ccfg, [0], c.x, c.y, train, rng.seed_int(f"nmoe/fedce/client/{c.client_id}/round/{r}")))
-            for c in clients
-        ]
-        state = aggregate(state, ups, 1).state
-        hist.append({"round": float(r), "loss": float(np.mean([u.loss_last for u in ups]))})
-    return ExtractorResult("fedce", _sub(state, "backbone."), _sub(state, "experts.0."), state, ccfg, hist)
+        steps.round(r)
+    return steps.result()
 
 
 def _sc_repr(model: MoEClassifier, x: torch.Tensor) -> torch.Tensor:
@@ -369,63 +375,18 @@ def _sc_repr(model: MoEClassifier, x: torch.Tensor) -> torch.Tensor:
 def train_extractor_fedsc(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None) -> ExtractorResult:
     """Stage 1, ``fedsc``: federated spectral contrastive learning with shared,
     DP-noised correlation matrices (module docstring). ``tc.rounds`` rounds,
-    every client every round; local SGD on :func:`fedsc_loss` over two
-    :func:`augment` views per batch; FedAvg of extractor + projection head."""
-    rng = RngStreams(seed)
-    scfg = _classifier_cfg(cfg, num_classes=tc.proj_dim)
-    state = init_state(scfg, rng.seed_int("nmoe/fedsc/init"))
-    ns = np.array([c.n for c in clients], dtype=float)
-    q = ns / ns.sum()
-    hist = []
+    every client every round: each shares its matrix under the round's global
+    model, then trains locally with SGD on :func:`fedsc_loss` over two
+    :func:`augment` views per batch; FedAvg of extractor + projection head
+    (:class:`~fedsim.learning.nmoe_steps.FedSCSteps`). ``history`` rows hold
+    the round's loss and the ``epsilon`` spent so far (NaN without DP)."""
+    from fedsim.learning.nmoe_steps import FedSCSteps
+
+    steps = FedSCSteps(clients, cfg, tc, seed, dataset=dataset)
     for r in range(tc.rounds):
-        # 1. every client shares its (noised) correlation matrix under the round's global model
-        model = MoEClassifier(scfg)
-        model.load_state_dict(state)
-        model.eval()
-        shared = []
-        with torch.no_grad():
-            for c in clients:
-                gen = rng.torch(f"nmoe/fedsc/share/{c.client_id}/round/{r}")
-                zs = [_sc_repr(model, augment(c.x[s : s + 512], gen, dataset=dataset)) for s in range(0, c.n, 512)]
-                s_j = correlation(torch.cat(zs))
-                if tc.dp_epsilon is not None:
-                    s_j = gaussian_mechanism(s_j, dp_sigma(tc.dp_epsilon, tc.dp_delta, 1.0 / c.n), gen)
-                shared.append(s_j)
-        # 2. local training against the others' matrices
-        states, losses = [], []
-        for i, c in enumerate(clients):
-            others = [j for j in range(len(clients)) if j != i]
-            r_others = None
-            if others:
-                w = q[others] / q[others].sum()
-                r_others = sum(float(wj) * shared[j] for wj, j in zip(w, others))
-            local = MoEClassifier(scfg)
-            local.load_state_dict(state)
-            local.train()
-            params = [p for n_, p in local.named_parameters() if not n_.startswith("gate.")]
-            opt = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum)
-            gen = rng.torch(f"nmoe/fedsc/client/{c.client_id}/round/{r}")
-            tot, seen = 0.0, 0
-            for _ in range(tc.local_epochs):
-                perm = torch.randperm(c.n, generator=gen)
-                for s in range(0, c.n, tc.batch_size):
-                    idx = perm[s : s + tc.batch_size]
-                    if len(idx) < 2:
-                        continue
-                    xb = c.x[idx]
-                    z1 = _sc_repr(local, augment(xb, gen, dataset=dataset))
-                    z2 = _sc_repr(local, augment(xb, gen, dataset=dataset))
-                    loss = fedsc_loss(z1, z2, r_others, float(q[i]))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    tot += float(loss.detach()) * len(idx)
-                    seen += len(idx)
-            states.append({k: v.detach().clone() for k, v in local.state_dict().items()})
-            losses.append(tot / max(1, seen))
-        state = _fedavg(state, states, [c.n for c in clients])
-        hist.append({"round": float(r), "loss": float(np.mean(losses))})
-    return ExtractorResult("fedsc", _sub(state, "backbone."), _sub(state, "experts.0."), state, scfg, hist)
+        steps.share(r)
+        steps.round(r)
+    return steps.result()
 
 
 def train_extractor(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None) -> ExtractorResult:
@@ -452,11 +413,13 @@ def extract_features(cfg: MoEConfig, backbone_state: dict[str, torch.Tensor], x:
 # ------------------------------------------------------------------------ stage 2
 
 
-def train_experts(feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, init: dict[str, torch.Tensor] | None = None) -> list[dict[str, torch.Tensor]]:
+def train_experts(feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, init: dict[str, torch.Tensor] | None = None, *, trained: Collection[int] | None = None) -> list[dict[str, torch.Tensor]]:
     """Stage 2: client i trains its own expert on ``(feats[i], ys[i])`` (frozen
     extractor features) for ``tc.expert_epochs`` epochs of SGD with momentum and
     cross-entropy (Adam, ``tc.expert_lr``). Every expert starts from ``init`` (``Expert`` keys) if given,
-    else from a seeded uniform init. Returns one ``Expert`` state per client."""
+    else from a seeded uniform init. Only the clients in ``trained`` (all if
+    None) train; the others' experts stay at their initial state (a client that
+    dropped out of stage 2). Returns one ``Expert`` state per client."""
     rng = RngStreams(seed)
     out = []
     for i, (h, y) in enumerate(zip(feats, ys)):
@@ -468,7 +431,7 @@ def train_experts(feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], cfg
         opt = torch.optim.Adam(ex.parameters(), lr=tc.expert_lr)
         gen = rng.torch(f"nmoe/expert/{i}/train")
         n = int(y.shape[0])
-        for _ in range(tc.expert_epochs):
+        for _ in range(tc.expert_epochs if trained is None or i in trained else 0):
             perm = torch.randperm(n, generator=gen)
             for s in range(0, n, tc.batch_size):
                 idx = perm[s : s + tc.batch_size]

@@ -23,7 +23,6 @@ from fedsim.learning.nmoe import (
     NMoETrainConfig,
     _backbone,
     _classifier_cfg,
-    _fedavg,
     extract_features,
     train_experts,
     train_extractor,
@@ -119,25 +118,15 @@ def train_rollgate(feats: Sequence[torch.Tensor], cfg: MoEConfig, tc: NMoETrainC
     """RollGate: train a linear pseudo-client-ID classifier by rolling it through
     the clients (0..K-1, ``tc.gate_rounds`` passes), ``tc.gate_local_epochs`` of
     plain SGD (``tc.rollgate_lr``) with cross-entropy on the
-    labels of :func:`rollgate_labels` (``p = tc.rollgate_p``). Returns the gate state."""
-    rng = RngStreams(seed)
-    k = len(feats)
-    gate = _new_gate(cfg, k, rng.seed_int("nmoe/rollgate/init"))
-    labels = [rollgate_labels(int(h.shape[0]), i, k, tc.rollgate_p, rng.torch(f"nmoe/rollgate/labels/{i}")) for i, h in enumerate(feats)]
+    labels of :func:`rollgate_labels` (``p = tc.rollgate_p``)
+    (:class:`~fedsim.learning.nmoe_steps.RollGateSteps`). Returns the gate state."""
+    from fedsim.learning.nmoe_steps import RollGateSteps
+
+    steps = RollGateSteps(feats, cfg, tc, seed)
     for r in range(tc.gate_rounds):
-        for i, h in enumerate(feats):
-            opt = torch.optim.SGD(gate.parameters(), lr=tc.rollgate_lr)
-            gen = rng.torch(f"nmoe/rollgate/{i}/pass/{r}")
-            n = int(h.shape[0])
-            for _ in range(tc.gate_local_epochs):
-                perm = torch.randperm(n, generator=gen)
-                for s in range(0, n, tc.batch_size):
-                    idx = perm[s : s + tc.batch_size]
-                    loss = F.cross_entropy(gate(h[idx]), labels[i][idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-    return {k_: v.detach().clone() for k_, v in gate.state_dict().items()}
+        for i in range(len(feats)):
+            steps.hop(r, i)
+    return steps.state()
 
 
 def select_clients(num_clients: int, fraction: float, rng: np.random.Generator) -> list[int]:
@@ -199,20 +188,17 @@ def fedgate_local(gate_state: dict[str, torch.Tensor], h: torch.Tensor, expert_l
 def train_fedgate(feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], experts: Sequence[dict[str, torch.Tensor]], cfg: MoEConfig, tc: NMoETrainConfig, seed: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
     """FedGate: ``tc.gate_rounds`` FedAvg rounds of the gate (module docstring);
     each round :func:`select_clients` picks ``tc.fedgate_fraction`` of the
-    clients, each runs :func:`fedgate_local`, the server averages by sample count.
+    clients, each trains the gate locally (``tc.fedgate_loss``: the noisy
+    top-k gate with a load loss, or the dense variant :func:`fedgate_local`),
+    the server averages by sample count
+    (:class:`~fedsim.learning.nmoe_steps.FedGateSteps`).
     Returns the gate state and the participants of every round."""
-    rng = RngStreams(seed)
-    k = len(feats)
-    state = {k_: v.detach().clone() for k_, v in _new_gate(cfg, k, rng.seed_int("nmoe/fedgate/init")).state_dict().items()}
-    logps = [_expert_logp(h, y, experts, cfg) for h, y in zip(feats, ys)]
-    sel_rng = rng.fresh_numpy("nmoe/fedgate/select")
-    history = []
+    from fedsim.learning.nmoe_steps import FedGateSteps
+
+    steps = FedGateSteps(feats, ys, experts, cfg, tc, seed)
     for r in range(tc.gate_rounds):
-        chosen = select_clients(k, tc.fedgate_fraction, sel_rng)
-        history.append(chosen)
-        states = [fedgate_local(state, feats[i], logps[i], cfg, tc, rng.torch(f"nmoe/fedgate/{i}/round/{r}"))[0] for i in chosen]
-        state = _fedavg(state, states, [int(feats[i].shape[0]) for i in chosen])
-    return state, history
+        steps.round(r, steps.select(r))
+    return steps.gate_state, steps.history
 
 
 # ------------------------------------------------------------------------ the assembled model
@@ -317,10 +303,12 @@ def train_nmoe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfi
 
 def train_centralised_moe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, epochs: int | None = None) -> MoEClassifier:
     """Upper bound: one :class:`MoEClassifier` with ``len(clients)`` experts and
-    top-``tc.top_k`` gating trained with ``train_local`` on the union of all
+    top-``tc.top_k`` gating (at top-1 the chosen expert is weighted by its gate
+    probability, Switch-style, so the task loss trains the gate) trained with
+    ``train_local`` on the union of all
     clients' training data for ``epochs`` (default ``tc.rounds * tc.local_epochs``)."""
     rng = RngStreams(seed)
-    mcfg = replace(cfg, num_experts=len(clients), top_k=min(tc.top_k, len(clients)))
+    mcfg = replace(cfg, num_experts=len(clients), top_k=min(tc.top_k, len(clients)), top1_gate_prob=True)
     state = init_state(mcfg, rng.seed_int("nmoe/central/init"))
     x = torch.cat([c.x for c in clients])
     y = torch.cat([c.y for c in clients])

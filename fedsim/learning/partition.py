@@ -15,8 +15,12 @@ Schemes:
   among clients in proportions drawn from ``Dirichlet(alpha)`` (smaller
   ``alpha`` = more skew).
 - ``"noniid_tau"`` (NMoE paper): every client holds all classes; client i's
-  dominant class is ``i mod num_classes`` and makes up ``1 - tau`` of its data,
-  the rest spread uniformly over the other classes. Each client gets
+  dominant class is ``i mod num_classes`` and makes up ``1 - tau`` of its data
+  (``tau_definition="outside_share"``: tau is the share outside the dominant
+  class) or ``1 / (1 + tau)`` of it (``"paper_table"``: the reading that fits
+  the NMoE paper's Table I, whose Local row 66.66 / 76.92 / 83.33 % equals
+  ``1 / (1 + tau)`` at tau = 0.5 / 0.3 / 0.2), the rest spread uniformly over
+  the other classes. Each client gets
   ``len(labels) // num_clients`` samples (or ``samples_per_client``), drawn without
   replacement; if a class runs out the client gets fewer samples of it.
 - ``"label_clusters"``: clients are grouped into ``clusters`` groups (client i
@@ -35,9 +39,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ClientSplit", "partition", "label_histograms", "PARTITION_SCHEMES"]
+__all__ = ["ClientSplit", "partition", "label_histograms", "PARTITION_SCHEMES", "TAU_DEFINITIONS"]
 
 PARTITION_SCHEMES = ("iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew")
+#: Readings of non-IID(tau): the dominant class's share is ``1 - tau`` or ``1 / (1 + tau)``.
+TAU_DEFINITIONS = ("outside_share", "paper_table")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ def partition(
     size_dist: str = "dirichlet",
     sigma: float = 1.0,
     min_size: int = 2,
+    tau_definition: str = "outside_share",
 ) -> list[ClientSplit]:
     """Split the pool with ``labels`` among ``num_clients`` clients (see module docstring)."""
     labels = np.asarray(labels).astype(np.int64)
@@ -94,8 +101,11 @@ def partition(
     elif scheme == "noniid_tau":
         if not 0.0 <= tau <= 1.0:
             raise ValueError('"tau" must be in [0, 1]')
+        if tau_definition not in TAU_DEFINITIONS:
+            raise ValueError(f'"tau_definition" must be one of {", ".join(TAU_DEFINITIONS)}')
         per = samples_per_client if samples_per_client is not None else n // num_clients
-        groups = _noniid_tau(labels, num_clients, c, tau, per, rng)
+        dominant = 1.0 - tau if tau_definition == "outside_share" else 1.0 / (1.0 + tau)
+        groups = _noniid_tau(labels, num_clients, c, dominant, per, rng)
     elif scheme == "label_clusters":
         if not 1 <= clusters <= min(num_clients, c):
             raise ValueError('"clusters" must be in [1, min(num_clients, num_classes)]')
@@ -153,14 +163,14 @@ def _dirichlet(
 
 
 def _noniid_tau(
-    labels: np.ndarray, k: int, c: int, tau: float, per: int, rng: np.random.Generator
+    labels: np.ndarray, k: int, c: int, dominant: float, per: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
     pools = [list(rng.permutation(np.flatnonzero(labels == cls))) for cls in range(c)]
     groups = []
     for i in range(k):
         dom = i % c
         counts = np.zeros(c, dtype=int)
-        counts[dom] = int(round((1.0 - tau) * per))
+        counts[dom] = int(round(dominant * per))
         rest = per - counts[dom]
         others = [j for j in range(c) if j != dom]
         if others and rest > 0:

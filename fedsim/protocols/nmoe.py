@@ -1,14 +1,20 @@
 """``nmoe``: Networked Mixture-of-Experts, trained in three stages, served without a server.
 
-Training (:mod:`fedsim.learning.nmoe`, real PyTorch at zero simulated
-time): stage 1 learns the shared feature extractor by FL (``fedce`` or
-``fedsc``, ``run.rounds`` rounds of ``training.local_epochs``), stage 2 every
-client's own expert on its local data, stage 3 the shared gate (``rangate``,
-``rollgate``, ``fedgate``). There is one expert per client (expert i belongs to
-the i-th client in sorted id order), so ``model.num_experts`` is ignored;
-``model.top_k`` is the number of experts a request uses. The trained model is
-evaluated (table ``nmoe_eval``: accuracy / F1 / AUC on each client's own test
-split and on the global test set, and LR).
+Training (:mod:`fedsim.protocols.nmoe_training`: SimPy processes on the
+world's clock, every byte through the flow network, every second from the
+device and channel models; the learning is real PyTorch from
+:mod:`fedsim.learning.nmoe_steps` on the clients whose part arrived): stage 1
+learns the shared feature extractor by FL (``fedce`` or ``fedsc``,
+``run.rounds`` rounds of ``training.local_epochs``, aggregator
+``protocol.nmoe.server``, ``deadline_s`` / ``min_completions`` closing),
+stage 2 every client's own expert on its local data, stage 3 the shared gate
+(``rangate``, ``rollgate``, ``fedgate``). There is one expert per client
+(expert i belongs to the i-th client in sorted id order), so
+``model.num_experts`` is ignored; ``model.top_k`` is the number of experts a
+request uses. Table ``rounds`` has one row per stage round; the trained model
+is evaluated (table ``nmoe_eval``: accuracy / F1 / AUC on each client's own
+test split and on the global test set, LR, FedSC's epsilon spent, and each
+stage's simulated seconds and bytes).
 
 Serverless inference (:class:`InferenceSim`, on the simulated clock): every
 client issues requests as a Poisson process of rate
@@ -38,9 +44,12 @@ compute), ``t_expert_s`` (expert compute); ``bytes`` (all transfers of the
 request), ``experts`` (comma-separated expert indices), ``local`` (the origin's
 own expert was among them), ``remote`` (number of remote experts),
 ``completed`` (every transfer completed), ``failed`` (branches whose transfer
-failed, e.g. the owner was offline: the origin combines the answers it got)
-and ``correct`` (the combined answer of
-all chosen experts is the true label; failed branches are not discounted).
+failed, e.g. the owner was offline: the origin combines the answers it got),
+``fail_reason`` (``""``, ``timeout``: no answer ``request_timeout_s`` after
+issue, the request is ended there, e.g. a link in permanent outage; or the
+failed transfer's status, e.g. ``dropout``) and ``correct`` (the combined
+answer of all chosen experts is the true label; failed branches are not
+discounted; a timed-out request is not correct).
 
 Systems interface. With a built :class:`~fedsim.build.World` the transfers are
 ``world.transfer(src, dst, nbytes, round, tag)`` (a SimPy process returning an
@@ -93,6 +102,9 @@ class InferenceSim:
     ``c`` now. ``rngs[c]``: the numpy Generator of client ``c``'s arrivals and
     sample choices. ``online(c)`` (optional): whether ``c`` is online; an
     arrival at an offline client is dropped and counted in ``skipped_offline``.
+    ``timeout_s`` (optional): a request unanswered this long after issue is
+    ended (its transfers interrupted) and fails with reason ``timeout``;
+    ``status_of`` (optional) names a failed transfer's cause.
     Rows go to ``rec.row("requests", ...)``.
 
     Raises:
@@ -112,6 +124,8 @@ class InferenceSim:
         horizon_s: float,
         rngs: dict[str, np.random.Generator],
         online: Callable[[str], bool] | None = None,
+        timeout_s: float | None = None,
+        status_of: Callable[[Any], str] | None = None,
     ) -> None:
         if rate_per_s <= 0 or horizon_s <= 0:
             raise ValueError('"request_rate_per_s" and "inference_horizon_s" must be > 0')
@@ -121,6 +135,10 @@ class InferenceSim:
         self.rate, self.horizon = float(rate_per_s), float(horizon_s)
         self.rngs = rngs
         self.online = online
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError('"request_timeout_s" must be > 0')
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
+        self.status_of = status_of
         self.skipped_offline = 0
         self.cpu = {c: simpy.Resource(env, capacity=1) for c in self.clients}
         self.pending: list[simpy.Process] = []
@@ -164,42 +182,91 @@ class InferenceSim:
             yield self.env.timeout(flops / max(self.speed(node), 1e-9))
         return t1 - t0, self.env.now - t1
 
+    def _reason(self, res: Any) -> str:
+        cause = getattr(res, "cause", None)
+        if self.status_of is not None and cause is not None:
+            return str(self.status_of(cause))
+        return "transfer_failed"
+
     def branch(self, rid: int, origin: str, e: int) -> Any:
-        """One expert's part of a request: (t_network_s, t_queue_s, t_expert_s, bytes, ok)."""
+        """One expert's part of a request: (t_network_s, t_queue_s, t_expert_s, bytes, ok, reason).
+        An interrupt (the request's timeout) ends it at once, interrupting its transfer."""
         owner = self.clients[e]
-        t_net, nbytes, ok = 0.0, 0.0, True
-        if owner != origin:
-            t0 = self.env.now
-            res = yield self.transfer(origin, owner, self.costs.latent_bytes, -1, "nmoe_latent")
-            t_net += self.env.now - t0
-            nbytes += float(res.delivered_bytes)
-            if not res.completed:
-                return t_net, 0.0, 0.0, nbytes, False
-        t_queue, t_exp = yield from self._compute(owner, self.costs.expert_flops)
-        if owner != origin:
-            t0 = self.env.now
-            res = yield self.transfer(owner, origin, self.costs.reply_bytes, -1, "nmoe_reply")
-            t_net += self.env.now - t0
-            nbytes += float(res.delivered_bytes)
-            ok = bool(res.completed)
-        return t_net, t_queue, t_exp, nbytes, ok
+        t_net, t_queue, t_exp, nbytes = 0.0, 0.0, 0.0, 0.0
+        sub: simpy.Process | None = None
+        t0 = float(self.env.now)
+        try:
+            if owner != origin:
+                sub = self.transfer(origin, owner, self.costs.latent_bytes, -1, "nmoe_latent")
+                res = yield sub
+                sub = None
+                t_net += self.env.now - t0
+                nbytes += float(res.delivered_bytes)
+                if not res.completed:
+                    return t_net, 0.0, 0.0, nbytes, False, self._reason(res)
+            t_queue, t_exp = yield from self._compute(owner, self.costs.expert_flops)
+            if owner != origin:
+                t0 = float(self.env.now)
+                sub = self.transfer(owner, origin, self.costs.reply_bytes, -1, "nmoe_reply")
+                res = yield sub
+                sub = None
+                t_net += self.env.now - t0
+                nbytes += float(res.delivered_bytes)
+                if not res.completed:
+                    return t_net, t_queue, t_exp, nbytes, False, self._reason(res)
+            return t_net, t_queue, t_exp, nbytes, True, ""
+        except simpy.Interrupt as intr:
+            if sub is not None and sub.is_alive:
+                sub.interrupt(intr.cause)
+                res = yield sub
+                nbytes += float(getattr(res, "delivered_bytes", 0.0))
+                t_net += self.env.now - t0
+            return t_net, t_queue, t_exp, nbytes, False, str(intr.cause)
+
+    def _body(self, c: str, experts: list[int]) -> Any:
+        """Extraction, then the branches; returns ``(t_extract, outs, reason)``."""
+        t0 = float(self.env.now)
+        procs: list[simpy.Process] = []
+        t_extract = math.nan
+        try:
+            yield from self._compute(c, self.costs.extract_flops)
+            t_extract = float(self.env.now) - t0
+            procs = [self.env.process(self.branch(-1, c, int(e))) for e in experts]
+            done = yield self.env.all_of(procs)
+            outs = [done[p] for p in procs]
+            bad = [o[5] for o in outs if not o[4]]
+            return t_extract, outs, (bad[0] if bad else "")
+        except simpy.Interrupt as intr:
+            alive = [p for p in procs if p.is_alive]
+            for p in alive:
+                p.interrupt(intr.cause)
+            outs = []
+            if procs:
+                done = yield self.env.all_of(procs)
+                outs = [done[p] for p in procs]
+            return t_extract, outs, str(intr.cause)
 
     def serve(self, rid: int, c: str, experts: list[int], correct: bool) -> Any:
-        """The life of request ``rid`` of client ``c`` (module docstring); records its row."""
+        """The life of request ``rid`` of client ``c`` (module docstring); records its row.
+        Unanswered ``timeout_s`` after issue, it is ended and fails with reason ``timeout``."""
         t0 = float(self.env.now)
-        _, t_ext = yield from self._compute(c, self.costs.extract_flops)
-        t_extract = self.env.now - t0
-        procs = [self.env.process(self.branch(rid, c, int(e))) for e in experts]
-        done = yield self.env.all_of(procs)
-        outs = [done[p] for p in procs]
-        crit = max(outs, key=lambda o: o[0] + o[1] + o[2])
+        body = self.env.process(self._body(c, experts))
+        if self.timeout_s is not None:
+            yield body | self.env.timeout(self.timeout_s)
+            if body.is_alive:
+                body.interrupt("timeout")
+        t_extract, outs, reason = yield body
+        crit = max(outs, key=lambda o: o[0] + o[1] + o[2]) if outs else (math.nan, math.nan, math.nan)
         own = self.clients.index(c)
+        timed_out = reason == "timeout"
         self.rec.row(
             "requests", request=rid, client=c, t_s=t0, latency_s=float(self.env.now) - t0,
             t_extract_s=float(t_extract), t_network_s=float(crit[0]), t_queue_s=float(crit[1]), t_expert_s=float(crit[2]),
             bytes=float(sum(o[3] for o in outs)), experts=",".join(str(int(e)) for e in experts),
             local=bool(own in [int(e) for e in experts]), remote=int(sum(1 for e in experts if int(e) != own)),
-            completed=bool(all(o[4] for o in outs)), failed=int(sum(1 for o in outs if not o[4])), correct=bool(correct),
+            completed=bool(not timed_out and len(outs) == len(experts) and all(o[4] for o in outs)),
+            failed=int(len(experts) if timed_out and not outs else sum(1 for o in outs if not o[4])),
+            fail_reason=reason, correct=bool(correct and not timed_out),
         )
 
 
@@ -224,8 +291,11 @@ def latency_summary(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 class NMoE(Protocol):
     """The nmoe protocol: three-stage training, evaluation, serverless inference.
 
-    Not a round loop: it overrides :meth:`run` (the template's documented edge
-    case) and writes its ``rounds`` rows (one per training stage) through
+    Not one round loop: it overrides :meth:`run` (the template's documented
+    edge case): the three training stages are the exchanges and hops of
+    :class:`~fedsim.protocols.nmoe_training.NMoETraining` (FedSC has two
+    exchanges per round, RollGate hops client to client), whose ``rounds``
+    rows (one per stage round) go through
     :meth:`~fedsim.protocols.base.Protocol.record_rounds_row`.
     """
 
@@ -236,6 +306,25 @@ class NMoE(Protocol):
         self.s = world.scenario
         self.cfg = self.s.protocol.nmoe
         self.model: Any = None
+        self.cache: dict | None = None  # optional: learning results shared by runs of one world and seed (bench)
+        self.server = self.aggregator()
+
+    def aggregator(self) -> str:
+        """Node id of the stage-1 / FedGate aggregator: ``protocol.nmoe.server``
+        (a base station, the cloud, or a volunteer client), default the
+        topology's server (``"server"`` in a stand-in world without one).
+        A built world has checked that the node exists
+        (:func:`fedsim.build.check_world_rules`).
+
+        Raises:
+            ValueError: the world has a topology and the node is not in it.
+        """
+        w = self.world
+        node = self.cfg.server or getattr(w, "server", None) or "server"
+        graph = getattr(w, "graph", None)
+        if graph is not None and node not in graph:
+            raise ValueError(f'"protocol.nmoe.server": node {node!r} is not in the topology')
+        return str(node)
 
     # --------------------------------------------------------------- training
     def train_config(self) -> Any:
@@ -247,18 +336,18 @@ class NMoE(Protocol):
             extractor=c.extractor, gate=c.gate, top_k=min(s.model.top_k, len(self.world.clients)),
             rounds=s.run.rounds, local_epochs=s.training.local_epochs, batch_size=s.training.batch_size,
             lr=s.training.lr, momentum=s.training.momentum, dp_epsilon=c.dp_epsilon, dp_delta=c.dp_delta,
-            rollgate_p=c.rollgate_p, fedgate_fraction=c.fedgate_fraction,
+            rollgate_p=c.rollgate_p, fedgate_fraction=c.fedgate_fraction, fedgate_loss=c.fedgate_loss,
+            gate_noise_std=c.fedgate_noise_std, fedgate_load_weight=c.fedgate_load_weight,
         )
 
     def train(self) -> Any:
-        """Run the three stages on the world's data; record ``nmoe_eval``; return the model."""
+        """Run the three stages on the simulated clock
+        (:class:`~fedsim.protocols.nmoe_training.NMoETraining`); record
+        ``rounds``, ``nmoe_stage1`` and ``nmoe_eval``; return the model."""
         from fedsim.learning.datasets import Dataset
         from fedsim.learning.nmoe import client_data
-        from fedsim.learning.nmoe_model import (
-            evaluate_per_client,
-            local_ratio,
-            train_nmoe,
-        )
+        from fedsim.learning.nmoe_model import evaluate_per_client, local_ratio
+        from fedsim.protocols.nmoe_training import NMoETraining
 
         w = self.world
         ds: Dataset = w.dataset
@@ -266,41 +355,23 @@ class NMoE(Protocol):
         self.clients_data = client_data(ds, splits)
         tc = self.train_config()
         self.model_config = replace(w.model_config, num_experts=len(w.clients), top_k=tc.top_k)
-        model, ext, info = train_nmoe(self.clients_data, self.model_config, tc, self.sim.rng.seed_int("nmoe/train"), dataset=ds.name)
+        tr = NMoETraining(self, self.clients_data, tc, self.model_config, self.sim.rng.seed_int("nmoe/train"), cache=self.cache)
+        self.training = tr
+        self.env.run(until=self.env.process(tr.serve()))
+        model = tr.model
         own = evaluate_per_client(model, self.clients_data)
         glob = evaluate_per_client(model, self.clients_data, x_global=w.x_test, y_global=w.y_test)
+        tr.finish(glob)
         lr = local_ratio(model, self.clients_data)
+        tot = tr.stage_totals()
+        eps = float(tr.info.get("dp_epsilon", math.nan))
         for test, m in (("own", own), ("global", glob)):
-            self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr)
-        for h in ext.history:
+            self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr, dp_epsilon=eps, **tot)
+        for h in tr.ext.history:
             self.rec.row("nmoe_stage1", extractor=tc.extractor, round=int(h["round"]), loss=float(h["loss"]))
-        self.record_stages(ext.history, glob)
-        self.progress(round=tc.rounds, rounds=tc.rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=0.0)
+        self.progress(round=tr.total_rounds, rounds=tr.total_rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=tr.bytes_moved)
         self.model = model
         return model
-
-    def record_stages(self, history: list[dict[str, Any]], glob: dict[str, float]) -> None:
-        """One ``rounds`` row per training stage (``round`` 0, 1, 2 = extractor, experts, gate).
-
-        Training runs at zero simulated time, so every stage starts and ends at
-        the current time and moves no bytes (yet). The metric of a stage:
-        ``loss`` = last stage-1 round's mean loss for the extractor; none for the
-        experts; ``accuracy`` / ``f1`` / ``auc`` on the global test set for the gate
-        (the trained model).
-        """
-        now = float(self.env.now)
-        n = len(self.world.clients)
-        is_online = getattr(self.world, "is_online", None)
-        online = sum(1 for c in self.world.clients if is_online(c)) if callable(is_online) else n
-        loss1 = float(history[-1]["loss"]) if history else math.nan
-        for i, stage in enumerate(("extractor", "experts", "gate")):
-            m = glob if stage == "gate" else {"accuracy": math.nan, "f1": math.nan, "auc": math.nan}
-            self.record_rounds_row(
-                round=i, stage=stage, t_start_s=now, t_end_s=now, duration_s=0.0,
-                accuracy=float(m["accuracy"]), f1=float(m["f1"]), auc=float(m["auc"]),
-                selected=n, completed=n, online=online,
-                loss=loss1 if stage == "extractor" else math.nan,
-            )
 
     # -------------------------------------------------------------- inference
     def costs(self) -> Any:
@@ -358,11 +429,12 @@ class NMoE(Protocol):
         return InferenceSim(
             self.env, self.rec, w.clients, self.routes(), transfer, self.speed, self.costs(),
             self.cfg.request_rate_per_s, self.cfg.inference_horizon_s, rngs,
-            online=getattr(w, "is_online", None),
+            online=getattr(w, "is_online", None), timeout_s=self.cfg.request_timeout_s,
+            status_of=getattr(w, "cause_status", None),
         )
 
     def run(self) -> None:
-        """Train (zero simulated time), evaluate, then simulate the inference traffic."""
+        """Train (the three stages on the simulated clock), evaluate, then simulate the inference traffic."""
         self.train()
         sim = self.inference()
         sim.run()
