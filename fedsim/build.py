@@ -171,7 +171,7 @@ class Accounting:
             num_experts=self.num_experts, min_k=1,
         )
 
-    def assign_context(self, estimates: dict, deadline_s: float, margin: float, samples: dict[str, int] | None = None) -> Any:
+    def assign_context(self, estimates: dict, deadline_s: float, margin: float, samples: dict[str, int] | None = None, needed: int | None = None) -> Any:
         """The :class:`~fedsim.alignment.policies.AssignContext` for deadline-aware policies."""
         from fedsim.alignment.policies import AssignContext
 
@@ -180,6 +180,7 @@ class Accounting:
             estimates, deadline_s, margin, self.bytes_shared, self.bytes_per_expert,
             flops_shared={c: self.epochs * samples.get(c, 0) * self.flops_shared_per_sample for c in estimates},
             flops_per_expert={c: self.epochs * samples.get(c, 0) * self.flops_expert_per_sample for c in estimates},
+            needed=needed,
         )
 
 
@@ -234,23 +235,69 @@ class World:
             splits = partition(
                 d.partition, ds.y_train.numpy(), n_clients, rng.fresh_numpy("data/split"),
                 test_fraction=d.test_fraction, alpha=d.alpha, tau=d.tau, clusters=d.clusters, tau_definition=d.tau_definition,
-                num_classes=ds.num_classes,
+                num_classes=ds.num_classes, group_shares=tuple(d.group_shares),
+                client_order=self._availability_order() if d.partition == "domain_skew" else None,
             )
         except ValueError as e:
             raise ScenarioError(str(e), file=str(self.loaded.path), key=f"data.{d.partition}") from None
         self.splits = dict(zip(self.clients, splits))
         m = s.model
+        stem = m.stem_layers if m.stem_layers is not None else (1 if m.backbone == "mlp" else 2)
         self.model_config = MoEConfig(
             input_shape=tuple(ds.input_shape), num_classes=ds.num_classes, backbone=m.backbone,
-            widths=(m.hidden,) if m.backbone == "mlp" else (16, 32), feature_dim=m.feature_dim if m.feature_layer else m.hidden,
+            widths=(m.hidden,) * stem if m.backbone == "mlp" else (16, 32, 64, 128, 128, 128, 128, 128)[:stem],
+            feature_dim=(m.feature_dim if m.feature_layer else m.hidden) if m.stem_projection else int(np.prod(ds.input_shape)),
+            stem_projection=m.stem_projection, feature_layer=m.feature_layer,
             num_experts=m.num_experts, top_k=m.top_k, expert_hidden=m.expert_hidden,
-            gate_noise_std=m.gate_noise_std, aux_loss_weight=m.aux_loss_weight, feature_layer=m.feature_layer,
+            gate_noise_std=m.gate_noise_std, aux_loss_weight=m.aux_loss_weight,
+            expert_layers=m.expert_layers, gate_weights=m.gate_weights,
         )
         cap = s.evaluation.max_test_samples
         self.x_test, self.y_test = ds.x_test[:cap], ds.y_test[:cap]
+        self.test_groups: np.ndarray | None = None
+        self.client_groups: dict[str, int] = {}
+        if d.partition == "domain_skew":
+            self._apply_domains(splits, tuple(d.group_shares), d.domain_transform)
         self._client_data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
             c: (ds.x_train[torch.as_tensor(sp.train_idx)], ds.y_train[torch.as_tensor(sp.train_idx)]) for c, sp in self.splits.items()
         }
+
+    def _availability_order(self) -> list[int]:
+        """Client indices, most often online first (long-run online share of the
+        device class, ``mean_on / (mean_on + mean_off)``; ties by client id)."""
+        import math
+
+        classes = self._class_params()
+
+        def share(c: str) -> float:
+            p = classes[self.graph.nodes[c]["device_class"]]
+            return 1.0 if math.isinf(p.mean_on_s) else p.mean_on_s / (p.mean_on_s + p.mean_off_s)
+
+        return sorted(range(len(self.clients)), key=lambda i: (-share(self.clients[i]), i))
+
+    def _apply_domains(self, splits: list, shares: tuple[float, ...], kind: str) -> None:
+        """domain_skew: pass each client's samples through its group's transform, and
+        draw a group for every global test sample (stream ``data/test_groups``,
+        probabilities = group shares) and transform it too."""
+        from fedsim.learning.partition import domain_transform
+
+        ds = self.dataset
+        seed = self.sim.rng.seed_int("data/domains")
+        x = ds.x_train.clone()
+        for sp in splits:
+            idx = np.concatenate([sp.train_idx, sp.test_idx])
+            if len(idx):
+                x[idx] = domain_transform(ds.x_train[idx], sp.group, kind, seed)
+        ds.x_train = x
+        w = np.asarray(shares, dtype=float)
+        g = self.sim.rng.fresh_numpy("data/test_groups").choice(len(w), size=len(self.y_test), p=w / w.sum())
+        xt = self.x_test.clone()
+        for k in range(len(w)):
+            sel = np.flatnonzero(g == k)
+            if len(sel):
+                xt[sel] = domain_transform(self.x_test[sel], k, kind, seed)
+        self.x_test, self.test_groups = xt, g
+        self.client_groups = {c: sp.group for c, sp in zip(self.clients, splits)}
 
     def num_samples(self, c: str) -> int:
         """Training samples held by client ``c``."""
@@ -317,7 +364,7 @@ class World:
         splits = [self.splits[c] for c in self.clients]
         acc = personalised_accuracy(model, self.dataset.x_train, self.dataset.y_train, splits)
         for c, a, sp in zip(self.clients, acc, splits):
-            self.sim.rec.row("personal", client=c, accuracy=float(a), num_test=int(len(sp.test_idx)), num_train=int(len(sp.train_idx)))
+            self.sim.rec.row("personal", client=c, accuracy=float(a), num_test=int(len(sp.test_idx)), num_train=int(len(sp.train_idx)), group=int(sp.group))
 
     def new_alignment_state(self) -> Any:
         """Fresh client-expert alignment state for the run's clients."""
@@ -327,6 +374,17 @@ class World:
         return AlignmentState(
             self.clients, self.scenario.model.num_experts, fitness_ema=a.fitness_ema,
             fitness_decay=a.fitness_decay, usage_decay=a.usage_decay, reward=a.reward,
+        )
+
+    def evaluate_alignment(self, model: Any, state: dict, fitness: np.ndarray) -> dict[str, float]:
+        """The paper's per-client inference and test routing (see :mod:`fedsim.learning.routing`)."""
+        from fedsim.learning.routing import alignment_metrics
+
+        model.load_state_dict(state)
+        k = self.scenario.alignment.max_experts_per_client or self.model_config.top_k
+        return alignment_metrics(
+            model, self.dataset.x_train, self.dataset.y_train, [self.splits[c] for c in self.clients],
+            fitness, k, self.x_test, self.y_test, self.test_groups,
         )
 
     def accounting(self, model: Any) -> Accounting:

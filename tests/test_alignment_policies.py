@@ -63,10 +63,10 @@ def test_greedy_piles_every_client_onto_expert_0() -> None:
 
 
 def test_load_balanced_spreads_by_in_round_provisional_load() -> None:
-    # Prepare: usage all 0 (round 1); default w_f=1, w_u=0.5, w_r=0.5, n=3
+    # Prepare: usage all 0 (round 1); the named variant: w_f=1, w_u=0.5, w_r=0.5, n=3
     state = state_with(PILE)
     # Execute
-    out = make_policy("load_balanced").assign(CLIENTS, ONE_EACH, state, rng())
+    out = make_policy("load_balanced_inround").assign(CLIENTS, ONE_EACH, state, rng())
     # Assert, by hand: a: [1, .889, .111] -> 0; m=[1,0,0]
     # b: [1 - 1/6, .111, .889] -> 2; m=[1,0,1];  c: [1 - 1/6, .889, .556 - 1/6] -> 1
     assert out == {"a": [0], "b": [2], "c": [1]}
@@ -86,8 +86,15 @@ def test_load_balanced_spreads_by_current_usage_paper_rule() -> None:
 def test_load_balanced_round_robin_draft_with_budget_two() -> None:
     # a picks 0, b picks 1 (0 now costs 1/4), then a: [-, .9-0.25, .8] -> 2, b: [1-.25, -, .1-.25] -> 0
     state = state_with([[1.0, 0.9, 0.8], [1.0, 0.95, 0.1]], ["a", "b"])
-    out = make_policy("load_balanced").assign(["a", "b"], {"a": 2, "b": 2}, state, rng())
+    out = make_policy("load_balanced", w_r=0.5).assign(["a", "b"], {"a": 2, "b": 2}, state, rng())
     assert out == {"a": [0, 2], "b": [0, 1]}
+
+
+def test_load_balanced_defaults_to_the_paper_rule() -> None:
+    # w_r = 0: with all usage 0 every client takes its own top expert, all on expert 0
+    assert make_policy("load_balanced").w_r == 0.0
+    out = make_policy("load_balanced").assign(CLIENTS, ONE_EACH, state_with(PILE), rng())
+    assert out == {"a": [0], "b": [0], "c": [0]}
 
 
 # ------------------------------------------------------------------------------- optimal
@@ -263,9 +270,24 @@ def test_edge_cases_for_every_policy(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["greedy", "load_balanced", "optimal"])
-def test_ties_go_to_the_lowest_expert_index(name: str) -> None:
+def test_ties_go_to_the_lowest_expert_index_on_request(name: str) -> None:
     state = AlignmentState(["a"], 4, init_fitness=0.25)
-    assert make_policy(name).assign(["a"], {"a": 2}, state, rng()) == {"a": [0, 1]}
+    assert make_policy(name, tie_break="index").assign(["a"], {"a": 2}, state, rng()) == {"a": [0, 1]}
+
+
+@pytest.mark.parametrize("name", ["greedy", "load_balanced", "optimal", "deadline_aware", "systems_aware"])
+def test_initial_ties_are_broken_at_random_from_the_policy_stream(name: str) -> None:
+    # all fitness 0 (round 0): the picks must not pile onto experts 0 and 1
+    clients = [f"c{i}" for i in range(20)]
+    state = AlignmentState(clients, 8)
+    budgets = dict.fromkeys(clients, 2)
+    est = CapacityEstimate(flops_per_s=1e9, memory_bytes=1e9, up_bps=1e7, down_bps=1e7, latency_s=0.0)
+    ctx = AssignContext(dict.fromkeys(clients, est), deadline_s=10.0)
+    out = make_policy(name).assign(clients, budgets, state, np.random.default_rng(1), ctx)
+    assert len({e for es in out.values() for e in es}) >= 6
+    again = make_policy(name).assign(clients, budgets, state, np.random.default_rng(1), ctx)
+    other = make_policy(name).assign(clients, budgets, state, np.random.default_rng(2), ctx)
+    assert again == out and other != out
 
 
 # ---------------------------------------------------------------------- registry, metrics

@@ -46,7 +46,7 @@ def test_every_policy_respects_budgets(inst: tuple[AlignmentState, dict[str, int
             assert es == sorted(set(es))
             assert all(0 <= e < E for e in es)
             assert len(es) <= min(budgets[c], E)
-            if name != "deadline_aware":
+            if name not in ("deadline_aware", "systems_aware"):  # these two may leave budget unused
                 assert len(es) == min(budgets[c], E)  # these policies fill every budget
             else:
                 assert ctx.finish_time(c, es, E) <= ctx.time_limit_s

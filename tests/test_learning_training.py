@@ -150,10 +150,15 @@ def test_fedprox_keeps_weights_closer(data) -> None:
 def test_flops_scale_with_epochs(data) -> None:
     a, b, c = (train_local(_job(data, local_epochs=e)) for e in (1, 2, 3))
     # flops = train/sample * n * epochs + feedback forward (backbone + gate) * n
+    #         + expert-loss forward before training (backbone + gate + the 2 assigned experts) * n
+    from fedsim.learning.accounting import flops_per_sample
+
     per_epoch = b.flops - a.flops
     assert per_epoch > 0 and c.flops - b.flops == pytest.approx(per_epoch)
     feedback = a.flops - per_epoch
-    assert 0 < feedback < per_epoch / 3  # forward only, without experts
+    model, n = MoEClassifier(CFG), len(data[1])
+    fwd = [flops_per_sample(model, CFG.input_shape, experts_active=k, train=False) for k in (0, 2)]
+    assert feedback == pytest.approx((fwd[0] + fwd[1]) * n)
 
 
 def test_sequential_executor_matches_train_local(data) -> None:

@@ -29,6 +29,7 @@ from fedsim.alignment.policies import (
     policy_params,
 )
 from fedsim.alignment.state import AlignmentState, Feedback, loss_reward
+from fedsim.alignment.variants import InRoundBalancedPolicy, SystemsAwarePolicy
 
 __all__ = [
     "POLICIES",
@@ -40,6 +41,8 @@ __all__ = [
     "DeadlineAwarePolicy",
     "Feedback",
     "GreedyPolicy",
+    "InRoundBalancedPolicy",
+    "SystemsAwarePolicy",
     "InfeasibleAssignmentError",
     "LoadBalancedPolicy",
     "OptimalPolicy",

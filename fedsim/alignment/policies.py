@@ -16,9 +16,10 @@ Contract of ``assign`` (all policies):
 - client ``c`` gets at most ``min(budgets[c], E)`` experts (a budget above
   ``E`` is clipped to ``E``); a budget of 0 gives ``[]``;
 - empty ``clients`` gives ``{}`` (``rng`` untouched);
-- ties in a score are broken by the lowest expert index, so every policy but
-  ``random`` is a deterministic function of its inputs, and ``random`` is a
-  deterministic function of its inputs and the ``rng`` state;
+- ties in a score are broken at random from ``rng`` (``tie_break="random"``,
+  the default: with all fitness 0 in round 0 the choice is not coordinated by
+  expert index) or by the lowest expert index (``tie_break="index"``); every
+  policy is a deterministic function of its inputs and the ``rng`` state;
 - sequential policies (``load_balanced``, ``deadline_aware``) visit clients in
   the order given in ``clients``.
 """
@@ -50,6 +51,8 @@ __all__ = [
     "LoadBalancedPolicy",
     "OptimalPolicy",
     "RandomPolicy",
+    "SystemsAwarePolicy",
+    "InRoundBalancedPolicy",
     "expert_load_cv",
     "make_policy",
 ]
@@ -78,6 +81,8 @@ class AssignContext:
             client -> number, or a mapping client -> ``(E,)`` array (the cost
             of expert ``e`` for that client, e.g. proportional to the data the
             gate routes to it).
+        needed: completions the server waits for this round (the round closes
+            at the ``needed``-th upload), or None if unknown.
     """
 
     estimates: Mapping[Hashable, CapacityEstimate]
@@ -87,6 +92,7 @@ class AssignContext:
     bytes_per_expert: float = 0.0
     flops_shared: float | Mapping[Hashable, float] = 0.0
     flops_per_expert: float | Mapping[Hashable, float | np.ndarray] = 0.0
+    needed: int | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.deadline_s) and self.deadline_s > 0):
@@ -133,9 +139,27 @@ def _lookup(m: Mapping[Hashable, Any], client: Hashable, what: str) -> Any:
         raise ValueError(f"AssignContext.{what} has no entry for client {client!r}") from None
 
 
-def _top_k(score: np.ndarray, k: int) -> list[int]:
-    """Indices of the ``k`` largest scores, ties to the lowest index."""
-    return [int(e) for e in np.argsort(-score, kind="stable")[:k]]
+def _top_k(score: np.ndarray, k: int, tie: np.ndarray | None = None) -> list[int]:
+    """Indices of the ``k`` largest scores; ties by ascending ``tie`` key, else the lowest index."""
+    return [int(e) for e in _order(score, tie)[:k]]
+
+
+def _order(score: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
+    """Expert indices by descending ``score``, ties by ascending ``tie`` (then index)."""
+    if tie is None:
+        return np.argsort(-score, kind="stable")
+    return np.lexsort((tie, -score))
+
+
+def _tie_keys(tie_break: str, n: int, E: int, rng: np.random.Generator) -> np.ndarray | None:
+    """One random tie key per (client, expert), shape ``(n, E)``, or None for index ties."""
+    return rng.random((n, E)) if tie_break == "random" else None
+
+
+def _check_tie_break(tie_break: str) -> str:
+    if tie_break not in ("random", "index"):
+        raise ValueError(f'"tie_break" must be "random" or "index", got {tie_break!r}')
+    return tie_break
 
 
 class AlignmentPolicy(ABC):
@@ -222,13 +246,23 @@ class RandomPolicy(AlignmentPolicy):
 
 
 class GreedyPolicy(AlignmentPolicy):
-    """Top-``k_c`` experts by the client's fitness alone (ignores usage and load)."""
+    """Top-``k_c`` experts by the client's fitness alone (ignores usage and load).
+
+    Args:
+        tie_break: ``"random"`` (from ``rng``) or ``"index"`` (lowest index).
+    """
 
     name = "greedy"
 
+    def __init__(self, tie_break: str = "random") -> None:
+        self.tie_break = _check_tie_break(tie_break)
+
     def _assign(self, clients, budgets, state, rng, ctx):
         F = state.fitness_rows(clients)
-        return {c: _top_k(F[i], budgets[c]) for i, c in enumerate(clients)}
+        tie = _tie_keys(self.tie_break, len(clients), state.num_experts, rng)
+        return {
+            c: _top_k(F[i], budgets[c], None if tie is None else tie[i]) for i, c in enumerate(clients)
+        }
 
 
 class LoadBalancedPolicy(AlignmentPolicy):
@@ -244,9 +278,9 @@ class LoadBalancedPolicy(AlignmentPolicy):
     call and ``n = len(clients)``. Assignment is a round-robin draft: in pass
     1 each client (in the order given) takes its most desirable expert, in
     pass 2 its next one, and so on until every budget is used, ``m`` updated
-    after every pick. ``w_r = 0`` gives the paper's rule exactly (top-``k_c`` by
-    current scores, order-independent); the default ``w_r = 0.5`` also spreads
-    clients within a round, which matters in round 1 when all usage is 0.
+    after every pick. ``w_r = 0`` (the default) gives the paper's rule exactly
+    (top-``k_c`` by current scores, order-independent); ``w_r > 0`` also spreads
+    clients within a round (the variant registered as ``load_balanced_inround``).
     Max normalisation (not min-max) keeps fitness ratios: an expert with half
     the client's best fitness scores 0.5.
 
@@ -254,15 +288,19 @@ class LoadBalancedPolicy(AlignmentPolicy):
         w_f: weight of normalised fitness (>= 0).
         w_u: weight of normalised usage (>= 0).
         w_r: weight of in-round provisional load (>= 0).
+        tie_break: ``"random"`` (from ``rng``) or ``"index"`` (lowest index).
     """
 
     name = "load_balanced"
 
-    def __init__(self, w_f: float = 1.0, w_u: float = 0.5, w_r: float = 0.5) -> None:
+    def __init__(
+        self, w_f: float = 1.0, w_u: float = 0.5, w_r: float = 0.0, tie_break: str = "random"
+    ) -> None:
         for n, v in (("w_f", w_f), ("w_u", w_u), ("w_r", w_r)):
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f'"{n}" must be finite and >= 0, got {v}')
         self.w_f, self.w_u, self.w_r = float(w_f), float(w_u), float(w_r)
+        self.tie_break = _check_tie_break(tie_break)
 
     def desirability(
         self,
@@ -299,13 +337,14 @@ class LoadBalancedPolicy(AlignmentPolicy):
         held: dict[Hashable, list[int]] = {c: [] for c in clients}
         active = [c for c in clients if budgets[c] > 0]
         rows = {c: i for i, c in enumerate(clients)}
+        tie = _tie_keys(self.tie_break, n, E, rng)
         while active:
             still = []
             for c in active:
                 score = base[rows[c]] - self.w_r * (m / n)
                 score[held[c]] = -np.inf
                 pick = None
-                for e in np.argsort(-score, kind="stable"):
+                for e in _order(score, None if tie is None else tie[rows[c]]):
                     if not np.isfinite(score[e]):
                         break
                     if self._may_add(c, held[c], int(e), state, ctx):
@@ -339,9 +378,10 @@ class DeadlineAwarePolicy(LoadBalancedPolicy):
     name = "deadline_aware"
 
     def __init__(
-        self, w_f: float = 1.0, w_u: float = 0.5, w_r: float = 0.5, min_k: int = 0
+        self, w_f: float = 1.0, w_u: float = 0.5, w_r: float = 0.0, min_k: int = 0,
+        tie_break: str = "random",
     ) -> None:
-        super().__init__(w_f=w_f, w_u=w_u, w_r=w_r)
+        super().__init__(w_f=w_f, w_u=w_u, w_r=w_r, tie_break=tie_break)
         if int(min_k) != min_k or min_k < 0:
             raise ValueError(f'"min_k" must be an integer >= 0, got {min_k}')
         self.min_k = int(min_k)
@@ -382,6 +422,8 @@ class OptimalPolicy(AlignmentPolicy):
         max_load: most number of clients per expert (>= min_load) or None.
         on_infeasible: ``"raise"`` or ``"relax"``.
         scale: fitness resolution multiplier (fitness is rounded to ``1/scale``).
+        tie_break: ``"random"``: the ``+ e`` term uses a random rank of ``e``
+            per client (a permutation drawn from ``rng``) instead of ``e``.
     """
 
     name = "optimal"
@@ -392,7 +434,9 @@ class OptimalPolicy(AlignmentPolicy):
         max_load: int | None = None,
         on_infeasible: Literal["raise", "relax"] = "raise",
         scale: float = 1e6,
+        tie_break: str = "random",
     ) -> None:
+        self.tie_break = _check_tie_break(tie_break)
         if int(min_load) != min_load or min_load < 0:
             raise ValueError(f'"min_load" must be an integer >= 0, got {min_load}')
         if max_load is not None and (int(max_load) != max_load or max_load < min_load):
@@ -411,8 +455,13 @@ class OptimalPolicy(AlignmentPolicy):
         tries: list[tuple[int, int | None]] = [(self.min_load, self.max_load)]
         if self.on_infeasible == "relax":
             tries += [(0, self.max_load), (0, None)]
+        E = state.num_experts
+        if self.tie_break == "random":
+            tie = np.stack([rng.permutation(E) for _ in clients])
+        else:
+            tie = np.tile(np.arange(E), (len(clients), 1))
         for lo, hi in tries:
-            result = self._solve(clients, budgets, state, lo, hi)
+            result = self._solve(clients, budgets, state, lo, hi, tie)
             if result is not None:
                 self.last_bounds = (lo, hi)
                 return result
@@ -423,7 +472,7 @@ class OptimalPolicy(AlignmentPolicy):
             f'use on_infeasible="relax" or change the bounds'
         )
 
-    def _solve(self, clients, budgets, state, lo, hi):
+    def _solve(self, clients, budgets, state, lo, hi, tie):
         E = state.num_experts
         n = len(clients)
         hi_eff = n if hi is None else min(hi, n)
@@ -444,7 +493,7 @@ class OptimalPolicy(AlignmentPolicy):
                 continue
             G.add_edge(src, ("c", i), capacity=budgets[c], weight=0)
             for j in range(E):
-                G.add_edge(("c", i), ("e", j), capacity=1, weight=int(-F[i, j] * W + j))
+                G.add_edge(("c", i), ("e", j), capacity=1, weight=int(-F[i, j] * W + tie[i, j]))
         try:
             _, flow = nx.network_simplex(G)
         except nx.NetworkXUnfeasible:
@@ -455,9 +504,15 @@ class OptimalPolicy(AlignmentPolicy):
         }
 
 
+# the variants subclass LoadBalancedPolicy, so they are imported once it exists
+from fedsim.alignment.variants import InRoundBalancedPolicy, SystemsAwarePolicy  # noqa: E402
+
 POLICIES: dict[str, type[AlignmentPolicy]] = {
     cls.name: cls
-    for cls in (RandomPolicy, GreedyPolicy, LoadBalancedPolicy, OptimalPolicy, DeadlineAwarePolicy)
+    for cls in (
+        RandomPolicy, GreedyPolicy, LoadBalancedPolicy, OptimalPolicy, DeadlineAwarePolicy,
+        InRoundBalancedPolicy, SystemsAwarePolicy,
+    )
 }
 
 

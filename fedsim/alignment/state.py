@@ -23,8 +23,8 @@ import numpy as np
 
 __all__ = ["AlignmentState", "Feedback", "Reward", "loss_reward"]
 
-Reward = Literal["gate_prob", "loss"]
-_REWARDS: tuple[str, ...] = ("gate_prob", "loss")
+Reward = Literal["gate_prob", "loss", "expert_loss"]
+_REWARDS: tuple[str, ...] = ("gate_prob", "loss", "expert_loss")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class Feedback:
         loss_last: training loss (nats) of the last local step / epoch.
         samples_per_expert: shape ``(E,)``; number of local samples (or tokens)
             routed to each expert during training; 0 for untrained experts.
+        expert_loss: shape ``(E,)``; mean cross-entropy (nats) of each trained
+            expert alone on the client's data, measured on the weights the client
+            received (before it trained them); NaN for the others. Required when
+            the state's reward is ``"expert_loss"``.
     """
 
     mean_gate_prob: np.ndarray | None = None
@@ -48,6 +52,7 @@ class Feedback:
     loss_first: float | None = None
     loss_last: float | None = None
     samples_per_expert: np.ndarray | None = None
+    expert_loss: np.ndarray | None = None
 
 
 def loss_reward(loss_first: float, loss_last: float) -> float:
@@ -89,6 +94,14 @@ class AlignmentState:
       ``samples_per_expert`` over the trained experts (all trained experts get
       ``r`` when ``samples_per_expert`` is None or all zero); its untrained
       experts decay. Clients without feedback decay on all experts.
+    - ``reward="expert_loss"`` (expert-specific): each trained expert ``e`` is
+      updated with reward ``exp(-expert_loss[e])`` in ``(0, 1]`` (1 = the
+      expert as received already classifies the client's data perfectly;
+      ``exp(-ln 10) = 0.1`` = chance on 10 classes); the pairs without
+      interaction this round (untrained experts, and every expert of a client
+      without feedback) decay, as the design paper describes, so an expert the
+      client has not trained for a while loses its standing against the ones
+      it keeps using.
     """
 
     def __init__(
@@ -222,6 +235,17 @@ class AlignmentState:
                 if any(not 0 <= e < E for e in trained):
                     raise ValueError(f"client {cid!r}: trained_experts out of range [0, {E})")
                 if not trained:
+                    continue
+                if self.reward == "expert_loss":
+                    if fb.expert_loss is None:
+                        raise ValueError(f'client {cid!r}: reward "expert_loss" needs expert_loss')
+                    lo = np.asarray(fb.expert_loss, dtype=float)
+                    if lo.shape != (E,) or not np.all(np.isfinite(lo[trained])) or np.any(lo[trained] < 0):
+                        raise ValueError(
+                            f"client {cid!r}: expert_loss must be finite and >= 0 for trained experts, shape ({E},)"
+                        )
+                    reward[r, trained] = np.exp(-lo[trained])
+                    updated[r, trained] = True
                     continue
                 if fb.loss_first is None or fb.loss_last is None:
                     raise ValueError(f'client {cid!r}: reward "loss" needs loss_first, loss_last')

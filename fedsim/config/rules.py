@@ -36,6 +36,8 @@ def check_rules(loaded: LoadedScenario) -> None:
 
     if s.model.top_k > s.model.num_experts:
         fail("model.top_k", f"must be <= model.num_experts ({s.model.num_experts}), got {s.model.top_k}")
+    if not s.model.stem_projection and (s.model.backbone != "mlp" or s.model.stem_layers):
+        fail("model.stem_projection", "false needs backbone mlp and stem_layers 0 (no shared layer at all)")
     if not s.model.feature_layer and s.model.backbone != "mlp":
         fail("model.feature_layer", f"false needs backbone mlp, got {s.model.backbone!r}")
     if s.model.backbone == "cnn" and s.data.dataset == "synthetic":

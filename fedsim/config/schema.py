@@ -12,7 +12,7 @@ Units are in the key names: ``_s`` seconds, ``_bps`` bits per second,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -178,13 +178,15 @@ class DataConfig(_Strict):
 
     dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "synthetic"] = Field("digits", description='digits (bundled, no files), mnist / fashion_mnist (IDX), cifar10 (python batches), synthetic (Gaussian clusters).')
     dir: str | None = Field(None, description="Dataset directory (relative to the scenario file); required except for digits and synthetic.")
-    partition: Literal["iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew"] = Field("dirichlet", description='How the training pool is split across clients (non-IID schemes: dirichlet, noniid_tau, label_clusters, quantity_skew).')
+    partition: Literal["iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew", "domain_skew"] = Field("dirichlet", description='How the training pool is split across clients (non-IID schemes: dirichlet, noniid_tau, label_clusters, quantity_skew, domain_skew).')
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (dirichlet, quantity_skew).")
     tau: float = Field(0.3, ge=0, le=1, description="non-IID(tau): skew of noniid_tau (see tau_definition).")
     tau_definition: Literal["outside_share", "paper_table"] = Field("outside_share", description="noniid_tau: outside_share gives the dominant class 1 - tau of a client's data; paper_table gives it 1 / (1 + tau) (fits the NMoE paper's Table I local accuracies).")
     clusters: int = Field(4, ge=1, description="label_clusters: number of client groups.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each client's data held out as its own test split.")
     max_train_samples: int | None = Field(None, ge=10, description="Cap on the training pool size (for quick runs).")
+    group_shares: list[Annotated[float, Field(gt=0, le=1)]] = Field([0.40, 0.25, 0.15, 0.12, 0.08], min_length=1, max_length=64, description="domain_skew: share of the clients in each group (largest group on the most often online clients).")
+    domain_transform: Literal["permute", "rotate"] = Field("permute", description="domain_skew: each group's fixed input transform (a pixel permutation, or a rotation / mirror).")
     synthetic_samples: int = Field(2000, ge=10, le=10_000_000, description="synthetic: samples generated (train + test pool); a city-scale population needs a few per client.")
 
 
@@ -200,6 +202,10 @@ class ModelConfig(_Strict):
     feature_layer: bool = Field(True, description="mlp backbone ends in a projection to feature_dim (false: the last hidden layer, width `hidden`, is the feature; feature_dim is then unused).")
     gate_noise_std: float = Field(0.0, ge=0, description='Std of Gaussian noise added to gate logits during training.')
     aux_loss_weight: float = Field(0.01, ge=0, description="Switch-style load-balancing loss weight.")
+    stem_layers: int | None = Field(None, ge=0, le=8, description="Hidden layers of the shared stem (mlp: of width hidden; cnn: conv blocks); null: 1 for mlp, 2 for cnn.")
+    expert_layers: int = Field(1, ge=1, le=8, description="Hidden layers of expert_hidden units in each expert.")
+    stem_projection: bool = Field(True, description="mlp with stem_layers 0: false drops the shared projection, so gate and experts read the flattened input (feature_dim is then ignored).")
+    gate_weights: Literal["renormalised", "softmax"] = Field("renormalised", description="Top-k weights: renormalised over the chosen experts, or the unnormalised softmax over all experts (Switch; the gate learns across experts).")
 
 
 class TrainingConfig(_Strict):
@@ -291,15 +297,16 @@ class CapacityConfig(_Strict):
 class AlignmentConfig(_Strict):
     """``alignment``: client-expert alignment state and policy."""
 
-    policy: str = Field("load_balanced", description="random, greedy, load_balanced, optimal, deadline_aware.")
+    policy: str = Field("load_balanced", description="random, greedy, load_balanced, load_balanced_inround, optimal, deadline_aware, systems_aware.")
     w_f: float = Field(1.0, ge=0, description="load_balanced / deadline_aware: weight of normalised fitness.")
     w_u: float = Field(0.5, ge=0, description="load_balanced / deadline_aware: weight of normalised usage (penalty).")
-    w_r: float = Field(0.5, ge=0, description="load_balanced / deadline_aware: weight of the in-round load (0 = the paper's rule).")
+    w_r: float = Field(0.0, ge=0, le=100, description="load_balanced / deadline_aware: weight of the in-round load (0 = the paper's rule; load_balanced_inround uses 0.5).")
+    w_t: float = Field(1.0, ge=0, le=100, description="systems_aware: weight of an expert's predicted extra round time (per deadline).")
     min_load: int = Field(0, ge=0, description="optimal: fewest clients per expert each round.")
     max_load: int | None = Field(None, ge=1, description="optimal: most clients per expert each round (null: unbounded).")
     on_infeasible: Literal["raise", "relax"] = Field("relax", description="optimal: when load bounds cannot be met, fail or drop them.")
     min_k: int = Field(0, ge=0, description="deadline_aware: experts given regardless of predicted time.")
-    reward: Literal["gate_prob", "loss"] = Field("gate_prob", description="Fitness reward: the gate's mean routing probability (all experts) or loss reduction (trained experts).")
+    reward: Literal["gate_prob", "loss", "expert_loss"] = Field("gate_prob", description="Fitness reward: the gate's mean routing probability (all experts), loss reduction (trained experts), or exp(-loss) of each trained expert alone on the client's data before training (expert-specific).")
     fitness_ema: float = Field(0.3, gt=0, le=1, description='Weight of a new reward in the fitness EMA.')
     fitness_decay: float = Field(0.95, gt=0, le=1, description='Per-round decay of fitness for pairs without feedback.')
     usage_decay: float = Field(0.9, ge=0, le=1, description='Per-round decay of expert usage (U <- decay x U + load).')

@@ -91,6 +91,10 @@ _ROUNDS = TableSchema("rounds", "one row per round (nmoe: per training-stage rou
     _c("accuracy", "float", "1", "global test accuracy (NaN when not evaluated)"),
     _c("f1", "float", "1", "global test macro-F1"),
     _c("auc", "float", "1", "global test macro AUC"),
+    _c("accuracy_client", "float", "1", "fedmoe: per-client inference (own best experts by fitness, own test split), test-sample-weighted mean", False),
+    _c("accuracy_client_rare", "float", "1", "fedmoe: accuracy_client over the clients of the two rarest groups (domain_skew)", False),
+    _c("accuracy_rare", "float", "1", "fedmoe: global-gate accuracy on the test samples of the two rarest groups (domain_skew)", False),
+    _c("routing_nmi", "float", "1", "fedmoe: NMI between a test sample's group and the global gate's first expert (domain_skew)", False),
     _c("selected", "int", "1", "clients selected"),
     _c("completed", "int", "1", "clients whose upload arrived"),
     _c("stragglers", "int", "1", "clients cut by the deadline"),
@@ -225,6 +229,7 @@ _PERSONAL = TableSchema("personal", "each client's personalised accuracy on its 
     _c("accuracy", "float", "1", "accuracy on its own test split"),
     _c("num_test", "int", "1", "test samples"),
     _c("num_train", "int", "1", "training samples"),
+    _c("group", "int", "1", "domain_skew: the client's group (-1 for other partitions)", False),
 ), ("fedmoe",))
 
 _REQUESTS = TableSchema("requests", "one row per nmoe inference request", (

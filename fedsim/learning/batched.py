@@ -60,6 +60,7 @@ from fedsim.learning.training import (
     Update,
     _empty_model,
     _kept_key,
+    job_expert_losses,
     job_experts,
     job_flops,
 )
@@ -150,7 +151,9 @@ class BatchedExecutor(Executor):
             model = _empty_model(cfg).to(device)
             sk = _Skeleton(
                 _DenseMoE(model), _GateProbs(model), [k for k, _ in model.named_parameters()],
-                batchable=not any(True for _ in model.buffers()) and (cfg.backbone == "mlp" or self.batch_conv),
+                # the dense step mirrors renormalised top-k weights and one-hidden-layer experts only
+                batchable=not any(True for _ in model.buffers()) and (cfg.backbone == "mlp" or self.batch_conv)
+                and cfg.gate_weights == "renormalised" and cfg.expert_layers == 1 and cfg.stem_projection,
             )
             self._skeletons[key] = sk
         return sk
@@ -392,5 +395,6 @@ class BatchedExecutor(Executor):
                 loss_last=float(lv[last:].sum() / n[c]),
                 flops=job_flops(job, len(experts[c])),
                 num_steps=steps[c],
+                expert_loss=job_expert_losses(job),
             )
         return [u for u in ups if u is not None]

@@ -15,6 +15,23 @@ experts can run. The load-balancing loss is the Switch Transformer's
 top-k assignments routed to e and ``P_e`` the mean gate probability of e
 (1.0 when perfectly balanced).
 
+Stem / expert split: the backbone is the shared *stem* (``widths`` may be empty:
+then the MLP stem is one projection), and each expert is an MLP head with
+``expert_layers`` hidden layers of ``expert_hidden`` units, so widening and
+deepening the experts against a thin stem puts most parameters in the experts
+(:func:`parameter_split` reports the shares).
+
+Gate weights (``gate_weights``): ``"renormalised"`` combines the top-k experts
+with their probabilities renormalised over the top-k (and, with an expert mask,
+over the allowed experts): with ``top_k=1`` the weight is always 1 and the
+gate gets no gradient from the task loss. ``"softmax"`` (Switch Transformer,
+Fedus et al. 2022, JMLR 23(120), Sec. 2.1) takes the softmax over *all* E
+experts, picks the top-k among the allowed ones and weights each chosen
+expert's output by its *unnormalised* probability; the gradient of the task
+loss then reaches every expert's gate logit through the softmax normaliser, so
+a client holding experts {a, b} teaches the gate that its kind of data belongs
+to a or b rather than to any of the other E - 2 experts.
+
 Gate noise (``gate_noise_std``, added to the gate logits in training mode) is
 drawn only from a ``torch.Generator`` passed to ``forward``; without one there
 is no noise, so nothing ever touches the global torch RNG.
@@ -38,7 +55,11 @@ __all__ = [
     "expert_keys",
     "shared_keys",
     "expert_index",
+    "parameter_split",
+    "GATE_WEIGHTS",
 ]
+
+GATE_WEIGHTS = ("renormalised", "softmax")
 
 
 @dataclass(frozen=True)
@@ -51,17 +72,22 @@ class MoEConfig:
     ``"resnet18"`` (CIFAR ResNet-18, ``widths`` ignored). Every backbone ends in a
     linear projection to ``feature_dim`` followed by ReLU.
     ``num_experts`` E, ``top_k`` experts per sample, ``expert_hidden`` the hidden
-    width of each expert MLP head (0: a linear expert head, ``fc2`` only).
-    ``feature_layer`` False drops the mlp backbone's final projection, so the
-    last hidden layer is the feature (then ``feature_dim`` must equal
+    width of each expert MLP head (0: a linear expert head, ``fc2`` only),
+    ``expert_layers`` its number of hidden layers (>= 1; ignored for a linear
+    head). ``feature_layer`` False drops the mlp backbone's final projection, so
+    the last hidden layer is the feature (then ``feature_dim`` must equal
     ``widths[-1]``): with one linear expert, an MLP 784-128-10 is exactly
     ``MoEConfig((784,), 10, widths=(128,), feature_dim=128, num_experts=1,
     expert_hidden=0, feature_layer=False)`` (plus a 128 -> 1 gate).
-    ``aux_loss_weight`` is used by training.
+    ``stem_projection`` False (MLP, no hidden widths): no shared layer at all,
+    the gate and the experts read the flattened input (``feature_dim`` must
+    equal its size). ``gate_weights``: ``"renormalised"`` or ``"softmax"`` (see
+    the module docstring). ``aux_loss_weight`` is used by training.
     ``top1_gate_prob``: at ``top_k = 1`` weight the chosen expert by its gate
     probability instead of the renormalised 1 (Switch Transformer, Fedus et
     al. 2021), so the task loss reaches the gate; otherwise only the auxiliary
-    loss trains a top-1 gate.
+    loss trains a top-1 gate (``gate_weights="softmax"`` does this for any k,
+    with the probability taken over all experts even under a mask).
     """
 
     input_shape: tuple[int, ...]
@@ -75,6 +101,9 @@ class MoEConfig:
     gate_noise_std: float = 0.0
     aux_loss_weight: float = 0.01
     feature_layer: bool = True
+    expert_layers: int = 1
+    gate_weights: str = "renormalised"
+    stem_projection: bool = True
     top1_gate_prob: bool = False
 
     def __post_init__(self) -> None:
@@ -82,6 +111,17 @@ class MoEConfig:
             raise ValueError('"feature_layer" False needs backbone "mlp" and feature_dim == widths[-1]')
         if self.expert_hidden < 0:
             raise ValueError('"expert_hidden" must be >= 0 (0: a linear expert head)')
+        if not self.stem_projection and (
+            self.backbone != "mlp" or self.widths or self.feature_dim != math.prod(self.input_shape)
+        ):
+            raise ValueError(
+                '"stem_projection" False needs backbone "mlp", no hidden widths and '
+                "feature_dim = the flattened input size"
+            )
+        if self.expert_layers < 1:
+            raise ValueError('"expert_layers" must be >= 1')
+        if self.gate_weights not in GATE_WEIGHTS:
+            raise ValueError(f'"gate_weights" must be one of {", ".join(GATE_WEIGHTS)}')
         if self.backbone not in ("mlp", "cnn", "resnet18"):
             raise ValueError('"backbone" must be "mlp", "cnn" or "resnet18"')
         if self.num_experts < 1:
@@ -112,6 +152,8 @@ class MoEOutput(NamedTuple):
 def _mlp_backbone(cfg: MoEConfig) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(cfg.input_shape)
+    if not cfg.stem_projection:  # no shared layer: gate and experts read the flattened input
+        return nn.Sequential(*layers)
     for w in cfg.widths:
         layers += [nn.Linear(width, w), nn.ReLU()]
         width = w
@@ -182,18 +224,25 @@ def _resnet18_backbone(cfg: MoEConfig) -> nn.Sequential:
 
 
 class Expert(nn.Module):
-    """An expert: MLP head feature_dim -> expert_hidden -> num_classes, or the
-    linear head feature_dim -> num_classes (``fc2`` only) when expert_hidden is 0."""
+    """An expert: MLP head feature_dim -> expert_hidden (x ``expert_layers``) ->
+    num_classes, or the linear head feature_dim -> num_classes (``fc2`` only)
+    when expert_hidden is 0."""
 
     def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
         hidden = cfg.expert_hidden
         self.fc1: nn.Module = nn.Linear(cfg.feature_dim, hidden) if hidden else nn.Identity()
         self.act: nn.Module = nn.ReLU() if hidden else nn.Identity()
+        self.hidden = nn.ModuleList(
+            nn.Linear(hidden, hidden) for _ in range((cfg.expert_layers - 1) if hidden else 0)
+        )
         self.fc2 = nn.Linear(hidden or cfg.feature_dim, cfg.num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(h)))
+        z = self.act(self.fc1(h))
+        for layer in self.hidden:
+            z = self.act(layer(z))
+        return self.fc2(z)
 
 
 class MoEClassifier(nn.Module):
@@ -217,8 +266,10 @@ class MoEClassifier(nn.Module):
         expert_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Gate probabilities (N, E) after masking, top-k indices (N, k) and
-        their renormalised weights (N, k)."""
+        """Gate probabilities (N, E), top-k indices (N, k) among the allowed
+        experts and their weights (N, k): renormalised over the top-k, or the
+        unmasked softmax probabilities with ``gate_weights="softmax"`` (whose
+        ``probs`` are then the unmasked softmax over all E experts)."""
         logits = self.gate(h)
         if self.training and self.cfg.gate_noise_std > 0 and generator is not None:
             noise = torch.randn(logits.shape, generator=generator, dtype=logits.dtype)
@@ -229,9 +280,16 @@ class MoEClassifier(nn.Module):
             allowed = int(expert_mask.sum())
             if allowed == 0:
                 raise ValueError('"expert_mask" must allow at least one expert')
-            logits = logits.masked_fill(~expert_mask, float("-inf"))
             k = min(k, allowed)
+            if self.cfg.gate_weights == "softmax":
+                probs = F.softmax(logits, dim=-1)
+                top_idx = probs.masked_fill(~expert_mask, -1.0).topk(k, dim=-1).indices
+                return probs, top_idx, probs.gather(1, top_idx)
+            logits = logits.masked_fill(~expert_mask, float("-inf"))
         probs = F.softmax(logits, dim=-1)
+        if self.cfg.gate_weights == "softmax":
+            top_w, top_idx = probs.topk(k, dim=-1)
+            return probs, top_idx, top_w
         top_w, top_idx = probs.topk(k, dim=-1)
         if not (self.cfg.top1_gate_prob and k == 1):
             top_w = top_w / top_w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -277,6 +335,17 @@ def expert_keys(state: dict[str, torch.Tensor] | list[str], e: int) -> list[str]
 def shared_keys(state: dict[str, torch.Tensor] | list[str]) -> list[str]:
     """Keys of everything but the experts: backbone and gate (parameters and buffers)."""
     return [k for k in state if not k.startswith("experts.")]
+
+
+def parameter_split(model: nn.Module) -> dict[str, int]:
+    """Parameter counts of ``model``'s stem (``backbone.*``), ``gate.*`` and all
+    ``experts.*`` together: ``{"stem", "gate", "experts", "total"}``."""
+    out = {"stem": 0, "gate": 0, "experts": 0}
+    for name, p in model.named_parameters():
+        part = "experts" if name.startswith("experts.") else "gate" if name.startswith("gate.") else "stem"
+        out[part] += p.numel()
+    out["total"] = sum(out.values())
+    return out
 
 
 def expert_index(key: str) -> int | None:

@@ -31,28 +31,56 @@ Schemes:
   ``Dirichlet(alpha)`` draw (``size_dist="dirichlet"``) or a lognormal with
   ``sigma`` (``size_dist="lognormal"``); every client gets at least
   ``min_size`` samples.
+- ``"domain_skew"`` (feature / domain skew; the setting of the federated-MoE
+  design paper's Fig. 3, "the data on each client are uniquely suited to a
+  specific expert"): IID labels, equal shares of the pool, and clients split
+  into ``len(group_shares)`` groups of unequal sizes (``group_shares``, e.g.
+  0.40/0.25/0.15/0.12/0.08 of the clients, largest-remainder rounding, at least
+  one client per group). Clients are taken in ``client_order`` (default
+  0..n-1): the first ``shares[0]`` of them form group 0, and so on, so a caller
+  that orders clients by availability makes the largest group the most often
+  online. Each group's inputs go through its own fixed transform
+  (:func:`domain_transform`), applied by the caller to the client's samples:
+  the transform, not the labels, says which expert a client's data suits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["ClientSplit", "partition", "label_histograms", "PARTITION_SCHEMES", "TAU_DEFINITIONS"]
+__all__ = [
+    "ClientSplit",
+    "partition",
+    "label_histograms",
+    "domain_transform",
+    "group_sizes",
+    "PARTITION_SCHEMES",
+    "DOMAIN_TRANSFORMS",
+    "TAU_DEFINITIONS",
+]
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew")
+PARTITION_SCHEMES = (
+    "iid", "dirichlet", "noniid_tau", "label_clusters", "quantity_skew", "domain_skew"
+)
+DOMAIN_TRANSFORMS = ("permute", "rotate")
 #: Readings of non-IID(tau): the dominant class's share is ``1 - tau`` or ``1 / (1 + tau)``.
 TAU_DEFINITIONS = ("outside_share", "paper_table")
 
 
 @dataclass(frozen=True)
 class ClientSplit:
-    """One client's data: int64 indices into the training pool."""
+    """One client's data: int64 indices into the training pool.
+
+    ``group``: the client's group under ``domain_skew`` (which input transform
+    its data went through), -1 for the other schemes.
+    """
 
     client_id: int
     train_idx: np.ndarray
     test_idx: np.ndarray
+    group: int = -1
 
     @property
     def all_idx(self) -> np.ndarray:
@@ -80,6 +108,8 @@ def partition(
     size_dist: str = "dirichlet",
     sigma: float = 1.0,
     min_size: int = 2,
+    group_shares: tuple[float, ...] = (0.40, 0.25, 0.15, 0.12, 0.08),
+    client_order: list[int] | None = None,
     tau_definition: str = "outside_share",
 ) -> list[ClientSplit]:
     """Split the pool with ``labels`` among ``num_clients`` clients (see module docstring)."""
@@ -112,6 +142,13 @@ def partition(
         groups = _label_clusters(labels, num_clients, c, clusters, rng)
     elif scheme == "quantity_skew":
         groups = _quantity_skew(n, num_clients, alpha, size_dist, sigma, min_size, rng)
+    elif scheme == "domain_skew":
+        member = _domain_groups(num_clients, group_shares, client_order)
+        groups = np.array_split(rng.permutation(n), num_clients)
+        return [
+            replace(_carve(i, np.asarray(g, dtype=np.int64), test_fraction, rng), group=int(member[i]))
+            for i, g in enumerate(groups)
+        ]
     else:
         raise ValueError(
             f'unknown partition scheme "{scheme}"; expected one of {", ".join(PARTITION_SCHEMES)}'
@@ -221,3 +258,81 @@ def _quantity_skew(
     sizes = min_size + np.floor(props * (n - k * min_size)).astype(int)
     cuts = np.cumsum(sizes)[:-1]
     return list(np.split(rng.permutation(n)[: sizes.sum()], cuts))
+
+
+def group_sizes(num_clients: int, shares: tuple[float, ...] | list[float]) -> np.ndarray:
+    """Clients per group, shape ``(len(shares),)``: ``shares`` (normalised) of
+    ``num_clients`` by largest-remainder rounding, at least one client per group.
+
+    Raises:
+        ValueError: a share is not > 0, or there are more groups than clients.
+    """
+    w = np.asarray(shares, dtype=float)
+    if w.ndim != 1 or len(w) < 1 or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError('"group_shares" must be a non-empty list of numbers > 0')
+    if len(w) > num_clients:
+        raise ValueError(f'{len(w)} groups need at least as many clients, got {num_clients}')
+    exact = w / w.sum() * num_clients
+    sizes = np.floor(exact).astype(int)
+    rest = num_clients - int(sizes.sum())
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    sizes[order[:rest]] += 1
+    for g in np.flatnonzero(sizes == 0):  # every group gets a client, taken from the largest
+        sizes[int(np.argmax(sizes))] -= 1
+        sizes[g] = 1
+    return sizes
+
+
+def _domain_groups(
+    num_clients: int, shares: tuple[float, ...], client_order: list[int] | None
+) -> np.ndarray:
+    """Group of each client (index = client), groups filled in ``client_order``."""
+    order = list(range(num_clients)) if client_order is None else [int(c) for c in client_order]
+    if sorted(order) != list(range(num_clients)):
+        raise ValueError('"client_order" must be a permutation of the client indices')
+    sizes = group_sizes(num_clients, shares)
+    member = np.empty(num_clients, dtype=np.int64)
+    member[order] = np.repeat(np.arange(len(sizes)), sizes)
+    return member
+
+
+def domain_transform(x: np.ndarray | object, group: int, kind: str = "permute", seed: int = 0):  # noqa: ANN201
+    """Group ``group``'s fixed input transform of a batch ``x`` (tensor or array, ``(N, ...)``).
+
+    ``kind="permute"``: a fixed permutation of the input features (pixels) drawn
+    from ``numpy.random.default_rng([seed, group])``; group 0 is the identity
+    (the "permuted MNIST" domains of continual learning, Goodfellow et al. 2013,
+    arXiv:1312.6211). ``kind="rotate"``: images ``(N, C, H, W)`` with H == W are
+    rotated by ``90 * (group mod 4)`` degrees and, for groups 4-7, also
+    transposed (mirrored), so up to 8 groups get distinct transforms. The same
+    ``(group, kind, seed)`` always gives the same transform. Returns the same
+    type and shape as ``x``.
+
+    Raises:
+        ValueError: unknown ``kind``, negative ``group``, or ``rotate`` on
+            non-square images or more than 8 groups.
+    """
+    import torch
+
+    if group < 0:
+        raise ValueError('"group" must be >= 0')
+    t = torch.as_tensor(x)
+    if kind == "permute":
+        if group == 0:
+            out = t.clone()
+        else:
+            d = int(np.prod(t.shape[1:]))
+            perm = torch.as_tensor(np.random.default_rng([int(seed), int(group)]).permutation(d))
+            out = t.reshape(t.shape[0], d)[:, perm].reshape(t.shape)
+    elif kind == "rotate":
+        if t.ndim != 4 or t.shape[-1] != t.shape[-2]:
+            raise ValueError('"rotate" needs square images (N, C, H, W)')
+        if group >= 8:
+            raise ValueError('"rotate" has 8 distinct transforms; use "permute" for more groups')
+        out = torch.rot90(t, k=group % 4, dims=(-2, -1))
+        if group >= 4:
+            out = out.transpose(-2, -1)
+        out = out.contiguous()
+    else:
+        raise ValueError(f'unknown domain transform "{kind}"; expected one of {", ".join(DOMAIN_TRANSFORMS)}')
+    return out if isinstance(x, torch.Tensor) else out.numpy()

@@ -29,7 +29,10 @@ import torch.nn.functional as F
 from fedsim.learning.accounting import flops_per_sample
 from fedsim.learning.models import MoEClassifier, MoEConfig, expert_index
 
-__all__ = ["TrainConfig", "TrainJob", "Update", "train_local", "build_model", "init_state", "job_experts", "job_flops"]
+__all__ = [
+    "TrainConfig", "TrainJob", "Update", "train_local", "build_model", "init_state", "job_experts", "job_flops",
+    "job_expert_losses",
+]
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,23 @@ class Update:
     loss_last: float
     flops: float
     num_steps: int
+    expert_loss: np.ndarray | None = None
+
+
+def _expert_losses(model: MoEClassifier, x: torch.Tensor, y: torch.Tensor, experts: list[int]) -> np.ndarray:
+    """Mean cross-entropy (nats) of each expert in ``experts`` alone on ``(x, y)``, shape (E,), NaN elsewhere."""
+    out = np.full(model.cfg.num_experts, np.nan)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        tot = np.zeros(len(experts))
+        for s in range(0, len(y), 1024):
+            h = model.features(x[s : s + 1024])
+            for i, e in enumerate(experts):
+                tot[i] += float(F.cross_entropy(model.experts[e](h), y[s : s + 1024], reduction="sum"))
+    out[experts] = tot / len(y)
+    model.train(was_training)
+    return out
 
 
 def _empty_model(cfg: MoEConfig) -> MoEClassifier:
@@ -154,12 +174,13 @@ def init_state(cfg: MoEConfig, seed: int) -> dict[str, torch.Tensor]:
 
 
 @lru_cache(maxsize=64)
-def _job_flops_per_sample(cfg: MoEConfig, k: int) -> tuple[float, float]:
-    """(train FLOPs per sample with k experts, forward FLOPs of backbone + gate per sample)."""
+def _job_flops_per_sample(cfg: MoEConfig, k: int, forward_experts: bool = False) -> tuple[float, float]:
+    """(train FLOPs per sample with k experts, forward FLOPs per sample of backbone
+    + gate, or of backbone + gate + k experts with ``forward_experts``)."""
     model = build_model(cfg)
     return (
         flops_per_sample(model, cfg.input_shape, experts_active=k, train=True),
-        flops_per_sample(model, cfg.input_shape, experts_active=0, train=False),
+        flops_per_sample(model, cfg.input_shape, experts_active=k if forward_experts else 0, train=False),
     )
 
 
@@ -181,10 +202,20 @@ def job_experts(job: TrainJob) -> list[int]:
 
 
 def job_flops(job: TrainJob, num_experts_assigned: int) -> float:
-    """FLOPs of the whole job: training over ``local_epochs`` plus the feedback pass."""
+    """FLOPs of the whole job: training over ``local_epochs``, the feedback pass
+    (backbone + gate) and the expert-loss pass (backbone + gate + the assigned experts)."""
     cfg, n = job.model_config, int(job.y.shape[0])
     train_fps, fwd_shared = _job_flops_per_sample(cfg, min(cfg.top_k, num_experts_assigned))
-    return float(train_fps * n * job.train.local_epochs + fwd_shared * n)
+    _, fwd_experts = _job_flops_per_sample(cfg, num_experts_assigned, forward_experts=True)
+    return float(train_fps * n * job.train.local_epochs + fwd_shared * n + fwd_experts * n)
+
+
+def job_expert_losses(job: TrainJob) -> np.ndarray:
+    """``Update.expert_loss`` of ``job``: each assigned expert's mean cross-entropy (nats) alone
+    on the job's data with the weights as received, shape (E,), NaN elsewhere (for executors
+    that do not run :func:`train_local`)."""
+    model = build_model(job.model_config, job.global_state).to(job.train.device)
+    return _expert_losses(model, job.x.to(job.train.device), job.y.to(job.train.device), job_experts(job))
 
 
 def _kept_key(key: str, experts: list[int], train_shared: bool) -> bool:
@@ -232,6 +263,7 @@ def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
     if not tc.train_shared:
         model.backbone.eval()
     x, y = job.x.to(tc.device), job.y.to(tc.device)
+    expert_loss = _expert_losses(model, x, y, experts)
     steps, loss_first, loss_last = 0, float("nan"), float("nan")
     samples_per_expert = np.zeros(e_total, dtype=np.int64)
     for epoch in range(tc.local_epochs):
@@ -283,4 +315,5 @@ def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
         loss_last=loss_last,
         flops=float(flops),
         num_steps=steps,
+        expert_loss=expert_loss,
     )

@@ -310,9 +310,13 @@ class Protocol:
             return float(np.mean(xs)) if xs else math.nan
 
         m = st.metrics
+        from fedsim.engine.tables import TABLES
+
+        # metrics beyond accuracy / F1 / AUC (fedmoe: both inferences, routing NMI) that the table declares
+        more = {k: v for k, v in m.items() if k not in ("accuracy", "f1", "auc") and k in TABLES["rounds"].names}
         self.record_rounds_row(
             round=st.round, t_start_s=st.t_start_s, t_end_s=st.t_end_s, duration_s=st.t_end_s - st.t_start_s,
-            accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"],
+            accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], **more,
             selected=len(st.selected), completed=count["completed"], stragglers=count["straggler"],
             dropouts=count["dropout"], ooms=count["oom"], skipped=count["skipped"],
             bytes_up=float(sum(o.bytes_up for o in outs)), bytes_down=float(sum(o.bytes_down for o in outs)),

@@ -75,7 +75,8 @@ class FedMoE(Protocol):
         w, s, cfg = self.world, self.s, self.cfg
         estimates = {c: self.estimator.estimate(c) for c in selected}
         budgets = {c: self.budget(c, estimates[c]) for c in selected}
-        ctx = self.acct.assign_context(estimates, cfg.deadline_s, s.alignment.capacity.safety_margin, {c: w.num_samples(c) for c in selected})
+        needed = min(cfg.min_completions or cfg.clients_per_round, len(selected))
+        ctx = self.acct.assign_context(estimates, cfg.deadline_s, s.alignment.capacity.safety_margin, {c: w.num_samples(c) for c in selected}, needed)
         return self.policy.assign(selected, budgets, self.align, self.rng_policy, ctx)
 
     def round_deadline_s(self) -> float:
@@ -95,8 +96,14 @@ class FedMoE(Protocol):
         return float(self.cfg.round_interval_s)
 
     def evaluate(self, r: int) -> dict[str, float]:
-        """Accuracy / F1 / AUC of the global state on the global test set."""
-        return self.world.evaluate(self.model, self.global_state)
+        """Accuracy / F1 / AUC of the global state on the global test set (global gate), and
+        the per-client inference with each client's best experts by fitness, the rare
+        groups' accuracies and the group-to-expert NMI of test routing
+        (:func:`fedsim.learning.routing.alignment_metrics`)."""
+        w = self.world
+        m = dict(w.evaluate(self.model, self.global_state))
+        m.update(w.evaluate_alignment(self.model, self.global_state, np.asarray(self.align.fitness_rows(w.clients))))
+        return m
 
     def on_end(self) -> None:
         """Record each client's personalised accuracy (table ``personal``)."""
@@ -220,6 +227,7 @@ class FedMoE(Protocol):
                 loss_first=float(u.loss_first),
                 loss_last=float(u.loss_last),
                 samples_per_expert=np.asarray(u.samples_per_expert, dtype=float),
+                expert_loss=None if u.expert_loss is None else np.asarray(u.expert_loss, dtype=float),
             )
             for u in good
         }

@@ -1,0 +1,111 @@
+"""Two more alignment policies built on :class:`LoadBalancedPolicy`.
+
+- ``load_balanced_inround`` keeps the in-round provisional-load term of the
+  earlier default (``w_r = 0.5``) as a named variant of the paper's rule.
+- ``systems_aware`` (beyond the design paper, which names channel-aware
+  alignment as the next step): uses only the server's *estimates* of each
+  client's rates and compute (:class:`~fedsim.alignment.policies.AssignContext`)
+  to decide who trains, how many experts and which.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedsim.alignment.policies import LoadBalancedPolicy, _order, _tie_keys
+
+__all__ = ["InRoundBalancedPolicy", "SystemsAwarePolicy"]
+
+
+class InRoundBalancedPolicy(LoadBalancedPolicy):
+    """``load_balanced`` with the in-round load term on: ``w_r = w_r_inround`` (default 0.5).
+
+    Args:
+        w_f, w_u, tie_break: as in :class:`LoadBalancedPolicy`.
+        w_r_inround: weight of the in-round provisional load (>= 0).
+    """
+
+    name = "load_balanced_inround"
+
+    def __init__(
+        self, w_f: float = 1.0, w_u: float = 0.5, w_r_inround: float = 0.5, tie_break: str = "random"
+    ) -> None:
+        super().__init__(w_f=w_f, w_u=w_u, w_r=w_r_inround, tie_break=tie_break)
+
+
+class SystemsAwarePolicy(LoadBalancedPolicy):
+    """Fitness, usage and predicted finish time, from the server's estimates only.
+
+    With ``T = ctx.time_limit_s`` and ``t_c(S)`` the predicted round time of
+    client ``c`` training the expert set ``S`` (:meth:`AssignContext.finish_time`:
+    estimated latency, downlink and uplink rates and FLOP rate):
+
+    1. *who*: a client whose ``t_c({e})`` exceeds ``T`` for every expert gets
+       ``[]`` (it would be a straggler: its bytes would be wasted). When the
+       round closes at the ``ctx.needed``-th upload, only the ``needed``
+       clients with the smallest one-expert prediction are dispatched; the
+       others would be cut off at the close, so they get ``[]`` too.
+    2. *which and how many*: each kept client takes its most desirable expert
+       (the paper's desirability ``w_f * F/max F - w_u * U/max U``), then adds
+       the next one while it still finishes by ``T`` and its desirability
+       exceeds the time it costs, ``w_t * (t_c(S + e) - t_c(S)) / T``.
+
+    It therefore changes bytes (no payload to predicted stragglers, fewer
+    experts on slow links) and round time (slow clients left out), not only
+    which experts are trained. Needs ``ctx``.
+
+    Args:
+        w_f, w_u, tie_break: as in :class:`LoadBalancedPolicy` (``w_r = 0``).
+        w_t: weight of the predicted extra time of one more expert (>= 0).
+    """
+
+    name = "systems_aware"
+
+    def __init__(
+        self, w_f: float = 1.0, w_u: float = 0.5, w_t: float = 1.0, tie_break: str = "random"
+    ) -> None:
+        super().__init__(w_f=w_f, w_u=w_u, w_r=0.0, tie_break=tie_break)
+        if not (math.isfinite(w_t) and w_t >= 0):
+            raise ValueError(f'"w_t" must be finite and >= 0, got {w_t}')
+        self.w_t = float(w_t)
+
+    def _assign(self, clients, budgets, state, rng, ctx):
+        if ctx is None:
+            raise ValueError('policy "systems_aware" needs an AssignContext (ctx)')
+        E = state.num_experts
+        T = ctx.time_limit_s
+        base = self.desirability(clients, state)
+        tie = _tie_keys(self.tie_break, len(clients), E, rng)
+        out: dict = {c: [] for c in clients}
+        first: dict = {}
+        for i, c in enumerate(clients):
+            if budgets[c] == 0:
+                continue
+            t1 = np.array([ctx.finish_time(c, [e], E) for e in range(E)])
+            ok = np.flatnonzero(t1 <= T)
+            if ok.size == 0:
+                continue
+            order = [int(e) for e in _order(base[i], None if tie is None else tie[i]) if t1[e] <= T]
+            first[c] = (float(t1[order[0]]), order[0], i)
+        kept = sorted(first, key=lambda c: (first[c][0], clients.index(c)))
+        if ctx.needed is not None:
+            kept = kept[: max(int(ctx.needed), 0)]
+        for c in kept:
+            t_held, e0, i = first[c]
+            held = [e0]
+            score = base[i].copy()
+            for e in _order(score, None if tie is None else tie[i]):
+                if len(held) >= budgets[c]:
+                    break
+                e = int(e)
+                if e in held:
+                    continue
+                t_new = ctx.finish_time(c, [*held, e], E)
+                if t_new > T or score[e] <= self.w_t * (t_new - t_held) / T:
+                    continue
+                held.append(e)
+                t_held = t_new
+            out[c] = held
+        return out
