@@ -122,8 +122,9 @@ def compare_runs(
 ) -> pd.DataFrame:
     """Overlay accuracy curves of several runs and tabulate their summaries.
 
-    Writes into ``out_dir``: ``accuracy_vs_round``, ``accuracy_vs_time``
-    (PNG and SVG), ``summary.csv`` and ``summary.md``.
+    Writes into ``out_dir``: ``accuracy_vs_round``, ``accuracy_vs_time``,
+    ``staleness_hist`` (one panel per run, when runs have ``updates`` tables;
+    PNG and SVG), ``summary.csv`` and ``summary.md``.
 
     Args:
         run_dirs: run directories (paths or :class:`RunDir`).
@@ -141,11 +142,14 @@ def compare_runs(
         columns=list(SUMMARY_COLUMNS),
     )
     if runs:
+        from analysis.staleness import plot_staleness
+
         tgt = target_accuracy
         if tgt is None:  # one shared run target is drawn; differing ones are not
             ts = {run_target(r) for r in runs}
             tgt = ts.pop() if len(ts) == 1 else None
         plot_accuracy(runs, out, target=tgt, formats=formats)
+        plot_staleness(runs, out, formats=formats)  # sync and async side by side (skipped without updates tables)
     df.to_csv(out / "summary.csv", index=False)
     md = df.drop(columns=["path"])
     header = "# Run comparison\n\n"

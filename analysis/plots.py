@@ -320,6 +320,8 @@ def plot_run(
     inputs are missing is skipped (logged); a figure that fails for another
     reason is logged with its traceback and the others are still written.
     """
+    from analysis.staleness import plot_staleness
+
     run = as_rundir(run_dir)
     out = Path(out_dir) if out_dir is not None else run.figures_dir
     written: list[Path] = []
@@ -335,6 +337,8 @@ def plot_run(
         ("expert load", lambda: plot_expert_load(run, out, formats=formats)),
         ("request latency", lambda: plot_request_latency(run, out, formats=formats)),
         ("gating heatmap", lambda: plot_gating_heatmap(run, out, formats=formats)),
+        # async modes only: in sync every update has staleness 0
+        ("staleness histogram", lambda: plot_staleness(run, out, formats=formats) if run.aggregation not in ("sync", "-") else []),
     ]
     for what, job in jobs:
         try:

@@ -29,6 +29,9 @@ __all__ = ["write_report", "caption_for", "CAPTIONS"]
 
 #: One sentence per figure stem: how to read it.
 CAPTIONS: dict[str, str] = {
+    "staleness_hist": "Share of the folded updates by staleness (aggregations between a client's "
+    "download and the fold), per expert in that expert's own versions and for the backbone and "
+    "gate; sync is a single bar at 0, mass far right means stale updates and small steps.",
     "accuracy_vs_round": "Test accuracy after each evaluated round: where the curve flattens, "
     "more rounds buy little.",
     "accuracy_vs_time": "The same accuracy against simulated time, so slow rounds stretch the "

@@ -137,6 +137,14 @@ class RunDir:
         return str(pol) if pol else "-"
 
     @property
+    def aggregation(self) -> str:
+        """fedmoe aggregation mode (``sync`` / ``async`` / ``semi_async``); ``"-"`` for other protocols."""
+        if self.protocol != "fedmoe":
+            return "-"
+        fm = (self.scenario.get("protocol") or {}).get("fedmoe") or {}
+        return str(fm.get("aggregation") or "sync")
+
+    @property
     def seed(self) -> int | None:
         """Root seed of the run."""
         s = self.manifest.get("seed")
@@ -148,7 +156,8 @@ class RunDir:
     def label(self) -> str:
         """Short legend label: run name, plus policy when there is one."""
         pol = self.policy
-        return self.name if pol in ("-", self.name) else f"{self.name} ({pol})"
+        base = self.name if pol in ("-", self.name) else f"{self.name} ({pol})"
+        return base if self.aggregation in ("-", "sync") else f"{base} [{self.aggregation}]"
 
     # -- named tables --------------------------------------------------------
 

@@ -223,6 +223,23 @@ class TrainingConfig(_Strict):
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads used for training (per worker with the parallel executor).")
 
 
+class FedBuffConfig(_Strict):
+    """``protocol.fedmoe.fedbuff``: buffered asynchronous aggregation (``aggregation: async | semi_async``).
+
+    FedBuff (Nguyen et al., AISTATS 2022); staleness functions of FedAsync (Xie et al., 2019).
+    """
+
+    concurrency: int | None = Field(None, ge=1, le=100_000, description="Clients training at once (default: ceil(clients_per_round * over_selection)).")
+    buffer_size: int | None = Field(None, ge=1, le=100_000, description="async: updates buffered before the server aggregates (default: clients_per_round).")
+    server_lr: float = Field(1.0, gt=0, le=10, description="Server learning rate applied to the buffered mean update (1 = FedAvg step).")
+    staleness: Literal["constant", "polynomial", "hinge"] = Field(
+        "polynomial", description="Staleness weight s(tau): constant 1; polynomial (1+tau)^-a; hinge 1 if tau <= b else 1/(a(tau-b)+1).",
+    )
+    staleness_exponent: float = Field(0.5, ge=0, le=10, description="a of the polynomial and hinge staleness weights.")
+    hinge_threshold: int = Field(4, ge=0, le=10_000, description="b of the hinge staleness weight, versions.")
+    period_s: float | None = Field(None, gt=0, le=1e7, description="semi_async: fixed round period, s (default: deadline_s).")
+
+
 class FedMoEConfig(_Strict):
     """``protocol.fedmoe``: the server-side federated MoE round loop."""
 
@@ -233,6 +250,10 @@ class FedMoEConfig(_Strict):
     train_shared: bool = Field(True, description="Clients also train the backbone and gate.")
     server_compute_s: float = Field(0.0, ge=0, le=1e6, description="Server aggregation time per round, s.")
     round_interval_s: float = Field(0.0, ge=0, le=86400, description="Idle time between the end of a round and the next selection, s (devices keep moving and going on/offline meanwhile).")
+    aggregation: Literal["sync", "async", "semi_async"] = Field(
+        "sync", description="sync: rounds cut at the deadline; async: FedBuff; semi_async: rounds close every deadline_s, late updates folded in later (see fedbuff).",
+    )
+    fedbuff: FedBuffConfig = Field(default_factory=FedBuffConfig)
 
 
 class NMoEConfig(_Strict):

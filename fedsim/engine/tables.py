@@ -110,6 +110,10 @@ _ROUNDS = TableSchema("rounds", "one row per round (nmoe: per training-stage rou
     _c("t_wait_s", "float", "s", "mean wait from a completed client's end to the round's close"),
     _c("t_server_s", "float", "s", "server time after the close (aggregation, compute)"),
     _c("online", "int", "1", "clients online when the round selected its clients"),
+    _c("version", "int", "1", "global model version after this row's aggregation (sync: round + 1; nmoe: 0)"),
+    _c("updates", "int", "1", "client updates folded into the model in this aggregation"),
+    _c("staleness_mean", "float", "1", "mean staleness of the folded updates, in global versions (sync: 0)"),
+    _c("staleness_max", "float", "1", "largest staleness of the folded updates, in global versions"),
     _c("stage", "str", "", "nmoe: training stage (extractor / experts / gate)", False),
     _c("loss", "float", "1", "nmoe: the stage round's training loss (NaN when the stage reports none)", False),
     _c("stage_round", "int", "1", "nmoe: round within its stage", False),
@@ -208,6 +212,19 @@ _EXPERTS = TableSchema("experts", "per-round, per-expert load and usage", (
     _c("clients", "int", "1", "clients assigned the expert"),
     _c("samples", "float", "1", "training samples routed to it in the aggregation"),
     _c("usage", "float", "1", "decayed usage in the alignment state"),
+    _c("updates", "int", "1", "updates holding the expert folded into this aggregation"),
+    _c("staleness_mean", "float", "1", "mean staleness of those updates, in the expert's own versions (NaN: none)"),
+    _c("staleness_max", "float", "1", "largest staleness of those updates, in the expert's own versions"),
+), ("fedmoe",))
+
+_UPDATES = TableSchema("updates", "one row per folded update and component (expert, or -1 for the shared backbone and gate)", (
+    _c("version", "int", "1", "global version the update produced (its aggregation's rounds.version)"),
+    _c("client", "str", "", "client node id"),
+    _c("expert", "int", "1", "expert index; -1 = shared backbone and gate"),
+    _c("t_dispatch_s", "float", "s", "dispatch (download start) of the client's work"),
+    _c("t_arrival_s", "float", "s", "upload arrival at the server"),
+    _c("staleness", "int", "1", "versions of this component aggregated between download and aggregation"),
+    _c("staleness_weight", "float", "1", "staleness weight s(staleness) applied (sync: 1)"),
 ), ("fedmoe",))
 
 _PERSONAL = TableSchema("personal", "each client's personalised accuracy on its own test split", (
@@ -279,7 +296,7 @@ _NMOE_INFERENCE = TableSchema("nmoe_inference", "one-row summary of the inferenc
 TABLES: dict[str, TableSchema] = {
     t.name: t
     for t in (
-        _ROUNDS, _CLIENTS, _EVENTS, _LINKS, _NODES, _EDGES, _ASSIGNMENTS, _EXPERTS, _PERSONAL,
+        _ROUNDS, _CLIENTS, _EVENTS, _LINKS, _NODES, _EDGES, _ASSIGNMENTS, _EXPERTS, _UPDATES, _PERSONAL,
         _REQUESTS, _NMOE_EVAL, _NMOE_STAGE1, _NMOE_INFERENCE,
     )
 }

@@ -323,7 +323,6 @@ class Protocol:
 
     def record_round(self, st: RoundState) -> None:
         """Write the ``rounds``, ``clients`` and ``assignments`` rows of a finished round."""
-        w = self.world
         outs = [self.outcomes[c] for c in st.selected if c in self.outcomes]
         done = [o for o in outs if o.status == "completed"]
         count = {s: sum(1 for o in outs if o.status == s) for s in STATUSES}
@@ -347,18 +346,26 @@ class Protocol:
             t_upload_s=mean([o.t_upload_s for o in done]), t_wait_s=mean([st.t_close_s - o.t_end_s for o in done]),
             t_server_s=st.t_end_s - st.t_close_s,
             online=st.online,
+            # a synchronous round: one new version, every update trained on the previous one (staleness 0)
+            version=st.round + 1, updates=count["completed"],
+            staleness_mean=0.0 if done else math.nan, staleness_max=0.0 if done else math.nan,
         )
         for o in outs:
-            wasted = o.status != "completed"
-            self.rec.row(
-                "clients",
-                round=st.round, client=o.client, device_class=w.device_class(o.client), bs=o.bs, k=len(o.experts),
-                experts=",".join(str(e) for e in o.experts), status=o.status, t_dispatch_s=o.t_dispatch_s,
-                t_download_s=o.t_download_s, t_compute_s=o.t_compute_s, t_upload_s=o.t_upload_s, t_end_s=o.t_end_s,
-                latency_s=o.t_end_s - o.t_dispatch_s, bytes_down=o.bytes_down, bytes_up=o.bytes_up,
-                wasted_s=(o.t_end_s - o.t_dispatch_s) if wasted else 0.0,
-                wasted_bytes=(o.bytes_down + o.bytes_up) if wasted else 0.0,
-                num_samples=o.num_samples, flops=o.flops,
-            )
-            for e in o.experts:
-                self.rec.row("assignments", round=st.round, client=o.client, expert=int(e))
+            self.record_client_row(st.round, o)
+
+    def record_client_row(self, r: int, o: ClientOutcome) -> None:
+        """The ``clients`` row of ``o`` (round ``r``) and its ``assignments`` rows."""
+        w = self.world
+        wasted = o.status != "completed"
+        self.rec.row(
+            "clients",
+            round=r, client=o.client, device_class=w.device_class(o.client), bs=o.bs, k=len(o.experts),
+            experts=",".join(str(e) for e in o.experts), status=o.status, t_dispatch_s=o.t_dispatch_s,
+            t_download_s=o.t_download_s, t_compute_s=o.t_compute_s, t_upload_s=o.t_upload_s, t_end_s=o.t_end_s,
+            latency_s=o.t_end_s - o.t_dispatch_s, bytes_down=o.bytes_down, bytes_up=o.bytes_up,
+            wasted_s=(o.t_end_s - o.t_dispatch_s) if wasted else 0.0,
+            wasted_bytes=(o.bytes_down + o.bytes_up) if wasted else 0.0,
+            num_samples=o.num_samples, flops=o.flops,
+        )
+        for e in o.experts:
+            self.rec.row("assignments", round=r, client=o.client, expert=int(e))

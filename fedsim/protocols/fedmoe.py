@@ -55,12 +55,15 @@ class FedMoE(Protocol):
         self.rng_select = self.sim.rng.numpy("selection")
         self.rng_policy = self.sim.rng.numpy("policy")
         self._last_load = np.zeros(self.E)  # samples routed to each expert in the last aggregation
+        self.last_staleness: dict[int, list[int]] = {}  # expert (-1: shared) -> staleness of each update last aggregated
+        self.buffered: Any = None  # the async / semi_async loop and its state (fedsim.protocols.fedbuff)
 
     # ---------------------------------------------------------------- hooks
     def select(self, r: int) -> list[str]:
         """Online clients with data, ``ceil(clients_per_round * over_selection)`` drawn uniformly (stream ``selection``)."""
         w, cfg = self.world, self.cfg
         self._last_load = np.zeros(self.E)
+        self.last_staleness = {}
         # a client without training data has nothing to contribute (skewed partitions can leave some empty)
         online = [c for c in w.clients if w.is_online(c) and w.num_samples(c) > 0]
         n_sel = min(len(online), math.ceil(cfg.clients_per_round * cfg.over_selection))
@@ -211,19 +214,37 @@ class FedMoE(Protocol):
     def fedavg(self, updates: list[Any], r: int, res: Any = None) -> None:
         """FedAvg into the global state (or take ``res``, the FedAvg already done
         by :meth:`fold`), then update fitness, usage and capacity estimates."""
-        from fedsim.alignment.state import Feedback
-
         if res is None:
             res = self.fold(updates)[0]
         self.global_state = res.state
+        done = {c: o for c, o in self.outcomes.items() if o.status == "completed"}
+        good = self.apply_feedback(updates, res.rejected, r, done, [o for o in self.outcomes.values() if o.status != "completed"])
+        # sync: every update was trained on the current version (staleness 0, weight 1)
+        self.last_staleness = {e: [0] * sum(1 for u in good if e in done[u.client_id].experts) for e in range(self.E)}
+        self.last_staleness[-1] = [0] * len(good) if self.cfg.train_shared else []
+        for u in good:
+            o = done[u.client_id]
+            for e in ([-1] if self.cfg.train_shared else []) + list(o.experts):
+                self.rec.row("updates", version=r + 1, client=o.client, expert=int(e), t_dispatch_s=o.t_dispatch_s,
+                             t_arrival_s=o.t_end_s, staleness=0, staleness_weight=1.0)
+
+    def apply_feedback(
+        self, updates: list[Any], rejected: list[Any], r: int, outcomes: dict[str, ClientOutcome], lost: list[ClientOutcome] = (),  # type: ignore[assignment]
+    ) -> list[Any]:
+        """After an aggregation: ``rejected_update`` events, fitness, usage, capacity
+        estimates (timings and memory from ``outcomes``, the aggregated clients' outcomes
+        by id; memory refusals from the OOMs in ``lost``) and the ``aggregate`` event;
+        returns the accepted updates."""
+        from fedsim.alignment.state import Feedback
+
         now = float(self.env.now)
-        for cid in res.rejected:
+        for cid in rejected:
             self.rec.event(now, "rejected_update", node=cid, round=r, reason="non-finite values")
-        good = [u for u in updates if u.client_id not in set(res.rejected)]
+        good = [u for u in updates if u.client_id not in set(rejected)]
         feedback = {
             u.client_id: Feedback(
                 mean_gate_prob=np.asarray(u.mean_gate_prob, dtype=float),
-                trained_experts=list(self.outcomes[u.client_id].experts),
+                trained_experts=list(outcomes[u.client_id].experts),
                 loss_first=float(u.loss_first),
                 loss_last=float(u.loss_last),
                 samples_per_expert=np.asarray(u.samples_per_expert, dtype=float),
@@ -237,19 +258,20 @@ class FedMoE(Protocol):
             load += np.asarray(u.samples_per_expert, dtype=float)
         self.align.update_usage(load)
         self._last_load = load
-        for c, o in self.outcomes.items():
+        for o in [*outcomes.values(), *lost]:
             mem = self.acct.memory_bytes(len(o.experts)) if o.experts else None
             if o.status == "completed":
                 self.estimator.observe(
-                    c,
+                    o.client,
                     download_s=o.t_download_s, download_bytes=o.bytes_down,
                     compute_s=o.t_compute_s, flops=o.flops,
                     upload_s=o.t_upload_s, upload_bytes=o.bytes_up,
                     memory_ok_bytes=mem,
                 )
             elif o.status == "oom":
-                self.estimator.observe(c, memory_oom_bytes=mem)
-        self.rec.event(now, "aggregate", round=r, updates=len(good), rejected=len(res.rejected))
+                self.estimator.observe(o.client, memory_oom_bytes=mem)
+        self.rec.event(now, "aggregate", round=r, updates=len(good), rejected=len(rejected))
+        return good
 
     # -------------------------------------------------------------- records
     def expert_load_cv(self, st: RoundState) -> float:
@@ -268,4 +290,18 @@ class FedMoE(Protocol):
                 per_expert[e] += 1
         usage = np.asarray(self.align.usage, dtype=float)
         for e in range(self.E):
-            self.rec.row("experts", round=st.round, expert=e, clients=int(per_expert[e]), samples=float(load[e]), usage=float(usage[e]))
+            st_e = self.last_staleness.get(e, [])
+            self.rec.row(
+                "experts", round=st.round, expert=e, clients=int(per_expert[e]), samples=float(load[e]), usage=float(usage[e]),
+                updates=len(st_e), staleness_mean=float(np.mean(st_e)) if st_e else math.nan, staleness_max=float(max(st_e)) if st_e else math.nan,
+            )
+
+    # ------------------------------------------------------------- modes
+    def serve(self):  # noqa: ANN201 - SimPy process body
+        """``aggregation: sync``: the base's round loop; ``async`` / ``semi_async``: :mod:`fedsim.protocols.fedbuff`."""
+        if self.cfg.aggregation == "sync":
+            return (yield from super().serve())
+        from fedsim.protocols.fedbuff import BufferedLoop
+
+        self.buffered = BufferedLoop(self)
+        return (yield from self.buffered.serve())
