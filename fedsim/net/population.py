@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from fedsim.net import channel as ch
-from fedsim.net.network import _NEAR_CELL_M, Network
+from fedsim.net.network import Network
+from fedsim.net.radio import _NEAR_CELL_M
 from fedsim.net.trajectory import Trajectories
 
 __all__ = ["LazyNetwork", "DEFAULT_CANDIDATES"]
