@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.compare import aggregate_cells, plot_metric_vs_param, to_markdown
+from fedsim.engine.headline import HEADLINE_METRICS
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -29,17 +30,7 @@ __all__ = [
 ]
 
 #: Metrics tabulated by default (the headline metrics of ``sweep.parquet``).
-DEFAULT_METRICS: tuple[str, ...] = (
-    "final_accuracy",
-    "best_accuracy",
-    "rounds_to_target",
-    "sim_s_to_target",
-    "sim_s_total",
-    "stragglers",
-    "dropouts",
-    "ooms",
-    "bytes_total",
-)
+DEFAULT_METRICS: tuple[str, ...] = HEADLINE_METRICS
 #: Metrics plotted against each swept parameter by default.
 PLOT_METRICS: tuple[str, ...] = ("final_accuracy", "sim_s_to_target")
 #: The grid key whose values become the lines (hue) of the plots.
