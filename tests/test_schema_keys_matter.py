@@ -69,6 +69,11 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "alignment.on_infeasible": ("alignment.policy=optimal", "alignment.max_load=1"),
     "alignment.min_k": ("alignment.policy=deadline_aware",),
     "data.tau": ("data.partition=noniid_tau",),
+    "protocol.fedmoe.fedbuff.": ("protocol.fedmoe.aggregation=async", "protocol.fedmoe.fedbuff.buffer_size=1"),
+    "protocol.fedmoe.fedbuff.buffer_size": ("protocol.fedmoe.aggregation=async",),
+    "protocol.fedmoe.fedbuff.hinge_threshold": ("protocol.fedmoe.aggregation=async", "protocol.fedmoe.fedbuff.buffer_size=1",
+                                                "protocol.fedmoe.fedbuff.staleness=hinge"),
+    "protocol.fedmoe.fedbuff.period_s": ("protocol.fedmoe.aggregation=semi_async",),
     "data.tau_definition": ("data.partition=noniid_tau", "data.tau=1.0"),
     "data.group_shares": ("data.partition=domain_skew",),
     "data.domain_transform": ("data.partition=domain_skew",),
@@ -117,6 +122,7 @@ VALUES: dict[str, str] = {
     "data.dataset": "synthetic",
     "data.clusters": "2",
     "data.group_shares": "[0.5, 0.5]",
+    "protocol.fedmoe.fedbuff.hinge_threshold": "0",
     "training.batch_size": "2",
     "channel.max_spectral_efficiency_bps_hz": "1.0",
     "protocol.fedmoe.clients_per_round": "2",
@@ -162,6 +168,7 @@ _MEMX = ("acts only on a job running when memory pressure rises; in a CI-sized r
 
 #: keys whose effect is, by design, not in the run directory (reason; where it is tested)
 EXCEPTIONS: dict[str, str] = {
+    "output.checkpoint_every_rounds": "checkpoint files are removed when a run completes and results are identical by design; tested in tests/test_checkpoint_resume.py",
     "alignment.w_u": _ALIGN,
     "alignment.w_t": _ALIGN,
     "training.torch_threads": "host threads only: results are identical by design (wall time changes)",
