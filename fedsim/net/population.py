@@ -214,20 +214,8 @@ class LazyNetwork(Network):
             rs_cur = rs[kc, np.argmax(cand[kc] == cur[connected][:, None], axis=1)]
             b = best[connected]
             cond = rs[kc, bc[connected]] > rs_cur + self.cp.handover_hysteresis_db
-            same = cond & (self._ho_cand[cr] == b)
-            self._ho_time[cr] = np.where(same, self._ho_time[cr] + dt, np.where(cond, dt, 0.0))
-            self._ho_cand[cr] = np.where(cond, b, -1)
             ttt = np.maximum(self.cp.handover_time_to_trigger_s, dt)
-            ho = cond & (self._ho_time[cr] >= ttt - 1e-9)
-            ho_rows = cr[ho]
-            self._ho_time[ho_rows] = 0.0
-            self._ho_cand[ho_rows] = -1
-            for i, new in zip(ho_rows.tolist(), b[ho].tolist()):
-                old = int(self.serving[i])
-                self.serving[i] = new
-                self.handovers += 1
-                self.sim.rec.event(now, "handover", node=self.client_ids[i],
-                                   src_bs=self.bs_ids[old], dst_bs=self.bs_ids[new])
+            ho_rows = self._handover_step(cr, b, cond, dt, ttt)
         self._t_eval[rows] = now
         self._se_now(rows)
         return ho_rows

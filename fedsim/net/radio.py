@@ -235,6 +235,22 @@ class RadioMixin:
             rs_best = rs[k, best]
             rs_cur = rs[k, cur]
         cond = rs_best > rs_cur + hyst
+        ho_rows = self._handover_step(rows, best, cond, dt, ttt)
+        self._update_se(rows)
+        if self._active:
+            with self.fs.batch():
+                for i in ho_rows.tolist():
+                    for a in self._active.get(i, ()):
+                        links, coeffs, _, _ = self._route(a.src, a.dst)
+                        self.fs.reroute(a.flow, links, coeffs)
+                self._refresh([i for i in rows.tolist() if i in self._active])
+
+    def _handover_step(self, rows: np.ndarray, best: np.ndarray, cond: np.ndarray,
+                       dt: float | np.ndarray, ttt: float | np.ndarray) -> np.ndarray:
+        """Time-to-trigger state machine of handover (3GPP TS 36.331 event A3): a row whose
+        candidate ``best`` beats its serving cell by the hysteresis (``cond``) for ``ttt``
+        seconds hands over; ``dt`` is the time since its last evaluation (s). Records a
+        ``handover`` event per handover and returns the rows that handed over."""
         same = cond & (self._ho_cand[rows] == best)
         self._ho_time[rows] = np.where(same, self._ho_time[rows] + dt, np.where(cond, dt, 0.0))
         self._ho_cand[rows] = np.where(cond, best, -1)
@@ -248,11 +264,4 @@ class RadioMixin:
             self.handovers += 1
             self.sim.rec.event(self.env.now, "handover", node=self.client_ids[i],
                                src_bs=self.bs_ids[old], dst_bs=self.bs_ids[new])
-        self._update_se(rows)
-        if self._active:
-            with self.fs.batch():
-                for i in ho_rows.tolist():
-                    for a in self._active.get(i, ()):
-                        links, coeffs, _, _ = self._route(a.src, a.dst)
-                        self.fs.reroute(a.flow, links, coeffs)
-                self._refresh([i for i in rows.tolist() if i in self._active])
+        return ho_rows
