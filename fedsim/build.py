@@ -257,6 +257,7 @@ class World:
             num_experts=m.num_experts, top_k=m.top_k, expert_hidden=m.expert_hidden,
             gate_noise_std=m.gate_noise_std, aux_loss_weight=m.aux_loss_weight,
             expert_layers=m.expert_layers, gate_weights=m.gate_weights,
+            route_target_weight=m.route_target_weight,
         )
         cap = s.evaluation.max_test_samples
         self.x_test, self.y_test = ds.x_test[:cap], ds.y_test[:cap]

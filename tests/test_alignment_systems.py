@@ -97,6 +97,35 @@ def test_softmax_gate_weights_give_the_gate_a_gradient_with_top1_and_a_mask() ->
     assert grads["softmax"] > 0.0
 
 
+def test_the_routing_target_raises_the_gate_probability_of_the_assigned_experts() -> None:
+    """``route_loss`` = mean -log P(assigned experts) of the unmasked gate: by hand, 0 with
+    no mask or every expert allowed; a few SGD steps on it alone move the gate's mass
+    onto the mask, in both gate-weight modes."""
+    from fedsim.learning.training import build_model
+
+    x = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([False, False, True, True])
+    for mode in ("renormalised", "softmax"):
+        cfg = MoEConfig(input_shape=(1, 8, 8), num_classes=10, widths=(), feature_dim=16,
+                        num_experts=4, top_k=1, gate_weights=mode, route_target_weight=1.0)
+        m = build_model(cfg, seed=1)
+        out = m(x, expert_mask=mask)
+        p = torch.softmax(m.gate(m.features(x)), -1)
+        assert torch.allclose(out.route_loss, -torch.log(p[:, 2:].sum(-1)).mean(), atol=1e-6)
+        assert m(x).route_loss is None
+        assert float(m(x, expert_mask=torch.ones(4, dtype=torch.bool)).route_loss) == pytest.approx(0.0, abs=1e-6)
+        before = float(p[:, 2:].sum(-1).mean())
+        opt = torch.optim.SGD(m.gate.parameters(), lr=0.5)
+        for _ in range(20):
+            opt.zero_grad()
+            m(x, expert_mask=mask).route_loss.backward()
+            opt.step()
+        after = float(torch.softmax(m.gate(m.features(x)), -1)[:, 2:].sum(-1).mean())
+        assert after > before + 0.2, (mode, before, after)
+    with pytest.raises(ValueError, match="route_target_weight"):
+        MoEConfig(input_shape=(4,), num_classes=2, route_target_weight=-1.0)
+
+
 def test_thin_stem_puts_most_parameters_in_the_experts() -> None:
     cfg = MoEConfig(input_shape=(1, 28, 28), num_classes=10, widths=(), feature_dim=64,
                     num_experts=8, expert_hidden=128)

@@ -205,6 +205,7 @@ class ModelConfig(_Strict):
     expert_layers: int = Field(1, ge=1, le=8, description="Hidden layers of expert_hidden units in each expert.")
     stem_projection: bool = Field(True, description="mlp with stem_layers 0: false drops the shared projection, so gate and experts read the flattened input (feature_dim is then ignored).")
     gate_weights: Literal["renormalised", "softmax"] = Field("renormalised", description="Top-k weights: renormalised over the chosen experts, or the unnormalised softmax over all experts (Switch; the gate learns across experts).")
+    route_target_weight: float = Field(0.0, ge=0, le=100.0, description="Weight of the routing-target loss: -log of the unmasked gate's probability on the client's assigned experts (the server's alignment, built from fitness, is the gate's target); 0: off.")
 
 
 class TrainingConfig(_Strict):

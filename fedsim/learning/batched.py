@@ -153,7 +153,8 @@ class BatchedExecutor(Executor):
                 _DenseMoE(model), _GateProbs(model), [k for k, _ in model.named_parameters()],
                 # the dense step mirrors renormalised top-k weights and one-hidden-layer experts only
                 batchable=not any(True for _ in model.buffers()) and (cfg.backbone == "mlp" or self.batch_conv)
-                and cfg.gate_weights == "renormalised" and cfg.expert_layers == 1 and cfg.stem_projection,
+                and cfg.gate_weights == "renormalised" and cfg.expert_layers == 1 and cfg.stem_projection
+                and cfg.route_target_weight == 0,
             )
             self._skeletons[key] = sk
         return sk

@@ -82,7 +82,8 @@ class MoEConfig:
     ``stem_projection`` False (MLP, no hidden widths): no shared layer at all,
     the gate and the experts read the flattened input (``feature_dim`` must
     equal its size). ``gate_weights``: ``"renormalised"`` or ``"softmax"`` (see
-    the module docstring). ``aux_loss_weight`` is used by training.
+    the module docstring). ``aux_loss_weight`` and ``route_target_weight``
+    are used by training (see :class:`MoEOutput`).
     ``top1_gate_prob``: at ``top_k = 1`` weight the chosen expert by its gate
     probability instead of the renormalised 1 (Switch Transformer, Fedus et
     al. 2021), so the task loss reaches the gate; otherwise only the auxiliary
@@ -105,6 +106,7 @@ class MoEConfig:
     gate_weights: str = "renormalised"
     stem_projection: bool = True
     top1_gate_prob: bool = False
+    route_target_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.feature_layer and (self.backbone != "mlp" or self.feature_dim != self.widths[-1]):
@@ -120,6 +122,8 @@ class MoEConfig:
             )
         if self.expert_layers < 1:
             raise ValueError('"expert_layers" must be >= 1')
+        if not self.route_target_weight >= 0:
+            raise ValueError('"route_target_weight" must be >= 0')
         if self.gate_weights not in GATE_WEIGHTS:
             raise ValueError(f'"gate_weights" must be one of {", ".join(GATE_WEIGHTS)}')
         if self.backbone not in ("mlp", "cnn", "resnet18"):
@@ -136,14 +140,22 @@ class MoEOutput(NamedTuple):
     """What :meth:`MoEClassifier.forward` returns.
 
     ``logits`` (N, num_classes); ``gate_probs`` (N, E) softmax after masking
-    (masked experts have 0); ``topk_idx`` (N, k) chosen experts; ``aux_loss``
-    scalar load-balancing loss.
+    (masked experts have 0; with ``gate_weights="softmax"`` the unmasked softmax);
+    ``topk_idx`` (N, k) chosen experts; ``aux_loss`` scalar load-balancing loss;
+    ``route_loss`` scalar routing-target loss: under an expert mask, the mean over
+    the batch of ``-log sum_{e in mask} softmax(gate(h))_e`` (the unmasked gate's
+    probability that the sample belongs to one of the client's assigned experts;
+    0 without a mask or when every expert is allowed). Training adds
+    ``route_target_weight`` x this, so the server's alignment (built from
+    fitness) is the gate's routing target: a client's data teaches the global
+    gate which experts it belongs to, across all E.
     """
 
     logits: torch.Tensor
     gate_probs: torch.Tensor
     topk_idx: torch.Tensor
     aux_loss: torch.Tensor
+    route_loss: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------- backbones
@@ -305,6 +317,11 @@ class MoEClassifier(nn.Module):
         eligible and only experts chosen by some sample are computed, on the
         samples that chose them."""
         h = self.features(x)
+        route_loss = None
+        if expert_mask is not None and self.cfg.route_target_weight > 0:
+            em = expert_mask.to(device=h.device, dtype=torch.bool)
+            gl = self.gate(h)  # noise-free: the target is about the global gate's routing
+            route_loss = (torch.logsumexp(gl, dim=-1) - torch.logsumexp(gl[:, em], dim=-1)).mean()
         probs, top_idx, top_w = self.route(h, expert_mask, generator)
         out = h.new_zeros(h.shape[0], self.cfg.num_classes)
         for e, expert in enumerate(self.experts):
@@ -320,7 +337,7 @@ class MoEClassifier(nn.Module):
         )
         f = counts / max(1, top_idx.numel())
         aux = e_allowed * (f * probs.mean(dim=0)).sum()
-        return MoEOutput(out, probs, top_idx, aux)
+        return MoEOutput(out, probs, top_idx, aux, route_loss)
 
 
 # ----------------------------------------------------------------------------- state slicing

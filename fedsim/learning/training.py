@@ -13,6 +13,8 @@ them); the other experts are frozen and absent from the update. With
 of the backbone in eval mode) and the update holds the assigned experts only.
 
 Loss per batch = cross-entropy + ``aux_loss_weight`` x load-balancing loss
++ ``route_target_weight`` x routing-target loss (the unmasked gate's -log
+probability of the assigned experts, :class:`~fedsim.learning.models.MoEOutput`)
 + ``fedprox_mu / 2`` x squared distance of the trained parameters to the global
 ones (FedProx; 0 disables it).
 """
@@ -274,6 +276,8 @@ def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
             idx = perm[start : start + tc.batch_size]
             out = model(x[idx], expert_mask=mask, generator=gen)
             loss = F.cross_entropy(out.logits, y[idx]) + cfg.aux_loss_weight * out.aux_loss
+            if out.route_loss is not None:
+                loss = loss + cfg.route_target_weight * out.route_loss
             if tc.fedprox_mu > 0:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
                 loss = loss + 0.5 * tc.fedprox_mu * prox
