@@ -71,3 +71,17 @@ def test_selection_is_a_uniform_draw_among_the_online() -> None:
     # binomial: every client within 5 standard deviations of its expected count
     sd = (rounds * share * (1 - share)) ** 0.5
     assert all(abs(n - expected) < 5 * sd for n in counts.values()), counts
+
+
+def test_crn_select_rejects_impossible_requests() -> None:
+    import numpy as np
+    import pytest
+
+    from fedsim.protocols.base import crn_select
+
+    rng = np.random.default_rng(0)
+    assert crn_select(rng, ["a", "b", "c"], ["c", "a"], 2) == ["a", "c"]
+    with pytest.raises(ValueError, match="cannot choose 3 of 2"):
+        crn_select(rng, ["a", "b", "c"], ["a", "b"], 3)
+    with pytest.raises(ValueError, match="not in the population"):
+        crn_select(rng, ["a", "b"], ["z"], 1)

@@ -56,6 +56,30 @@ __all__ = ["Protocol", "ClientOutcome", "RoundState", "STATUSES"]
 #: Client-round statuses, in the order the ``rounds`` table counts them.
 STATUSES = ("completed", "straggler", "dropout", "oom", "skipped")
 
+def crn_select(rng: np.random.Generator, clients: list[str], eligible: list[str], n: int) -> list[str]:
+    """Choose ``n`` of ``eligible`` uniformly, with common random numbers (sorted names).
+
+    One uniform priority is drawn per client of ``clients`` (every client, in that fixed
+    order, whoever is eligible) and the ``n`` eligible clients with the smallest priorities
+    are chosen. The stream's use never depends on who is eligible, so two runs whose
+    eligible sets differ by one client choose sets that differ by at most that client (a
+    draw sized by the eligible count would reshuffle the whole choice). Standard variance
+    reduction for comparing simulated systems (common random numbers, Law, *Simulation
+    Modeling and Analysis*, 5th ed., Sec. 11.2).
+
+    Raises:
+        ValueError: ``n`` larger than ``len(eligible)``, or an eligible client not in ``clients``.
+    """
+    if n > len(eligible):
+        raise ValueError(f"cannot choose {n} of {len(eligible)} eligible clients")
+    prio = rng.random(len(clients))
+    pos = {c: i for i, c in enumerate(clients)}
+    missing = [c for c in eligible if c not in pos]
+    if missing:
+        raise ValueError(f"eligible clients not in the population: {missing[:3]}")
+    return sorted(sorted(eligible, key=lambda c: (prio[pos[c]], pos[c]))[:n])
+
+
 @dataclass
 class ClientOutcome:
     """What happened to one selected client in one round (times in s, sizes in bytes).

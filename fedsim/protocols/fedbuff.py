@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsim.protocols.base import ClientOutcome, RoundState
+from fedsim.protocols.base import ClientOutcome, RoundState, crn_select
 
 if TYPE_CHECKING:
     import simpy
@@ -229,8 +229,7 @@ class BufferedLoop:
         n = min(free, len(cand))
         if n <= 0:
             return []
-        idx = p.rng_select.choice(len(cand), size=n, replace=False)
-        chosen = sorted(cand[i] for i in idx)
+        chosen = crn_select(p.rng_select, p.world.clients, cand, n)  # as sync's selection: the same draw
         tasks = self.assign(chosen)
         now = float(p.env.now)
         out = []

@@ -27,7 +27,7 @@ import numpy as np
 import simpy
 
 from fedsim.devices.causes import Deadline
-from fedsim.protocols.base import ClientOutcome, Protocol, RoundState
+from fedsim.protocols.base import ClientOutcome, Protocol, RoundState, crn_select
 
 __all__ = ["FedMoE", "ClientOutcome", "Deadline"]
 
@@ -60,23 +60,17 @@ class FedMoE(Protocol):
 
     # ---------------------------------------------------------------- hooks
     def select(self, r: int) -> list[str]:
-        """Online clients with data, ``ceil(clients_per_round * over_selection)`` drawn uniformly (stream ``selection``).
-
-        Common random numbers: every round draws one uniform priority per client, for all
-        clients in a fixed order whatever their availability, and takes the online clients
-        with the smallest priorities. The stream's use never depends on who is online, so two
-        runs that differ only in their policy select the same clients in every round in which
-        the same clients are online (a draw sized by the online count would shift the stream
-        for all later rounds after one difference)."""
+        """Online clients with data, ``ceil(clients_per_round * over_selection)`` drawn uniformly
+        (stream ``selection``) with common random numbers (:func:`~fedsim.protocols.base.crn_select`):
+        two runs that differ only in their policy select the same clients in every round in
+        which the same clients are online."""
         w, cfg = self.world, self.cfg
         self._last_load = np.zeros(self.E)
         self.last_staleness = {}
-        prio = self.rng_select.random(len(w.clients))
         # a client without training data has nothing to contribute (skewed partitions can leave some empty)
-        online = [i for i, c in enumerate(w.clients) if w.is_online(c) and w.num_samples(c) > 0]
+        online = [c for c in w.clients if w.is_online(c) and w.num_samples(c) > 0]
         n_sel = min(len(online), math.ceil(cfg.clients_per_round * cfg.over_selection))
-        chosen = sorted(online, key=lambda i: (prio[i], i))[:n_sel]
-        return sorted(w.clients[i] for i in chosen)
+        return crn_select(self.rng_select, w.clients, online, n_sel)
 
     def assign(self, r: int, selected: list[str]) -> dict[str, list[int]]:
         """Capacity estimates -> expert budgets k_c -> the alignment policy's assignment."""
