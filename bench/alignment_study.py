@@ -24,21 +24,31 @@ and ``personal.parquet`` (client groups) and writes to ``--out``
   (global gate; runs that never reach it are counted in ``reached``); mean
   expert-load CV; group-to-expert NMI of test routing in the last round; bytes
   moved and stragglers per run; rounds / seconds to a lower, post-hoc level
-  (``POST_HOC_TARGET``, the same for every policy, chosen after no run reached the
-  target); the mean number of distinct experts a client trained, and the share of
+  (``POST_HOC_TARGET``, the same for every policy, chosen after no run of the first,
+  30-round study reached the target); the mean number of distinct experts a client trained, and the share of
   a group's assignments that went to its two most used experts (0.25 if spread
-  evenly over 8 experts, 1 if each group kept one pair); per policy, the paired
+  evenly over 8 experts, 1 if each group kept one pair; pooled over groups, so the
+  largest group weighs most), the same share for the largest group alone, expert
+  purity (per trained expert, the share of its assignments from its main group) and
+  the largest group's share of completed client-rounds; per policy, the paired
   difference to ``random`` with the same seed (added after the first studies ran:
   common random numbers make the seeds' runs comparable pair by pair); and ``same_sel``, the share of rounds in which
   the selected clients equal those of ``random`` with the same seed (selection
   uses common random numbers, one priority per client per round, but who is online
   depends on simulated time);
-- ``assignment_<policy>.png`` / one panel figure ``assignments.png``: group x
-  expert assignment counts of seed 0 over all rounds (the paper's Fig. 3
-  panels; expert indices are arbitrary per seed, so seeds are not summed).
+- ``assignments.png``: one panel per policy, the share of each group's
+  assignments that went to each expert, seed 0, all rounds (the paper's Fig. 3
+  panels; expert indices are arbitrary per seed, so seeds are not summed); the
+  colour scale is capped at the largest share among the policies, so the
+  reference's diagonal (1.0) saturates; ``assignment_<policy>.png``: one policy's
+  counts;
+- also, in the summary's header, the mean accuracy over the policy runs in the
+  last three blocks of ``rounds / 12`` rounds (is the study converged?).
 
-``--quick``: 1 seed and few rounds (under 3 minutes on 2 cores); prints one
-line per policy ``policy=NAME acc=... acc_client=... nmi=... t_target_s=...``.
+``--quick``: 1 seed, 12 rounds, 1,000 test samples, output in
+``runs/alignment_study_quick`` (about 25 s unloaded, 45 s on a loaded 2-core
+machine); prints one line per policy and for the reference
+``policy=NAME acc=... acc_client=... nmi=... t_target_s=...``.
 Runs already complete in ``--out`` are reused (the study can be resumed).
 
 Usage: python bench/alignment_study.py [--quick] [--seeds N] [--rounds R]
@@ -149,9 +159,18 @@ def run_metrics(run_dir: Path, target: float) -> dict:
     low = r[r["accuracy"] >= POST_HOC_TARGET]
     a = pd.read_parquet(run_dir / "assignments.parquet").merge(
         pd.read_parquet(run_dir / "personal.parquet")[["client", "group"]], on="client")
-    per_group = a.groupby(["group", "expert"]).size().unstack(fill_value=0).to_numpy(dtype=float)
+    pg = a.groupby(["group", "expert"]).size().unstack(fill_value=0)
+    per_group = pg.to_numpy(dtype=float)
     top2 = np.sort(per_group, axis=1)[:, -2:].sum(axis=1)
+    groups = pd.read_parquet(run_dir / "personal.parquet")[["client", "group"]]
+    largest = int(groups["group"].value_counts().idxmax())
+    done = c[c["status"] == "completed"].merge(groups, on="client")
+    big = pg.loc[largest].to_numpy(dtype=float) if largest in pg.index else np.zeros(0)
+    per_expert = per_group.sum(axis=0)
     return {
+        "top2_largest": float(np.sort(big)[-2:].sum() / big.sum()) if big.sum() else math.nan,
+        "expert_purity": float((per_group.max(axis=0)[per_expert > 0] / per_expert[per_expert > 0]).mean()),
+        "completed_largest": float((done["group"] == largest).mean()) if len(done) else math.nan,
         "t_low_s": float(low["t_end_s"].iloc[0]) if len(low) else math.nan,
         "rounds_to_low": float(low["round"].iloc[0] + 1) if len(low) else math.nan,
         "distinct_experts": float(a.groupby("client")["expert"].nunique().mean()),
@@ -225,6 +244,12 @@ LEARNING = [
     ("group_top2_share", "group's top-2 expert share", "{:.2f}"),
     ("distinct_experts", "distinct experts / client", "{:.1f}"),
 ]
+#: What the logs say about alignment (see the module docstring).
+WHY = [
+    ("top2_largest", "largest group's top-2 expert share", "{:.2f}"),
+    ("expert_purity", "expert purity", "{:.2f}"),
+    ("completed_largest", "largest group's share of completed client-rounds", "{:.2f}"),
+]
 SYSTEMS = [
     ("rounds_to_target", "rounds to target", "{:.1f}"),
     ("t_target_s", "sim s to target", "{:.1f}"),
@@ -262,6 +287,8 @@ PAIRED = [
     ("acc_rare", "Δacc, 2 rarest groups", "{:+.3f}"),
     ("acc_client_rare", "Δacc_client, 2 rarest groups", "{:+.3f}"),
     ("nmi", "ΔNMI", "{:+.2f}"),
+    ("sim_time_s", "Δsim s, whole run", "{:+.1f}"),
+    ("bytes_mb", "ΔMB / run", "{:+.0f}"),
 ]
 
 
@@ -294,7 +321,8 @@ def summarise(df: pd.DataFrame, target: float, out: Path, meta: str) -> str:
         "",
         meta,
         "",
-        "Mean ± 95% CI half-width over seeds (Student t); final figures are the mean of the last 3 rounds. "
+        "Mean ± 95% CI half-width over seeds (Student t); final accuracies are the mean of the last 3 "
+        "rounds, NMI is the last round's. "
         f"`{ORACLE}` is a reference, not a policy: every client always trains its own group's expert "
         "(it knows the groups, which no policy does).",
         "",
@@ -303,15 +331,26 @@ def summarise(df: pd.DataFrame, target: float, out: Path, meta: str) -> str:
         *_table(df, LEARNING, False),
         "",
         f"## Time, bytes, stragglers (target accuracy {target}, global gate; rounds / seconds over the runs "
-        f"that reached it; the {POST_HOC_TARGET} level was chosen after the runs, the same for every policy)",
+        f"that reached it; the {POST_HOC_TARGET} level was chosen after the first, 30-round study, the same "
+        "for every policy)",
         "",
         *_table(df, SYSTEMS, True),
+        "",
+        "## From the logs: how consistent the alignment is, and who trains",
+        "",
+        "Largest group's top-2 expert share: the share of the largest group's assignments that went to "
+        "its two most used experts. Expert purity: per expert, the share of its assignments that came "
+        "from its main group, averaged over the experts that were trained. Largest group's share of "
+        "completed client-rounds: participation.",
+        "",
+        *_table(df, WHY, False),
         "",
         "## Paired by seed: difference to random",
         "",
         "Mean ± 95% CI half-width over seeds of (policy - random) with the same seed (same data, "
-        "weights, traces and selected clients). Many comparisons are made here (7 policies x 5 "
-        "metrics): at 95% about one or two intervals excluding 0 are expected by chance alone.",
+        f"weights, traces and selected clients). Many comparisons are made here ({len(POLICIES) - 1} rows x "
+        f"{len(PAIRED)} metrics): at 95% about {0.05 * (len(POLICIES) - 1) * len(PAIRED):.0f} intervals "
+        "excluding 0 are expected by chance alone.",
         "",
         *paired_table(df),
     ]
@@ -320,7 +359,7 @@ def summarise(df: pd.DataFrame, target: float, out: Path, meta: str) -> str:
     return text
 
 
-def plot_assignments(counts: dict[str, np.ndarray], out: Path) -> list[Path]:
+def plot_assignments(counts: dict[str, np.ndarray], out: Path, rounds: int | None = None) -> list[Path]:
     """One panel per policy: share of each group's assignments going to each expert."""
     import matplotlib
 
@@ -332,7 +371,7 @@ def plot_assignments(counts: dict[str, np.ndarray], out: Path) -> list[Path]:
     nrow = math.ceil(len(labels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.9 * nrow + 0.6), squeeze=False, constrained_layout=True)
     im = None
-    vmax = max(float((m / np.maximum(m.sum(axis=1, keepdims=True), 1)).max()) for m in counts.values())
+    vmax = max((float((m / np.maximum(m.sum(axis=1, keepdims=True), 1)).max()) for lab, m in counts.items() if lab != ORACLE), default=1.0)
     for ax, lab in zip(axes.flat, labels):
         m = counts[lab]
         share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
@@ -346,7 +385,9 @@ def plot_assignments(counts: dict[str, np.ndarray], out: Path) -> list[Path]:
         ax.axis("off")
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.8, label="share of the group's assignments")
-    fig.suptitle("Group x expert assignments, seed 0, all rounds (row = one client group; 1/8 = spread evenly)")
+    span = f"all {rounds} rounds" if rounds else "all rounds"
+    fig.suptitle(f"Group x expert assignments, seed 0, {span} (row = one client group; 1/8 = spread evenly; "
+                 f"colour capped at the policies' largest share, {vmax:.2f})")
     paths = [out / "assignments.png"]
     fig.savefig(paths[0], dpi=110)
     plt.close(fig)
@@ -402,13 +443,19 @@ def main(argv: list[str] | None = None) -> int:
             counts[lab] = group_expert_counts(rd, E)
     df = pd.DataFrame(rows)
     df.to_csv(out / "summary.csv", index=False)
+    curves = np.array([pd.read_parquet(rd / "rounds.parquet").sort_values("round")["accuracy"].to_numpy()
+                       for (lab, _), rd in sorted(runs.items()) if lab != ORACLE])
+    block = max(1, curves.shape[1] // 12)
+    tail = [curves[:, i - block : i].mean() for i in range(curves.shape[1] - 2 * block, curves.shape[1] + 1, block)]
     meta = (
+        f"Convergence: mean accuracy over the policy runs in the last three blocks of {block} rounds: "
+        + " / ".join(f"{v:.3f}" for v in tail) + ".\n\n"
         f"{seeds} seed(s) x {len(POLICIES)} policies, {int(df['rounds'].iloc[0])} rounds each; "
         f"wall {time.perf_counter() - t0:.0f} s with {a.workers} workers"
         + (f"; {reused} of {len(jobs)} runs reused, complete, from an earlier invocation (not timed here)." if reused else ".")
     )
     text = summarise(df, target, out, meta)
-    plot_assignments(counts, out)
+    plot_assignments(counts, out, int(df["rounds"].iloc[0]))
     if a.quick:
         for lab, _ in POLICIES:
             d = df[df["policy"] == lab].iloc[0]
