@@ -134,6 +134,15 @@ def test_thin_stem_puts_most_parameters_in_the_experts() -> None:
     deep = MoEConfig(input_shape=(1, 28, 28), num_classes=10, widths=(), feature_dim=64,
                      num_experts=8, expert_hidden=128, expert_layers=2)
     assert parameter_split(MoEClassifier(deep))["experts"] > split["experts"]
+    # the CNN backbone too: three conv blocks (32x32 -> 4x4) and wider experts put >= 60% in them,
+    # while a shallow stem keeps a large projection and the experts' share falls below half
+    cnn = MoEConfig(input_shape=(3, 32, 32), num_classes=10, backbone="cnn", widths=(16, 32, 64),
+                    feature_dim=64, num_experts=8, expert_hidden=256)
+    cnn_split = parameter_split(MoEClassifier(cnn))
+    assert cnn_split["experts"] / cnn_split["total"] >= 0.6
+    shallow = MoEConfig(input_shape=(3, 32, 32), num_classes=10, backbone="cnn", widths=(16, 32),
+                        feature_dim=64, num_experts=8, expert_hidden=128)
+    assert parameter_split(MoEClassifier(shallow))["experts"] / parameter_split(MoEClassifier(shallow))["total"] < 0.5
 
 
 def test_every_executor_reports_the_expert_loss_of_the_received_weights() -> None:
