@@ -34,10 +34,8 @@ def test_paired_table_is_the_mean_and_t_interval_of_per_seed_differences() -> No
     rows = []
     for seed, (base, other) in enumerate([(0.70, 0.72), (0.60, 0.63), (0.80, 0.81)]):
         for lab, acc in (("random", base), ("greedy", other)):
-            rows.append({"policy": lab, "seed": seed, "acc": acc, "acc_client": acc, "acc_rare": acc,
-                         "acc_client_rare": acc, "nmi": acc})
-    rows.append({"policy": "greedy", "seed": 9, "acc": 0.0, "acc_client": 0.0, "acc_rare": 0.0,
-                 "acc_client_rare": 0.0, "nmi": 0.0})  # no random run with seed 9: left out
+            rows.append({key: acc for key, _, _ in s.PAIRED} | {"policy": lab, "seed": seed})
+    rows.append({key: 0.0 for key, _, _ in s.PAIRED} | {"policy": "greedy", "seed": 9})  # no random seed 9: left out
     lines = s.paired_table(pd.DataFrame(rows))
     d = np.array([0.02, 0.03, 0.01])
     from scipy.stats import t
