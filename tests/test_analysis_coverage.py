@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 try:
+    from tests.shared_data import missing_data_dir
     from tests.test_analysis_plots import assert_readable_png
 except ImportError:  # tests/ is not a package
     sys.path.insert(0, str(Path(__file__).parent))
+    from shared_data import missing_data_dir
     from test_analysis_plots import assert_readable_png
 
 from analysis.coverage import coverage_at, radio_of
@@ -135,10 +137,12 @@ def test_client_uplink_summary_reads_rates_and_statuses(tmp_path: Path) -> None:
 
 
 def _fedmoe_scenarios() -> list[Path]:
-    from fedsim.config import load_scenario
+    """Shipped scenarios whose protocol is fedmoe, read from the raw YAML: validating them here,
+    at collection time, would fail the whole module on a machine without ``../shared``."""
+    import yaml
 
     return [p for p in sorted((REPO / "scenarios").glob("*.yaml"))
-            if load_scenario(p).scenario.protocol.name == "fedmoe"]
+            if ((yaml.safe_load(p.read_text()) or {}).get("protocol") or {}).get("name", "fedmoe") == "fedmoe"]
 
 
 @pytest.mark.parametrize("path", _fedmoe_scenarios(), ids=lambda p: p.stem)
@@ -146,6 +150,10 @@ def test_coverage_map_drawn_for_every_fedmoe_scenario(path: Path, tmp_path: Path
     """The map of each shipped fedmoe scenario's own topology (full client count)."""
     from fedsim.build import build_graph
     from fedsim.config import load_scenario
+
+    missing = missing_data_dir(path)
+    if missing is not None:
+        pytest.skip(f"no data at {missing}")
 
     loaded = load_scenario(path)
     g = build_graph(loaded)
