@@ -14,15 +14,7 @@ import pandas as pd
 from rich.table import Table
 
 from analysis.info import format_bytes
-
-
-def _secs(s: float) -> str:
-    """Seconds in the largest readable unit (s, min, h)."""
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"
+from fedsim.engine.headline import short_seconds
 
 
 def _fail(v: Any) -> str:
@@ -34,8 +26,8 @@ __all__ = ["runs_table", "cells_table", "format_value"]
 _COLUMNS: dict[str, tuple[str, Any]] = {
     "final_accuracy": ("final acc.", lambda v: f"{v:.3f}"),
     "rounds_to_target": ("rounds to target", lambda v: f"{v:.0f}"),
-    "sim_s_to_target": ("sim. time to target", _secs),
-    "sim_s_total": ("sim. time", _secs),
+    "sim_s_to_target": ("sim. time to target", short_seconds),
+    "sim_s_total": ("sim. time", short_seconds),
     "bytes_total": ("bytes moved", format_bytes),
 }
 _FAILURES = ("stragglers", "dropouts", "ooms")

@@ -99,11 +99,12 @@ def _progress_bar(quiet: bool, rounds: int) -> tuple[Any, Any]:
         transient=False,
     )
     task = prog.add_task("run", total=rounds, t="0 s", acc="-", moved="0 B")
+    from fedsim.engine.headline import short_seconds
 
     def update(**kw: Any) -> None:
         fields: dict[str, Any] = {}
         if "t_s" in kw:
-            fields["t"] = _fmt_s(kw["t_s"])
+            fields["t"] = short_seconds(kw["t_s"])
         if kw.get("accuracy") is not None and kw["accuracy"] == kw["accuracy"]:
             fields["acc"] = f"{kw['accuracy']:.3f}"
         if "bytes" in kw:
@@ -113,14 +114,6 @@ def _progress_bar(quiet: bool, rounds: int) -> tuple[Any, Any]:
         prog.update(task, completed=kw.get("round", 0), **fields)
 
     return prog, update
-
-
-def _fmt_s(s: float) -> str:
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"
 
 
 def _fmt_bytes(b: float) -> str:
@@ -170,7 +163,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
     if cl.get("offline_whole_run"):
         print(f"offline:       {cl['offline_whole_run']} of {cl['total']} were offline for the whole run "
               "(never selectable; see devices.classes.*.mean_on_s / mean_off_s or devices.dropout)")
-    print(f"final accuracy {last:.4f}, simulated time {_fmt_s(res.manifest.get('sim_end_s', 0.0))}, wall {res.manifest['wall_s']:.1f} s")
+    from fedsim.engine.headline import short_seconds
+
+    print(f"final accuracy {last:.4f}, simulated time {short_seconds(res.manifest.get('sim_end_s', 0.0))}, wall {res.manifest['wall_s']:.1f} s")
     cl = res.clients
     if len(cl) and {"client", "status"} <= set(cl.columns):
         ok = cl.groupby("client")["status"].apply(lambda st: bool((st == "completed").any()))

@@ -223,3 +223,15 @@ def test_async_ends_when_nobody_can_ever_work() -> None:
     stop = ev[ev["kind"] == "async_idle_stop"]
     assert len(stop) == 1 and stop["t_s"].iloc[0] == 20.0
     assert len(w.sim.rec.rows("rounds")) == 0
+
+
+def test_async_rounds_rows_carry_the_same_evaluation_columns_as_sync() -> None:
+    """Both aggregation modes write their rounds rows from one place (Protocol.round_row_fields):
+    the per-client inference that fedmoe's evaluation adds reaches async rows too."""
+    frames = {}
+    for mode in ("sync", "async"):
+        w, _ = _world(_equivalence_overrides(mode), 6)
+        _run(w)
+        frames[mode] = w.sim.rec.frame("rounds")
+    assert frames["sync"]["accuracy_client"].notna().all()
+    assert frames["async"]["accuracy_client"].notna().all()

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["HEADLINE_METRICS", "headline_metrics"]
+__all__ = ["HEADLINE_METRICS", "headline_metrics", "short_seconds"]
 
 #: Headline metrics, in order (see :func:`headline_metrics`).
 HEADLINE_METRICS: tuple[str, ...] = (
@@ -71,3 +71,13 @@ def headline_metrics(rounds: pd.DataFrame, target_accuracy: float | None = None,
     elif sim_end_s is not None:
         out["sim_s_total"] = float(sim_end_s)
     return out
+
+
+def short_seconds(s: float) -> str:
+    """Seconds in the largest readable unit: ``"42.0 s"``, ``"3.5 min"``, ``"2.10 h"``
+    (below 120 s, below 2 h, else). Used by the run's progress line and ``fedsim compare``."""
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"

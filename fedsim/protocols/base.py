@@ -345,33 +345,45 @@ class Protocol:
             row[k] = v
         self.rec.row("rounds", **row)
 
-    def record_round(self, st: RoundState) -> None:
-        """Write the ``rounds``, ``clients`` and ``assignments`` rows of a finished round."""
-        outs = [self.outcomes[c] for c in st.selected if c in self.outcomes]
-        done = [o for o in outs if o.status == "completed"]
-        count = {s: sum(1 for o in outs if o.status == s) for s in STATUSES}
+    def round_row_fields(
+        self, st: RoundState, outs: list[ClientOutcome], done: list[ClientOutcome], count: dict[str, int]
+    ) -> dict[str, Any]:
+        """The ``rounds`` columns every aggregation mode fills the same way: times, the
+        evaluation metrics (accuracy / F1 / AUC and whatever else the table declares, such
+        as fedmoe's both inferences and routing NMI), client counts, bytes and phase means.
+        ``outs``: the outcomes this row accounts for; ``done``: those aggregated;
+        ``count``: outcomes per status. The caller adds ``online``, ``version``,
+        ``updates`` and the staleness columns."""
 
         def mean(xs: list[float]) -> float:
             return float(np.mean(xs)) if xs else math.nan
 
-        m = st.metrics
         from fedsim.engine.tables import TABLES
 
-        # metrics beyond accuracy / F1 / AUC (fedmoe: both inferences, routing NMI) that the table declares
+        m = st.metrics
         more = {k: v for k, v in m.items() if k not in ("accuracy", "f1", "auc") and k in TABLES["rounds"].names}
-        self.record_rounds_row(
+        return dict(
             round=st.round, t_start_s=st.t_start_s, t_end_s=st.t_end_s, duration_s=st.t_end_s - st.t_start_s,
             accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], **more,
-            selected=len(st.selected), completed=count["completed"], stragglers=count["straggler"],
-            dropouts=count["dropout"], ooms=count["oom"], skipped=count["skipped"],
+            selected=len(st.selected), completed=len(done), stragglers=count.get("straggler", 0),
+            dropouts=count.get("dropout", 0), ooms=count.get("oom", 0), skipped=count.get("skipped", 0),
             bytes_up=float(sum(o.bytes_up for o in outs)), bytes_down=float(sum(o.bytes_down for o in outs)),
             expert_load_cv=self.expert_load_cv(st),
             t_download_s=mean([o.t_download_s for o in done]), t_compute_s=mean([o.t_compute_s for o in done]),
             t_upload_s=mean([o.t_upload_s for o in done]), t_wait_s=mean([st.t_close_s - o.t_end_s for o in done]),
             t_server_s=st.t_end_s - st.t_close_s,
+        )
+
+    def record_round(self, st: RoundState) -> None:
+        """Write the ``rounds``, ``clients`` and ``assignments`` rows of a finished round."""
+        outs = [self.outcomes[c] for c in st.selected if c in self.outcomes]
+        done = [o for o in outs if o.status == "completed"]
+        count = {s: sum(1 for o in outs if o.status == s) for s in STATUSES}
+        self.record_rounds_row(
+            **self.round_row_fields(st, outs, done, count),
             online=st.online,
             # a synchronous round: one new version, every update trained on the previous one (staleness 0)
-            version=st.round + 1, updates=count["completed"],
+            version=st.round + 1, updates=len(done),
             staleness_mean=0.0 if done else math.nan, staleness_max=0.0 if done else math.nan,
         )
         for o in outs:

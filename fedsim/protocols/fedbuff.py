@@ -373,21 +373,9 @@ class BufferedLoop:
         glob = [st.round - a.ticket.version for a in good]
         count = {s: sum(1 for o in outs if o.status == s) for s in ("dropout", "oom", "skipped", "straggler")}
 
-        def mean(xs: list[float]) -> float:
-            return float(np.mean(xs)) if xs else math.nan
-
-        m = st.metrics
         p.record_rounds_row(
-            round=st.round, t_start_s=st.t_start_s, t_end_s=st.t_end_s, duration_s=st.t_end_s - st.t_start_s,
-            accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"],
-            selected=len(st.selected), completed=len(done), stragglers=count["straggler"],
-            dropouts=count["dropout"], ooms=count["oom"], skipped=count["skipped"],
-            bytes_up=float(sum(o.bytes_up for o in outs)), bytes_down=float(sum(o.bytes_down for o in outs)),
-            expert_load_cv=p.expert_load_cv(st),
-            t_download_s=mean([o.t_download_s for o in done]), t_compute_s=mean([o.t_compute_s for o in done]),
-            t_upload_s=mean([o.t_upload_s for o in done]), t_wait_s=mean([st.t_close_s - o.t_end_s for o in done]),
-            t_server_s=st.t_end_s - st.t_close_s,
+            **p.round_row_fields(st, outs, done, count),
             online=sum(1 for c in w.clients if w.is_online(c)),
             version=self.version, updates=len(good),
-            staleness_mean=mean([float(g) for g in glob]), staleness_max=float(max(glob)) if glob else math.nan,
+            staleness_mean=float(np.mean(glob)) if glob else math.nan, staleness_max=float(max(glob)) if glob else math.nan,
         )
