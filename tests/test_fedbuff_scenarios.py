@@ -11,7 +11,7 @@ import pytest
 from fedsim.cli import main
 from fedsim.config import load_scenario
 from tests.shared_data import missing_data_dir
-from tests.test_scenarios import SCENARIOS, SMALL, _fewer_clients
+from tests.test_scenarios import SCENARIOS, SMALL, smoke_overrides
 
 
 def _fedmoe_scenarios() -> list[Path]:
@@ -38,11 +38,7 @@ def test_mode_smoke_run(path: Path, mode: str, tmp_path: Path) -> None:
     if (gone := missing_data_dir(path)) is not None:
         pytest.skip(f"{path.name}: data directory {gone} is missing")
     s = load_scenario(path).scenario
-    overrides = [*SMALL, f"protocol.fedmoe.aggregation={mode}"]
-    if s.topology.kind == "manhattan_grid":
-        fewer = _fewer_clients(dict(s.topology.grid.clients))
-        if fewer is not None:
-            overrides.append("topology.grid.clients={" + ", ".join(f"{c}: {n}" for c, n in fewer.items()) + "}")
+    overrides = [*smoke_overrides(s), f"protocol.fedmoe.aggregation={mode}"]
     out = tmp_path / path.stem
     code = main(["run", str(path), "--out", str(out), "--quiet", "--no-figures", *(f"--set={o}" for o in overrides)])
     assert code == 0, f"{path.name} ({mode}): fedsim run exited with {code}"

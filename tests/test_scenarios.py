@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +64,17 @@ def _fewer_clients(clients: dict[str, int], cap: int = MAX_CLIENTS) -> dict[str,
     return {c: max(1, round(n * cap / total)) for c, n in clients.items() if n > 0}
 
 
+def smoke_overrides(s: Any) -> list[str]:
+    """The overrides that shrink scenario ``s`` for a smoke run: ``SMALL`` plus, on a
+    Manhattan grid, fewer clients per class (also used by tests/test_fedbuff_scenarios.py)."""
+    overrides = list(SMALL)
+    if s.topology.kind == "manhattan_grid":
+        fewer = _fewer_clients(dict(s.topology.grid.clients))
+        if fewer is not None:
+            overrides.append("topology.grid.clients={" + ", ".join(f"{c}: {n}" for c, n in fewer.items()) + "}")
+    return overrides
+
+
 def _smoke_params() -> list:
     params = []
     for path in SCENARIOS:
@@ -94,11 +106,7 @@ def test_scenario_smoke_run(path: Path, tmp_path: Path) -> None:
         except (ImportError, NotImplementedError) as e:
             pytest.skip(f"{path.name}: protocol {s.protocol.name!r} is not available ({module}: {e})")
 
-    overrides = list(SMALL)
-    if s.topology.kind == "manhattan_grid":
-        fewer = _fewer_clients(dict(s.topology.grid.clients))
-        if fewer is not None:
-            overrides.append("topology.grid.clients={" + ", ".join(f"{c}: {n}" for c, n in fewer.items()) + "}")
+    overrides = smoke_overrides(s)
 
     out = tmp_path / path.stem
     code = main(["run", str(path), "--out", str(out), "--quiet", "--no-figures", *(f"--set={o}" for o in overrides)])
