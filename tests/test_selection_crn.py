@@ -80,8 +80,22 @@ def test_crn_select_rejects_impossible_requests() -> None:
     from fedsim.protocols.base import crn_select
 
     rng = np.random.default_rng(0)
-    assert crn_select(rng, ["a", "b", "c"], ["c", "a"], 2) == ["a", "c"]
+    assert crn_select(rng, ["a", "b", "c"], [True, False, True], 2) == ["a", "c"]
+    assert crn_select(rng, ["a", "b", "c"], [False, True, False], 0) == []
     with pytest.raises(ValueError, match="cannot choose 3 of 2"):
-        crn_select(rng, ["a", "b", "c"], ["a", "b"], 3)
-    with pytest.raises(ValueError, match="not in the population"):
-        crn_select(rng, ["a", "b"], ["z"], 1)
+        crn_select(rng, ["a", "b", "c"], [True, True, False], 3)
+    with pytest.raises(ValueError, match="2 flags for 3 clients"):
+        crn_select(rng, ["a", "b", "c"], [True, False], 1)
+
+
+def test_crn_select_takes_the_smallest_priorities_among_the_eligible() -> None:
+    """By hand: the priorities are the stream's next ``len(clients)`` uniforms."""
+    import numpy as np
+
+    from fedsim.protocols.base import crn_select
+
+    clients = [f"c{i}" for i in range(50)]
+    ok = [i % 3 != 0 for i in range(50)]
+    prio = np.random.default_rng(7).random(50)
+    expect = sorted(sorted((c for c, e in zip(clients, ok) if e), key=lambda c: prio[clients.index(c)])[:9])
+    assert crn_select(np.random.default_rng(7), clients, ok, 9) == expect

@@ -215,18 +215,21 @@ class BufferedLoop:
             yield from self.aggregate(list(self.buffer))
 
     # --------------------------------------------------------- dispatch
-    def eligible(self) -> list[str]:
-        """Clients that may be dispatched now: online, with data, not training, not in the buffer (sorted)."""
+    def eligible(self) -> list[bool]:
+        """Per client of ``world.clients``: may it be dispatched now (online, with data, not
+        training, not in the buffer)?"""
         w = self.p.world
         busy = set(self.inflight) | {a.ticket.client for a in self.buffer}
-        return [c for c in w.clients if c not in busy and w.is_online(c) and w.num_samples(c) > 0]
+        return [c not in busy and w.is_online(c) and w.num_samples(c) > 0 for c in w.clients]
 
     def dispatch(self) -> list[str]:
         """Fill the free slots (up to ``concurrency`` in flight) with new clients; returns those dispatched."""
         p = self.p
         free = self.concurrency - len(self.inflight)
-        cand = self.eligible() if free > 0 else []
-        n = min(free, len(cand))
+        if free <= 0:
+            return []
+        cand = self.eligible()
+        n = min(free, sum(cand))
         if n <= 0:
             return []
         chosen = crn_select(p.rng_select, p.world.clients, cand, n)  # as sync's selection: the same draw

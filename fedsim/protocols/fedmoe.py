@@ -68,8 +68,8 @@ class FedMoE(Protocol):
         self._last_load = np.zeros(self.E)
         self.last_staleness = {}
         # a client without training data has nothing to contribute (skewed partitions can leave some empty)
-        online = [c for c in w.clients if w.is_online(c) and w.num_samples(c) > 0]
-        n_sel = min(len(online), math.ceil(cfg.clients_per_round * cfg.over_selection))
+        online = [w.is_online(c) and w.num_samples(c) > 0 for c in w.clients]
+        n_sel = min(sum(online), math.ceil(cfg.clients_per_round * cfg.over_selection))
         return crn_select(self.rng_select, w.clients, online, n_sel)
 
     def assign(self, r: int, selected: list[str]) -> dict[str, list[int]]:
