@@ -129,7 +129,10 @@ class RunDir:
 
     @property
     def policy(self) -> str:
-        """Alignment policy name; ``"-"`` when the run has none (e.g. nmoe)."""
+        """Alignment policy name; ``"-"`` when the run has none (nmoe: its manifest still holds
+        the schema's default ``alignment`` section, which nmoe never reads)."""
+        if self.protocol != "fedmoe":
+            return "-"
         align = self.scenario.get("alignment") or {}
         pol = align.get("policy")
         if isinstance(pol, dict):
