@@ -129,11 +129,13 @@ class RunDir:
 
     @property
     def policy(self) -> str:
-        """Alignment policy name; ``"-"`` when the run has none (nmoe: its manifest still holds
-        the schema's default ``alignment`` section, which nmoe never reads)."""
+        """Alignment policy name (``protocol.fedmoe.alignment.policy``; a run directory written
+        before that move keeps it in a top-level ``alignment`` section); ``"-"`` when the run has
+        none (nmoe: its manifest still holds the schema's default section, which nmoe never reads)."""
         if self.protocol != "fedmoe":
             return "-"
-        align = self.scenario.get("alignment") or {}
+        fedmoe = (self.scenario.get("protocol") or {}).get("fedmoe") or {}
+        align = fedmoe.get("alignment") or self.scenario.get("alignment") or {}
         pol = align.get("policy")
         if isinstance(pol, dict):
             pol = pol.get("name")

@@ -34,7 +34,7 @@ DEFAULT_METRICS: tuple[str, ...] = HEADLINE_METRICS
 #: Metrics plotted against each swept parameter by default.
 PLOT_METRICS: tuple[str, ...] = ("final_accuracy", "sim_s_to_target")
 #: The grid key whose values become the lines (hue) of the plots.
-POLICY_KEY = "alignment.policy"
+POLICY_KEY = "protocol.fedmoe.alignment.policy"
 
 _NON_GRID = {"run_dir", "seed", "status", "error", "wall_s", *DEFAULT_METRICS}
 
@@ -90,7 +90,7 @@ def compare_sweep(
     runs in the cell) and ``failed``. Rows are in grid order.
 
     Writes into ``out_dir``: ``cells.csv``, ``cells.md`` and, for each plot
-    metric and each swept parameter other than ``alignment.policy``,
+    metric and each swept parameter other than ``protocol.fedmoe.alignment.policy``,
     ``{metric}_vs_{param}.png`` with one line per policy (when the policy is
     swept; other swept keys are pooled). If the policy is the only swept key,
     ``{metric}_vs_policy.png`` shows it as categories.

@@ -76,18 +76,18 @@ ORACLE = "group_oracle"
 
 #: (label, overrides) per policy; every other setting comes from the scenario file.
 POLICIES: list[tuple[str, list[str]]] = [
-    ("random", ["alignment.policy=random"]),
-    ("greedy", ["alignment.policy=greedy"]),
-    ("lb_wu0.25", ["alignment.policy=load_balanced", "alignment.w_u=0.25"]),
-    ("lb_wu0.5", ["alignment.policy=load_balanced", "alignment.w_u=0.5"]),
-    ("lb_wu1", ["alignment.policy=load_balanced", "alignment.w_u=1.0"]),
-    ("optimal", ["alignment.policy=optimal"]),
-    ("deadline_aware", ["alignment.policy=deadline_aware"]),
-    ("systems_aware", ["alignment.policy=systems_aware"]),
+    ("random", ["protocol.fedmoe.alignment.policy=random"]),
+    ("greedy", ["protocol.fedmoe.alignment.policy=greedy"]),
+    ("lb_wu0.25", ["protocol.fedmoe.alignment.policy=load_balanced", "protocol.fedmoe.alignment.w_u=0.25"]),
+    ("lb_wu0.5", ["protocol.fedmoe.alignment.policy=load_balanced", "protocol.fedmoe.alignment.w_u=0.5"]),
+    ("lb_wu1", ["protocol.fedmoe.alignment.policy=load_balanced", "protocol.fedmoe.alignment.w_u=1.0"]),
+    ("optimal", ["protocol.fedmoe.alignment.policy=optimal"]),
+    ("deadline_aware", ["protocol.fedmoe.alignment.policy=deadline_aware"]),
+    ("systems_aware", ["protocol.fedmoe.alignment.policy=systems_aware"]),
     # a reference, not a policy: every client always trains its own group's expert. It knows the
     # groups, which no policy does (the routing test's oracle, tests/test_alignment_premise.py);
     # added after the 300-round study, to measure what a consistent alignment is worth here
-    ("group_oracle", [f"alignment.policy={ORACLE}"]),
+    ("group_oracle", [f"protocol.fedmoe.alignment.policy={ORACLE}"]),
 ]
 
 QUICK_ROUNDS = 12
@@ -121,8 +121,8 @@ def _run_one(args: tuple[str, list[str], int, int | None, Path, list[str]]) -> s
     ov = [*overrides, *extra, "output.figures=false"]
     if rounds is not None:
         ov.append(f"run.rounds={rounds}")
-    if f"alignment.policy={ORACLE}" in ov:
-        register_group_oracle(load_scenario(SCENARIO, [o for o in ov if not o.startswith("alignment.policy=")], seed=seed))
+    if f"protocol.fedmoe.alignment.policy={ORACLE}" in ov:
+        register_group_oracle(load_scenario(SCENARIO, [o for o in ov if not o.startswith("protocol.fedmoe.alignment.policy=")], seed=seed))
     loaded = load_scenario(SCENARIO, ov, seed=seed)
     run(loaded, run_dir, figures=False)
     return str(run_dir)
@@ -133,9 +133,9 @@ def register_group_oracle(loaded) -> None:  # noqa: ANN001
     each client gets exactly its group's expert (expert index = group), whatever its budget
     beyond the first expert. A reference that knows the groups, not a policy."""
     from fedsim.alignment import policies as pol
-    from fedsim.build import build_world
+    from fedsim.build import build_parts
 
-    groups = dict(build_world(loaded).client_groups)
+    groups = {c: int(sp.group) for c, sp in build_parts(loaded).trainer.splits.items()}
 
     class GroupOracle(pol.AlignmentPolicy):
         name = ORACLE

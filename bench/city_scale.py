@@ -50,7 +50,7 @@ def child(size: int, rounds: int | None, extra: list[str]) -> dict[str, float]:
 
     import torch
 
-    from fedsim.build import build_world
+    from fedsim.build import build_parts
     from fedsim.config import load_scenario
     from fedsim.protocols import make_protocol
 
@@ -65,7 +65,7 @@ def child(size: int, rounds: int | None, extra: list[str]) -> dict[str, float]:
     if rounds is not None:
         sets.append(f"run.rounds={rounds}")
     t0 = time.perf_counter()
-    world = build_world(load_scenario(SCENARIO, sets))
+    world = build_parts(load_scenario(SCENARIO, sets))
     proto = make_protocol(world)
     gc.collect()
     gc.freeze()
@@ -77,7 +77,7 @@ def child(size: int, rounds: int | None, extra: list[str]) -> dict[str, float]:
     rows = world.sim.rec.rows("rounds")
     selected = sum(int(r.get("selected", 0)) for r in rows)
     n_rounds = len(rows)
-    net = world.network
+    net = world.systems.network
     return {"devices": n, "bs": len(net.bs_ids), "rounds": n_rounds, "selected": selected,
             "build_s": t1 - t0, "run_s": t2 - t1, "wall_s": t2 - t0, "events": float(next(env._eid)),
             "sim_s": float(env.now), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,

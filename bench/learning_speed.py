@@ -40,7 +40,7 @@ import torch
 
 import fedsim
 from fedsim.learning.datasets import load_dataset
-from fedsim.learning.executors import make_executor
+from fedsim.learning.executor_registry import make_executor
 from fedsim.learning.models import MoEConfig
 from fedsim.learning.partition import partition
 from fedsim.learning.threads import set_torch_threads
@@ -146,11 +146,11 @@ def throughput(n_clients: int, executor: str) -> tuple[float, float]:
 
 def moe_speedup() -> tuple[float, int]:
     """Batched over sequential on one round of the default scenario (its MoE, all clients, 2 experts each)."""
-    from fedsim.build import build_world
+    from fedsim.build import build_parts
 
-    world = build_world(fedsim.load_scenario(BASE, ["training.device=cpu"]))
+    world = build_parts(fedsim.load_scenario(BASE, ["training.device=cpu"])).trainer
     state = init_state(world.model_config, 0)
-    jobs = [world.train_job(c, 0, state, [i % 4, (i + 1) % 4], True) for i, c in enumerate(world.clients) if world.num_samples(c) > 0]
+    jobs = [world.job(c, 0, state, [i % 4, (i + 1) % 4], True) for i, c in enumerate(world.clients) if world.num_samples(c) > 0]
     out = {}
     for name in ("sequential", "batched", "sequential", "batched"):
         ex = make_executor(name)
@@ -187,7 +187,7 @@ def profile_outside_torch(executor: str, rounds: int) -> None:
     total = sum(v[2] for v in stats.values())
     in_torch = sum(v[2] for (file, _l, fn), v in stats.items() if "/torch/" in file or "torch._C" in fn)
     phases = {
-        "world build (data, topology, devices)": ("fedsim/build.py", "build_world"),
+        "world build (data, topology, devices)": ("fedsim/build.py", "build_parts"),
         "training (executor.run)": ("fedsim/protocols/fedmoe.py", "train"),
         "FedAvg + alignment feedback": ("fedsim/protocols/fedmoe.py", "fedavg"),
         "global evaluation": ("fedsim/build.py", "evaluate"),

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from fedsim.api import load_scenario
-from fedsim.build import build_world
+from fedsim.build import build_parts
 from fedsim.learning.models import MoEClassifier
 from fedsim.learning.nmoe_model import (
     evaluate_per_client,
@@ -118,7 +118,7 @@ def run_setting(args: argparse.Namespace, setting: str, tau: float | None, seed:
                          "lr": 100 * lr if test == "same" else math.nan, **extra})
 
     for ext, gate in GATED:
-        world = build_world(load_scenario(SCENARIO, overrides(args, tau, ext, gate), seed=seed))
+        world = build_parts(load_scenario(SCENARIO, overrides(args, tau, ext, gate), seed=seed))
         p = NMoE(world)
         p.cache = cache
         p.run()
@@ -137,7 +137,7 @@ def run_setting(args: argparse.Namespace, setting: str, tau: float | None, seed:
         print(f"  [{setting} seed {seed}] {ext}+{gate}: acc {100 * own['accuracy']:.1f} train {tot['train_s']:.0f} s", flush=True)
 
     cl, cfg, tc, world = base  # type: ignore[misc]
-    xg, yg = world.x_test, world.y_test
+    xg, yg = world.evaluator.x_test, world.evaluator.y_test
     seed_int = world.sim.rng.seed_int("nmoe/train")
     none = dict.fromkeys([*COST_COLS, "p95_ms", "p50_ms", "bytes_req", "dp_epsilon"], math.nan)
     central = train_centralised_moe(cl, cfg, tc, seed_int)

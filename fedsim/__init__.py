@@ -1,6 +1,6 @@
 """fedsim: discrete-event simulator of federated Mixture-of-Experts at the wireless edge."""
 
-__version__ = "0.1.0"
+from fedsim.version import __version__
 
 __all__ = ["__version__", "load_scenario", "run", "RunResult", "ScenarioError"]
 

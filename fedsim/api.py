@@ -101,12 +101,12 @@ def _arithmetic_error(loaded: LoadedScenario, e: BaseException) -> ScenarioError
                          "check extreme values", file=str(loaded.path) if loaded.path else None)
 
 
-def _client_summary(world: Any) -> dict[str, Any]:
+def _client_summary(systems: Any) -> dict[str, Any]:
     """Clients per device class and those offline for the whole run (never selectable)."""
     from collections import Counter
 
-    devs = getattr(world, "devices", {}) or {}
-    per_class = Counter(world.device_class(c) for c in devs)
+    devs = systems.devices
+    per_class = Counter(systems.device_class(c) for c in devs)
     never = sorted(c for c, d in devs.items() if not getattr(d, "ever_online", True))
     return {"total": len(devs), "per_class": dict(sorted(per_class.items())),
             "offline_whole_run": len(never), "offline_whole_run_ids": never[:50]}
@@ -194,7 +194,7 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: 
 
 def checkpoint_identity(loaded: LoadedScenario) -> dict[str, Any]:
     """The fields a checkpoint must match: fedsim version, scenario hash, seed."""
-    from fedsim import __version__
+    from fedsim.version import __version__
 
     resolved = json.loads(json.dumps(loaded.scenario.model_dump(mode="json"), default=str))
     return {"fedsim_version": __version__, "scenario_sha256": scenario_sha256(resolved), "seed": int(loaded.scenario.run.seed)}
@@ -206,8 +206,8 @@ def _load_for_resume(run_dir: Path) -> tuple[LoadedScenario, dict[str, Any]]:
     Raises:
         CheckpointError: no / unreadable manifest, a completed run, another fedsim version, an invalid scenario.
     """
-    from fedsim import __version__
     from fedsim.config.loader import scenario_from_dict
+    from fedsim.version import __version__
 
     mp = run_dir / "manifest.json"
     try:
@@ -244,10 +244,8 @@ def _execute(
     figures: bool | None,
     resume: tuple[dict[str, Any], dict[str, Any], list[tuple[str, int, int]]] | None = None,
 ) -> RunResult:
-    """Build the world, run it with checkpoints (replaying ``resume``'s records), write the run directory."""
-    from fedsim.build import build_world
+    """Build the parts, run the protocol with checkpoints (replaying ``resume``'s records), write the run directory."""
     from fedsim.learning.threads import set_torch_threads
-    from fedsim.protocols import make_protocol
 
     s = loaded.scenario
     wall0 = time.perf_counter()  # host wall time is reported, never used in the simulation
@@ -255,105 +253,30 @@ def _execute(
     gc_threshold = gc.get_threshold()
     restore_threads = set_torch_threads(s.training.torch_threads)
     every = checkpoint_interval(s.run.rounds, s.output.checkpoint_every_rounds)
+    records = resume[2] if resume else []
     try:
-        # build first: bad input found here (a dataset directory that does not
-        # hold the expected files, ...) fails before anything is written
-        try:
-            world = build_world(loaded)
-        except ArithmeticError as e:  # overflow, division by zero... from extreme values
-            raise _arithmetic_error(loaded, e) from None
-        records = resume[2] if resume else []
-        world.replay = Replay(run_dir / LOG_FILE if run_dir is not None else None, records, record=every > 0)
         sinks: list[Any] = []  # live sinks (output.tensorboard), opened once run_dir exists
-
-        def _progress(**kw: Any) -> None:
-            if progress is not None:
-                progress(**kw)
-            for sink in sinks:
-                sink.update(world.sim.rec.rows("rounds"))
-
-        try:
-            proto = make_protocol(world, progress=_progress)
-        except ArithmeticError as e:
-            raise _arithmetic_error(loaded, e) from None
-        # the world's long-lived objects need no cyclic GC passes: 25-40% less CPU, same results
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(20_000, 10, 10)
-
-        if run_dir is None:
-            run_dir = make_run_dir(Path(s.output.dir), f"{s.run.name}-seed{s.run.seed}")
-            world.replay.log_path = run_dir / LOG_FILE
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        draw = s.output.figures if figures is None else figures
-        if draw:  # no empty figures/ for runs that draw none (sweeps, --no-figures)
-            (run_dir / "figures").mkdir(exist_ok=True)
-        if resume:
-            manifest, head = dict(resume[0]), resume[1]
-            manifest["status"] = "running"
-            manifest["resumed"] = int(manifest.get("resumed") or 0) + 1
-            manifest["resumed_from_round"] = int(head.get("rounds_done", 0))
-        else:
-            manifest = base_manifest(s.model_dump(mode="json"), s.run.seed)
-            manifest["scenario_file"] = str(loaded.path) if loaded.path else None
-            head = {}
-        manifest["started_at"] = started.isoformat(timespec="milliseconds")
-        write_json(run_dir / "manifest.json", manifest)
-        world.checkpointer = Checkpointer(
-            run_dir, checkpoint_identity(loaded), world.replay, every,
+        parts, proto = _build(loaded, run_dir, records, every, progress, sinks)
+        run_dir, manifest, head, draw = _open_run_dir(loaded, run_dir, parts, figures, resume, started)
+        parts.checkpoints.arm(Checkpointer(
+            run_dir, checkpoint_identity(loaded), parts.trainer.replay, every,
             committed_bytes=int(head.get("log_bytes", 0)), committed_records=len(records),
-        )
+        ))
         if s.output.tensorboard:
-            from fedsim.engine.sinks import TensorBoardSink
-
-            if resume:  # the replay rewrites every round: the killed run's event files would duplicate them
-                import shutil
-
-                shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-            sinks.append(TensorBoardSink(run_dir / "tensorboard"))
-
-        failed: BaseException | None = None
-        try:
-            proto.run()
-        except BaseException as exc:  # noqa: BLE001 - re-raised after saving what we have
-            failed = exc
-        for sink in sinks:  # rounds recorded after the last progress call, then close
-            sink.update(world.sim.rec.rows("rounds"))
-            sink.close()
+            sinks.append(_tensorboard_sink(run_dir, fresh=resume is not None))
+        failed = _play(proto, parts, sinks)
     finally:
         restore_threads()
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
-    frames = world.frames()
+    frames = parts.frames()
     _write_frames(run_dir, frames)
     state = proto.final_state() if failed is None else None
     if state is not None:
         _write_model(run_dir / "model.pt", state)
-    cp = world.checkpointer
-    wall_s = time.perf_counter() - wall0
-    # finished_at - started_at == wall_s (one clock reading each, same resolution)
-    manifest["finished_at"] = (started + timedelta(seconds=wall_s)).isoformat(timespec="milliseconds")
-    manifest["wall_s"] = round(wall_s, 3)
-    manifest["sim_end_s"] = float(world.sim.now)
-    manifest["clients"] = _client_summary(world)
-    manifest["checkpoint"] = {
-        "every_rounds": every, "writes": cp.writes, "write_s": round(cp.seconds, 4),
-        "pickle_s": round(world.replay.cost_s, 4), "replayed_calls": len(records),
-        "log_bytes": cp.committed_bytes,
-    }
+    _close_manifest(manifest, parts, started, time.perf_counter() - wall0, every, len(records))
     if failed is not None:
-        interrupted = isinstance(failed, KeyboardInterrupt)
-        manifest["status"] = "interrupted" if interrupted else "failed"
-        manifest["error"] = f"{type(failed).__name__}: {failed}"
-        if not interrupted:
-            atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(failed)))
-        write_json(run_dir / "manifest.json", manifest)
-        if isinstance(failed, ArithmeticError):
-            err = _arithmetic_error(loaded, failed)
-            err.rule += f" (the run directory {str(run_dir)!r} keeps the traceback in error.txt)"
-            raise err from failed
-        raise failed
+        _fail(loaded, run_dir, manifest, failed)
     manifest["status"] = "completed"
     manifest.pop("error", None)
     write_json(run_dir / "manifest.json", manifest)
@@ -367,6 +290,127 @@ def _execute(
 
         figs = list(plot_run(run_dir))
     return RunResult(run_dir=run_dir, manifest=manifest, frames=frames, figures=figs)
+
+
+def _build(
+    loaded: LoadedScenario, run_dir: Path | None, records: list[tuple[str, int, int]], every: int,
+    progress: ProgressFn | None, sinks: list[Any],
+) -> tuple[Any, Any]:
+    """The run's parts and its protocol (bad input fails here, before anything is
+    written); then the cyclic GC is frozen for the run (:func:`_execute` unfreezes it)."""
+    from fedsim.build import build_parts
+    from fedsim.protocols import make_protocol
+
+    # build first: bad input found here (a dataset directory that does not
+    # hold the expected files, ...) fails before anything is written
+    replay = Replay(run_dir / LOG_FILE if run_dir is not None else None, records, record=every > 0)
+    try:
+        parts = build_parts(loaded, replay)
+    except ArithmeticError as e:  # overflow, division by zero... from extreme values
+        raise _arithmetic_error(loaded, e) from None
+
+    def _progress(**kw: Any) -> None:
+        if progress is not None:
+            progress(**kw)
+        for sink in sinks:
+            sink.update(parts.sim.rec.rows("rounds"))
+
+    try:
+        proto = make_protocol(parts, progress=_progress)
+    except ArithmeticError as e:
+        raise _arithmetic_error(loaded, e) from None
+    # the run's long-lived objects need no cyclic GC passes: 25-40% less CPU, same results
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+    return parts, proto
+
+
+def _open_run_dir(
+    loaded: LoadedScenario, run_dir: Path | None, parts: Any, figures: bool | None,
+    resume: tuple[dict[str, Any], dict[str, Any], list[tuple[str, int, int]]] | None, started: datetime,
+) -> tuple[Path, dict[str, Any], dict[str, Any], bool]:
+    """Create the run directory and write its manifest; returns (run_dir, manifest, checkpoint head, draw figures)."""
+    s = loaded.scenario
+    if run_dir is None:
+        run_dir = make_run_dir(Path(s.output.dir), f"{s.run.name}-seed{s.run.seed}")
+        parts.trainer.replay.log_path = run_dir / LOG_FILE
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    draw = s.output.figures if figures is None else figures
+    if draw:  # no empty figures/ for runs that draw none (sweeps, --no-figures)
+        (run_dir / "figures").mkdir(exist_ok=True)
+    if resume:
+        manifest, head = dict(resume[0]), resume[1]
+        manifest["status"] = "running"
+        manifest["resumed"] = int(manifest.get("resumed") or 0) + 1
+        manifest["resumed_from_round"] = int(head.get("rounds_done", 0))
+    else:
+        manifest = base_manifest(s.model_dump(mode="json"), s.run.seed)
+        manifest["scenario_file"] = str(loaded.path) if loaded.path else None
+        head = {}
+    manifest["started_at"] = started.isoformat(timespec="milliseconds")
+    write_json(run_dir / "manifest.json", manifest)
+    return run_dir, manifest, head, draw
+
+
+def _tensorboard_sink(run_dir: Path, *, fresh: bool) -> Any:
+    """The ``output.tensorboard`` sink; ``fresh``: a resumed run replays every round, so the
+    killed run's event files (which would duplicate them) are removed first."""
+    from fedsim.engine.sinks import TensorBoardSink
+
+    if fresh:
+        import shutil
+
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    return TensorBoardSink(run_dir / "tensorboard")
+
+
+def _play(proto: Any, parts: Any, sinks: list[Any]) -> BaseException | None:
+    """Run the protocol; returns the exception that ended it (None: it completed). The sinks get the last rows, then close."""
+    failed: BaseException | None = None
+    try:
+        proto.run()
+    except BaseException as exc:  # noqa: BLE001 - re-raised after saving what we have
+        failed = exc
+    for sink in sinks:  # rounds recorded after the last progress call, then close
+        sink.update(parts.sim.rec.rows("rounds"))
+        sink.close()
+    return failed
+
+
+def _close_manifest(manifest: dict[str, Any], parts: Any, started: datetime, wall_s: float, every: int, replayed: int) -> None:
+    """The end-of-run manifest fields: times, clients, checkpoint costs."""
+    cp = parts.checkpoints.checkpointer
+    # finished_at - started_at == wall_s (one clock reading each, same resolution)
+    manifest["finished_at"] = (started + timedelta(seconds=wall_s)).isoformat(timespec="milliseconds")
+    manifest["wall_s"] = round(wall_s, 3)
+    manifest["sim_end_s"] = float(parts.sim.now)
+    manifest["clients"] = _client_summary(parts.systems)
+    manifest["checkpoint"] = {
+        "every_rounds": every, "writes": cp.writes, "write_s": round(cp.seconds, 4),
+        "pickle_s": round(parts.trainer.replay.cost_s, 4), "replayed_calls": replayed,
+        "log_bytes": cp.committed_bytes,
+    }
+
+
+def _fail(loaded: LoadedScenario, run_dir: Path, manifest: dict[str, Any], failed: BaseException) -> None:
+    """Record a failed / interrupted run in its manifest (and ``error.txt``), then raise.
+
+    Raises:
+        ScenarioError: an arithmetic error (extreme values); else ``failed`` itself.
+    """
+    interrupted = isinstance(failed, KeyboardInterrupt)
+    manifest["status"] = "interrupted" if interrupted else "failed"
+    manifest["error"] = f"{type(failed).__name__}: {failed}"
+    if not interrupted:
+        atomic_write_text(run_dir / "error.txt", "".join(traceback.format_exception(failed)))
+    write_json(run_dir / "manifest.json", manifest)
+    if isinstance(failed, ArithmeticError):
+        err = _arithmetic_error(loaded, failed)
+        err.rule += f" (the run directory {str(run_dir)!r} keeps the traceback in error.txt)"
+        raise err from failed
+    raise failed
 
 
 def _write_model(path: Path, state: dict[str, Any]) -> None:

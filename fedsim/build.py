@@ -1,18 +1,17 @@
-"""Scenario -> world: the one place where configuration meets the layers.
+"""Scenario -> the parts a protocol is handed: the one place where configuration meets the layers.
 
 :func:`build_graph` turns the ``topology`` section into a networkx graph
-(used by validation too); :func:`build_world` builds the whole run: the
-Simulation, the network, the devices, the dataset and its partition, and
-the model configuration. Protocols talk to the :class:`World` only, so the
-systems and learning layers stay independent of each other and of the
-scenario schema.
+(used by validation too); :func:`build_parts` builds the whole run once: the
+Simulation, the network and the devices (the systems part), the dataset, its
+partition and the model configuration (the trainer and the evaluator), the
+alignment services, and hands the protocol its own typed config section
+(:class:`~fedsim.parts.bundle.Parts`). Protocols never see the scenario, so the
+systems and learning layers stay independent of each other and of the schema.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,16 +19,18 @@ import networkx as nx
 import numpy as np
 
 from fedsim.config.errors import ScenarioError
-from fedsim.engine.checkpoint import Checkpointer, Replay
+from fedsim.engine.checkpoint import Replay
+from fedsim.parts.alignment import AlignmentServices
+from fedsim.parts.bundle import Parts, RunSettings
+from fedsim.parts.learning import Evaluator, Trainer
+from fedsim.parts.systems import Systems
 
 if TYPE_CHECKING:
-    import pandas as pd
-    import simpy
     import torch
 
     from fedsim.config.loader import LoadedScenario
 
-__all__ = ["TopologyError", "build_graph", "check_world_rules", "load_checked", "unreachable_clients_of", "build_world", "World", "Accounting"]
+__all__ = ["TopologyError", "build_graph", "check_world_rules", "load_checked", "unreachable_clients_of", "build_parts"]
 
 
 class TopologyError(ValueError):
@@ -95,8 +96,9 @@ def check_world_rules(loaded: LoadedScenario) -> nx.Graph:
     from fedsim.alignment.policies import POLICIES
 
     s = loaded.scenario
-    if s.alignment.policy not in POLICIES:
-        raise loaded.error("alignment.policy", f"unknown policy {s.alignment.policy!r} (valid: {', '.join(sorted(POLICIES))})")
+    policy = s.protocol.fedmoe.alignment.policy
+    if policy not in POLICIES:
+        raise loaded.error("protocol.fedmoe.alignment.policy", f"unknown policy {policy!r} (valid: {', '.join(sorted(POLICIES))})")
     try:
         graph = build_graph(loaded, seed=s.run.seed)
     except TopologyError as e:
@@ -126,78 +128,13 @@ def load_checked(path: str | Path, overrides: list[str] | None = None, *, seed: 
     return loaded
 
 
-@dataclass
-class Accounting:
-    """Bytes, FLOPs and memory of a client's round, from the actual model.
+class _Builder:
+    """Builds a run's parts from one scenario under one root seed (:func:`build_parts`).
 
-    All figures come from :mod:`fedsim.learning.accounting`: payload bytes
-    are the tensors sent (backbone + gate + assigned experts); FLOPs are
-    forward + backward of backbone, gate and ``min(top_k, k)`` experts per
-    sample per epoch; memory is parameters + gradients + optimizer state +
-    one batch of activations.
-    """
-
-    bytes_shared: int
-    bytes_per_expert: int
-    flops_shared_per_sample: float  # training FLOPs per sample, backbone + gate + routing
-    flops_expert_per_sample: float  # training FLOPs per sample per active expert
-    mem_by_k: list[int]  # training memory in bytes with k assigned experts (index k)
-    epochs: int
-    top_k: int
-    num_experts: int
-
-    def payload_bytes(self, experts: list[int], shared: bool = True) -> float:
-        """Bytes of the tensors for ``experts`` (plus backbone and gate if ``shared``)."""
-        return float((self.bytes_shared if shared else 0) + len(experts) * self.bytes_per_expert)
-
-    def job_flops(self, k: int, num_samples: int) -> float:
-        """Training FLOPs of a job with ``k`` assigned experts over ``num_samples`` samples."""
-        active = min(self.top_k, k)
-        return float(self.epochs * num_samples * (self.flops_shared_per_sample + active * self.flops_expert_per_sample))
-
-    def memory_bytes(self, k: int) -> float:
-        """Training memory in bytes with ``k`` assigned experts."""
-        return float(self.mem_by_k[min(max(k, 0), len(self.mem_by_k) - 1)])
-
-    def budget(self, est: Any, num_samples: int, deadline_s: float, margin: float) -> int:
-        """Expert budget k_c from a capacity estimate (see :func:`fedsim.alignment.capacity.expert_budget`)."""
-        from fedsim.alignment.capacity import expert_budget
-
-        mem1 = self.mem_by_k[1]
-        mem_per = (self.mem_by_k[-1] - mem1) / max(1, self.num_experts - 1)
-        return expert_budget(
-            est, deadline_s=deadline_s, safety_margin=margin,
-            bytes_shared=self.bytes_shared, bytes_per_expert=self.bytes_per_expert,
-            flops_shared=self.epochs * num_samples * self.flops_shared_per_sample,
-            flops_per_expert=self.epochs * num_samples * self.flops_expert_per_sample,
-            mem_shared_bytes=mem1 - mem_per, mem_per_expert_bytes=mem_per,
-            num_experts=self.num_experts, min_k=1,
-        )
-
-    def assign_context(self, estimates: dict, deadline_s: float, margin: float, samples: dict[str, int] | None = None, needed: int | None = None) -> Any:
-        """The :class:`~fedsim.alignment.policies.AssignContext` for deadline-aware policies."""
-        from fedsim.alignment.policies import AssignContext
-
-        samples = samples or {}
-        return AssignContext(
-            estimates, deadline_s, margin, self.bytes_shared, self.bytes_per_expert,
-            flops_shared={c: self.epochs * samples.get(c, 0) * self.flops_shared_per_sample for c in estimates},
-            flops_per_expert={c: self.epochs * samples.get(c, 0) * self.flops_expert_per_sample for c in estimates},
-            needed=needed,
-        )
-
-
-class World:
-    """Everything a protocol needs, built from one scenario under one root seed.
-
-    Attributes:
-        loaded / scenario: the scenario and where it came from.
-        sim: the :class:`~fedsim.engine.Simulation` (env, recorder, rng streams).
-        graph: the topology; ``server``: the federated server node id.
-        network: the :class:`~fedsim.net.network.Network` (flows, channels, mobility).
-        devices: client id -> device (compute, memory, availability).
-        clients: sorted client ids; ``dataset`` and ``splits`` (client id -> split).
-        model_config: the :class:`~fedsim.learning.models.MoEConfig`.
+    Attributes (after construction): ``loaded`` / ``scenario``, ``sim``, ``graph``,
+    ``server``, ``clients``; the data (``dataset``, ``splits``, ``model_config``,
+    ``x_test`` / ``y_test`` / ``test_groups``, ``client_groups``, ``_client_data``);
+    the systems (``class_params``, ``network``, ``devices``).
     """
 
     def __init__(self, loaded: LoadedScenario) -> None:
@@ -206,13 +143,9 @@ class World:
         self.loaded = loaded
         self.scenario = s = loaded.scenario
         self.sim = Simulation(s.run.seed)
-        # the replay seam (fedsim/engine/checkpoint.py): every real PyTorch result goes through it
-        self.replay = Replay(record=False)
-        self.checkpointer: Checkpointer | None = None
         self.graph = check_world_rules(loaded)  # the one build of the topology per run
         self.server = s.topology.server
         self.clients = sorted(n for n, d in self.graph.nodes(data=True) if d.get("kind") == "client")
-        self._executors: list[Any] = []  # closed by finish()
         self._build_data()
         self._build_systems()
 
@@ -306,150 +239,6 @@ class World:
         self.x_test, self.test_groups = xt, g
         self.client_groups = {c: sp.group for c, sp in zip(self.clients, splits)}
 
-    def num_samples(self, c: str) -> int:
-        """Training samples held by client ``c``."""
-        return int(len(self.splits[c].train_idx))
-
-    def new_model(self) -> Any:
-        """A fresh MoE with the run's initial weights (stream ``model/init``)."""
-        from fedsim.learning.training import build_model, init_state
-
-        return build_model(self.model_config, init_state(self.model_config, self.sim.rng.seed_int("model/init")))
-
-    def train_job(self, c: str, r: int, state: dict, experts: list[int], train_shared: bool) -> Any:
-        """The training job of client ``c`` in round ``r`` (a pure function of its inputs)."""
-        from fedsim.learning.training import TrainConfig, TrainJob
-
-        t = self.scenario.training
-        x, y = self._client_data[c]
-        return TrainJob(
-            client_id=c, round=r, global_state=state, model_config=self.model_config, experts=list(experts), x=x, y=y,
-            train=TrainConfig(
-                optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                local_epochs=t.local_epochs, batch_size=t.batch_size, fedprox_mu=t.fedprox_mu, train_shared=train_shared,
-                device=self.train_device,
-            ),
-            seed=self.sim.rng.seed_int(f"train/{r}/{c}"),
-        )
-
-    @property
-    def train_device(self) -> str:
-        """``training.device`` resolved (``auto`` -> cuda when present, else cpu).
-
-        Raises:
-            ScenarioError: ``cuda`` asked for where torch sees no CUDA device.
-        """
-        from fedsim.learning.executors import resolve_device
-
-        try:
-            return resolve_device(self.scenario.training.device)
-        except ValueError as e:
-            raise self.loaded.error("training.device", str(e)) from None
-
-    def new_executor(self) -> Any:
-        """The training executor of ``training.executor``; :meth:`finish` closes it."""
-        from fedsim.learning.executors import make_executor
-
-        t = self.scenario.training
-        _ = self.train_device  # a missing GPU fails here, before the run directory is written
-        ex = make_executor(t.executor, workers=t.workers, torch_threads=t.torch_threads)
-        self._executors.append(ex)
-        return ex
-
-    def evaluate(self, model: Any, state: dict) -> dict[str, float]:
-        """Accuracy, macro-F1 and macro AUC of ``state`` on the global test set."""
-        from fedsim.learning.metrics import evaluate
-
-        model.load_state_dict(state)
-        return self.replayed("evaluate", lambda: evaluate(model, self.x_test, self.y_test))
-
-    # ------------------------------------------------- replay / checkpoints
-    def replayed(self, key: str, fn: Callable[[], Any]) -> Any:
-        """The result of ``fn()`` (real learning work at zero simulated time), through the
-        run's replay log: answered from the log while a resumed run replays, else
-        computed and kept for the next checkpoint (:mod:`fedsim.engine.checkpoint`).
-        ``key`` names the call (its position in the log is its identity; the key
-        catches a diverged replay). ``fn`` must not draw from a shared RNG stream.
-
-        Raises:
-            CheckpointError: the replay diverged from the stored calls.
-        """
-        return self.replay.call(key, fn)
-
-    def run_jobs(self, executor: Any, jobs: list[Any], reduce: Callable[[list[Any]], Any] | None = None) -> Any:
-        """Run training jobs with ``executor`` through the replay seam (key: their round/client ids).
-
-        Without ``reduce`` the updates themselves are logged (every client's
-        weights); with it, ``reduce(updates)`` runs inside the seam and only its
-        result is logged and returned: a pure fold such as FedAvg into one
-        state, so that a checkpoint holds one model per round, not one per client.
-        """
-        key = "train/" + ",".join(f"{j.round}:{j.client_id}" for j in jobs)
-        if reduce is None:
-            return self.replayed(key, lambda: list(executor.run(jobs)) if jobs else [])
-        return self.replayed(key, lambda: reduce(list(executor.run(jobs)) if jobs else []))
-
-    def checkpoint(self, rounds_done: int, *, force: bool = False) -> None:
-        """Round boundary: let the checkpointer (if the run has one) write every
-        ``output.checkpoint_every_rounds`` rounds."""
-        if self.checkpointer is not None:
-            self.checkpointer.round_done(rounds_done, float(self.sim.now), force=force)
-
-    def personalised_accuracy(self, model: Any, state: dict) -> None:
-        """Record each client's accuracy on its own test split (table ``personal``)."""
-        from fedsim.learning.metrics import personalised_accuracy
-
-        model.load_state_dict(state)
-        splits = [self.splits[c] for c in self.clients]
-        acc = self.replayed("personalised", lambda: personalised_accuracy(model, self.dataset.x_train, self.dataset.y_train, splits))
-        for c, a, sp in zip(self.clients, acc, splits):
-            self.sim.rec.row("personal", client=c, accuracy=float(a), num_test=int(len(sp.test_idx)), num_train=int(len(sp.train_idx)), group=int(sp.group))
-
-    def new_alignment_state(self) -> Any:
-        """Fresh client-expert alignment state for the run's clients."""
-        from fedsim.alignment.state import AlignmentState
-
-        a = self.scenario.alignment
-        return AlignmentState(
-            self.clients, self.scenario.model.num_experts, fitness_ema=a.fitness_ema,
-            fitness_decay=a.fitness_decay, usage_decay=a.usage_decay, reward=a.reward,
-        )
-
-    def evaluate_alignment(self, model: Any, state: dict, fitness: np.ndarray) -> dict[str, float]:
-        """The paper's per-client inference and test routing (see :mod:`fedsim.learning.routing`)."""
-        from fedsim.learning.routing import alignment_metrics
-
-        model.load_state_dict(state)
-        k = self.scenario.alignment.max_experts_per_client or self.model_config.top_k
-        return self.replayed("evaluate_alignment", lambda: alignment_metrics(
-            model, self.dataset.x_train, self.dataset.y_train, [self.splits[c] for c in self.clients],
-            fitness, k, self.x_test, self.y_test, self.test_groups,
-        ))
-
-    def accounting(self, model: Any) -> Accounting:
-        """Bytes / FLOPs / memory figures of ``model`` for this scenario's training settings."""
-        from fedsim.learning.accounting import (
-            flops_per_sample,
-            payload_bytes,
-            training_memory_bytes,
-        )
-
-        cfg = self.model_config
-        t = self.scenario.training
-        shared = payload_bytes(model, [])
-        per_e = payload_bytes(model, [0]) - shared
-        f1 = flops_per_sample(model, cfg.input_shape, experts_active=1, train=True)
-        f2 = flops_per_sample(model, cfg.input_shape, experts_active=2, train=True)
-        f_exp = f2 - f1
-        mem = [
-            training_memory_bytes(model, t.batch_size, cfg.input_shape, t.optimizer, max(k, 1), momentum=t.momentum)
-            for k in range(cfg.num_experts + 1)
-        ]
-        return Accounting(
-            bytes_shared=shared, bytes_per_expert=per_e, flops_shared_per_sample=f1 - f_exp,
-            flops_expert_per_sample=f_exp, mem_by_k=mem, epochs=t.local_epochs, top_k=cfg.top_k, num_experts=cfg.num_experts,
-        )
-
     # --------------------------------------------------------------- systems
     def _class_params(self) -> dict[str, Any]:
         """Device-class parameters: defaults, then scenario overrides and switches."""
@@ -526,74 +315,82 @@ class World:
             if cap_ids:  # the trace's communication rate caps the client's access link
                 self.network.set_rate_cap(c, caps[cap_ids[i % len(cap_ids)]].link_rate_bps)
 
-    def is_online(self, c: str) -> bool:
-        """Whether client ``c`` is online now (ground truth)."""
-        return bool(self.devices[c].online)
+    # ------------------------------------------------------------------ parts
+    def train_device(self) -> str:
+        """``training.device`` resolved (``auto`` -> cuda when present, else cpu).
 
-    def device_class(self, c: str) -> str:
-        """Device class of client ``c``."""
-        return str(self.graph.nodes[c]["device_class"])
+        Raises:
+            ScenarioError: ``cuda`` asked for where torch sees no CUDA device.
+        """
+        from fedsim.learning.executors import resolve_device
 
-    def serving_bs(self, c: str) -> str:
-        """Base station currently serving client ``c``."""
-        return self.network.serving_bs(c)
+        try:
+            return resolve_device(self.scenario.training.device)
+        except ValueError as e:
+            raise self.loaded.error("training.device", str(e)) from None
 
-    def transfer(self, src: str, dst: str, nbytes: float, r: int, tag: str) -> simpy.Process:
-        """Start a transfer; the client end's device watches it (dropout, link-failure hazard)."""
-        proc = self.network.transfer(src, dst, nbytes, round=r, tag=tag)
-        for end in (src, dst):
-            dev = self.devices.get(end)
-            if dev is not None:
-                dev.watch(proc, hazard=True)
-        return proc
+    def trainer(self, replay: Replay) -> Trainer:
+        """The :class:`~fedsim.parts.learning.Trainer` of ``training`` (the executor is built at its first use)."""
+        from fedsim.learning.executor_registry import make_executor
+        from fedsim.learning.training import TrainConfig
 
-    def compute(self, c: str, flops: float, r: int, memory_bytes: float) -> simpy.Process:
-        """Start a compute job of ``flops`` FLOPs needing ``memory_bytes`` on client ``c``."""
-        return self.devices[c].compute(flops, memory_bytes=memory_bytes, round=r, tag="train")
-
-    @staticmethod
-    def cause_status(cause: Any) -> str:
-        """Client status for an interrupt cause (``cause.status``: ``oom``, ``dropout`` or ``straggler``)."""
-        from fedsim.devices.causes import interrupt_status
-
-        return interrupt_status(cause)
-
-    def true_capacity(self, c: str) -> Any:
-        """Ground-truth capacity of ``c`` (what a device would self-report, before noise)."""
-        from fedsim.alignment.capacity import CapacityEstimate
-
-        dev = self.devices[c]
-        return CapacityEstimate(
-            flops_per_s=dev.base_flops_per_s * (1.0 - dev.params.background_load_mean),
-            memory_bytes=dev.memory_available_bytes(),
-            up_bps=max(self.network.nominal_rate_bps(c, "up"), 1.0),
-            down_bps=max(self.network.nominal_rate_bps(c, "down"), 1.0),
-            latency_s=self.network.path_latency_s(c, self.server),
+        t = self.scenario.training
+        train = TrainConfig(
+            optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+            local_epochs=t.local_epochs, batch_size=t.batch_size, fedprox_mu=t.fedprox_mu,
+            device=self.train_device(),  # a missing GPU fails here, before the run directory is written
+        )
+        return Trainer(
+            self.sim, self.clients, self.dataset, self.splits, self._client_data, self.model_config, train,
+            lambda: make_executor(t.executor, workers=t.workers, torch_threads=t.torch_threads), replay,
         )
 
-    def new_capacity_estimator(self) -> Any:
-        """The server's capacity estimator, primed with each client's noisy self-report."""
+    def alignment(self, systems: Systems) -> AlignmentServices:
+        """The :class:`~fedsim.parts.alignment.AlignmentServices` of ``protocol.fedmoe.alignment``:
+        fresh state, the policy, the capacity estimator primed with each client's noisy
+        self-report (stream ``capacity/report``)."""
         from fedsim.alignment.capacity import CapacityEstimator
+        from fedsim.alignment.policies import make_policy, policy_params
+        from fedsim.alignment.state import AlignmentState
 
-        cap = self.scenario.alignment.capacity
-        est = CapacityEstimator(cap.mode, noise_cv=cap.report_noise_cv, ewma=cap.ewma)
+        a = self.scenario.protocol.fedmoe.alignment
+        state = AlignmentState(
+            self.clients, self.scenario.model.num_experts, fitness_ema=a.fitness_ema,
+            fitness_decay=a.fitness_decay, usage_decay=a.usage_decay, reward=a.reward,
+        )
+        policy = make_policy(a.policy, **policy_params(a))
+        est = CapacityEstimator(a.capacity.mode, noise_cv=a.capacity.report_noise_cv, ewma=a.capacity.ewma)
         rng = self.sim.rng.numpy("capacity/report")
         for c in self.clients:
-            est.self_report(c, self.true_capacity(c), rng)
-        return est
+            est.self_report(c, systems.true_capacity(c), rng)
+        return AlignmentServices(
+            state=state, estimator=est, policy=policy, safety_margin=a.capacity.safety_margin,
+            max_experts_per_client=a.max_experts_per_client,
+            inference_k=a.max_experts_per_client or self.model_config.top_k,
+        )
 
-    # ---------------------------------------------------------------- output
-    def finish(self) -> None:
-        """Write end-of-run tables (edges with bytes carried); close the training executors."""
-        for ex in self._executors:
-            ex.close()
-        self.network.finish()
+    def parts(self, replay: Replay) -> Parts:
+        """The :class:`~fedsim.parts.bundle.Parts` handed to the protocol."""
+        s = self.scenario
+        systems = Systems(self.sim, self.graph, self.server, self.clients, self.network, self.devices)
+        trainer = self.trainer(replay)
+        evaluator = Evaluator(trainer, self.x_test, self.y_test, self.test_groups, self.sim.rec)
+        name = s.protocol.name
+        return Parts(
+            protocol=name, config=getattr(s.protocol, name),
+            run=RunSettings(rounds=s.run.rounds, horizon_s=s.run.horizon_s, eval_every=s.evaluation.every_rounds),
+            sim=self.sim, clients=self.clients, systems=systems, trainer=trainer, evaluator=evaluator,
+            alignment=self.alignment(systems) if name == "fedmoe" else None,
+        )
 
-    def frames(self) -> dict[str, pd.DataFrame]:
-        """Every recorded table as a DataFrame."""
-        return self.sim.rec.frames()
 
+def build_parts(loaded: LoadedScenario, replay: Replay | None = None) -> Parts:
+    """Build the whole run of a scenario: the parts a protocol is handed (:class:`~fedsim.parts.bundle.Parts`).
 
-def build_world(loaded: LoadedScenario) -> World:
-    """Build the whole run of a scenario (see :class:`World`)."""
-    return World(loaded)
+    ``replay``: the run's replay seam (default: a fresh one that records nothing).
+
+    Raises:
+        ScenarioError: bad input found while building (a dataset directory without
+            the expected files, a partition that cannot be made, a missing GPU, ...).
+    """
+    return _Builder(loaded).parts(replay if replay is not None else Replay(record=False))

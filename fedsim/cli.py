@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedsim`` command."""
     p = _Parser(prog="fedsim", description="Discrete-event simulator of federated Mixture-of-Experts at the wireless edge.")
-    from fedsim import __version__
+    from fedsim.version import __version__
 
     p.add_argument("--version", action="version", version=f"fedsim {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)

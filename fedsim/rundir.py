@@ -99,7 +99,7 @@ def base_manifest(resolved: dict[str, Any], seed: int) -> dict[str, Any]:
     import simpy
     import torch
 
-    from fedsim import __version__
+    from fedsim.version import __version__
 
     return {
         "fedsim_version": __version__,

@@ -31,9 +31,9 @@ pytestmark = pytest.mark.skipif(_missing is not None, reason=f"no MNIST at {_mis
 @pytest.fixture(scope="module")
 def world():  # noqa: ANN201
     from fedsim.api import load_scenario
-    from fedsim.build import build_world
+    from fedsim.build import build_parts
 
-    return build_world(load_scenario(SCENARIO))
+    return build_parts(load_scenario(SCENARIO)).trainer
 
 
 def _group_data(world, which: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
@@ -102,7 +102,7 @@ def _oracle_run(world, monkeypatch, extra: list[str]):  # noqa: ANN001, ANN202
     from fedsim.alignment import policies as pol
     from fedsim.api import load_scenario, run
 
-    groups = dict(world.client_groups)
+    groups = {c: int(sp.group) for c, sp in world.splits.items()}
 
     class GroupOracle(pol.AlignmentPolicy):
         name = "group_oracle"
@@ -114,7 +114,7 @@ def _oracle_run(world, monkeypatch, extra: list[str]):  # noqa: ANN001, ANN202
     torch.set_num_threads(1)
     loaded = load_scenario(
         SCENARIO,
-        ["run.rounds=30", "alignment.policy=group_oracle", "evaluation.max_test_samples=800", "output.figures=false", *extra],
+        ["run.rounds=30", "protocol.fedmoe.alignment.policy=group_oracle", "evaluation.max_test_samples=800", "output.figures=false", *extra],
     )
     return run(loaded, Path(__import__("tempfile").mkdtemp()) / "run", figures=False).frames["rounds"]
 

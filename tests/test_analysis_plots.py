@@ -320,7 +320,8 @@ def test_summary_table_nmoe_running(tmp_path: Path) -> None:
     path = make_run_dir(tmp_path / "n", protocol="nmoe", rounds=3, status="running")
     man = json.loads((path / "manifest.json").read_text())
     man["scenario"]["run"]["rounds"] = 10
-    man["scenario"]["alignment"] = {"policy": "load_balanced"}  # a real nmoe manifest holds the default section
+    # a real nmoe manifest holds the default fedmoe section, alignment included
+    man["scenario"].setdefault("protocol", {}).setdefault("fedmoe", {})["alignment"] = {"policy": "load_balanced"}
     (path / "manifest.json").write_text(json.dumps(man))
     d = dict(summary_table(path))
     assert d["policy"] == "-" and d["protocol"] == "nmoe"

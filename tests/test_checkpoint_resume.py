@@ -310,7 +310,7 @@ def test_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path: Path) ->
     from fedsim.sweep import INDEX_FILE, SweepSpec, run_sweep
 
     sets = [*SMALL, "protocol.name=fedmoe"]
-    spec = SweepSpec(scenario=SCENARIO, grid={"alignment.policy": ["greedy"]}, seeds=[0, 1], out=tmp_path / "sw", overrides=sets)
+    spec = SweepSpec(scenario=SCENARIO, grid={"protocol.fedmoe.alignment.policy": ["greedy"]}, seeds=[0, 1], out=tmp_path / "sw", overrides=sets)
     orig, n = cp.Checkpointer.write, {"writes": 0}
 
     def write(self: cp.Checkpointer, rounds_done: int, t_s: float) -> None:
@@ -334,7 +334,7 @@ def test_sweep_resumes_an_interrupted_run_from_its_checkpoint(tmp_path: Path) ->
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["resumed"] == 1 and m["resumed_from_round"] == 3 and m["checkpoint"]["replayed_calls"] > 0
     assert not (tmp_path / "sw" / ".trash").exists()
-    ref = run(load_checked(SCENARIO, [*sets, "alignment.policy=greedy"], seed=1), tmp_path / "ref", figures=False)
+    ref = run(load_checked(SCENARIO, [*sets, "protocol.fedmoe.alignment.policy=greedy"], seed=1), tmp_path / "ref", figures=False)
     _assert_identical(ref.run_dir, run_dir)
 
 

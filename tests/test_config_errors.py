@@ -51,7 +51,9 @@ CASES = [
     ("extends_missing", {"a.yaml": "extends: nothere.yaml\nrun: {seed: 1}\n"}, "a.yaml", [], ["a.yaml:1", "extends", "does not exist"]),
     ("extends_child_error_line", {"base.yaml": "run: {seed: 1}\n", "c.yaml": "extends: base.yaml\n\nmodel:\n  top_k: 0\n"}, "c.yaml", [], ["c.yaml:4", "model.top_k", "greater than or equal to 1"]),
     ("unknown_device_class", {"s.yaml": "topology:\n  grid:\n    clients: {tank: 3}\n"}, "s.yaml", [], ["topology.grid.clients.tank", "unknown device class"]),
-    ("unknown_policy", {"s.yaml": "alignment:\n  policy: clever\n"}, "s.yaml", [], ["s.yaml:2", "alignment.policy", "unknown policy", "load_balanced"]),
+    ("unknown_policy", {"s.yaml": "protocol:\n  fedmoe:\n    alignment:\n      policy: clever\n"}, "s.yaml", [], ["s.yaml:4", "protocol.fedmoe.alignment.policy", "unknown policy", "load_balanced"]),
+    ("alignment_moved", {"s.yaml": "run: {seed: 1}\nalignment:\n  policy: greedy\n"}, "s.yaml", [], ["s.yaml:2", "alignment", "moved to protocol.fedmoe.alignment"]),
+    ("alignment_moved_set", {"s.yaml": "run: {seed: 1}\n"}, "s.yaml", ["--set", "alignment.policy=greedy"], ["alignment", "moved to protocol.fedmoe.alignment"]),
     ("bs_outside_grid", {"s.yaml": "topology:\n  grid:\n    blocks_x: 2\n    base_stations: [{ix: 9, iy: 0}]\n"}, "s.yaml", [], ["topology.grid.base_stations.0", "outside"]),
     ("min_completions", {"s.yaml": "protocol:\n  fedmoe: {clients_per_round: 4, min_completions: 9}\n"}, "s.yaml", [], ["protocol.fedmoe.min_completions", "<= clients_per_round"]),
     ("set_unknown_key", {"s.yaml": "run: {seed: 1}\n"}, "s.yaml", ["--set", "model.experts=4"], ["--set", "model.experts", "unknown key"]),
@@ -130,7 +132,7 @@ def test_world_rules_on_run(tmp_path: Path, capsys: pytest.CaptureFixture, name,
 
 def test_topology_is_built_once_per_run_and_not_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
     import fedsim.net.topology as topo
-    from fedsim.build import build_world
+    from fedsim.build import build_parts
     from fedsim.config import load_scenario
 
     calls = []
@@ -138,9 +140,9 @@ def test_topology_is_built_once_per_run_and_not_at_load(monkeypatch: pytest.Monk
     monkeypatch.setattr(topo, "manhattan_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
     loaded = load_scenario(DEFAULT)
     assert calls == [], "loading a scenario must not build the topology"
-    world = build_world(loaded)
+    parts = build_parts(loaded)
     assert len(calls) == 1
-    assert world.graph.number_of_nodes() > 0
+    assert parts.systems.graph.number_of_nodes() > 0
 
 
 def test_paths_are_resolved_once_at_load(tmp_path: Path) -> None:

@@ -21,13 +21,13 @@ def test_defaults_validate() -> None:
 def test_extends_and_set_override(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("run: {name: base, seed: 3}\nmodel: {num_experts: 6, top_k: 2}\n")
     (tmp_path / "child.yaml").write_text("extends: base.yaml\nrun: {name: child}\nchannel: {bandwidth_up_hz: 5e6}\n")
-    ld = load_scenario(tmp_path / "child.yaml", ["model.num_experts=8", "alignment.w_u=0.25"], seed=11)
+    ld = load_scenario(tmp_path / "child.yaml", ["model.num_experts=8", "protocol.fedmoe.alignment.w_u=0.25"], seed=11)
     s = ld.scenario
     assert s.run.name == "child"  # child overrides
     assert s.run.seed == 11  # --seed wins
     assert s.model.num_experts == 8 and s.model.top_k == 2  # --set on top of inherited
     assert s.channel.bandwidth_up_hz == 5e6  # 5e6 read as a float, not a string
-    assert s.alignment.w_u == 0.25
+    assert s.protocol.fedmoe.alignment.w_u == 0.25
 
 
 def test_parse_overrides_types() -> None:

@@ -11,7 +11,6 @@ arithmetic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.build import World, load_checked
-from fedsim.devices.causes import Dropout
+from fedsim.build import build_parts, load_checked
 from fedsim.learning.aggregation import aggregate
 from fedsim.learning.buffered import BufferedUpdate, buffered_aggregate, staleness_weight
 from fedsim.learning.training import Update
+from fedsim.parts.bundle import Parts
 from fedsim.protocols.fedmoe import FedMoE
+from tests.systems_double import TimedSystems
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO / "scenarios" / "smart-city-small.yaml"
@@ -68,54 +68,21 @@ def test_buffered_step_is_fedavg_without_staleness_and_discounts_stale_updates()
 
 
 # ------------------------------------------------------- timed stand-in
-@dataclass
-class _Result:
-    delivered_bytes: float
-    completed: bool
-    cause: Any = None
+def timed(parts: Parts, phases: dict[str, tuple[float, float, float]], offline: dict[str, list[tuple[float, float]]]) -> TimedSystems:
+    """Hand the run the systems test double: fixed phase durations per client and offline intervals."""
+    parts.systems = TimedSystems(parts.sim.env, parts.systems.server, parts.clients, phases, offline)
+    return parts.systems
 
 
-class TraceTiming:
-    """Fixed phase durations (download, compute, upload) per client and offline intervals, patched onto a World."""
-
-    def __init__(self, world: World, phases: dict[str, tuple[float, float, float]], offline: dict[str, list[tuple[float, float]]]) -> None:
-        self.w, self.phases, self.offline = world, phases, offline
-        world.is_online = self.is_online  # type: ignore[method-assign]
-        world.transfer = self.transfer  # type: ignore[method-assign]
-        world.compute = self.compute  # type: ignore[method-assign]
-
-    def is_online(self, c: str) -> bool:
-        t = self.w.sim.env.now
-        return not any(a <= t < b for a, b in self.offline.get(c, []))
-
-    def _phase(self, c: str, d: float, nbytes: float):  # noqa: ANN202 - SimPy process body
-        env = self.w.sim.env
-        t0 = env.now
-        offs = [a for a, _b in self.offline.get(c, []) if a > t0]
-        if offs and min(offs) < t0 + d:
-            yield env.timeout(min(offs) - t0)
-            return _Result(nbytes * (env.now - t0) / d, False, Dropout(c, float(env.now)))
-        yield env.timeout(d)
-        return _Result(nbytes, True)
-
-    def transfer(self, src: str, dst: str, nbytes: float, r: int, tag: str) -> Any:
-        down = src == self.w.server
-        c = dst if down else src
-        return self.w.sim.env.process(self._phase(c, self.phases[c][0 if down else 2], nbytes))
-
-    def compute(self, c: str, flops: float, r: int, memory_bytes: float) -> Any:
-        return self.w.sim.env.process(self._phase(c, self.phases[c][1], 0.0))
-
-
-def _world(overrides: list[str], n_clients: int) -> tuple[World, list[str]]:
+def _world(overrides: list[str], n_clients: int) -> tuple[Parts, list[str]]:
     base = ["data.max_train_samples=300", "evaluation.max_test_samples=100", "protocol.fedmoe.server_compute_s=0"]
-    w = World(load_checked(SMALL, base + overrides))
-    clients = [c for c in w.clients if w.num_samples(c) > 0][:n_clients]
-    w.clients = clients
+    w = build_parts(load_checked(SMALL, base + overrides))
+    clients = [c for c in w.clients if w.trainer.num_samples(c) > 0][:n_clients]
+    w.clients[:] = clients  # the one list the trainer, evaluator and protocol share
     return w, clients
 
 
-def _run(world: World) -> FedMoE:
+def _run(world: Parts) -> FedMoE:
     p = FedMoE(world)
     p.run()
     return p
@@ -136,7 +103,7 @@ def test_async_trace_by_hand() -> None:
         ["run.rounds=4", "protocol.fedmoe.aggregation=async", "protocol.fedmoe.fedbuff.concurrency=2",
          "protocol.fedmoe.fedbuff.buffer_size=1"], 3,
     )
-    TraceTiming(w, {a: (1, 1, 1), b: (1, 3, 1), c: (1, 1, 1)}, {b: [(4.5, 8.0)], c: [(0.0, 3.5)]})
+    timed(w, {a: (1, 1, 1), b: (1, 3, 1), c: (1, 1, 1)}, {b: [(4.5, 8.0)], c: [(0.0, 3.5)]})
     p = _run(w)
     rec = w.sim.rec
     cl = rec.frame("clients").sort_values(["t_dispatch_s", "client"])
@@ -175,7 +142,7 @@ def _equivalence_overrides(mode: str) -> list[str]:
 
 def _final_state(mode: str, phases: list[tuple[float, float, float]]) -> tuple[dict[str, torch.Tensor], Any]:
     w, clients = _world(_equivalence_overrides(mode), 6)
-    TraceTiming(w, {c: phases[i % len(phases)] for i, c in enumerate(clients)}, {})
+    timed(w, {c: phases[i % len(phases)] for i, c in enumerate(clients)}, {})
     p = _run(w)
     return p.global_state, w.sim.rec.frame("rounds")
 
@@ -203,7 +170,7 @@ def test_semi_async_keeps_late_updates() -> None:
          "protocol.fedmoe.clients_per_round=2", "protocol.fedmoe.over_selection=1.0"], 2,
     )
     fast, slow = clients
-    TraceTiming(w, {fast: (0.5, 0.5, 0.5), slow: (1, 1, 1)}, {})
+    timed(w, {fast: (0.5, 0.5, 0.5), slow: (1, 1, 1)}, {})
     _run(w)
     rounds = w.sim.rec.frame("rounds")
     assert rounds["t_end_s"].tolist() == [2.0, 4.0, 6.0]
@@ -217,7 +184,7 @@ def test_async_ends_when_nobody_can_ever_work() -> None:
     """Every client offline for good: the server polls every min(deadline_s, 10) = 10 s and gives up
     after run.rounds + 1 empty polls (sync would have spent run.rounds empty rounds)."""
     w, clients = _world(["run.rounds=2", "protocol.fedmoe.aggregation=async"], 3)
-    TraceTiming(w, {c: (1, 1, 1) for c in clients}, {c: [(0.0, 1e9)] for c in clients})
+    timed(w, {c: (1, 1, 1) for c in clients}, {c: [(0.0, 1e9)] for c in clients})
     _run(w)
     ev = w.sim.rec.frame("events")
     stop = ev[ev["kind"] == "async_idle_stop"]

@@ -30,13 +30,14 @@ LAYERS: list[tuple[str, str]] = [
     ("devices", "fedsim.devices"),
     ("learning", "fedsim.learning"),
     ("alignment", "fedsim.alignment"),
+    ("parts", "fedsim.parts"),
     ("build", "fedsim.build"),
     ("protocols", "fedsim.protocols"),
     ("sweep", "fedsim.sweep"),
     ("cli", "fedsim.cli"),
 ]
-#: Top-level modules outside the order: the library entry point and the run-directory writer.
-UNLAYERED = {"fedsim", "fedsim.api", "fedsim.rundir"}
+#: Top-level modules outside the order: the library entry point, the run-directory writer, the version.
+UNLAYERED = {"fedsim", "fedsim.api", "fedsim.rundir", "fedsim.version"}
 
 
 def _layer_of(mod: str) -> int | None:

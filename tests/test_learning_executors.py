@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from fedsim.learning.batched import BatchedExecutor
-from fedsim.learning.executors import SequentialExecutor, make_executor
+from fedsim.learning.executor_registry import make_executor
+from fedsim.learning.executors import SequentialExecutor
 from fedsim.learning.models import MoEClassifier, MoEConfig
 from fedsim.learning.training import (
     TrainConfig,
@@ -215,15 +216,17 @@ def test_model_classifier_importable_from_package_lazily() -> None:
 
 def test_world_builds_the_scenarios_executor() -> None:
     import fedsim
-    from fedsim.build import build_world
+    from fedsim.build import build_parts
     from fedsim.learning.parallel import ParallelExecutor
 
     small = ["data.max_train_samples=200", "topology.grid.clients={phone: 2, sensor: 1}"]
     kinds = {"sequential": SequentialExecutor, "batched": BatchedExecutor, "parallel": ParallelExecutor}
     for name, cls in kinds.items():
-        world = build_world(fedsim.load_scenario(REPO / "scenarios" / "smart-city-small.yaml", [*small, f"training.executor={name}", "training.workers=3"]))
-        ex = world.new_executor()
+        parts = build_parts(fedsim.load_scenario(REPO / "scenarios" / "smart-city-small.yaml", [*small, f"training.executor={name}", "training.workers=3"]))
+        assert parts.trainer._executor is None  # built at the first training jobs, not before
+        ex = parts.trainer._make_executor()
         assert type(ex) is cls
         if name == "parallel":
             assert ex.workers == 3 and ex._procs == []  # workers start on the first round, not before
-        world.finish()
+        ex.close()
+        parts.finish()

@@ -1,5 +1,5 @@
 """NMoE serverless inference on the simulated clock: closed-form latencies, queueing,
-bytes, and the protocol end to end on a stand-in world (StarNetwork)."""
+bytes, and the protocol end to end on the systems stand-in (StarSystems)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import simpy
 import torch
 
-from fedsim.config.schema import Scenario
 from fedsim.engine import Simulation
 from fedsim.learning.datasets import load_dataset
 from fedsim.learning.models import MoEConfig
@@ -85,28 +84,29 @@ def test_poisson_arrivals_rate_and_determinism() -> None:
 
 
 def test_nmoe_protocol_on_stand_in_world() -> None:
-    """Train (tiny) on digits and serve requests over the StarNetwork fallback."""
+    """Train (tiny) on digits and serve requests on the systems stand-in (StarSystems)."""
     import torch
 
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead
-    scen = Scenario.model_validate(
-        {
-            "run": {"rounds": 2},
-            "model": {"top_k": 2},
-            "training": {"local_epochs": 1, "batch_size": 32},
-            "protocol": {"name": "nmoe", "nmoe": {"extractor": "fedce", "gate": "fedgate", "request_rate_per_s": 0.5, "inference_horizon_s": 20.0}},
-        },
-        strict=False,
-    )
+    from fedsim.config.schema import NMoEConfig
+    from fedsim.engine.checkpoint import Replay
+    from fedsim.learning.training import TrainConfig
+    from fedsim.parts.bundle import Parts, RunSettings
+    from fedsim.parts.learning import Evaluator, Trainer
+    from fedsim.parts.systems import StarSystems
+
     sim = Simulation(0)
     ds = load_dataset("digits", rng=sim.rng.fresh_numpy("data"))
     clients = [f"c{i}" for i in range(4)]
-    splits = partition("noniid_tau", ds.y_train.numpy(), 4, sim.rng.fresh_numpy("split"), tau=0.3)
-    world = SimpleNamespace(
-        scenario=scen, sim=sim, clients=clients, dataset=ds, splits=dict(zip(clients, splits)),
-        model_config=MoEConfig(ds.input_shape, 10, backbone="cnn", widths=(8,), feature_dim=16, num_experts=4, top_k=2, expert_hidden=16),
-        x_test=ds.x_test, y_test=ds.y_test,
+    splits = dict(zip(clients, partition("noniid_tau", ds.y_train.numpy(), 4, sim.rng.fresh_numpy("split"), tau=0.3)))
+    cfg = MoEConfig(ds.input_shape, 10, backbone="cnn", widths=(8,), feature_dim=16, num_experts=4, top_k=2, expert_hidden=16)
+    data = {c: (ds.x_train[sp.train_idx], ds.y_train[sp.train_idx]) for c, sp in splits.items()}
+    trainer = Trainer(sim, clients, ds, splits, data, cfg, TrainConfig(lr=0.05, momentum=0.9), lambda: None, Replay(record=False))
+    world = Parts(
+        protocol="nmoe", config=NMoEConfig(extractor="fedce", gate="fedgate", request_rate_per_s=0.5, inference_horizon_s=20.0),
+        run=RunSettings(rounds=2), sim=sim, clients=clients, systems=StarSystems(sim.env, clients),
+        trainer=trainer, evaluator=Evaluator(trainer, ds.x_test, ds.y_test, None, sim.rec),
     )
     try:
         NMoE(world).run()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fedsim.api import load_scenario
-from fedsim.build import build_world
+from fedsim.build import build_parts
 from fedsim.cli import main
 from fedsim.learning.nmoe import NMoETrainConfig, client_data
 from fedsim.learning.nmoe_model import train_centralised_moe, train_nmoe
@@ -49,7 +49,7 @@ def _one_thread():  # noqa: ANN202 - fixture
 
 
 def _world(extra: list[str]) -> object:
-    return build_world(load_scenario(DEFAULT, SMALL_NMOE + extra))
+    return build_parts(load_scenario(DEFAULT, SMALL_NMOE + extra))
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_clocked_training_equals_pure_stage_functions(extractor: str, gate: str,
         p.train_config = (lambda f: (lambda: replace(f(), gate_rounds=3)))(p.train_config)  # type: ignore[method-assign]
     p.train()
     tc = p.train_config()
-    pure, _, _ = train_nmoe(p.clients_data, p.model_config, tc, w.sim.rng.seed_int("nmoe/train"), dataset=w.dataset.name)
+    pure, _, _ = train_nmoe(p.clients_data, p.model_config, tc, w.sim.rng.seed_int("nmoe/train"), dataset=w.trainer.dataset.name)
     a, b = p.model.state_dict(), pure.state_dict()
     assert a.keys() == b.keys()
     for k in a:

@@ -1,7 +1,7 @@
-"""The protocol template, SimPy style: one client's round on a stand-in world,
+"""The protocol template, SimPy style: one client's round on a systems test double,
 asserting on the logged ``(kind, node, t)`` tuples with hand-computed times.
 
-The stand-in world moves bytes at a fixed rate per direction (no latency, no
+The systems double moves bytes at a fixed rate per direction (no latency, no
 sharing) and computes at a fixed speed, so every time below is arithmetic:
 
     download 1e6 B at 8e6 bit/s = 1 s      -> ends at t = 1
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,9 +21,10 @@ import simpy
 
 from fedsim.devices.causes import Deadline, Dropout, OutOfMemory, interrupt_status
 from fedsim.engine import Simulation
+from fedsim.parts.bundle import Parts, RunSettings
+from fedsim.parts.systems import StarSystems, Systems
 from fedsim.protocols import PROTOCOL_NAMES, REGISTRY, make_protocol, protocol_class
 from fedsim.protocols.base import ClientOutcome, Protocol
-from fedsim.protocols.world import ProtocolWorld
 
 DOWN_BPS, UP_BPS, FLOPS_PER_S = 8e6, 4e6, 1e9
 
@@ -36,16 +36,16 @@ class _Result:
     cause: Any = None
 
 
-class StandInWorld:
-    """The members of :class:`ProtocolWorld` a round-loop protocol uses, with exact timing."""
+class StandInSystems:
+    """A systems double (the members of :class:`fedsim.parts.systems.Systems`) with exact timing."""
 
     def __init__(self, clients: list[str], rounds: int = 1) -> None:
         self.sim = Simulation(0)
         self.clients = clients
         self.server = "server"
-        self.scenario = SimpleNamespace(
-            run=SimpleNamespace(rounds=rounds, horizon_s=None), evaluation=SimpleNamespace(every_rounds=1),
-        )
+        self.rounds = rounds
+        self.graph = None
+        self.devices: dict[str, Any] = {}
         self.finished = False
 
     def is_online(self, c: str) -> bool:
@@ -57,8 +57,8 @@ class StandInWorld:
     def device_class(self, c: str) -> str:
         return "phone"
 
-    def num_samples(self, c: str) -> int:
-        return 10
+    def speed_flops(self, c: str) -> float:
+        return FLOPS_PER_S
 
     def cause_status(self, cause: Any) -> str:
         return interrupt_status(cause)
@@ -82,8 +82,22 @@ class StandInWorld:
         client = dst if src == self.server else src
         return self.sim.env.process(self._timed(tag, client, 8.0 * nbytes / rate, nbytes, r))
 
-    def compute(self, c: str, flops: float, r: int, memory_bytes: float) -> simpy.Process:
+    def compute(self, c: str, flops: float, r: int, memory_bytes: float, tag: str = "train") -> simpy.Process:
         return self.sim.env.process(self._timed("compute", c, flops / FLOPS_PER_S, 0.0, r))
+
+
+class _NoTrainer:
+    """The trainer a protocol that trains nothing is handed (closing it does nothing)."""
+
+    def close(self) -> None:
+        pass
+
+
+def _parts(w: StandInSystems) -> Parts:
+    return Parts(
+        protocol="one-expert-fl", config=None, run=RunSettings(rounds=w.rounds), sim=w.sim, clients=w.clients,
+        systems=w, trainer=_NoTrainer(), evaluator=None,  # type: ignore[arg-type]
+    )
 
 
 class OneExpertFL(Protocol):
@@ -91,13 +105,13 @@ class OneExpertFL(Protocol):
 
     name = "one-expert-fl"
 
-    def __init__(self, world: Any, deadline_s: float = math.inf) -> None:
-        super().__init__(world)
+    def __init__(self, w: StandInSystems, deadline_s: float = math.inf) -> None:
+        super().__init__(_parts(w))
         self.deadline_s = deadline_s
         self.aggregated: list[list[str]] = []
 
     def select(self, r: int) -> list[str]:
-        return list(self.world.clients)
+        return list(self.clients)
 
     def assign(self, r: int, selected: list[str]) -> dict[str, list[int]]:
         return {c: [0] for c in selected}
@@ -109,7 +123,7 @@ class OneExpertFL(Protocol):
         return 0.5
 
     def client_round(self, o: ClientOutcome):  # noqa: ANN201 - SimPy process body
-        w = self.world
+        w = self.systems
         phase = None
         try:
             steps = (
@@ -140,21 +154,26 @@ class OneExpertFL(Protocol):
         return {"accuracy": 0.5, "f1": 0.4, "auc": 0.6}
 
 
-def _log(world: StandInWorld) -> list[tuple[str, str | None, float]]:
+def _log(world: StandInSystems) -> list[tuple[str, str | None, float]]:
     return [(e["kind"], e["node"], e["t_s"]) for e in world.sim.rec.rows("events")]
 
 
-def test_world_implements_the_protocol_interface() -> None:
-    """Every method of :class:`ProtocolWorld` exists on the real :class:`fedsim.build.World`."""
-    from fedsim.build import World
+def test_systems_doubles_have_every_member_of_the_systems_part() -> None:
+    """The stand-ins a protocol may be handed have every public member of :class:`Systems`
+    (so library code never asks which one it got)."""
+    from tests.systems_double import TimedSystems
 
-    methods = [n for n, v in vars(ProtocolWorld).items() if callable(v) and not n.startswith("_")]
-    assert len(methods) >= 10
-    assert [m for m in methods if not hasattr(World, m)] == []
+    members = [n for n in vars(Systems) if not n.startswith("_")] + ["sim", "graph", "server", "clients", "network", "devices"]
+    members = [m for m in members if m not in ("true_capacity", "sim", "network")]  # fedmoe's self-reports; the real ones only
+    assert len(members) >= 12
+    env = simpy.Environment()
+    doubles = [StarSystems(env, ["c0"]), TimedSystems(env, "server", ["c0"], {}), StandInSystems(["c0"])]
+    for d in doubles:
+        assert [m for m in members if not hasattr(d, m)] == [], type(d).__name__
 
 
 def test_one_client_round_logs_hand_computed_times() -> None:
-    w = StandInWorld(["c0"])
+    w = StandInSystems(["c0"])
     p = OneExpertFL(w)
     p.run()
     assert _log(w) == [
@@ -175,7 +194,7 @@ def test_one_client_round_logs_hand_computed_times() -> None:
 
 def test_deadline_cuts_the_client_in_compute() -> None:
     """Deadline 2.5 s: the download ends at 1, compute is cut at 2.5 (a straggler, one client_lost)."""
-    w = StandInWorld(["c0"])
+    w = StandInSystems(["c0"])
     p = OneExpertFL(w, deadline_s=2.5)
     p.run()
     assert _log(w) == [
@@ -194,7 +213,7 @@ def test_deadline_cuts_the_client_in_compute() -> None:
 
 
 def test_two_rounds_follow_each_other() -> None:
-    w = StandInWorld(["c0"], rounds=2)
+    w = StandInSystems(["c0"], rounds=2)
     OneExpertFL(w).run()
     starts = [t for k, _, t in _log(w) if k == "round_start"]
     ends = [t for k, _, t in _log(w) if k == "round_end"]
@@ -202,7 +221,7 @@ def test_two_rounds_follow_each_other() -> None:
 
 
 def test_nobody_dispatched_still_advances_the_clock() -> None:
-    w = StandInWorld([])
+    w = StandInSystems([])
     OneExpertFL(w, deadline_s=3.0).run()
     assert _log(w) == [("round_start", None, 0.0), ("aggregate", None, 3.0), ("round_end", None, 3.5)]
 
@@ -221,7 +240,7 @@ def test_registry_is_the_one_list() -> None:
         cls = protocol_class(name)
         assert issubclass(cls, Protocol) and cls.name == name
     with pytest.raises(ValueError, match="unknown protocol 'nope'"):
-        make_protocol(SimpleNamespace(scenario=SimpleNamespace(protocol=SimpleNamespace(name="nope"))))
+        make_protocol(Parts(protocol="nope", config=None, run=RunSettings(rounds=1), sim=None, clients=[], systems=None, trainer=None, evaluator=None))  # type: ignore[arg-type]
 
 
 def test_schema_names_every_registered_protocol() -> None:

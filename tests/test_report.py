@@ -70,7 +70,7 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for k in (4, 8):
             for seed in range(3):
                 acc = (0.8 if pol == "load_balanced" else 0.7) + 0.01 * k + rng.normal(0, 0.01)
-                rows.append({"alignment.policy": pol, "protocol.fedmoe.clients_per_round": k,
+                rows.append({"protocol.fedmoe.alignment.policy": pol, "protocol.fedmoe.clients_per_round": k,
                              "seed": seed, "status": "completed", "run_dir": f"r{len(rows)}",
                              "error": None, "wall_s": 1.0, "final_accuracy": acc,
                              "best_accuracy": acc + 0.01, "rounds_to_target": 5.0,
@@ -79,7 +79,7 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                              "bytes_total": 1e8})
     pd.DataFrame(rows).to_parquet(d / "sweep.parquet")
     (d / "sweep.json").write_text(json.dumps(
-        {"grid_keys": ["alignment.policy", "protocol.fedmoe.clients_per_round"]}))
+        {"grid_keys": ["protocol.fedmoe.alignment.policy", "protocol.fedmoe.clients_per_round"]}))
     assert main(["report", str(d)]) == 0
     return d
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.api import load_scenario
-from fedsim.build import build_world
+from fedsim.build import build_parts
 from fedsim.config import ScenarioError
 from tests.schema_keys import Leaf, leaves
 
@@ -79,7 +79,7 @@ def test_a_world_at_the_bounds_simulates_or_fails_in_one_line(leaf: Leaf) -> Non
     for _side, at, _past in _at_and_past(leaf):
         try:
             loaded = load_scenario(DEFAULT, [*TINY, f"{leaf.path}={_fmt(leaf, at)}"])
-            world = build_world(loaded)
-            world.sim.env.run(until=3.0)
+            parts = build_parts(loaded)
+            parts.sim.env.run(until=3.0)
         except ScenarioError as e:
             assert "\n" not in str(e)

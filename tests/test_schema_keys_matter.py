@@ -64,10 +64,10 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "protocol.nmoe.fedgate_fraction": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1",
                                        "protocol.nmoe.inference_horizon_s=4", "protocol.nmoe.gate=fedgate"),
     "protocol.name": ("protocol.nmoe.inference_horizon_s=4", "run.rounds=1", "devices.dropout=true"),
-    "alignment.min_load": ("alignment.policy=optimal",),
-    "alignment.max_load": ("alignment.policy=optimal",),
-    "alignment.on_infeasible": ("alignment.policy=optimal", "alignment.max_load=1"),
-    "alignment.min_k": ("alignment.policy=deadline_aware",),
+    "protocol.fedmoe.alignment.min_load": ("protocol.fedmoe.alignment.policy=optimal",),
+    "protocol.fedmoe.alignment.max_load": ("protocol.fedmoe.alignment.policy=optimal",),
+    "protocol.fedmoe.alignment.on_infeasible": ("protocol.fedmoe.alignment.policy=optimal", "protocol.fedmoe.alignment.max_load=1"),
+    "protocol.fedmoe.alignment.min_k": ("protocol.fedmoe.alignment.policy=deadline_aware",),
     "data.tau": ("data.partition=noniid_tau",),
     "protocol.fedmoe.fedbuff.": ("protocol.fedmoe.aggregation=async", "protocol.fedmoe.fedbuff.buffer_size=1"),
     "protocol.fedmoe.fedbuff.buffer_size": ("protocol.fedmoe.aggregation=async",),
@@ -118,7 +118,7 @@ VALUES: dict[str, str] = {
                        " {id: c0, kind: client, device_class: phone, x: 400, y: 0, z: 1.5},"
                        " {id: c1, kind: client, device_class: camera, x: 0, y: 90, z: 6}]"),
     "topology.edges": "[{src: bs0, dst: cloud, capacity_bps: 1e5, latency_s: 0.5}]",
-    "alignment.policy": "greedy",
+    "protocol.fedmoe.alignment.policy": "greedy",
     "data.dataset": "synthetic",
     "data.clusters": "2",
     "data.group_shares": "[0.5, 0.5]",
@@ -126,9 +126,9 @@ VALUES: dict[str, str] = {
     "training.batch_size": "2",
     "channel.max_spectral_efficiency_bps_hz": "1.0",
     "protocol.fedmoe.clients_per_round": "2",
-    "alignment.max_load": "1",
-    "alignment.min_load": "1",
-    "alignment.min_k": "2",
+    "protocol.fedmoe.alignment.max_load": "1",
+    "protocol.fedmoe.alignment.min_load": "1",
+    "protocol.fedmoe.alignment.min_k": "2",
     "protocol.fedmoe.deadline_s": "0.5",
     "protocol.fedmoe.over_selection": "1.0",
     "data.max_train_samples": "100",
@@ -169,13 +169,13 @@ _MEMX = ("acts only on a job running when memory pressure rises; in a CI-sized r
 #: keys whose effect is, by design, not in the run directory (reason; where it is tested)
 EXCEPTIONS: dict[str, str] = {
     "output.checkpoint_every_rounds": "checkpoint files are removed when a run completes and results are identical by design; tested in tests/test_checkpoint_resume.py",
-    "alignment.w_u": _ALIGN,
-    "alignment.w_t": _ALIGN,
+    "protocol.fedmoe.alignment.w_u": _ALIGN,
+    "protocol.fedmoe.alignment.w_t": _ALIGN,
     "training.torch_threads": "host threads only: results are identical by design (wall time changes)",
     "training.executor": "how jobs run (sequential / batched / parallel): identical results by design, tested in the learning tests",
     "training.workers": "parallel executor's worker count: identical results by design",
     "training.device": "cpu vs auto on a machine without CUDA: identical by design",
-    "alignment.min_k": _ALIGN,
+    "protocol.fedmoe.alignment.min_k": _ALIGN,
     "evaluation.target_accuracy": "read from the manifest by fedsim compare "
                                   "(tests/test_faults_cli.py::test_compare_uses_each_runs_target_by_default)",
     "topology.kind": "selects which of grid / nodes+edges / graphml is read; each source's keys are tested under it",
@@ -183,18 +183,18 @@ EXCEPTIONS: dict[str, str] = {
     "devices.classes.camera.memory_pressure_mean_hold_s": _MEMX,
     "devices.classes.camera.oom_mode": _MEMX,
     "devices.classes.camera.swap_slowdown": _MEMX,
-    "alignment.w_f": _ALIGN,
-    "alignment.capacity.mode": _ALIGN,
-    "alignment.fitness_ema": _ALIGN,
-    "alignment.fitness_decay": _ALIGN,
-    "alignment.capacity.report_noise_cv": _ALIGN,
-    "alignment.capacity.safety_margin": _ALIGN,
-    "alignment.capacity.ewma": _ALIGN,
+    "protocol.fedmoe.alignment.w_f": _ALIGN,
+    "protocol.fedmoe.alignment.capacity.mode": _ALIGN,
+    "protocol.fedmoe.alignment.fitness_ema": _ALIGN,
+    "protocol.fedmoe.alignment.fitness_decay": _ALIGN,
+    "protocol.fedmoe.alignment.capacity.report_noise_cv": _ALIGN,
+    "protocol.fedmoe.alignment.capacity.safety_margin": _ALIGN,
+    "protocol.fedmoe.alignment.capacity.ewma": _ALIGN,
     "data.dir": "dataset directory of file-based datasets: tested by tests/test_learning_datasets.py",
 }
 
 #: keys whose alternative value stops the run by design (the run must then fail, not pass silently)
-EXPECT_FAIL = ("alignment.on_infeasible=raise",)
+EXPECT_FAIL = ("protocol.fedmoe.alignment.on_infeasible=raise",)
 
 _cache: dict[tuple[str, ...], Any] = {}
 

@@ -7,29 +7,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsim.build import World, load_checked
+from fedsim.build import build_parts, load_checked
 from fedsim.protocols.fedmoe import FedMoE
 
 SMALL = Path(__file__).resolve().parents[1] / "scenarios" / "smart-city-small.yaml"
 
 
 def _protocol() -> FedMoE:
-    w = World(load_checked(SMALL, ["data.max_train_samples=300", "evaluation.max_test_samples=100"]))
+    w = build_parts(load_checked(SMALL, ["data.max_train_samples=300", "evaluation.max_test_samples=100"]))
     return FedMoE(w)
 
 
 def test_selection_after_a_round_with_other_clients_online_is_unchanged() -> None:
     a, b = _protocol(), _protocol()
-    clients = [c for c in a.world.clients if a.world.num_samples(c) > 0]
+    clients = [c for c in a.clients if a.trainer.num_samples(c) > 0]
     assert len(clients) >= 12
     away = set(clients[:5])
     for p, offline in ((a, set()), (b, away)):
-        p.world.is_online = lambda c, off=offline: c not in off  # type: ignore[method-assign]
+        p.systems.is_online = lambda c, off=offline: c not in off  # type: ignore[method-assign]
     a.select(0)
     sel_b0 = b.select(0)
     assert not away & set(sel_b0)
     for p in (a, b):
-        p.world.is_online = lambda c: True  # type: ignore[method-assign]
+        p.systems.is_online = lambda c: True  # type: ignore[method-assign]
     for r in range(1, 6):
         assert a.select(r) == b.select(r), r
     # and the draw still varies from round to round
@@ -41,24 +41,24 @@ def test_one_client_more_or_less_online_changes_at_most_one_selected_client() ->
     give selections that differ by at most that client, not a reshuffled draw."""
     for r in range(8):
         a = _protocol()
-        a.world.is_online = lambda c: True  # type: ignore[method-assign]
+        a.systems.is_online = lambda c: True  # type: ignore[method-assign]
         for q in range(r):  # advance the stream to round r
             a.select(q)
-        clients = [c for c in a.world.clients if a.world.num_samples(c) > 0]
+        clients = [c for c in a.clients if a.trainer.num_samples(c) > 0]
         sel_a = a.select(r)
         for gone in (next(c for c in clients if c not in sel_a), sel_a[0]):
             b2 = _protocol()
             for q in range(r):
                 b2.select(q)
-            b2.world.is_online = lambda c, g=gone: c != g  # type: ignore[method-assign]
+            b2.systems.is_online = lambda c, g=gone: c != g  # type: ignore[method-assign]
             sel_b = b2.select(r)
             assert len(set(sel_a) - set(sel_b)) <= 1 and (gone in sel_a or sel_a == sel_b), (r, gone, sel_a, sel_b)
 
 
 def test_selection_is_a_uniform_draw_among_the_online() -> None:
     p = _protocol()
-    p.world.is_online = lambda c: True  # type: ignore[method-assign]
-    clients = [c for c in p.world.clients if p.world.num_samples(c) > 0]
+    p.systems.is_online = lambda c: True  # type: ignore[method-assign]
+    clients = [c for c in p.clients if p.trainer.num_samples(c) > 0]
     counts = dict.fromkeys(clients, 0)
     rounds = 400
     for r in range(rounds):

@@ -43,7 +43,7 @@ TINY = [
     "output.figures=false",
 ]
 #: random / greedy take no parameters, so the w_u sweep uses the two policies that do.
-GRID = {"alignment.policy": ["load_balanced", "deadline_aware"], "alignment.w_u": [0.1, 1.0]}
+GRID = {"protocol.fedmoe.alignment.policy": ["load_balanced", "deadline_aware"], "protocol.fedmoe.alignment.w_u": [0.1, 1.0]}
 SEEDS = [0, 1]
 
 
@@ -53,10 +53,10 @@ SEEDS = [0, 1]
 def fake_runner(loaded: LoadedScenario, out_dir: Path) -> None:
     """A deterministic stand-in for fedsim.api.run: a synthetic run directory from (policy, w_u, seed)."""
     s = loaded.scenario
-    w_u = float(s.alignment.w_u)
+    w_u = float(s.protocol.fedmoe.alignment.w_u)
     acc = [min(0.99, 0.3 + 0.1 * r + 0.05 * w_u + 0.01 * s.run.seed) for r in range(s.run.rounds)]
     make_run_dir(
-        out_dir, policy=s.alignment.policy, seed=s.run.seed, rounds=s.run.rounds, accuracy=acc
+        out_dir, policy=s.protocol.fedmoe.alignment.policy, seed=s.run.seed, rounds=s.run.rounds, accuracy=acc
     )
     man = json.loads((out_dir / "manifest.json").read_text())
     man["scenario"] = s.model_dump(mode="json")
@@ -66,7 +66,7 @@ def fake_runner(loaded: LoadedScenario, out_dir: Path) -> None:
 def _real_run_works() -> bool:
     """True once fedsim.api.run can build a world (the scenario -> world builder has landed)."""
     try:
-        from fedsim.build import build_world  # noqa: F401
+        from fedsim.build import build_parts  # noqa: F401
         from fedsim.protocols import make_protocol  # noqa: F401
     except ImportError:
         return False
@@ -91,7 +91,7 @@ class Counting:
             out_dir.mkdir(parents=True)
             (out_dir / "manifest.json").write_text(json.dumps({"status": "running"}))
             raise KeyboardInterrupt
-        if loaded.scenario.alignment.policy == self.fail_policy:
+        if loaded.scenario.protocol.fedmoe.alignment.policy == self.fail_policy:
             raise RuntimeError("boom\nsecond line")
         fake_runner(loaded, out_dir)
 
@@ -145,21 +145,21 @@ def test_parse_seeds_rejects(text: object) -> None:
 def test_parse_grid_values_are_yaml_scalars() -> None:
     g = parse_grid(
         [
-            "alignment.policy=random,greedy",
-            "alignment.w_u=0.1,1e9,2",
+            "protocol.fedmoe.alignment.policy=random,greedy",
+            "protocol.fedmoe.alignment.w_u=0.1,1e9,2",
             "topology.grid.clients={phone: 3, sensor: 2},{phone: 4}",
             "x.flag=true,'a,b',[1,2]",
         ]
     )
     assert list(g) == [
-        "alignment.policy",
-        "alignment.w_u",
+        "protocol.fedmoe.alignment.policy",
+        "protocol.fedmoe.alignment.w_u",
         "topology.grid.clients",
         "x.flag",
     ]
-    assert g["alignment.policy"] == ["random", "greedy"]
-    assert g["alignment.w_u"] == [0.1, 1e9, 2] and isinstance(
-        g["alignment.w_u"][1], float
+    assert g["protocol.fedmoe.alignment.policy"] == ["random", "greedy"]
+    assert g["protocol.fedmoe.alignment.w_u"] == [0.1, 1e9, 2] and isinstance(
+        g["protocol.fedmoe.alignment.w_u"][1], float
     )
     assert g["topology.grid.clients"] == [{"phone": 3, "sensor": 2}, {"phone": 4}]
     assert g["x.flag"] == [True, "a,b", [1, 2]]
@@ -220,7 +220,7 @@ def test_run_names_disambiguate_and_sanitise() -> None:
     [
         {"alignment.no_such_key": [1, 2]},
         {"run.rounds": [2, 0]},
-        {"alignment.policy": ["random", [1]]},
+        {"protocol.fedmoe.alignment.policy": ["random", [1]]},
     ],
 )
 def test_invalid_cell_rejected_before_anything_runs(tmp_path: Path, grid: dict) -> None:
@@ -238,7 +238,7 @@ def test_cli_bad_grid_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     p = _Parser(prog="fedsim")
     add_sweep_parser(p.add_subparsers(dest="cmd", parser_class=_Parser))
     a = p.parse_args(
-        ["sweep", str(SCENARIO), "--grid", "alignment.policy", "--out", str(tmp_path / "o")]
+        ["sweep", str(SCENARIO), "--grid", "protocol.fedmoe.alignment.policy", "--out", str(tmp_path / "o")]
     )
     with pytest.raises(ScenarioError, match="--grid"):
         cmd_sweep(a)
@@ -247,7 +247,7 @@ def test_cli_bad_grid_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             "sweep",
             str(SCENARIO),
             "--grid",
-            "alignment.policy=random",
+            "protocol.fedmoe.alignment.policy=random",
             "--seeds",
             "3-1",
             "--out",
@@ -266,11 +266,11 @@ def test_index_rows_ordered_by_cell_then_seed(tmp_path: Path) -> None:
     res = run_sweep(_spec(out), runner=fake_runner)
     idx = pd.read_parquet(out / INDEX_FILE)
     assert res.executed == 8 and res.failed == 0
-    assert list(idx.columns[:4]) == ["run_dir", "seed", "alignment.policy", "alignment.w_u"]
+    assert list(idx.columns[:4]) == ["run_dir", "seed", "protocol.fedmoe.alignment.policy", "protocol.fedmoe.alignment.w_u"]
     assert set(METRICS) <= set(idx.columns)
     assert idx["run_dir"].tolist() == run_names(GRID, SEEDS)
     assert (idx["status"] == "completed").all()
-    assert idx["alignment.w_u"].dtype == float and idx["seed"].dtype == "int64"
+    assert idx["protocol.fedmoe.alignment.w_u"].dtype == float and idx["seed"].dtype == "int64"
     r = pd.read_parquet(out / idx["run_dir"][0] / "rounds.parquet")
     assert idx["final_accuracy"][0] == pytest.approx(r["accuracy"].iloc[-1])
     assert idx["bytes_total"][0] == pytest.approx((r["bytes_up"] + r["bytes_down"]).sum())
@@ -289,7 +289,7 @@ def test_failed_runs_are_recorded_and_others_continue(
             "sweep",
             str(SCENARIO),
             "--grid",
-            "alignment.policy=random,greedy",
+            "protocol.fedmoe.alignment.policy=random,greedy",
             "--seeds",
             "0-1",
             "--out",
@@ -352,7 +352,7 @@ def test_sweep_file(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(
         f"scenario: {SCENARIO}\n"
-        "grid:\n  alignment.policy: [random, greedy]\n  alignment.w_u: 0.5\n"
+        "grid:\n  protocol.fedmoe.alignment.policy: [random, greedy]\n  protocol.fedmoe.alignment.w_u: 0.5\n"
         "seeds: 0-1\n"
         "set:\n"
         + "".join(f"  - '{s}'\n" for s in TINY)
@@ -363,10 +363,10 @@ def test_sweep_file(tmp_path: Path) -> None:
     runner = Counting()
     assert cmd_sweep(p.parse_args(["sweep", str(sweep)]), runner=runner) == 0  # with progress bar
     assert runner.calls == run_names(
-        {"alignment.policy": ["random", "greedy"], "alignment.w_u": [0.5]}, [0, 1]
+        {"protocol.fedmoe.alignment.policy": ["random", "greedy"], "protocol.fedmoe.alignment.w_u": [0.5]}, [0, 1]
     )
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"scenario: {SCENARIO}\ngrid: {{alignment.policy: [random]}}\nsedes: 3\n")
+    bad.write_text(f"scenario: {SCENARIO}\ngrid: {{protocol.fedmoe.alignment.policy: [random]}}\nsedes: 3\n")
     with pytest.raises(ScenarioError, match="sedes"):
         cmd_sweep(p.parse_args(["sweep", str(bad), "--out", str(tmp_path / "x")]), runner=runner)
 
@@ -380,11 +380,11 @@ def test_compare_sweep(tmp_path: Path) -> None:
     assert len(cells) == 4 and (cells["runs"] == 3).all()
     assert {"final_accuracy_mean", "final_accuracy_ci95", "bytes_total_mean"} <= set(cells.columns)
     g = pd.read_parquet(out / INDEX_FILE)
-    first = g[(g["alignment.policy"] == "deadline_aware") & (g["alignment.w_u"] == 0.1)][
+    first = g[(g["protocol.fedmoe.alignment.policy"] == "deadline_aware") & (g["protocol.fedmoe.alignment.w_u"] == 0.1)][
         "final_accuracy"
     ]
     row = cells[
-        (cells["alignment.policy"] == "deadline_aware") & (cells["alignment.w_u"] == 0.1)
+        (cells["protocol.fedmoe.alignment.policy"] == "deadline_aware") & (cells["protocol.fedmoe.alignment.w_u"] == 0.1)
     ].iloc[0]
     assert row["final_accuracy_mean"] == pytest.approx(first.mean())
     for f in ("cells.csv", "cells.md", "final_accuracy_vs_w_u.png"):
@@ -466,7 +466,7 @@ def test_cli_interrupt_exits_130_and_resumes(
 ) -> None:
     p = argparse.ArgumentParser()
     add_sweep_parser(p.add_subparsers(dest="cmd"))
-    argv = ["sweep", str(SCENARIO), "--grid", "alignment.policy=random,greedy", "--seeds", "0"]
+    argv = ["sweep", str(SCENARIO), "--grid", "protocol.fedmoe.alignment.policy=random,greedy", "--seeds", "0"]
     argv += ["--out", str(tmp_path / "sw"), "--workers", "1", "--quiet"]
     assert cmd_sweep(p.parse_args(argv), runner=Counting(interrupt_at=2)) == 130
     assert "run the same command again to resume" in capsys.readouterr().err

@@ -42,6 +42,9 @@ from fedsim.alignment.state import AlignmentState
 
 __all__ = [
     "POLICIES",
+    "register_policy",
+    "order_experts",
+    "tie_keys",
     "policy_params",
     "AlignmentPolicy",
     "AssignContext",
@@ -51,8 +54,6 @@ __all__ = [
     "LoadBalancedPolicy",
     "OptimalPolicy",
     "RandomPolicy",
-    "SystemsAwarePolicy",
-    "InRoundBalancedPolicy",
     "expert_load_cv",
     "make_policy",
 ]
@@ -141,17 +142,17 @@ def _lookup(m: Mapping[Hashable, Any], client: Hashable, what: str) -> Any:
 
 def _top_k(score: np.ndarray, k: int, tie: np.ndarray | None = None) -> list[int]:
     """Indices of the ``k`` largest scores; ties by ascending ``tie`` key, else the lowest index."""
-    return [int(e) for e in _order(score, tie)[:k]]
+    return [int(e) for e in order_experts(score, tie)[:k]]
 
 
-def _order(score: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
+def order_experts(score: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
     """Expert indices by descending ``score``, ties by ascending ``tie`` (then index)."""
     if tie is None:
         return np.argsort(-score, kind="stable")
     return np.lexsort((tie, -score))
 
 
-def _tie_keys(tie_break: str, n: int, E: int, rng: np.random.Generator) -> np.ndarray | None:
+def tie_keys(tie_break: str, n: int, E: int, rng: np.random.Generator) -> np.ndarray | None:
     """One random tie key per (client, expert), shape ``(n, E)``, or None for index ties."""
     return rng.random((n, E)) if tie_break == "random" else None
 
@@ -160,6 +161,25 @@ def _check_tie_break(tie_break: str) -> str:
     if tie_break not in ("random", "index"):
         raise ValueError(f'"tie_break" must be "random" or "index", got {tie_break!r}')
     return tie_break
+
+
+#: Policy name -> class: the one registry, filled by :func:`register_policy` where each
+#: policy is defined (this module and :mod:`fedsim.alignment.variants`, which the
+#: package imports, so the registry is complete whenever the package is imported).
+POLICIES: dict[str, type[AlignmentPolicy]] = {}
+
+
+def register_policy(cls: type[AlignmentPolicy]) -> type[AlignmentPolicy]:
+    """Class decorator: list ``cls`` in :data:`POLICIES` under ``cls.name``.
+
+    Raises:
+        ValueError: the name is empty or already taken by another class.
+    """
+    name = getattr(cls, "name", "")
+    if not name or POLICIES.get(name, cls) is not cls:
+        raise ValueError(f"policy {cls.__name__}: name {name!r} is empty or already registered")
+    POLICIES[name] = cls
+    return cls
 
 
 class AlignmentPolicy(ABC):
@@ -229,6 +249,7 @@ class AlignmentPolicy(ABC):
         return f"{type(self).__name__}({params})"
 
 
+@register_policy
 class RandomPolicy(AlignmentPolicy):
     """``min(k_c, E)`` distinct experts uniformly at random per client (draws from ``rng``).
 
@@ -245,6 +266,7 @@ class RandomPolicy(AlignmentPolicy):
         }
 
 
+@register_policy
 class GreedyPolicy(AlignmentPolicy):
     """Top-``k_c`` experts by the client's fitness alone (ignores usage and load).
 
@@ -259,12 +281,13 @@ class GreedyPolicy(AlignmentPolicy):
 
     def _assign(self, clients, budgets, state, rng, ctx):
         F = state.fitness_rows(clients)
-        tie = _tie_keys(self.tie_break, len(clients), state.num_experts, rng)
+        tie = tie_keys(self.tie_break, len(clients), state.num_experts, rng)
         return {
             c: _top_k(F[i], budgets[c], None if tie is None else tie[i]) for i, c in enumerate(clients)
         }
 
 
+@register_policy
 class LoadBalancedPolicy(AlignmentPolicy):
     """Top experts by desirability, fitness against load (the paper's design).
 
@@ -337,14 +360,14 @@ class LoadBalancedPolicy(AlignmentPolicy):
         held: dict[Hashable, list[int]] = {c: [] for c in clients}
         active = [c for c in clients if budgets[c] > 0]
         rows = {c: i for i, c in enumerate(clients)}
-        tie = _tie_keys(self.tie_break, n, E, rng)
+        tie = tie_keys(self.tie_break, n, E, rng)
         while active:
             still = []
             for c in active:
                 score = base[rows[c]] - self.w_r * (m / n)
                 score[held[c]] = -np.inf
                 pick = None
-                for e in _order(score, None if tie is None else tie[rows[c]]):
+                for e in order_experts(score, None if tie is None else tie[rows[c]]):
                     if not np.isfinite(score[e]):
                         break
                     if self._may_add(c, held[c], int(e), state, ctx):
@@ -360,6 +383,7 @@ class LoadBalancedPolicy(AlignmentPolicy):
         return held
 
 
+@register_policy
 class DeadlineAwarePolicy(LoadBalancedPolicy):
     """``load_balanced``, but a client takes another expert only while it is predicted to finish.
 
@@ -398,6 +422,7 @@ class DeadlineAwarePolicy(LoadBalancedPolicy):
         return super()._assign(clients, budgets, state, rng, ctx)
 
 
+@register_policy
 class OptimalPolicy(AlignmentPolicy):
     """Maximum total fitness under budgets and expert load bounds, solved exactly.
 
@@ -535,18 +560,6 @@ class OptimalPolicy(AlignmentPolicy):
         }
 
 
-# the variants subclass LoadBalancedPolicy, so they are imported once it exists
-from fedsim.alignment.variants import InRoundBalancedPolicy, SystemsAwarePolicy  # noqa: E402
-
-POLICIES: dict[str, type[AlignmentPolicy]] = {
-    cls.name: cls
-    for cls in (
-        RandomPolicy, GreedyPolicy, LoadBalancedPolicy, OptimalPolicy, DeadlineAwarePolicy,
-        InRoundBalancedPolicy, SystemsAwarePolicy,
-    )
-}
-
-
 def make_policy(name: str, **params: Any) -> AlignmentPolicy:
     """Build the policy registered as ``name`` with keyword ``params``.
 
@@ -572,12 +585,12 @@ def policy_params(alignment: Any) -> dict[str, Any]:
     """The fields of the scenario's ``alignment`` section that the chosen policy's constructor takes.
 
     The weights and bounds are typed fields of the ``alignment`` section, so a
-    grid over ``alignment.policy`` works with one set of values: each policy
+    grid over ``protocol.fedmoe.alignment.policy`` works with one set of values: each policy
     receives only the parameters it defines. ``alignment`` is any pydantic
     model with a ``policy`` name and ``model_dump()``.
 
     Raises:
-        KeyError: ``alignment.policy`` is not a registered policy.
+        KeyError: ``protocol.fedmoe.alignment.policy`` is not a registered policy.
     """
     cls = POLICIES[alignment.policy]
     names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]

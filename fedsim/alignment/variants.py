@@ -14,11 +14,12 @@ import math
 
 import numpy as np
 
-from fedsim.alignment.policies import LoadBalancedPolicy, _order, _tie_keys
+from fedsim.alignment.policies import LoadBalancedPolicy, order_experts, register_policy, tie_keys
 
 __all__ = ["InRoundBalancedPolicy", "SystemsAwarePolicy"]
 
 
+@register_policy
 class InRoundBalancedPolicy(LoadBalancedPolicy):
     """``load_balanced`` with the in-round load term on: ``w_r = w_r_inround`` (default 0.5).
 
@@ -35,6 +36,7 @@ class InRoundBalancedPolicy(LoadBalancedPolicy):
         super().__init__(w_f=w_f, w_u=w_u, w_r=w_r_inround, tie_break=tie_break)
 
 
+@register_policy
 class SystemsAwarePolicy(LoadBalancedPolicy):
     """Fitness, usage and predicted finish time, from the server's estimates only.
 
@@ -77,7 +79,7 @@ class SystemsAwarePolicy(LoadBalancedPolicy):
         E = state.num_experts
         T = ctx.time_limit_s
         base = self.desirability(clients, state)
-        tie = _tie_keys(self.tie_break, len(clients), E, rng)
+        tie = tie_keys(self.tie_break, len(clients), E, rng)
         out: dict = {c: [] for c in clients}
         first: dict = {}
         for i, c in enumerate(clients):
@@ -87,7 +89,7 @@ class SystemsAwarePolicy(LoadBalancedPolicy):
             ok = np.flatnonzero(t1 <= T)
             if ok.size == 0:
                 continue
-            order = [int(e) for e in _order(base[i], None if tie is None else tie[i]) if t1[e] <= T]
+            order = [int(e) for e in order_experts(base[i], None if tie is None else tie[i]) if t1[e] <= T]
             first[c] = (float(t1[order[0]]), order[0], i)
         kept = sorted(first, key=lambda c: (first[c][0], clients.index(c)))
         if ctx.needed is not None:
@@ -96,7 +98,7 @@ class SystemsAwarePolicy(LoadBalancedPolicy):
             t_held, e0, i = first[c]
             held = [e0]
             score = base[i].copy()
-            for e in _order(score, None if tie is None else tie[i]):
+            for e in order_experts(score, None if tie is None else tie[i]):
                 if len(held) >= budgets[c]:
                     break
                 e = int(e)

@@ -316,6 +316,10 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
     return list(fields) if fields else None
 
 
+#: Top-level sections that moved: old name -> new key path (a one-line error names the new place).
+MOVED_SECTIONS: dict[str, str] = {"alignment": "protocol.fedmoe.alignment"}
+
+
 def scenario_from_dict(data: dict[str, Any], *, origins: dict | None = None, file: str | None = None) -> Scenario:
     """Validate a merged scenario dict, raising one :class:`ScenarioError` for the first problem.
 
@@ -323,6 +327,10 @@ def scenario_from_dict(data: dict[str, Any], *, origins: dict | None = None, fil
         ScenarioError: the first schema violation, with file, line and key path from ``origins``.
     """
     origins = origins or {}
+    for old, new in MOVED_SECTIONS.items():
+        if old in data:
+            fname, line = _lookup_origin((old,), origins, file)
+            raise ScenarioError(f"this section moved to {new} (same keys)", file=fname, key=old, line=line)
     try:
         return Scenario.model_validate(data)
     except ValidationError as e:

@@ -241,6 +241,35 @@ class FedBuffConfig(_Strict):
     period_s: float | None = Field(None, gt=0, le=1e7, description="semi_async: fixed round period, s (default: deadline_s).")
 
 
+class CapacityConfig(_Strict):
+    """``protocol.fedmoe.alignment.capacity``: how the server estimates client capacity."""
+
+    mode: Literal["self_reported", "learned"] = Field("learned", description='self_reported: noisy reports only; learned: EWMA of observed completion times, starting from the report.')
+    report_noise_cv: float = Field(0.2, ge=0, le=5, description="Noise of self-reports (lognormal coefficient of variation).")
+    safety_margin: float = Field(0.2, ge=0, lt=1, description="Share of the deadline kept in reserve when budgeting experts.")
+    ewma: float = Field(0.5, gt=0, le=1, description="Weight of a new observation in learned estimates.")
+
+
+class AlignmentConfig(_Strict):
+    """``protocol.fedmoe.alignment``: client-expert alignment state and policy."""
+
+    policy: str = Field("load_balanced", description="random, greedy, load_balanced, load_balanced_inround, optimal, deadline_aware, systems_aware.")
+    w_f: float = Field(1.0, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised fitness.")
+    w_u: float = Field(0.5, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised usage (penalty).")
+    w_r: float = Field(0.0, ge=0, le=100, description="load_balanced / deadline_aware: weight of the in-round load (0 = the paper's rule; load_balanced_inround uses 0.5).")
+    w_t: float = Field(1.0, ge=0, le=100, description="systems_aware: weight of an expert's predicted extra round time (per deadline).")
+    min_load: int = Field(0, ge=0, le=10_000_000, description="optimal: fewest clients per expert each round.")
+    max_load: int | None = Field(None, ge=1, le=10_000_000, description="optimal: most clients per expert each round (null: unbounded).")
+    on_infeasible: Literal["raise", "relax"] = Field("relax", description="optimal: when load bounds cannot be met, fail or drop them.")
+    min_k: int = Field(0, ge=0, le=1024, description="deadline_aware: experts given regardless of predicted time.")
+    reward: Literal["gate_prob", "loss", "expert_loss"] = Field("gate_prob", description="Fitness reward: the gate's mean routing probability (all experts), loss reduction (trained experts), or exp(-loss) of each trained expert alone on the client's data before training (expert-specific).")
+    fitness_ema: float = Field(0.3, gt=0, le=1, description='Weight of a new reward in the fitness EMA.')
+    fitness_decay: float = Field(0.95, gt=0, le=1, description='Per-round decay of fitness for pairs without feedback.')
+    usage_decay: float = Field(0.9, ge=0, le=1, description='Per-round decay of expert usage (U <- decay x U + load).')
+    max_experts_per_client: int | None = Field(None, ge=1, le=1024, description="Cap on k_c regardless of capacity.")
+    capacity: CapacityConfig = Field(default_factory=CapacityConfig)
+
+
 class FedMoEConfig(_Strict):
     """``protocol.fedmoe``: the server-side federated MoE round loop."""
 
@@ -255,6 +284,7 @@ class FedMoEConfig(_Strict):
         "sync", description="sync: rounds cut at the deadline; async: FedBuff; semi_async: rounds close every deadline_s, late updates folded in later (see fedbuff).",
     )
     fedbuff: FedBuffConfig = Field(default_factory=FedBuffConfig)
+    alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
 
 
 class NMoEConfig(_Strict):
@@ -283,35 +313,6 @@ class ProtocolConfig(_Strict):
     name: Literal["fedmoe", "nmoe"] = Field("fedmoe", description='fedmoe: server-side federated MoE with alignment; nmoe: networked MoE with serverless inference.')
     fedmoe: FedMoEConfig = Field(default_factory=FedMoEConfig)
     nmoe: NMoEConfig = Field(default_factory=NMoEConfig)
-
-
-class CapacityConfig(_Strict):
-    """``alignment.capacity``: how the server estimates client capacity."""
-
-    mode: Literal["self_reported", "learned"] = Field("learned", description='self_reported: noisy reports only; learned: EWMA of observed completion times, starting from the report.')
-    report_noise_cv: float = Field(0.2, ge=0, le=5, description="Noise of self-reports (lognormal coefficient of variation).")
-    safety_margin: float = Field(0.2, ge=0, lt=1, description="Share of the deadline kept in reserve when budgeting experts.")
-    ewma: float = Field(0.5, gt=0, le=1, description="Weight of a new observation in learned estimates.")
-
-
-class AlignmentConfig(_Strict):
-    """``alignment``: client-expert alignment state and policy."""
-
-    policy: str = Field("load_balanced", description="random, greedy, load_balanced, load_balanced_inround, optimal, deadline_aware, systems_aware.")
-    w_f: float = Field(1.0, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised fitness.")
-    w_u: float = Field(0.5, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised usage (penalty).")
-    w_r: float = Field(0.0, ge=0, le=100, description="load_balanced / deadline_aware: weight of the in-round load (0 = the paper's rule; load_balanced_inround uses 0.5).")
-    w_t: float = Field(1.0, ge=0, le=100, description="systems_aware: weight of an expert's predicted extra round time (per deadline).")
-    min_load: int = Field(0, ge=0, le=10_000_000, description="optimal: fewest clients per expert each round.")
-    max_load: int | None = Field(None, ge=1, le=10_000_000, description="optimal: most clients per expert each round (null: unbounded).")
-    on_infeasible: Literal["raise", "relax"] = Field("relax", description="optimal: when load bounds cannot be met, fail or drop them.")
-    min_k: int = Field(0, ge=0, le=1024, description="deadline_aware: experts given regardless of predicted time.")
-    reward: Literal["gate_prob", "loss", "expert_loss"] = Field("gate_prob", description="Fitness reward: the gate's mean routing probability (all experts), loss reduction (trained experts), or exp(-loss) of each trained expert alone on the client's data before training (expert-specific).")
-    fitness_ema: float = Field(0.3, gt=0, le=1, description='Weight of a new reward in the fitness EMA.')
-    fitness_decay: float = Field(0.95, gt=0, le=1, description='Per-round decay of fitness for pairs without feedback.')
-    usage_decay: float = Field(0.9, ge=0, le=1, description='Per-round decay of expert usage (U <- decay x U + load).')
-    max_experts_per_client: int | None = Field(None, ge=1, le=1024, description="Cap on k_c regardless of capacity.")
-    capacity: CapacityConfig = Field(default_factory=CapacityConfig)
 
 
 class EvaluationConfig(_Strict):
@@ -347,6 +348,5 @@ class Scenario(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
-    alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

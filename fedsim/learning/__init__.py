@@ -24,7 +24,7 @@ _WHERE = {
     "load_dataset": "datasets",
     "Executor": "executors",
     "SequentialExecutor": "executors",
-    "make_executor": "executors",
+    "make_executor": "executor_registry",
     "evaluate": "metrics",
     "personalised_accuracy": "metrics",
     "MoEClassifier": "models",

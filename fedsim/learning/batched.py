@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,11 +59,11 @@ from fedsim.learning.training import (
     TrainConfig,
     TrainJob,
     Update,
-    _empty_model,
-    _kept_key,
+    empty_model,
     job_expert_losses,
     job_experts,
     job_flops,
+    kept_key,
 )
 
 __all__ = ["BatchedExecutor"]
@@ -148,7 +149,7 @@ class BatchedExecutor(Executor):
         key = (cfg, str(device))
         sk = self._skeletons.get(key)
         if sk is None:
-            model = _empty_model(cfg).to(device)
+            model = empty_model(cfg).to(device)
             sk = _Skeleton(
                 _DenseMoE(model), _GateProbs(model), [k for k, _ in model.named_parameters()],
                 # the dense step mirrors renormalised top-k weights and one-hidden-layer experts only
@@ -202,22 +203,13 @@ class BatchedExecutor(Executor):
             self._pool_key = key
         return self._pool
 
-    def _run_cohort(self, sk: _Skeleton, jobs_in: list[TrainJob]) -> list[Update]:
-        cfg, tc = jobs_in[0].model_config, jobs_in[0].train
-        dev = torch.device(tc.device)
-        E, B, K = cfg.num_experts, tc.batch_size, cfg.top_k
-        n_in = [int(j.y.shape[0]) for j in jobs_in]
-        order = sorted(range(len(jobs_in)), key=lambda c: -n_in[c])  # stable: ties keep job order
-        jobs = [jobs_in[c] for c in order]
-        C = len(jobs)
-        n = [n_in[c] for c in order]
-        experts = [job_experts(j) for j in jobs]
-        spe = [math.ceil(nc / B) for nc in n]  # steps per epoch
-        steps = [tc.local_epochs * s for s in spe]
-        t_max = steps[0]
-        noisy = cfg.gate_noise_std > 0
-
-        # ---------------------------------------------------------------- schedule (train_local's draws)
+    @staticmethod
+    def _schedule(
+        jobs: list[TrainJob], n: list[int], spe: list[int], t_max: int, E: int, tc: TrainConfig, noisy: bool, dev: torch.device,
+    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """train_local's draws for every client: its data offset in the pool, the ``(C, t_max, B)``
+        pool rows of each step's batch slots, their 0 / 1 weights (padding) and the gate noise."""
+        C, B = len(jobs), tc.batch_size
         offsets = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
         rows = torch.from_numpy(np.repeat(offsets, t_max * B).reshape(C, t_max * B))  # padding: any valid row
         noise = torch.zeros(C, t_max, B, E) if noisy else None
@@ -233,9 +225,51 @@ class BatchedExecutor(Executor):
         pos = torch.arange(t_max * B)
         n_t, span_t = torch.tensor(n).unsqueeze(1), (torch.tensor(spe) * B).unsqueeze(1)
         weight = (((pos % span_t) < n_t) & (pos < span_t * tc.local_epochs)).to(torch.float32).view(C, t_max, B)
-        rows, weight = rows.to(dev), weight.to(dev)
-        if noise is not None:
-            noise = noise.to(dev)
+        return offsets, rows.to(dev), weight.to(dev), (noise.to(dev) if noise is not None else None)
+
+    @staticmethod
+    def _masks(
+        keys: list[str], owner: dict[str, int | None], experts: list[list[int]], E: int, K: int, train_shared: bool, dev: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, bool]]:
+        """``(C, E)`` expert mask, ``(C,)`` valid top-k slots, per tensor the clients that train it
+        and whether all of them do."""
+        C = len(experts)
+        emask = torch.zeros(C, E, dtype=torch.bool)
+        for c, ex in enumerate(experts):
+            emask[c, ex] = True
+        k_valid = torch.tensor([min(K, len(ex)) for ex in experts], dtype=torch.long)
+        trainable = {k: (torch.full((C,), train_shared) if owner[k] is None else emask[:, owner[k]].clone()) for k in keys}
+        all_trainable = {k: bool(v.all()) for k, v in trainable.items()}
+        return emask.to(dev), k_valid.to(dev), {k: v.to(dev) for k, v in trainable.items()}, all_trainable
+
+    @staticmethod
+    def _optimizer_state(tc: TrainConfig, params: dict[str, torch.Tensor], C: int, dev: torch.device) -> tuple[Any, Any]:
+        """Fresh optimizer state of the stacked ``params``: SGD momentum buffers (None without
+        momentum) and Adam's (first moments, second moments, per-client step counts) (None for SGD)."""
+        buf = {k: torch.zeros_like(v) for k, v in params.items()} if tc.optimizer == "sgd" and tc.momentum > 0 else None
+        adam = (
+            ({k: torch.zeros_like(v) for k, v in params.items()}, {k: torch.zeros_like(v) for k, v in params.items()},
+             {k: torch.zeros(C, dtype=torch.float64, device=dev) for k in params})
+            if tc.optimizer == "adam" else None
+        )  # fmt: skip
+        return buf, adam
+
+    def _run_cohort(self, sk: _Skeleton, jobs_in: list[TrainJob]) -> list[Update]:
+        cfg, tc = jobs_in[0].model_config, jobs_in[0].train
+        dev = torch.device(tc.device)
+        E, B, K = cfg.num_experts, tc.batch_size, cfg.top_k
+        n_in = [int(j.y.shape[0]) for j in jobs_in]
+        order = sorted(range(len(jobs_in)), key=lambda c: -n_in[c])  # stable: ties keep job order
+        jobs = [jobs_in[c] for c in order]
+        C = len(jobs)
+        n = [n_in[c] for c in order]
+        experts = [job_experts(j) for j in jobs]
+        spe = [math.ceil(nc / B) for nc in n]  # steps per epoch
+        steps = [tc.local_epochs * s for s in spe]
+        t_max = steps[0]
+        noisy = cfg.gate_noise_std > 0
+
+        offsets, rows, weight, noise = self._schedule(jobs, n, spe, t_max, E, tc, noisy, dev)
         x_pool, y_pool = self._data_pool(jobs, dev)
         active = [sum(1 for s in steps if s > t) for t in range(t_max)]  # a prefix, steps is descending
 
@@ -243,23 +277,11 @@ class BatchedExecutor(Executor):
         keys = sk.keys
         owner = {k: expert_index(k) for k in keys}
         params = {k: torch.stack([j.global_state[k] for j in jobs]).to(dev, torch.float32) for k in keys}
-        emask = torch.zeros(C, E, dtype=torch.bool)
-        for c, ex in enumerate(experts):
-            emask[c, ex] = True
-        k_valid = torch.tensor([min(K, len(ex)) for ex in experts], dtype=torch.long)
-        trainable = {k: (torch.full((C,), tc.train_shared) if owner[k] is None else emask[:, owner[k]].clone()) for k in keys}
-        all_trainable = {k: bool(v.all()) for k, v in trainable.items()}
-        emask, k_valid = emask.to(dev), k_valid.to(dev)
-        trainable = {k: v.to(dev) for k, v in trainable.items()}
+        emask, k_valid, trainable, all_trainable = self._masks(keys, owner, experts, E, K, tc.train_shared, dev)
         prox = tc.fedprox_mu > 0
         anchors = {k: v.clone() for k, v in params.items()} if prox else None
         tmask_f = {k: v.to(torch.float32) for k, v in trainable.items()} if prox else None
-        buf = {k: torch.zeros_like(v) for k, v in params.items()} if tc.optimizer == "sgd" and tc.momentum > 0 else None
-        adam = (
-            ({k: torch.zeros_like(v) for k, v in params.items()}, {k: torch.zeros_like(v) for k, v in params.items()},
-             {k: torch.zeros(C, dtype=torch.float64, device=dev) for k in keys})
-            if tc.optimizer == "adam" else None
-        )  # fmt: skip
+        buf, adam = self._optimizer_state(tc, params, C, dev)
 
         dense = sk.dense
         aux_w, mu = cfg.aux_loss_weight, tc.fedprox_mu
@@ -388,7 +410,7 @@ class BatchedExecutor(Executor):
                 client_id=job.client_id,
                 round=job.round,
                 experts=experts[c],
-                state={k: per_client[k][c] for k in sk.keys if _kept_key(k, experts[c], tc.train_shared)},
+                state={k: per_client[k][c] for k in sk.keys if kept_key(k, experts[c], tc.train_shared)},
                 num_samples=n[c],
                 samples_per_expert=hits_np[c, last : steps[c]].sum(0).astype(np.int64),
                 mean_gate_prob=gate_mean[c],

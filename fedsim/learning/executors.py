@@ -12,22 +12,22 @@ Every executor gives the same updates (within float tolerance) as
   over worker processes that keep their model and the clients' data between rounds.
 
 Executors that hold resources (worker processes) release them in ``close``;
-every executor is a context manager.
+every executor is a context manager. They are built by name with
+:func:`fedsim.learning.executor_registry.make_executor` (the registry imports
+them; they never import it).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fedsim.learning.models import MoEClassifier, MoEConfig
     from fedsim.learning.training import TrainJob, Update
 
-__all__ = ["EXECUTORS", "Executor", "SequentialExecutor", "make_executor", "resolve_device"]
-
-EXECUTORS = ("sequential", "batched", "parallel")
+__all__ = ["Executor", "SequentialExecutor", "resolve_device"]
 
 
 class Executor(ABC):
@@ -56,12 +56,12 @@ class SequentialExecutor(Executor):
 
     def model_for(self, cfg: MoEConfig, device: str) -> MoEClassifier:
         """The reused model of ``cfg`` on ``device`` (weights are whatever the last job left)."""
-        from fedsim.learning.training import _empty_model
+        from fedsim.learning.training import empty_model
 
         key = (cfg, str(device))
         model = self._models.get(key)
         if model is None:
-            model = _empty_model(cfg).to(device)
+            model = empty_model(cfg).to(device)
             self._models[key] = model
         return model
 
@@ -87,25 +87,3 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise ValueError(f'device must be "auto", "cpu" or "cuda", got {device!r}')
     return device
-
-
-def make_executor(name: str, *, workers: int = 2, torch_threads: int = 1, **options: Any) -> Executor:
-    """The executor called ``name`` (one of :data:`EXECUTORS`).
-
-    ``workers`` / ``torch_threads`` are used by ``parallel`` (processes, and torch
-    threads in each); ``options`` go to the executor's constructor.
-
-    Raises:
-        ValueError: an unknown executor name.
-    """
-    if name == "sequential":
-        return SequentialExecutor()
-    if name == "batched":
-        from fedsim.learning.batched import BatchedExecutor
-
-        return BatchedExecutor(**options)
-    if name == "parallel":
-        from fedsim.learning.parallel import ParallelExecutor
-
-        return ParallelExecutor(workers=workers, torch_threads=torch_threads, **options)
-    raise ValueError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")

@@ -127,7 +127,7 @@ def _expert_losses(model: MoEClassifier, x: torch.Tensor, y: torch.Tensor, exper
     return out
 
 
-def _empty_model(cfg: MoEConfig) -> MoEClassifier:
+def empty_model(cfg: MoEConfig) -> MoEClassifier:
     """A model with uninitialised storage: built on the meta device, so that no
     default initialiser draws from the global torch RNG."""
     with torch.device("meta"):
@@ -140,7 +140,7 @@ def build_model(
 ) -> MoEClassifier:
     """A model for ``cfg`` holding a copy of ``state``, or ``init_state(cfg, seed)``
     when ``state`` is None. Never touches the global torch RNG."""
-    model = _empty_model(cfg)
+    model = empty_model(cfg)
     model.load_state_dict(state if state is not None else init_state(cfg, seed))
     return model
 
@@ -156,7 +156,7 @@ def init_state(cfg: MoEConfig, seed: int) -> dict[str, torch.Tensor]:
     ``torch.Generator`` seeded by ``seed``, module by module in name order; no
     global RNG is used."""
     gen = torch.Generator().manual_seed(int(seed))
-    model = _empty_model(cfg)
+    model = empty_model(cfg)
     with torch.no_grad():
         for name, m in model.named_modules():
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -220,9 +220,41 @@ def job_expert_losses(job: TrainJob) -> np.ndarray:
     return _expert_losses(model, job.x.to(job.train.device), job.y.to(job.train.device), job_experts(job))
 
 
-def _kept_key(key: str, experts: list[int], train_shared: bool) -> bool:
+def kept_key(key: str, experts: list[int], train_shared: bool) -> bool:
     owner = expert_index(key)
     return (owner is None and train_shared) or (owner is not None and owner in experts)
+
+
+def _prepared(job: TrainJob, experts: list[int], model: MoEClassifier | None) -> tuple[MoEClassifier, list[torch.Tensor], torch.optim.Optimizer]:
+    """The job's model (``model`` reused, else built) holding the global weights, with only
+    the job's trainable parameters requiring gradients; those parameters and their optimizer."""
+    cfg, tc = job.model_config, job.train
+    if model is None:
+        model = build_model(cfg, job.global_state).to(tc.device)
+    else:
+        model.load_state_dict(job.global_state)  # copies into the reused model's storage
+    for name, p in model.named_parameters():
+        owner = expert_index(name)
+        train_it = tc.train_shared if owner is None else owner in experts
+        p.requires_grad_(train_it)
+        p.grad = None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tc.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+        )
+    else:
+        opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    return model, params, opt
+
+
+def _mean_gate_prob(model: MoEClassifier, x: torch.Tensor) -> np.ndarray:
+    """``(E,)`` mean routing probability of the (trained) gate over the samples ``x``."""
+    if model.cfg.num_experts == 1:
+        return np.ones(1)  # a softmax over one expert is exactly 1: no pass needed
+    with torch.no_grad():
+        probs = [model.route(model.features(x[s : s + 1024]))[0] for s in range(0, int(x.shape[0]), 1024)]
+        return torch.cat(probs).mean(0).double().cpu().numpy()
 
 
 def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
@@ -240,24 +272,9 @@ def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
     experts = job_experts(job)
     n = int(job.y.shape[0])
 
-    if model is None:
-        model = build_model(cfg, job.global_state).to(tc.device)
-    else:
-        model.load_state_dict(job.global_state)  # copies into the reused model's storage
+    model, params, opt = _prepared(job, experts, model)
     mask = torch.zeros(e_total, dtype=torch.bool)
     mask[experts] = True
-    for name, p in model.named_parameters():
-        owner = expert_index(name)
-        train_it = tc.train_shared if owner is None else owner in experts
-        p.requires_grad_(train_it)
-        p.grad = None
-    params = [p for p in model.parameters() if p.requires_grad]
-    if tc.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
-        )
-    else:
-        opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
     anchors = [p.detach().clone() for p in params] if tc.fedprox_mu > 0 else []
 
     gen = torch.Generator().manual_seed(int(job.seed))
@@ -296,16 +313,10 @@ def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
         loss_last = total / seen
 
     model.eval()
-    if e_total == 1:
-        mean_gate_prob = np.ones(1)  # a softmax over one expert is exactly 1: no pass needed
-    else:
-        with torch.no_grad():
-            probs = [model.route(model.features(x[s : s + 1024]))[0] for s in range(0, n, 1024)]
-            mean_gate_prob = torch.cat(probs).mean(0).double().cpu().numpy()
-
+    mean_gate_prob = _mean_gate_prob(model, x)
     sd = model.state_dict()
     # copies: the model is reused by the next job, the update must keep its own weights
-    state = {k: v.detach().to("cpu", copy=True) for k, v in sd.items() if _kept_key(k, experts, tc.train_shared)}
+    state = {k: v.detach().to("cpu", copy=True) for k, v in sd.items() if kept_key(k, experts, tc.train_shared)}
     flops = job_flops(job, len(experts))
     return Update(
         client_id=job.client_id,

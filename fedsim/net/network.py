@@ -101,9 +101,30 @@ class Network(RadioMixin):
         self.fading_blocks = 0
         self.handovers = 0
         self.mobility_steps = 0
-        nodes = graph.nodes
+        self._init_wired()
+        self._init_cells()
+        specs = self._init_clients(classes)
+        self._active: dict[int, list[_Active]] = {}
+        # noise over each cell's bandwidth (dBm, per BS)
+        self.noise_up_dbm = np.array([ch.noise_power_dbm(float(b), self.cp.noise_figure_db)
+                                      for b in self.bw_up_hz])
+        self.noise_down_dbm = np.array([ch.noise_power_dbm(float(b), self.cp.noise_figure_db)
+                                        for b in self.bw_down_hz])
+        # cell selection metric = received power + offset: downlink power, or the uplink
+        # SNR (UE power - path loss - the cell's uplink noise, same UE power for every cell)
+        self.attach_offset_db = (np.zeros(len(self.bs_ids)) if self.cp.attachment == "downlink"
+                                 else -self.bs_power_dbm - self.noise_up_dbm)
+        self._caps: dict[int, tuple[Link, Link]] = {}  # per-client access rate caps
+        self._init_population(specs)
+        self._record_nodes()
+        self._sample_t = 0.0
+        self._sample_last: dict[Link, tuple[float, float]] = {}
+        if self.params.link_sample_interval_s > 0:
+            self.env.process(self._sample_loop())
 
-        # wired links, both directions, and the routing graph
+    def _init_wired(self) -> None:
+        """Wired links, both directions, and the routing graph."""
+        graph = self.graph
         self._wired = nx.Graph()
         self._wired.add_nodes_from(sorted(n for n, d in graph.nodes(data=True)
                                           if d.get("kind") != "client"))
@@ -119,7 +140,9 @@ class Network(RadioMixin):
                                                        float(d["latency_s"]))
         self._paths: dict[str, dict[str, list[str]]] = {}
 
-        # base stations and cells
+    def _init_cells(self) -> None:
+        """Base stations and their cells: up / down links, bandwidths, positions, powers."""
+        graph, nodes = self.graph, self.graph.nodes
         self.bs_ids = sorted(n for n, d in graph.nodes(data=True) if d.get("kind") in BS_KINDS)
         if not self.bs_ids:
             raise ValueError("the topology has no base station")
@@ -143,7 +166,9 @@ class Network(RadioMixin):
                                if nodes[b]["kind"] == "bs_macro" else self.cp.bs_tx_power_small_dbm))
             for b in self.bs_ids])
 
-        # clients
+    def _init_clients(self, classes: Mapping[str, MobilitySpec] | None) -> list[MobilitySpec | None]:
+        """Client ids, positions and transmit powers; returns each client's class spec (or None)."""
+        graph, nodes = self.graph, self.graph.nodes
         self.client_ids = sorted(n for n, d in graph.nodes(data=True) if d.get("kind") == "client")
         self._ci = {c: i for i, c in enumerate(self.client_ids)}
         n = len(self.client_ids)
@@ -155,24 +180,7 @@ class Network(RadioMixin):
             float(nodes[c].get("tx_power_dbm", s.tx_power_dbm if s is not None
                                else self.params.ue_tx_power_dbm))
             for c, s in zip(self.client_ids, specs)])
-
-        self._active: dict[int, list[_Active]] = {}
-        # noise over each cell's bandwidth (dBm, per BS)
-        self.noise_up_dbm = np.array([ch.noise_power_dbm(float(b), self.cp.noise_figure_db)
-                                      for b in self.bw_up_hz])
-        self.noise_down_dbm = np.array([ch.noise_power_dbm(float(b), self.cp.noise_figure_db)
-                                        for b in self.bw_down_hz])
-        # cell selection metric = received power + offset: downlink power, or the uplink
-        # SNR (UE power - path loss - the cell's uplink noise, same UE power for every cell)
-        self.attach_offset_db = (np.zeros(len(self.bs_ids)) if self.cp.attachment == "downlink"
-                                 else -self.bs_power_dbm - self.noise_up_dbm)
-        self._caps: dict[int, tuple[Link, Link]] = {}  # per-client access rate caps
-        self._init_population(specs)
-        self._record_nodes()
-        self._sample_t = 0.0
-        self._sample_last: dict[Link, tuple[float, float]] = {}
-        if self.params.link_sample_interval_s > 0:
-            self.env.process(self._sample_loop())
+        return specs
 
     def _cell_bw(self, bs: str, direction: str) -> float:
         """Bandwidth (Hz) of ``bs``'s uplink / downlink: the node's ``bandwidth_up_hz`` /

@@ -116,16 +116,7 @@ def manhattan_grid(
     if not block_m > 0:
         raise ValueError('"block_m" must be > 0')
     if bs_sites is None:
-        cx, cy = blocks_x // 2, blocks_y // 2
-        qx, qy = max(blocks_x // 4, 0), max(blocks_y // 4, 0)
-        sites = [(cx, cy, "macro"), (qx, qy, "small"), (blocks_x - qx, qy, "small"),
-                 (qx, blocks_y - qy, "small"), (blocks_x - qx, blocks_y - qy, "small")]
-        seen: set[tuple[int, int]] = set()
-        bs_sites = []
-        for s in sites:
-            if (s[0], s[1]) not in seen:
-                seen.add((s[0], s[1]))
-                bs_sites.append(s)
+        bs_sites = _default_sites(blocks_x, blocks_y)
     if not bs_sites:
         raise ValueError('"bs_sites" must name at least one base station')
     if clients_per_class is None:
@@ -142,6 +133,33 @@ def manhattan_grid(
     g.add_node("core", kind="edge", x=width / 2, y=height / 2, z=0.0)
     g.add_edge("core", "cloud", kind="wired", capacity_bps=float(cloud_bps),
                latency_s=float(cloud_latency_s))
+    _add_sites(g, bs_sites, blocks_x, blocks_y, block_m, macro_height_m, small_height_m, macro_range_m, small_range_m,
+               edge_server_bps, edge_server_latency_s, backhaul_bps, backhaul_latency_s)
+    _add_clients(g, clients_per_class, heights, rng, blocks_x, blocks_y, block_m)
+    return g
+
+
+def _default_sites(blocks_x: int, blocks_y: int) -> list[tuple[int, int, str]]:
+    """A macro cell at the centre intersection and four small cells at the quarter points (no duplicates)."""
+    cx, cy = blocks_x // 2, blocks_y // 2
+    qx, qy = max(blocks_x // 4, 0), max(blocks_y // 4, 0)
+    sites = [(cx, cy, "macro"), (qx, qy, "small"), (blocks_x - qx, qy, "small"),
+             (qx, blocks_y - qy, "small"), (blocks_x - qx, blocks_y - qy, "small")]
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for s in sites:
+        if (s[0], s[1]) not in seen:
+            seen.add((s[0], s[1]))
+            out.append(s)
+    return out
+
+
+def _add_sites(
+    g: nx.Graph, bs_sites: Sequence[tuple[int, int, str]], blocks_x: int, blocks_y: int, block_m: float,
+    macro_height_m: float, small_height_m: float, macro_range_m: float, small_range_m: float,
+    edge_server_bps: float, edge_server_latency_s: float, backhaul_bps: float, backhaul_latency_s: float,
+) -> None:
+    """Per site ``i``: base station ``bs{i}``, its edge server ``edge{i}`` and their wires (see :func:`manhattan_grid`)."""
     for i, (ix, iy, kind) in enumerate(bs_sites):
         if kind not in ("macro", "small"):
             raise ValueError(f'bs_sites[{i}]: kind must be "macro" or "small", got {kind!r}')
@@ -158,6 +176,14 @@ def manhattan_grid(
                    latency_s=float(edge_server_latency_s))
         g.add_edge(bs, "core", kind="wired", capacity_bps=float(backhaul_bps),
                    latency_s=float(backhaul_latency_s))
+
+
+def _add_clients(
+    g: nx.Graph, clients_per_class: Mapping[str, int], heights: Mapping[str, tuple[float, float]],
+    rng: np.random.Generator, blocks_x: int, blocks_y: int, block_m: float,
+) -> None:
+    """``clients_per_class[c]`` clients ``{c}{k:05d}`` per class, placed with ``rng`` (see :func:`manhattan_grid`)."""
+    width, height = blocks_x * block_m, blocks_y * block_m
     for cls in sorted(clients_per_class):
         n = int(clients_per_class[cls])
         if n < 0:
@@ -172,7 +198,6 @@ def manhattan_grid(
                 x, y = _street_point(rng, blocks_x, blocks_y, block_m, _SIDEWALK_M)
             z = float(rng.uniform(zmin, zmax)) if zmax > zmin else float(zmin)
             g.add_node(f"{cls}{k:05d}", kind="client", device_class=cls, x=x, y=y, z=z)
-    return g
 
 
 _FLOAT_NODE = ("x", "y", "z", "range_m", "tx_power_dbm")

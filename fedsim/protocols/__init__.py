@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fedsim.protocols.base import ClientOutcome, Protocol, RoundState
 
 if TYPE_CHECKING:
-    from fedsim.protocols.world import ProtocolWorld
+    from fedsim.parts.bundle import Parts
 
 __all__ = ["Protocol", "ClientOutcome", "RoundState", "REGISTRY", "PROTOCOL_NAMES", "make_protocol", "protocol_class"]
 
@@ -39,10 +39,10 @@ def protocol_class(name: str) -> type[Protocol]:
     return getattr(importlib.import_module(module), cls)
 
 
-def make_protocol(world: ProtocolWorld, progress: Callable[..., Any] | None = None) -> Protocol:
-    """The protocol named by ``world.scenario.protocol.name``, built on ``world``.
+def make_protocol(parts: Parts, progress: Callable[..., Any] | None = None) -> Protocol:
+    """The protocol named by ``parts.protocol``, handed ``parts``.
 
     Raises:
         ValueError: the name is not a known protocol.
     """
-    return protocol_class(world.scenario.protocol.name)(world, progress)
+    return protocol_class(parts.protocol)(parts, progress)

@@ -49,12 +49,18 @@ from fedsim.devices.causes import Deadline
 if TYPE_CHECKING:
     import simpy
 
-    from fedsim.protocols.world import ProtocolWorld
+    from fedsim.parts.bundle import Parts
 
-__all__ = ["Protocol", "ClientOutcome", "RoundState", "STATUSES"]
+__all__ = ["Protocol", "ClientOutcome", "RoundState", "STATUSES", "IDLE_RETRY_S", "crn_select"]
 
 #: Client-round statuses, in the order the ``rounds`` table counts them.
 STATUSES = ("completed", "straggler", "dropout", "oom", "skipped")
+
+#: Longest wait, s, of a server that finds nobody to dispatch before it looks again
+#: (a sync round with nobody dispatched idles ``min(deadline, IDLE_RETRY_S)``; the
+#: async loop polls as often): the clock always advances.
+IDLE_RETRY_S = 10.0
+
 
 def crn_select(rng: np.random.Generator, clients: Sequence[str], eligible: Sequence[bool], n: int) -> list[str]:
     """Choose ``n`` of the eligible ``clients`` uniformly, with common random numbers.
@@ -130,7 +136,9 @@ class RoundState:
 class Protocol:
     """Base of every protocol: the loop and the bookkeeping (module docstring).
 
-    A protocol records into ``world.sim.rec`` and reports progress through the
+    A protocol is handed its :class:`~fedsim.parts.bundle.Parts` (systems, trainer,
+    evaluator, alignment services, its own config section ``cfg``, the run
+    settings), records into ``sim.rec`` and reports progress through the
     optional callback (keyword fields ``round``, ``rounds``, ``t_s``,
     ``accuracy``, ``bytes``). Subclasses set ``name`` and implement the hooks
     they need; the defaults select nobody and aggregate / evaluate nothing.
@@ -138,11 +146,17 @@ class Protocol:
 
     name: ClassVar[str] = ""
 
-    def __init__(self, world: ProtocolWorld, progress: Callable[..., Any] | None = None) -> None:
-        self.world = world
-        self.sim = world.sim
-        self.env = world.sim.env
-        self.rec = world.sim.rec
+    def __init__(self, parts: Parts, progress: Callable[..., Any] | None = None) -> None:
+        self.parts = parts
+        self.cfg = parts.config
+        self.settings = parts.run
+        self.clients = parts.clients
+        self.systems = parts.systems
+        self.trainer = parts.trainer
+        self.evaluator = parts.evaluator
+        self.sim = parts.sim
+        self.env = parts.sim.env
+        self.rec = parts.sim.rec
         self._progress = progress
         self.bytes_moved = 0.0
         self.outcomes: dict[str, ClientOutcome] = {}
@@ -202,8 +216,8 @@ class Protocol:
 
     def should_evaluate(self, r: int) -> bool:
         """Whether round ``r`` is evaluated: every ``evaluation.every_rounds`` and the last round."""
-        s = self.world.scenario
-        return (r + 1) % s.evaluation.every_rounds == 0 or r == s.run.rounds - 1
+        st = self.settings
+        return (r + 1) % st.eval_every == 0 or r == st.rounds - 1
 
     def expert_load_cv(self, state: RoundState) -> float:
         """The ``rounds.expert_load_cv`` value of a round. Default: nan."""
@@ -224,19 +238,16 @@ class Protocol:
 
     # ------------------------------------------------------------ loop
     def replayed(self, key: str, fn: Callable[[], Any]) -> Any:
-        """``fn()`` through the world's replay seam (``world.replayed``; a world without one just calls it)."""
-        rep = getattr(self.world, "replayed", None)
-        return rep(key, fn) if callable(rep) else fn()
+        """``fn()`` through the trainer's replay seam (:meth:`fedsim.parts.learning.Trainer.replayed`)."""
+        return self.trainer.replayed(key, fn)
 
     def checkpoint(self, rounds_done: int, *, force: bool = False) -> None:
-        """Round boundary: the world's checkpointer may write (every
-        ``output.checkpoint_every_rounds`` rounds; a world without one ignores it).
+        """Round boundary: the run's checkpointer may write (every
+        ``output.checkpoint_every_rounds`` rounds; an unarmed one ignores it).
         Any moment is safe, clients in flight included: a resumed run replays
         from ``t = 0``, so a checkpoint is only a prefix of the replay log; an
         asynchronous loop calls it when it publishes a model version."""
-        cp = getattr(self.world, "checkpoint", None)
-        if callable(cp):
-            cp(rounds_done, force=force)
+        self.parts.checkpoints.round_done(rounds_done, float(self.env.now), force=force)
 
     def progress(self, **fields: Any) -> None:
         """Report progress to the callback, if any."""
@@ -244,21 +255,20 @@ class Protocol:
             self._progress(**fields)
 
     def run(self) -> None:
-        """Run all rounds (or until ``run.horizon_s``); results are left in ``world.sim.rec``."""
+        """Run all rounds (or until ``run.horizon_s``); results are left in ``sim.rec``."""
         server = self.env.process(self.serve())
         self.env.run(until=server)
-        self.world.finish()
+        self.parts.finish()
 
     def serve(self) -> Generator[Any, Any, None]:
         """The server process: ``run.rounds`` rounds, stopping at ``run.horizon_s``."""
-        s = self.world.scenario
-        rounds = s.run.rounds
+        rounds, horizon = self.settings.rounds, self.settings.horizon_s
         self.on_start()
         self.progress(round=0, rounds=rounds, t_s=0.0, bytes=0.0)
         for r in range(rounds):
             if r > 0 and self.round_interval_s() > 0:
                 yield self.env.timeout(self.round_interval_s())
-            if s.run.horizon_s is not None and self.env.now >= s.run.horizon_s:
+            if horizon is not None and self.env.now >= horizon:
                 break
             yield from self.play_round(r)
             self.checkpoint(r + 1)
@@ -268,7 +278,7 @@ class Protocol:
         """One synchronous round (module docstring); returns its :class:`RoundState`."""
         st = RoundState(r, float(self.env.now))
         self.rec.event(st.t_start_s, "round_start", round=r)
-        st.online = sum(1 for c in self.world.clients if self.world.is_online(c))
+        st.online = sum(1 for c in self.clients if self.systems.is_online(c))
         st.selected = self.select(r)
         st.tasks = self.assign(r, st.selected) if st.selected else {}
 
@@ -278,7 +288,7 @@ class Protocol:
         dispatched = [c for c in st.selected if st.tasks.get(c)]
         for c in st.selected:
             if not st.tasks.get(c):
-                self.outcomes[c] = ClientOutcome(c, r, [], st.t_start_s, status="skipped", t_end_s=st.t_start_s, bs=self.world.serving_bs(c))
+                self.outcomes[c] = ClientOutcome(c, r, [], st.t_start_s, status="skipped", t_end_s=st.t_start_s, bs=self.systems.serving_bs(c))
         self._k_needed = min(self.min_completions(len(dispatched)), len(dispatched))
         self._k_event = self.env.event()
         for c in dispatched:
@@ -291,7 +301,7 @@ class Protocol:
                 waits.insert(0, self.env.timeout(deadline))
             yield self.env.any_of(waits)
         else:
-            yield self.env.timeout(min(deadline, 10.0))
+            yield self.env.timeout(min(deadline, IDLE_RETRY_S))
         st.t_close_s = float(self.env.now)
         late = [p for p in self._procs.values() if p.is_alive]
         for p in late:
@@ -397,11 +407,10 @@ class Protocol:
 
     def record_client_row(self, r: int, o: ClientOutcome) -> None:
         """The ``clients`` row of ``o`` (round ``r``) and its ``assignments`` rows."""
-        w = self.world
         wasted = o.status != "completed"
         self.rec.row(
             "clients",
-            round=r, client=o.client, device_class=w.device_class(o.client), bs=o.bs, k=len(o.experts),
+            round=r, client=o.client, device_class=self.systems.device_class(o.client), bs=o.bs, k=len(o.experts),
             experts=",".join(str(e) for e in o.experts), status=o.status, t_dispatch_s=o.t_dispatch_s,
             t_download_s=o.t_download_s, t_compute_s=o.t_compute_s, t_upload_s=o.t_upload_s, t_end_s=o.t_end_s,
             latency_s=o.t_end_s - o.t_dispatch_s, bytes_down=o.bytes_down, bytes_up=o.bytes_up,

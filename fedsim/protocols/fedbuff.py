@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsim.protocols.base import ClientOutcome, RoundState, crn_select
+from fedsim.protocols.base import IDLE_RETRY_S, ClientOutcome, RoundState, crn_select
 
 if TYPE_CHECKING:
     import simpy
@@ -144,9 +144,9 @@ class BufferedLoop:
         self.mode = cfg.aggregation
         self.concurrency = fb.concurrency or math.ceil(cfg.clients_per_round * cfg.over_selection)
         # a buffer larger than the clients holding data could never fill (buffered clients are not re-dispatched)
-        holders = sum(1 for c in p.world.clients if p.world.num_samples(c) > 0)
+        holders = sum(1 for c in p.clients if p.trainer.num_samples(c) > 0)
         self.buffer_size = max(1, min(fb.buffer_size or cfg.clients_per_round, holders))
-        self.retry_s = min(float(cfg.deadline_s), 10.0)
+        self.retry_s = min(float(cfg.deadline_s), IDLE_RETRY_S)
         self.period_s = float(fb.period_s if fb.period_s is not None else cfg.deadline_s)
         if not self.expert_version:
             self.expert_version = [0] * p.E
@@ -157,9 +157,9 @@ class BufferedLoop:
     # ------------------------------------------------------------ loops
     def serve(self) -> Generator[Any, Any, None]:
         """The server process: ``run.rounds`` aggregations, stopping at ``run.horizon_s``."""
-        p, s = self.p, self.p.s
+        p = self.p
         p.on_start()
-        p.progress(round=0, rounds=s.run.rounds, t_s=0.0, bytes=0.0)
+        p.progress(round=0, rounds=p.settings.rounds, t_s=0.0, bytes=0.0)
         if self.mode == "async":
             yield from self._serve_async()
         else:
@@ -167,7 +167,7 @@ class BufferedLoop:
         p.on_end()
 
     def _past_horizon(self) -> bool:
-        h = self.p.s.run.horizon_s
+        h = self.p.settings.horizon_s
         return h is not None and self.p.env.now >= h
 
     def _buffer_expired(self) -> bool:
@@ -176,7 +176,7 @@ class BufferedLoop:
 
     def _serve_async(self) -> Generator[Any, Any, None]:
         p = self.p
-        env, rounds = p.env, p.s.run.rounds
+        env, rounds = p.env, p.settings.rounds
         while True:
             while (len(self.buffer) >= self.buffer_size or self._buffer_expired()) and self.version < rounds and not self._past_horizon():
                 yield from self.aggregate(self.buffer[: self.buffer_size])
@@ -197,14 +197,14 @@ class BufferedLoop:
                 waits.append(env.timeout(self.retry_s))  # free slots, nobody eligible now: look again later
             if self.buffer:  # the buffer's timeout
                 waits.append(env.timeout(self.buffer[0].outcome.t_end_s + float(p.cfg.deadline_s) - env.now))
-            h = self.p.s.run.horizon_s
+            h = p.settings.horizon_s
             if h is not None:
                 waits.append(env.timeout(h - env.now))
             yield env.any_of(waits)
 
     def _serve_semi_async(self) -> Generator[Any, Any, None]:
         p, env = self.p, self.p.env
-        for r in range(p.s.run.rounds):
+        for r in range(p.settings.rounds):
             if self._past_horizon():
                 return
             if r > 0 and p.round_interval_s() > 0:
@@ -216,11 +216,11 @@ class BufferedLoop:
 
     # --------------------------------------------------------- dispatch
     def eligible(self) -> list[bool]:
-        """Per client of ``world.clients``: may it be dispatched now (online, with data, not
+        """Per client of ``clients``: may it be dispatched now (online, with data, not
         training, not in the buffer)?"""
-        w = self.p.world
+        p = self.p
         busy = set(self.inflight) | {a.ticket.client for a in self.buffer}
-        return [c not in busy and w.is_online(c) and w.num_samples(c) > 0 for c in w.clients]
+        return [c not in busy and p.systems.is_online(c) and p.trainer.num_samples(c) > 0 for c in p.clients]
 
     def dispatch(self) -> list[str]:
         """Fill the free slots (up to ``concurrency`` in flight) with new clients; returns those dispatched."""
@@ -232,14 +232,14 @@ class BufferedLoop:
         n = min(free, sum(cand))
         if n <= 0:
             return []
-        chosen = crn_select(p.rng_select, p.world.clients, cand, n)  # as sync's selection: the same draw
+        chosen = crn_select(p.rng_select, p.clients, cand, n)  # as sync's selection: the same draw
         tasks = self.assign(chosen)
         now = float(p.env.now)
         out = []
         for c in chosen:
             task = list(tasks.get(c, []))
             if not task:
-                o = ClientOutcome(c, self.version, [], now, status="skipped", t_end_s=now, bs=p.world.serving_bs(c))
+                o = ClientOutcome(c, self.version, [], now, status="skipped", t_end_s=now, bs=p.systems.serving_bs(c))
                 self.ended.append(o)
                 p.record_client_row(self.version, o)
                 continue
@@ -255,19 +255,14 @@ class BufferedLoop:
 
     def assign(self, chosen: list[str]) -> dict[str, list[int]]:
         """The policy's assignment of ``chosen`` (hook ``assign``), seeing in-flight assignments as usage."""
-        p, w = self.p, self.p.world
+        p = self.p
         pending = np.zeros(p.E)
         for t in self.inflight.values():
             for e in t.task:
-                pending[e] += w.num_samples(t.client) / len(t.task)
+                pending[e] += p.trainer.num_samples(t.client) / len(t.task)
         if not pending.any():
             return p.assign(self.version, chosen)
-        state = p.align
-        p.align = _UsageView(state, pending)
-        try:
-            return p.assign(self.version, chosen)
-        finally:
-            p.align = state
+        return p.assign(self.version, chosen, align=_UsageView(p.align, pending))
 
     def _client(self, t: Ticket) -> Generator[Any, Any, None]:
         """Process of one dispatched client: the base's ``client_process``, then buffer or free the slot."""
@@ -290,14 +285,14 @@ class BufferedLoop:
         published), then publish the next version, evaluate and record it."""
         from fedsim.learning.buffered import BufferedUpdate, buffered_aggregate, staleness_weight
 
-        p, w, fb = self.p, self.p.world, self.p.cfg.fedbuff
+        p, fb = self.p, self.p.cfg.fedbuff
         env = p.env
         taken = {id(a) for a in batch}
         self.buffer = [a for a in self.buffer if id(a) not in taken]
         batch = sorted(batch, key=lambda a: a.ticket.client)  # a fixed summation order, as in sync
         r = self.version
-        jobs = [w.train_job(a.ticket.client, a.ticket.version, self.snapshots[a.ticket.version], a.ticket.task, p.cfg.train_shared) for a in batch]
-        updates = p.world.run_jobs(p.executor, jobs)  # through the replay seam (checkpoint/resume)
+        jobs = [p.trainer.job(a.ticket.client, a.ticket.version, self.snapshots[a.ticket.version], a.ticket.task, p.cfg.train_shared) for a in batch]
+        updates = p.trainer.train(jobs)  # through the replay seam (checkpoint/resume)
 
         def weight(tau: int) -> float:
             return staleness_weight(tau, fb.staleness, fb.staleness_exponent, fb.hinge_threshold)
@@ -359,7 +354,6 @@ class BufferedLoop:
         from fedsim.learning.buffered import staleness_weight
 
         p, fb = self.p, self.p.cfg.fedbuff
-        w = p.world
         for a in batch:
             p.record_client_row(a.ticket.version, a.outcome)
         for a in good:
@@ -378,7 +372,7 @@ class BufferedLoop:
 
         p.record_rounds_row(
             **p.round_row_fields(st, outs, done, count),
-            online=sum(1 for c in w.clients if w.is_online(c)),
+            online=sum(1 for c in p.clients if p.systems.is_online(c)),
             version=self.version, updates=len(good),
             staleness_mean=float(np.mean(glob)) if glob else math.nan, staleness_max=float(max(glob)) if glob else math.nan,
         )

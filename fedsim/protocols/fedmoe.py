@@ -21,15 +21,17 @@ seed), so it is executed at aggregation with the same result.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
 
-from fedsim.devices.causes import Deadline
 from fedsim.protocols.base import ClientOutcome, Protocol, RoundState, crn_select
 
-__all__ = ["FedMoE", "ClientOutcome", "Deadline"]
+if TYPE_CHECKING:
+    from fedsim.parts.bundle import Parts
+
+__all__ = ["FedMoE"]
 
 
 class FedMoE(Protocol):
@@ -37,21 +39,18 @@ class FedMoE(Protocol):
 
     name = "fedmoe"
 
-    def __init__(self, world: Any, progress: Any = None) -> None:
-        super().__init__(world, progress)
-        from fedsim.alignment.policies import make_policy, policy_params
-
-        s = world.scenario
-        self.s = s
-        self.cfg = s.protocol.fedmoe
-        self.E = s.model.num_experts
-        self.model = world.new_model()
+    def __init__(self, parts: Parts, progress: Any = None) -> None:
+        super().__init__(parts, progress)
+        if parts.alignment is None:
+            raise ValueError("fedmoe needs the alignment services (Parts.alignment)")
+        self.alignment = parts.alignment
+        self.E = self.trainer.model_config.num_experts
+        self.model = self.trainer.new_model()
         self.global_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.align = world.new_alignment_state()
-        self.policy = make_policy(s.alignment.policy, **policy_params(s.alignment))
-        self.estimator = world.new_capacity_estimator()
-        self.executor = world.new_executor()  # training.executor
-        self.acct = world.accounting(self.model)
+        self.align = parts.alignment.state
+        self.policy = parts.alignment.policy
+        self.estimator = parts.alignment.estimator
+        self.acct = self.trainer.accounting(self.model)
         self.rng_select = self.sim.rng.numpy("selection")
         self.rng_policy = self.sim.rng.numpy("policy")
         self._last_load = np.zeros(self.E)  # samples routed to each expert in the last aggregation
@@ -64,22 +63,25 @@ class FedMoE(Protocol):
         (stream ``selection``) with common random numbers (:func:`~fedsim.protocols.base.crn_select`):
         two runs that differ only in their policy select the same clients in every round in
         which the same clients are online."""
-        w, cfg = self.world, self.cfg
+        cfg = self.cfg
         self._last_load = np.zeros(self.E)
         self.last_staleness = {}
         # a client without training data has nothing to contribute (skewed partitions can leave some empty)
-        online = [w.is_online(c) and w.num_samples(c) > 0 for c in w.clients]
+        online = [self.systems.is_online(c) and self.trainer.num_samples(c) > 0 for c in self.clients]
         n_sel = min(sum(online), math.ceil(cfg.clients_per_round * cfg.over_selection))
-        return crn_select(self.rng_select, w.clients, online, n_sel)
+        return crn_select(self.rng_select, self.clients, online, n_sel)
 
-    def assign(self, r: int, selected: list[str]) -> dict[str, list[int]]:
-        """Capacity estimates -> expert budgets k_c -> the alignment policy's assignment."""
-        w, s, cfg = self.world, self.s, self.cfg
+    def assign(self, r: int, selected: list[str], align: Any = None) -> dict[str, list[int]]:
+        """Capacity estimates -> expert budgets k_c -> the alignment policy's assignment.
+        ``align``: the alignment state the policy sees (default: the run's; the async
+        loop passes a view with the in-flight load added to the usage)."""
+        cfg = self.cfg
         estimates = {c: self.estimator.estimate(c) for c in selected}
         budgets = {c: self.budget(c, estimates[c]) for c in selected}
         needed = min(cfg.min_completions or cfg.clients_per_round, len(selected))
-        ctx = self.acct.assign_context(estimates, cfg.deadline_s, s.alignment.capacity.safety_margin, {c: w.num_samples(c) for c in selected}, needed)
-        return self.policy.assign(selected, budgets, self.align, self.rng_policy, ctx)
+        samples = {c: self.trainer.num_samples(c) for c in selected}
+        ctx = self.acct.assign_context(estimates, cfg.deadline_s, self.alignment.safety_margin, samples, needed)
+        return self.policy.assign(selected, budgets, self.align if align is None else align, self.rng_policy, ctx)
 
     def round_deadline_s(self) -> float:
         """``protocol.fedmoe.deadline_s``."""
@@ -102,14 +104,15 @@ class FedMoE(Protocol):
         the per-client inference with each client's best experts by fitness, the rare
         groups' accuracies and the group-to-expert NMI of test routing
         (:func:`fedsim.learning.routing.alignment_metrics`)."""
-        w = self.world
-        m = dict(w.evaluate(self.model, self.global_state))
-        m.update(w.evaluate_alignment(self.model, self.global_state, np.asarray(self.align.fitness_rows(w.clients))))
+        ev = self.evaluator
+        m = dict(ev.evaluate(self.model, self.global_state))
+        fitness = np.asarray(self.align.fitness_rows(self.clients))
+        m.update(ev.evaluate_alignment(self.model, self.global_state, fitness, self.alignment.inference_k))
         return m
 
     def on_end(self) -> None:
         """Record each client's personalised accuracy (table ``personal``)."""
-        self.world.personalised_accuracy(self.model, self.global_state)
+        self.evaluator.personalised_accuracy(self.model, self.global_state)
 
     def final_state(self) -> dict[str, Any]:
         """The global model's state dict."""
@@ -117,19 +120,18 @@ class FedMoE(Protocol):
 
     def budget(self, c: str, est: Any) -> int:
         """Expert budget k_c of client ``c`` from the server's estimate."""
-        k = self.acct.budget(est, self.world.num_samples(c), self.cfg.deadline_s, self.s.alignment.capacity.safety_margin)
-        cap = self.s.alignment.max_experts_per_client
+        k = self.acct.budget(est, self.trainer.num_samples(c), self.cfg.deadline_s, self.alignment.safety_margin)
+        cap = self.alignment.max_experts_per_client
         return min(k, cap) if cap is not None else k
 
     # -------------------------------------------------------------- client
     def new_outcome(self, c: str, task: list[int], r: int) -> ClientOutcome:
         """Outcome with the client's sample count and serving base station at dispatch."""
-        w = self.world
-        return ClientOutcome(c, r, task, float(self.env.now), num_samples=w.num_samples(c), bs=w.serving_bs(c))
+        return ClientOutcome(c, r, task, float(self.env.now), num_samples=self.trainer.num_samples(c), bs=self.systems.serving_bs(c))
 
     def client_round(self, o: ClientOutcome):  # noqa: ANN201 - SimPy process body
         """One client's round: download -> memory check -> train -> upload."""
-        w = self.world
+        w = self.systems
         c, r, experts = o.client, o.round, o.experts
         down = self.acct.payload_bytes(experts)
         up = down if self.cfg.train_shared else self.acct.payload_bytes(experts, shared=False)
@@ -190,17 +192,13 @@ class FedMoE(Protocol):
         jobs = self.jobs(arrived, r)
         if not jobs:
             return []
-        res, updates = self.world.run_jobs(self.executor, jobs, reduce=self.fold)
+        res, updates = self.trainer.train(jobs, reduce=self.fold)
         self.fedavg(updates, r, res)
         return updates
 
     def jobs(self, arrived: list[str], r: int) -> list[Any]:
         """The training jobs of the clients whose uploads arrived, on the current global state."""
-        return [self.world.train_job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared) for c in arrived]
-
-    def train(self, arrived: list[str], r: int) -> list[Any]:
-        """Run the training jobs of the clients whose uploads arrived (``training.executor``, through the world's replay seam)."""
-        return self.world.run_jobs(self.executor, self.jobs(arrived, r))
+        return [self.trainer.job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared) for c in arrived]
 
     def fold(self, updates: list[Any]) -> tuple[Any, list[Any]]:
         """Pure: FedAvg of ``updates`` into the current global state

@@ -23,9 +23,9 @@ request is a random sample of the client's own test split; it is routed with
 the *real* extractor and gate (so the expert choice, LR and correctness are
 the trained model's). Its life:
 
-0. an arrival while the origin is offline (``world.is_online``) is dropped;
+0. an arrival while the origin is offline (the systems part's ``is_online``) is dropped;
    the gate chooses among the experts whose owners are online at issue time
-   (masked top-k; with a world that has no ``is_online``, among all);
+   (masked top-k);
 1. extraction on the origin's compute queue: ``extract_flops / speed``;
 2. for each chosen expert, in parallel: if remote, the latent
    (``feature_dim`` float32 = ``4 * feature_dim`` bytes) travels origin -> owner
@@ -51,14 +51,14 @@ failed transfer's status, e.g. ``dropout``) and ``correct`` (the combined
 answer of all chosen experts is the true label; failed branches are not
 discounted; a timed-out request is not correct).
 
-Systems interface. With a built :class:`~fedsim.build.World` the transfers are
-``world.transfer(src, dst, nbytes, round, tag)`` (a SimPy process returning an
-object with ``delivered_bytes`` and ``completed``) and a client's speed is
-``world.devices[c].speed_flops()`` (FLOP/s) when the world has devices. Without
-them (or for unit tests) :class:`~fedsim.net.star.StarNetwork` is the minimal stand-in: every
-client has an uplink and a downlink of fixed capacity to a switch, each a FIFO
-``simpy.Resource`` (one flow at a time, so queueing is the contention), plus a
-fixed one-way latency; speeds are given per client.
+Systems interface. The transfers are the systems part's
+``transfer(src, dst, nbytes, round, tag)`` (a SimPy process returning an
+object with ``delivered_bytes`` and ``completed``) and a client's speed is its
+``speed_flops(c)`` (FLOP/s): :class:`~fedsim.parts.systems.Systems` of a built
+run, or :class:`~fedsim.parts.systems.StarSystems`, the stand-in without a
+topology (unit tests): every client has an uplink and a downlink of fixed
+capacity to a switch, each a FIFO ``simpy.Resource`` (one flow at a time, so
+queueing is the contention), plus a fixed one-way latency and a fixed speed.
 """
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ import numpy as np
 import simpy
 import torch
 
-from fedsim.net.star import StarNetwork
 from fedsim.protocols.base import Protocol
 
 __all__ = ["NMoE", "InferenceSim", "InferenceCosts", "latency_summary"]
@@ -301,10 +300,8 @@ class NMoE(Protocol):
 
     name = "nmoe"
 
-    def __init__(self, world: Any, progress: Any = None) -> None:
-        super().__init__(world, progress)
-        self.s = world.scenario
-        self.cfg = self.s.protocol.nmoe
+    def __init__(self, parts: Any, progress: Any = None) -> None:
+        super().__init__(parts, progress)
         self.model: Any = None
         self.cache: dict | None = None  # optional: learning results shared by runs of one world and seed (bench)
         self.server = self.aggregator()
@@ -312,16 +309,14 @@ class NMoE(Protocol):
     def aggregator(self) -> str:
         """Node id of the stage-1 / FedGate aggregator: ``protocol.nmoe.server``
         (a base station, the cloud, or a volunteer client), default the
-        topology's server (``"server"`` in a stand-in world without one).
-        A built world has checked that the node exists
+        systems part's server. A built run has checked that the node exists
         (:func:`fedsim.build.check_world_rules`).
 
         Raises:
-            ValueError: the world has a topology and the node is not in it.
+            ValueError: the systems part has a topology and the node is not in it.
         """
-        w = self.world
-        node = self.cfg.server or getattr(w, "server", None) or "server"
-        graph = getattr(w, "graph", None)
+        node = self.cfg.server or self.systems.server
+        graph = self.systems.graph
         if graph is not None and node not in graph:
             raise ValueError(f'"protocol.nmoe.server": node {node!r} is not in the topology')
         return str(node)
@@ -331,11 +326,11 @@ class NMoE(Protocol):
         """The :class:`~fedsim.learning.nmoe.NMoETrainConfig` of the scenario."""
         from fedsim.learning.nmoe import NMoETrainConfig
 
-        s, c = self.s, self.cfg
+        c, t = self.cfg, self.trainer.train_config
         return NMoETrainConfig(
-            extractor=c.extractor, gate=c.gate, top_k=min(s.model.top_k, len(self.world.clients)),
-            rounds=s.run.rounds, local_epochs=s.training.local_epochs, batch_size=s.training.batch_size,
-            lr=s.training.lr, momentum=s.training.momentum, dp_epsilon=c.dp_epsilon, dp_delta=c.dp_delta,
+            extractor=c.extractor, gate=c.gate, top_k=min(self.trainer.model_config.top_k, len(self.clients)),
+            rounds=self.settings.rounds, local_epochs=t.local_epochs, batch_size=t.batch_size,
+            lr=t.lr, momentum=t.momentum, dp_epsilon=c.dp_epsilon, dp_delta=c.dp_delta,
             rollgate_p=c.rollgate_p, fedgate_fraction=c.fedgate_fraction, fedgate_loss=c.fedgate_loss,
             gate_noise_std=c.fedgate_noise_std, fedgate_load_weight=c.fedgate_load_weight,
         )
@@ -349,12 +344,12 @@ class NMoE(Protocol):
         from fedsim.learning.nmoe_model import evaluate_per_client, local_ratio
         from fedsim.protocols.nmoe_training import NMoETraining
 
-        w = self.world
-        ds: Dataset = w.dataset
-        splits = [w.splits[c] for c in w.clients]
+        t, ev = self.trainer, self.evaluator
+        ds: Dataset = t.dataset
+        splits = [t.splits[c] for c in self.clients]
         self.clients_data = client_data(ds, splits)
         tc = self.train_config()
-        self.model_config = replace(w.model_config, num_experts=len(w.clients), top_k=tc.top_k)
+        self.model_config = replace(t.model_config, num_experts=len(self.clients), top_k=tc.top_k)
         tr = NMoETraining(self, self.clients_data, tc, self.model_config, self.sim.rng.seed_int("nmoe/train"), cache=self.cache)
         self.training = tr
         self.env.run(until=self.env.process(tr.serve()))
@@ -362,7 +357,7 @@ class NMoE(Protocol):
 
         def evaluate() -> tuple[dict[str, float], dict[str, float], float]:
             own = evaluate_per_client(model, self.clients_data)
-            glob = evaluate_per_client(model, self.clients_data, x_global=w.x_test, y_global=w.y_test)
+            glob = evaluate_per_client(model, self.clients_data, x_global=ev.x_test, y_global=ev.y_test)
             return own, glob, float(local_ratio(model, self.clients_data))
 
         # real PyTorch work goes through the replay seam (checkpoint / resume)
@@ -399,7 +394,7 @@ class NMoE(Protocol):
         m = self.model
         out = {}
         with torch.no_grad():
-            for c, cd in zip(self.world.clients, self.clients_data):
+            for c, cd in zip(self.clients, self.clients_data):
                 if cd.x_test.shape[0] == 0:
                     cd_x, cd_y = cd.x[:1], cd.y[:1]
                 else:
@@ -421,26 +416,14 @@ class NMoE(Protocol):
 
         return route
 
-    def speed(self, c: str) -> float:
-        """FLOP/s of client ``c``: the world's device speed if it has devices, else 1 GFLOP/s."""
-        devs = getattr(self.world, "devices", None)
-        if devs is not None and c in devs:
-            sp = devs[c].speed_flops
-            return float(sp() if callable(sp) else sp)
-        return 1e9
-
     def inference(self) -> InferenceSim:
-        """Build the inference simulation on the world's network (or a :class:`~fedsim.net.star.StarNetwork`)."""
-        w = self.world
-        transfer = getattr(w, "transfer", None)
-        if transfer is None:
-            transfer = StarNetwork(self.env, w.clients).transfer
-        rngs = {c: self.sim.rng.numpy(f"nmoe/requests/{c}") for c in w.clients}
+        """Build the inference simulation on the systems part (transfers, speeds, availability)."""
+        sy = self.systems
+        rngs = {c: self.sim.rng.numpy(f"nmoe/requests/{c}") for c in self.clients}
         return InferenceSim(
-            self.env, self.rec, w.clients, self.routes(), transfer, self.speed, self.costs(),
+            self.env, self.rec, self.clients, self.routes(), sy.transfer, sy.speed_flops, self.costs(),
             self.cfg.request_rate_per_s, self.cfg.inference_horizon_s, rngs,
-            online=getattr(w, "is_online", None), timeout_s=self.cfg.request_timeout_s,
-            status_of=getattr(w, "cause_status", None),
+            online=sy.is_online, timeout_s=self.cfg.request_timeout_s, status_of=sy.cause_status,
         )
 
     def run(self) -> None:
@@ -453,6 +436,4 @@ class NMoE(Protocol):
         rows = self.rec.rows("requests")
         summ["completed_share"] = float(np.mean([r["completed"] for r in rows])) if rows else math.nan
         self.rec.row("nmoe_inference", **{k: (v if not isinstance(v, float) or math.isfinite(v) else math.nan) for k, v in summ.items()})
-        finish = getattr(self.world, "finish", None)
-        if callable(finish):
-            finish()
+        self.parts.finish()

@@ -19,12 +19,12 @@ RollGate's hops (:meth:`StageRunner.hop`) move the gate from the client that
 holds it to the next one (client -> client through the flow network), then the
 receiver computes.
 
-Every transfer goes through ``world.transfer`` (the flow network: routes,
-max-min sharing, channel, outage) and every compute through
-``world.compute`` (the device model), so both are recorded as ``transfer`` /
-``compute`` events with the stage in their ``tag``. A world without them
-(unit tests) gets :class:`~fedsim.net.star.StarNetwork` and a fixed
-1 GFLOP/s per client.
+Every transfer goes through the systems part's ``transfer`` (the flow network:
+routes, max-min sharing, channel, outage) and every compute through its
+``compute`` (the device model), so both are recorded as ``transfer`` /
+``compute`` events with the stage in their ``tag``. Unit tests hand the
+stand-in :class:`~fedsim.parts.systems.StarSystems` (a star network and a
+fixed 1 GFLOP/s per client).
 """
 
 from __future__ import annotations
@@ -93,60 +93,35 @@ class ExchangeResult:
         return float(sum(g.bytes_down for g in self.legs.values()))
 
 
-@dataclass(frozen=True)
-class _Done:
-    completed: bool
-    delivered_bytes: float = 0.0
-    cause: Any = None
-
-
 class StageSystems:
-    """The systems interface of the stages: ``transfer``, ``compute``, ``is_online``,
-    ``status_of`` a cause. A built :class:`~fedsim.build.World` supplies them;
-    a stand-in world (no ``devices``) gets a :class:`~fedsim.net.star.StarNetwork` over its
-    clients and the aggregator, and a fixed ``1e9`` FLOP/s per client."""
+    """The systems interface of the stages over the run's systems part
+    (:class:`~fedsim.parts.systems.Systems` or the stand-in
+    :class:`~fedsim.parts.systems.StarSystems`): nothing to move or compute starts nothing."""
 
-    def __init__(self, world: Any, env: simpy.Environment, nodes: Sequence[str]) -> None:
-        self.world, self.env = world, env
-        self.real = hasattr(world, "devices") and hasattr(world, "transfer")
-        if not self.real:
-            from fedsim.net.star import StarNetwork
-
-            self.star = StarNetwork(env, sorted(set(nodes)))
+    def __init__(self, systems: Any) -> None:
+        self.systems = systems
 
     def is_online(self, c: str) -> bool:
-        """Whether ``c`` is online now (always, in a stand-in world)."""
-        if self.real and c in self.world.devices:
-            return bool(self.world.is_online(c))
-        return True
+        """Whether ``c`` is online now (a node without a device always is)."""
+        return bool(self.systems.is_online(c))
 
     def transfer(self, src: str, dst: str, nbytes: float, r: int, tag: str) -> simpy.Process | None:
         """Start moving ``nbytes`` ``src`` -> ``dst``; None when there is nothing to move."""
         if src == dst or nbytes <= 0:
             return None
-        if self.real:
-            return self.world.transfer(src, dst, nbytes, r, tag)
-        return self.star.transfer(src, dst, nbytes, r, tag)
+        return self.systems.transfer(src, dst, nbytes, r, tag)
 
     def compute(self, c: str, flops: float, r: int, memory_bytes: float, tag: str) -> simpy.Process | None:
         """Start ``flops`` FLOPs on ``c``'s device; None when there is nothing to compute."""
         if flops <= 0:
             return None
-        if self.real:
-            return self.world.devices[c].compute(flops, memory_bytes=memory_bytes, round=r, tag=tag)
-        return self.env.process(self._fixed_speed(flops))
-
-    def _fixed_speed(self, flops: float) -> Any:
-        yield self.env.timeout(flops / 1e9)
-        return _Done(True)
+        return self.systems.compute(c, flops, r, memory_bytes, tag)
 
     def status_of(self, cause: Any) -> str:
         """Leg status for an interrupt cause: ``straggler`` (the deadline), ``oom`` or ``dropout``."""
         if isinstance(cause, _Deadline) or cause is None:
             return "straggler"
-        if self.real:
-            return str(self.world.cause_status(cause))
-        return "dropout"
+        return str(self.systems.cause_status(cause))
 
 
 class StageRunner:

@@ -120,13 +120,12 @@ class NMoETraining:
         self.p, self.cd, self.tc, self.cfg, self.seed = proto, clients_data, tc, model_config, seed
         self.cache = cache  # learning results by participants (bench: several gates on one world)
         self.env, self.rec = proto.env, proto.rec
-        w = proto.world
-        self.clients: list[str] = list(w.clients)
+        self.clients: list[str] = list(proto.clients)
         self.server: str = proto.server
         self.ncfg = proto.cfg
-        self.sys = StageSystems(w, self.env, [*self.clients, self.server])
+        self.sys = StageSystems(proto.systems)
         self.run = StageRunner(self.env, self.rec, self.sys)
-        self.costs = StageCosts(model_config, tc, proto.s.training.optimizer)
+        self.costs = StageCosts(model_config, tc, proto.trainer.train_config.optimizer)
         self.rows: list[dict[str, Any]] = []
         self.bytes_moved = 0.0
         self.total_rounds = tc.rounds + 1 + {"rangate": 1, "rollgate": tc.gate_rounds, "fedgate": tc.gate_rounds + 1}[tc.gate]
@@ -230,7 +229,7 @@ class NMoETraining:
 
         def learn() -> tuple[Any, float]:
             if tc.extractor == "fedsc":
-                steps: Any = FedSCSteps(self.cd, self.cfg, tc, self.seed, dataset=self.p.world.dataset.name)
+                steps: Any = FedSCSteps(self.cd, self.cfg, tc, self.seed, dataset=self.p.trainer.dataset.name)
                 for r, (sharers, trainers) in enumerate(plan):
                     steps.share(r, sharers)
                     steps.round(r, trainers)

@@ -28,7 +28,7 @@ Python use::
 
     from fedsim.sweep import SweepSpec, run_sweep
     spec = SweepSpec(scenario="scenarios/smart-city-small.yaml",
-                     grid={"alignment.policy": ["random", "greedy"]},
+                     grid={"protocol.fedmoe.alignment.policy": ["random", "greedy"]},
                      seeds=[0, 1], out="sweeps/policy")
     result = run_sweep(spec, backend="process", workers=2)
     result.index  # the sweep.parquet DataFrame
