@@ -5,8 +5,9 @@ and how sure we are; each figure answers one part:
 
 - ``accuracy_vs_time_by_cell`` / ``accuracy_vs_bytes_by_cell``: accuracy against
   simulated time and against cumulative bytes moved (up + down), per cell: the
-  mean over seeds (a seed's accuracy at x is its last evaluation at or before x)
-  and a band from the lowest to the highest seed. Up to 8 cells share one axes;
+  mean over seeds (a seed's accuracy at x is its last evaluation at or before x,
+  so a finished run keeps its final accuracy; drawn from where every seed has
+  been evaluated once) and a band from the lowest to the highest seed. Up to 4 cells share one axes;
   more get one small panel each, the other cells in grey behind.
 - ``tradeoff``: per cell, final accuracy against simulated time to the target
   accuracy and against bytes moved, mean ± 95 % Student-t CI over seeds in both
@@ -33,7 +34,7 @@ from analysis.rundir import RunDir
 __all__ = ["runs_by_label", "shared_target", "per_run_table", "plot_curves_by_cell", "plot_tradeoff", "plot_straggler_share", "group_figures"]
 
 _GRID_POINTS = 200
-_MAX_SHARED = 8
+_MAX_SHARED = 4  # more cells: small multiples (overlapping seed bands turn grey)
 
 
 def _curve(run: RunDir) -> pd.DataFrame:
@@ -80,7 +81,7 @@ def _on_grid(curves: list[pd.DataFrame], xcol: str, grid: np.ndarray) -> np.ndar
         if not x.size:
             continue
         idx = np.searchsorted(x, grid, side="right") - 1
-        ok = (idx >= 0) & (grid <= x[-1])  # a seed's band ends where its run ends
+        ok = idx >= 0  # after its run ends a seed keeps its final accuracy
         out[i, ok] = y[idx[ok]]
     return out
 
@@ -112,13 +113,13 @@ def plot_curves_by_cell(
         lines = {}
         for c, v in curves.items():
             m = _on_grid(v, xcol, grid)
-            with np.errstate(all="ignore"):
-                lines[c] = (np.nanmean(m, axis=0), np.nanmin(m, axis=0), np.nanmax(m, axis=0), len(v))
+            m[:, ~np.isfinite(m).all(axis=0)] = np.nan  # drawn from where every seed has been evaluated
+            lines[c] = (m.mean(axis=0), m.min(axis=0), m.max(axis=0), len(v))
         with style():
             fig = _draw_curves(lines, grid / div, xlabel, target)
             what = "simulated time" if xcol == "t_s" else "bytes moved"
-            fig.suptitle(f"Accuracy vs {what}, per cell\nline: mean over seeds; band: lowest to highest seed",
-                         fontsize=12)
+            fig.suptitle(f"Accuracy vs {what}, per cell\nline: mean over seeds; band: lowest to highest seed "
+                         "(a finished run keeps its final accuracy)", fontsize=12)
             written += save(fig, out_dir, stem, formats)
     return written
 
@@ -185,13 +186,14 @@ def plot_tradeoff(
         axes = fig.subplots(1, 2, sharey=True)
         panels = ((axes[0], "sim_s_to_target", div, f"Simulated time to target [{unit}]"),
                   (axes[1], "bytes_total", bdiv, f"Bytes moved per run [{bunit}]"))
-        y, ye = agg["final_accuracy_mean"].to_numpy(float), _ci(agg, "final_accuracy")
+        y, ci_y = agg["final_accuracy_mean"].to_numpy(float), _ci(agg, "final_accuracy")
+        ye = np.vstack([np.minimum(ci_y, np.maximum(y, 0.0)), np.minimum(ci_y, np.maximum(1.0 - y, 0.0))])
         for ax, m, d, xlabel in panels:
             x, xe = agg[f"{m}_mean"].to_numpy(float) / d, _ci(agg, m) / d
             for i, c in enumerate(agg["cell"]):
                 if not (np.isfinite(x[i]) and np.isfinite(y[i])):
                     continue
-                ax.errorbar(x[i], y[i], xerr=xe[i], yerr=ye[i], fmt="o", ms=6, color=cols[i], capsize=3,
+                ax.errorbar(x[i], y[i], xerr=xe[i], yerr=ye[:, i:i + 1], fmt="o", ms=6, color=cols[i], capsize=3,
                             lw=1.2, label=c)
                 ax.annotate(str(i + 1), (x[i], y[i]), textcoords="offset points", xytext=(5, 4), fontsize=8)
             ax.set_xlabel(xlabel)
@@ -199,9 +201,13 @@ def plot_tradeoff(
         axes[0].set_ylabel("Final accuracy")
         missing = agg.loc[agg["sim_s_to_target_mean"].isna(), "cell"].tolist()
         if missing:
-            axes[0].text(0.02, 0.02, f"never reached the target: {', '.join(missing[:6])}"
-                         + (" ..." if len(missing) > 6 else ""), transform=axes[0].transAxes, fontsize=8,
-                         color="0.35")
+            import textwrap
+
+            txt = ("no cell reached the target" if len(missing) == len(agg) else
+                   "never reached the target: " + "; ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+            axes[0].text(0.5, 0.5 if len(missing) == len(agg) else 0.03, textwrap.fill(txt, 45),
+                         transform=axes[0].transAxes, fontsize=9, color="0.35", ha="center",
+                         va="center" if len(missing) == len(agg) else "bottom")
         handles, labels = axes[1].get_legend_handles_labels()
         num = {c: i + 1 for i, c in enumerate(agg["cell"])}
         fig.legend(handles, [f"{num[lab]}: {lab}" for lab in labels], loc="outside right upper", fontsize=8)

@@ -401,3 +401,28 @@ def test_link_figure_lists_idle_cells_and_never_online_clients_are_marked(tmp_pa
     assert any("Idle cells (carried nothing): bs9" in t for t in seen["link_utilisation"])
     assert "c900" in seen["client_timeline"] and any("never online (2)" in t for t in seen["client_timeline"])
     assert "c901 (never online)" in seen["assignment_heatmap"]
+
+
+def test_compare_groups_seeds_into_bands_and_draws_no_staleness_for_sync(tmp_path: Path) -> None:
+    """fedsim compare: seeds of one label form a band; trade-off and straggler share per group with
+    hand-checkable numbers; no staleness histogram for sync runs (issue 30)."""
+    from analysis.plots_sweep import _on_grid, per_run_table, runs_by_label
+
+    runs = [make_run_dir(tmp_path / f"{pol}{s}", name="x", policy=pol, seed=s, rounds=4,
+                         accuracy=[0.2, 0.4, 0.6, 0.7 + 0.01 * s], round_durations=[10, 10, 10, 10])
+            for pol in ("greedy", "random") for s in (0, 1)]
+    out = tmp_path / "cmp"
+    compare_runs(runs, out, target_accuracy=0.5)
+    for stem in ("accuracy_vs_time_by_cell", "accuracy_vs_bytes_by_cell", "tradeoff", "straggler_share"):
+        assert_readable_png(out / f"{stem}.png")
+    assert not (out / "staleness_hist.png").exists()
+    groups = runs_by_label([RunDir(r) for r in runs])
+    assert list(groups) == ["x (greedy)", "x (random)"] and all(len(v) == 2 for v in groups.values())
+    t = per_run_table(groups, 0.5)
+    assert t["sim_s_to_target"].tolist() == [30.0] * 4  # third round, 10 s each
+    r0 = pd.read_parquet(runs[0] / "rounds.parquet")
+    assert t["straggler_share"].iloc[0] == pytest.approx(r0["stragglers"].sum() / r0["selected"].sum())
+    # a seed's accuracy at x is its last evaluation at or before x; it keeps its final value after its end
+    curve = pd.DataFrame({"t_s": [10.0, 20.0], "bytes": [1.0, 2.0], "accuracy": [0.3, 0.5]})
+    m = _on_grid([curve], "t_s", np.array([5.0, 10.0, 15.0, 25.0]))
+    assert np.isnan(m[0, 0]) and m[0, 1:].tolist() == [0.3, 0.3, 0.5]
