@@ -321,7 +321,8 @@ def plot_metric_vs_param(
         n_c = f"{metric}_n"
         ns = sorted({int(v) for v in agg[n_c].dropna()}) if n_c in agg.columns else []
         n_txt = "" if not ns else (f", n = {ns[0]} runs per point" if len(ns) == 1 else f", n = {ns[0]}-{ns[-1]} runs per point")
-        ax.set_title(f"{_PRETTY.get(metric, metric)} vs {param} (mean ± 95 % CI clipped to range{n_txt})")
+        ax.set_title(f"{_PRETTY.get(metric, metric)} vs {param}\nmean ± 95 % CI, clipped to range{n_txt}",
+                     fontsize=12)  # two lines: one did not fit the figure
 
         if hues != [None]:
             ax.legend(title=hue)
