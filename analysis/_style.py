@@ -167,6 +167,12 @@ def need(run: RunDir, what: str, *tables: str) -> bool:
     return True
 
 
+def never_online(run: RunDir) -> list[str]:
+    """Clients offline for the whole run (``manifest.json`` ``clients.offline_whole_run_ids``), natural order."""
+    ids = ((run.manifest.get("clients") or {}).get("offline_whole_run_ids")) or []
+    return sorted((str(c) for c in ids), key=natural_key)
+
+
 def run_labels(runs: Sequence[RunDir]) -> list[str]:
     """Legend labels of ``runs``, made unique by the seed where needed."""
     return unique_labels([r.label for r in runs], [f"seed {r.seed}" for r in runs])

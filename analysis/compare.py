@@ -123,8 +123,10 @@ def compare_runs(
     """Overlay accuracy curves of several runs and tabulate their summaries.
 
     Writes into ``out_dir``: ``accuracy_vs_round``, ``accuracy_vs_time``,
-    ``staleness_hist`` (one panel per run, when runs have ``updates`` tables;
-    PNG and SVG), ``summary.csv`` and ``summary.md``.
+    ``staleness_hist`` (one panel per run, when an async or semi-async run is
+    among them), the per-group figures of :mod:`analysis.plots_sweep` (runs
+    grouped by label, so seeds of one setting form a band; PNG and SVG),
+    ``summary.csv`` and ``summary.md``.
 
     Args:
         run_dirs: run directories (paths or :class:`RunDir`).
@@ -142,6 +144,7 @@ def compare_runs(
         columns=list(SUMMARY_COLUMNS),
     )
     if runs:
+        from analysis.plots_sweep import group_figures, runs_by_label
         from analysis.staleness import plot_staleness
 
         tgt = target_accuracy
@@ -149,7 +152,9 @@ def compare_runs(
             ts = {run_target(r) for r in runs}
             tgt = ts.pop() if len(ts) == 1 else None
         plot_accuracy(runs, out, target=tgt, formats=formats)
-        plot_staleness(runs, out, formats=formats)  # sync and async side by side (skipped without updates tables)
+        if any(r.aggregation in ("async", "semi_async") for r in runs):  # sync: every update at staleness 0
+            plot_staleness(runs, out, formats=formats)  # sync and async side by side
+        group_figures(runs_by_label(runs), out, target=tgt, formats=formats)
     df.to_csv(out / "summary.csv", index=False)
     md = df.drop(columns=["path"])
     header = "# Run comparison\n\n"
@@ -316,7 +321,8 @@ def plot_metric_vs_param(
         n_c = f"{metric}_n"
         ns = sorted({int(v) for v in agg[n_c].dropna()}) if n_c in agg.columns else []
         n_txt = "" if not ns else (f", n = {ns[0]} runs per point" if len(ns) == 1 else f", n = {ns[0]}-{ns[-1]} runs per point")
-        ax.set_title(f"{_PRETTY.get(metric, metric)} vs {param} (mean ± 95 % CI clipped to range{n_txt})")
+        ax.set_title(f"{_PRETTY.get(metric, metric)} vs {param}\nmean ± 95 % CI, clipped to range{n_txt}",
+                     fontsize=12)  # two lines: one did not fit the figure
 
         if hues != [None]:
             ax.legend(title=hue)

@@ -23,19 +23,18 @@ import numpy as np
 
 from analysis._style import (
     FORMATS,
-    OKABE_ITO,
     colours,
     log,
     new_figure,
     save,
     style,
-    time_unit,
 )
 from analysis._style import need as _need
 from analysis._style import skip as _skip
 from analysis.plots_coverage import plot_coverage
 from analysis.plots_experts import plot_assignment_heatmap, plot_expert_load
 from analysis.plots_inference import plot_gating_heatmap, plot_request_latency
+from analysis.plots_links import plot_link_utilisation
 from analysis.plots_training import (
     plot_accuracy,
     plot_client_timeline,
@@ -64,80 +63,6 @@ __all__ = [
 
 # ---------------------------------------------------------------------------
 # network
-
-
-def plot_link_utilisation(
-    run: RunLike,
-    out_dir: str | Path,
-    *,
-    max_lines: int = 12,
-    formats: Sequence[str] = FORMATS,
-) -> list[Path]:
-    """Uplink and downlink utilisation over time per base station (two panels).
-
-    One line per base station (mean over its links at each sample time). With
-    more than ``max_lines`` stations each is a thin grey line and the mean
-    across stations plus the 10-90 % band are drawn on top.
-    """
-    run = as_rundir(run)
-    if not _need(run, "link utilisation", "links"):
-        return []
-    lk = run.links
-    lk = lk[lk["kind"].isin(["uplink", "downlink"])]
-    if lk.empty:
-        return _skip(run, "link utilisation", "no uplink/downlink samples")
-    div, unit = time_unit(float(lk["t_s"].max()))
-    with style():
-        fig = new_figure(10.0, 6.4)
-        axes = fig.subplots(2, 1, sharex=True)
-        stations = sorted(lk["node"].astype(str).unique())
-        cols = dict(zip(stations, colours(len(stations))))
-        many = len(stations) > max_lines
-        for ax, kind in zip(axes, ("uplink", "downlink")):
-            d = lk[lk["kind"] == kind]
-            if d.empty:
-                ax.text(0.5, 0.5, f"no {kind} samples", transform=ax.transAxes, ha="center")
-                continue
-            piv = d.pivot_table(index="t_s", columns="node", values="utilisation", aggfunc="mean")
-            piv.columns = piv.columns.astype(str)
-            t = piv.index.to_numpy(float) / div
-            if many:
-                ax.plot(t, piv.to_numpy() * 100, color="0.75", lw=0.5)
-                q10, q90 = np.nanpercentile(piv.to_numpy(), [10, 90], axis=1) * 100
-                ax.fill_between(
-                    t, q10, q90, color=OKABE_ITO[5], alpha=0.4, label="10-90 % of stations"
-                )
-                ax.plot(
-                    t,
-                    piv.mean(axis=1) * 100,
-                    color=OKABE_ITO[0],
-                    lw=2,
-                    label=f"mean of {len(stations)} stations",
-                )
-                ax.legend(loc="upper right")
-            else:
-                # each sample is the mean over the interval ending at t: steps, and
-                # markers where there are few samples (a single one has no line)
-                mk = "o" if len(t) <= 20 else None
-                t0 = t[0] - (float(d["interval_s"].iloc[0]) / div if "interval_s" in d else 0.0)
-                for bs in piv.columns:
-                    y = piv[bs].to_numpy() * 100
-                    ax.plot(np.r_[t0, t], np.r_[y[:1], y], color=cols[bs], lw=1.5, label=bs,
-                            drawstyle="steps-pre", marker=mk, ms=4, markevery=slice(1, None))
-            ax.set_ylabel(f"{kind.capitalize()} util. [%]\n(mean per sampling interval)")
-            ax.set_ylim(0, 105)
-            ax.set_xlim(left=0)
-            ax.set_title(f"{kind.capitalize()} utilisation per base station")
-        if not many:
-            axes[0].legend(
-                loc="upper left",
-                bbox_to_anchor=(1.01, 1.0),
-                title="base station",
-                ncol=1 if len(stations) <= 12 else 2,
-            )
-        axes[1].set_xlabel(f"Simulated time [{unit}]")
-        fig.suptitle(f"Wireless link utilisation — {run.label}")
-        return save(fig, out_dir, "link_utilisation", formats)
 
 
 #: device-class colours, distinct from the infrastructure marker colours

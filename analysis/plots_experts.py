@@ -16,6 +16,7 @@ from analysis._style import (
     FORMATS,
     colours,
     natural_key,
+    never_online,
     new_figure,
     save,
     skip,
@@ -79,8 +80,11 @@ def plot_assignment_heatmap(
 
     Rows are clients (pooled into groups, mean per client, beyond ``max_rows``),
     columns are experts. Reads ``assignments.parquet``, or falls back on the
-    ``experts`` column of ``clients.parquet``.
+    ``experts`` column of ``clients.parquet``. Clients offline for the whole run
+    (``manifest.json``) are hatched and labelled ``(never online)``: their empty
+    rows are availability, not the policy.
     """
+    from matplotlib.patches import Rectangle
     from matplotlib.ticker import MaxNLocator
 
     run = as_rundir(run)
@@ -95,6 +99,7 @@ def plot_assignment_heatmap(
         ids |= set(nd.loc[nd["kind"] == "client", "node"].astype(str))
     piv.index = piv.index.astype(str)
     piv = piv.reindex(sorted(ids, key=natural_key), fill_value=0)
+    off = set(never_online(run))
     mat = piv.to_numpy(float)
     m, r, _ = binned_heatmap(mat, max_rows, 10**9)
     if r > 1:
@@ -120,11 +125,20 @@ def plot_assignment_heatmap(
             ax.set_ylabel("Client")
             if n_rows <= 60:
                 ax.set_yticks(range(n_rows))
-                ax.set_yticklabels([str(c) for c in piv.index], fontsize=8 if n_rows > 30 else 9)
+                ax.set_yticklabels([f"{c} (never online)" if c in off else str(c) for c in piv.index],
+                                   fontsize=8 if n_rows > 30 else 9)
+                for i, c in enumerate(piv.index):
+                    if c in off:  # an empty row that is not the policy's doing
+                        ax.add_patch(Rectangle((-0.5, i - 0.5), n_exp, 1.0, facecolor="white", alpha=0.85,
+                                               hatch="///", edgecolor="0.6", linewidth=0))
+                        ax.get_yticklabels()[i].set_color("0.45")
         else:
             ax.set_ylabel(f"Clients ({r} per row, in id order)")
             _label_class_blocks(ax, run, list(piv.index), r, n_exp)
-        ax.set_title(f"Client-expert assignments — {run.label}")
+        n_off = sum(1 for c in piv.index if c in off)
+        ax.set_title(f"Client-expert assignments\n{run.label}"
+                     + (f"\n{n_off:,} of {n_rows * r:,} clients never online (hatched rows)" if n_off and r == 1
+                        else f"\n{n_off:,} clients never online (in the pooled rows)" if n_off else ""), fontsize=11)
         return save(fig, out_dir, "assignment_heatmap", formats)
 
 

@@ -41,9 +41,9 @@ _PHASE_COLOURS = {"download": OKABE_ITO[0], "compute": OKABE_ITO[1], "upload": O
 
 
 def _transfers(run: RunDir) -> pd.DataFrame:
-    """All transfers: client, direction, cell, start, end, round (s)."""
+    """All transfers: client, direction, cell, start, end (s), round, bytes."""
     ev = run.maybe("events")
-    cols = ["round", "client", "direction", "cell", "t0", "t1"]
+    cols = ["round", "client", "direction", "cell", "t0", "t1", "bytes"]
     if ev is None or not {"kind", "tag", "node", "dst", "seconds"} <= set(ev.columns):
         return pd.DataFrame(columns=cols)
     tr = ev[(ev["kind"] == "transfer") & ev["tag"].isin(["download", "upload"])].copy()
@@ -61,6 +61,7 @@ def _transfers(run: RunDir) -> pd.DataFrame:
         tr["cell"] = tr["cell"].where(tr["cell"].notna(), fallback)
     tr["t1"] = tr["t_s"].astype(float)
     tr["t0"] = tr["t1"] - tr["seconds"].astype(float)
+    tr["bytes"] = tr["bytes"].astype(float).fillna(0.0) if "bytes" in tr.columns else 0.0
     tr["cell"] = tr["cell"].astype(object).where(tr["cell"].notna(), None)
     return tr[cols].reset_index(drop=True)
 

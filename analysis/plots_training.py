@@ -20,6 +20,7 @@ from analysis._style import (
     ecdf,
     natural_key,
     need,
+    never_online,
     new_figure,
     run_labels,
     save,
@@ -245,6 +246,8 @@ def plot_client_timeline(
     Bars are coloured by status (completed, straggler, dropout, oom, skipped).
     With more than ``max_clients`` clients only those with the most failures
     (then most participations) are shown. Light vertical lines mark round ends.
+    Clients offline for the whole run (never selectable) get a hatched row each
+    when there are at most 20 of them, else a count in the title.
     """
     run = as_rundir(run)
     if not need(run, "client timeline", "clients"):
@@ -259,7 +262,9 @@ def plot_client_timeline(
         ["fails", "parts"], ascending=False
     )
     shown = list(rank.index[:max_clients])
-    shown.sort(key=natural_key)
+    off = [c for c in never_online(run) if c not in set(shown)]
+    off_rows = off if len(off) <= 20 else []  # a few get a row each; many, a note in the title
+    shown = sorted(shown + off_rows, key=natural_key)
     ypos = {c: i for i, c in enumerate(shown)}
     sub = cl[cl["client"].isin(ypos)]
     tmax = float(sub["t_end_s"].max())
@@ -279,6 +284,9 @@ def plot_client_timeline(
             ax.barh(
                 y, width, left=left, height=0.7, color=col, linewidth=0, label=f"{st} ({len(s):,})"
             )
+        if off_rows:
+            ax.barh([ypos[c] for c in off_rows], tmax / div, left=0.0, height=0.7, color="none",
+                    edgecolor="0.6", hatch="///", linewidth=0, label=f"never online ({len(off_rows)})")
         rounds = run.rounds
         if "t_end_s" in rounds.columns and len(rounds) <= 150:
             for t in rounds["t_end_s"].to_numpy(float):
@@ -291,7 +299,9 @@ def plot_client_timeline(
         ax.grid(axis="y", visible=False)
         ax.set_xlabel(f"Simulated time [{unit}]")
         ax.set_ylabel("Client")
-        extra = "" if n_all <= max_clients else f" ({n} of {n_all:,} clients, most failures)"
+        extra = "" if n_all <= max_clients else f" ({n - len(off_rows)} of {n_all:,} selected clients, most failures)"
+        if off and not off_rows:
+            extra += f"; {len(off):,} clients never online (not shown)"
         ax.set_title(f"Client timeline by status — {run.label}{extra}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="status (bars shown)")
         return save(fig, out_dir, "client_timeline", formats)

@@ -10,7 +10,8 @@ external resource, so the file opens offline and can be mailed around.
   caption saying how to read it.
 - Sweep report: the sweep's size and grid, the per-cell table (mean and 95 %
   Student-t CI half-width per metric, :func:`analysis.sweep.compare_sweep`),
-  and the metric-vs-parameter plots (``SWEEP_DIR/report/``).
+  the per-cell figures (trade-off, accuracy vs time and vs bytes with seed
+  bands, straggler share) and the metric-vs-parameter plots (``SWEEP_DIR/report/``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,21 @@ CAPTIONS: dict[str, str] = {
     "split by local and remote expert; right, where the mean latency goes.",
     "gating_heatmap": "Requests from each origin client (row) routed to each expert (column, "
     "named by the client holding it): a bright diagonal means mostly local routing.",
+    "accuracy_vs_time_by_cell": "Accuracy against simulated time per grid cell: the mean over seeds "
+    "and a band from the lowest to the highest seed; a cell whose curve rises further left reaches "
+    "an accuracy sooner, and a wide band means the seeds disagree.",
+    "accuracy_vs_bytes_by_cell": "The same per cell against the bytes moved (up + down): the curve "
+    "further left buys its accuracy with less traffic on the network.",
+    "tradeoff": "Each numbered point is a grid cell: final accuracy against the simulated time to the "
+    "target (left) and the bytes moved (right), with 95 % confidence bars over seeds; up and to the "
+    "left is better, and overlapping bars mean these seeds do not separate the cells.",
+    "straggler_share": "Share of selected client-rounds that straggled, per cell (95 % CI over seeds): "
+    "over-selection alone gives 1 - 1/over_selection; more means clients miss the deadline.",
 }
+
+#: Sweep figures, in the order the sweep report shows them (then the metric-vs-parameter plots).
+SWEEP_FIGURES: tuple[str, ...] = ("tradeoff", "accuracy_vs_time_by_cell", "accuracy_vs_bytes_by_cell",
+                                  "straggler_share")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;
@@ -310,10 +325,11 @@ def _sweep_report(sweep_dir: Path) -> str:
     table = (f"<h2>Per-cell results</h2><p class=\"note\">Mean ± 95 % Student-t confidence "
              f"half-width over the completed seeds of each cell (n = runs); rows in grid "
              f"order.</p>{_cells_table(cells, keys, metrics)}")
-    pngs = sorted(out.glob("*_vs_*.png"))
+    pngs = [out / f"{x}.png" for x in SWEEP_FIGURES if (out / f"{x}.png").is_file()]
+    pngs += sorted(p for p in out.glob("*_vs_*.png") if p.stem not in SWEEP_FIGURES)
     figs = "".join(_figure(p) for p in pngs) if pngs else (
         '<p class="note">No metric-vs-parameter plot (no completed run or nothing swept).</p>')
-    body = (head + f"<h2>Grid</h2>{info}" + table + "<h2>Metric vs parameter</h2>" + figs)
+    body = (head + f"<h2>Grid</h2>{info}" + table + "<h2>Figures</h2>" + figs)
     return _page(f"fedsim sweep report: {sweep_dir.name}", body)
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "is_sweep_dir",
     "read_sweep",
     "compare_sweep",
+    "cell_label",
 ]
 
 #: Metrics tabulated by default (the headline metrics of ``sweep.parquet``).
@@ -73,6 +74,27 @@ def _short(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
+def cell_label(row: dict, keys: Sequence[str]) -> str:
+    """A grid cell's label: its values, ``w_u=0.5`` style (the policy by its name alone)."""
+    parts = [str(row[k]) if k == POLICY_KEY else f"{_short(k)}={row[k]}" for k in keys]
+    return ", ".join(parts) or "all runs"
+
+
+def _cell_figures(sweep_dir: Path, ok: pd.DataFrame, keys: list[str], out: Path, formats: Sequence[str]) -> None:
+    """Accuracy vs time and vs bytes with seed bands, the trade-off scatter and the straggler
+    share, one group per grid cell (:func:`analysis.plots_sweep.group_figures`)."""
+    from analysis.plots_sweep import group_figures, shared_target
+    from analysis.rundir import RunDir
+
+    groups: dict[str, list[RunDir]] = {}
+    for row in ok.to_dict("records"):
+        d = sweep_dir / str(row["run_dir"])
+        if (d / "rounds.parquet").is_file():
+            groups.setdefault(cell_label(row, keys), []).append(RunDir(d))
+    runs = [r for v in groups.values() for r in v]
+    group_figures(groups, out, target=shared_target(runs), formats=formats)
+
+
 def compare_sweep(
     sweep_dir: str | Path,
     out_dir: str | Path,
@@ -89,7 +111,9 @@ def compare_sweep(
     (see :func:`analysis.compare.aggregate_cells`); plus ``runs`` (completed
     runs in the cell) and ``failed``. Rows are in grid order.
 
-    Writes into ``out_dir``: ``cells.csv``, ``cells.md`` and, for each plot
+    Writes into ``out_dir``: ``cells.csv``, ``cells.md``, the per-cell figures of
+    :mod:`analysis.plots_sweep` (``accuracy_vs_time_by_cell``,
+    ``accuracy_vs_bytes_by_cell``, ``tradeoff``, ``straggler_share``) and, for each plot
     metric and each swept parameter other than ``protocol.fedmoe.alignment.policy``,
     ``{metric}_vs_{param}.png`` with one line per policy (when the policy is
     swept; other swept keys are pooled). If the policy is the only swept key,
@@ -134,6 +158,8 @@ def compare_sweep(
     header = f"# Sweep {Path(sweep_dir)}\n\nMean and 95 % Student-t CI half-width per grid cell ({len(ok)} completed runs).\n\n"
     (out / "cells.md").write_text(header + to_markdown(cells[show]), encoding="utf-8")
 
+    if len(ok):
+        _cell_figures(Path(sweep_dir), ok, keys, out, formats)
     pms = [m for m in (plot_metrics or PLOT_METRICS) if m in ms]
     hue = POLICY_KEY if POLICY_KEY in keys else "policy"
     params = [k for k in keys if k != POLICY_KEY] or ([POLICY_KEY] if POLICY_KEY in keys else [])

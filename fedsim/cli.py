@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fedsim.config import LoadedScenario
     from fedsim.sweep import Runner, SweepSpec
 
 __all__ = ["main", "build_parser", "add_sweep_parser", "cmd_sweep"]
@@ -137,6 +138,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         if not a.scenario:
             return _err("run: give a SCENARIO (or --resume DIR)")
         loaded = load_scenario(a.scenario, a.overrides, seed=a.seed)
+        _print_hints(loaded)
         counts = _client_counts(loaded)
         if counts:
             print(counts)
@@ -206,6 +208,14 @@ def _client_counts(loaded: Any) -> str:
     return f"device classes: {sum(per.values())} clients (" + ", ".join(f"{k} {v}" for k, v in sorted(per.items())) + ")"
 
 
+def _print_hints(loaded: LoadedScenario) -> None:
+    """Print the scenario's one-line spelling hints on stderr (they are not errors)."""
+    from fedsim.config.rules import scenario_hints
+
+    for h in scenario_hints(loaded):
+        print(f"fedsim: hint: {h}", file=sys.stderr)
+
+
 def _cmd_validate(a: argparse.Namespace) -> int:
     from fedsim.build import load_checked
     from fedsim.config import ScenarioError
@@ -214,6 +224,7 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     for path in a.scenarios:
         try:
             loaded = load_checked(path, a.overrides)  # every rule, reachability included (builds the graph)
+            _print_hints(loaded)
             if a.resolved:
                 from fedsim.config.reference import resolved_yaml
 
@@ -456,9 +467,13 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def _cmd_defaults(a: argparse.Namespace) -> int:
-    from fedsim.config.reference import defaults_yaml
+    import dataclasses
 
-    print(defaults_yaml(), end="")
+    from fedsim.config.reference import defaults_yaml
+    from fedsim.devices.params import default_device_classes
+
+    per_class = {c: dataclasses.asdict(p) for c, p in default_device_classes().items()}
+    print(defaults_yaml(per_class), end="")
     return 0
 
 

@@ -135,9 +135,14 @@ def make_run_dir(
                     samples[e] += n_samp / k
             for e in ex:
                 assign_rows.append(dict(round=r, client=c, expert=e))
+            # transfers as the simulator records them: at their end, with tag and peer
             event_rows.append(
-                dict(t_s=t0, round=r, node=c, kind="transfer", bytes=bdown, seconds=d)
+                dict(t_s=t0 + d, round=r, node="cloud", dst=c, tag="download", kind="transfer", bytes=bdown, seconds=d)
             )
+            if bup > 0:
+                event_rows.append(
+                    dict(t_s=t_end, round=r, node=c, dst="cloud", tag="upload", kind="transfer", bytes=bup, seconds=up)
+                )
             if st in ("dropout", "oom"):
                 event_rows.append(dict(t_s=t_end, round=r, node=c, kind=st, bytes=0.0, seconds=0.0))
         usage = 0.8 * usage + load

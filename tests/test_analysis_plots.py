@@ -356,3 +356,74 @@ def test_time_unit_and_ecdf_helpers() -> None:
     assert list(x) == [1.0, 2.0, 3.0] and list(p) == pytest.approx([1 / 3, 2 / 3, 1.0])
     x, p = ecdf(np.arange(100_000), max_points=1000)
     assert x.size <= 1000 and x[0] == 0 and x[-1] == 99_999 and p[-1] == 1.0
+
+
+def test_binned_rate_spreads_each_transfer_over_its_interval() -> None:
+    """Hand-computed: 16 bits over [0, 2) and 8 bits over [1, 3), plus 4 bits at t = 2.5 (issue 30)."""
+    from analysis.plots_links import binned_rate
+
+    r = binned_rate(np.array([0.0, 1.0, 2.5]), np.array([2.0, 3.0, 2.5]), np.array([16.0, 8.0, 4.0]),
+                    np.array([0.0, 1.0, 2.0, 3.0]))
+    assert r == pytest.approx([8.0, 12.0, 8.0])
+    # bins finer than the run: the bytes are conserved
+    edges = np.linspace(0.0, 3.0, 31)
+    assert (binned_rate(np.array([0.0, 1.0]), np.array([2.0, 3.0]), np.array([16.0, 8.0]), edges)
+            * np.diff(edges)).sum() == pytest.approx(24.0)
+
+
+def test_link_figure_lists_idle_cells_and_never_online_clients_are_marked(tmp_path: Path) -> None:
+    """Idle cells are named under the cell panels; never-online clients get a row in the timeline
+    and a labelled row in the heatmap (issue 30)."""
+    path = make_run_dir(tmp_path / "r", rounds=4, n_clients=12, n_bs=3)
+    nodes = pd.read_parquet(path / "nodes.parquet")
+    idle_bs = nodes[nodes["kind"].astype(str).str.startswith("bs_")].iloc[:1].assign(node="bs9")
+    offline = nodes[nodes["kind"] == "client"].iloc[:2].assign(node=["c900", "c901"])
+    pd.concat([nodes, idle_bs, offline]).to_parquet(path / "nodes.parquet", index=False)
+    man = json.loads((path / "manifest.json").read_text())
+    man["clients"] = {"offline_whole_run_ids": ["c900", "c901"]}
+    (path / "manifest.json").write_text(json.dumps(man))
+
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    seen: dict[str, list[str]] = {}
+    real = Figure.savefig
+
+    def spy(fig, fname, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        seen[Path(fname).stem] = [t.get_text() for t in fig.findobj(Text)]
+        return real(fig, fname, *a, **k)
+
+    Figure.savefig = spy
+    try:
+        for fn in (plot_link_utilisation, plot_client_timeline, plot_assignment_heatmap):
+            assert fn(path, tmp_path / "o", formats=("png",))
+    finally:
+        Figure.savefig = real
+    assert any("Idle cells (carried nothing): bs9" in t for t in seen["link_utilisation"])
+    assert "c900" in seen["client_timeline"] and any("never online (2)" in t for t in seen["client_timeline"])
+    assert "c901 (never online)" in seen["assignment_heatmap"]
+
+
+def test_compare_groups_seeds_into_bands_and_draws_no_staleness_for_sync(tmp_path: Path) -> None:
+    """fedsim compare: seeds of one label form a band; trade-off and straggler share per group with
+    hand-checkable numbers; no staleness histogram for sync runs (issue 30)."""
+    from analysis.plots_sweep import _on_grid, per_run_table, runs_by_label
+
+    runs = [make_run_dir(tmp_path / f"{pol}{s}", name="x", policy=pol, seed=s, rounds=4,
+                         accuracy=[0.2, 0.4, 0.6, 0.7 + 0.01 * s], round_durations=[10, 10, 10, 10])
+            for pol in ("greedy", "random") for s in (0, 1)]
+    out = tmp_path / "cmp"
+    compare_runs(runs, out, target_accuracy=0.5)
+    for stem in ("accuracy_vs_time_by_cell", "accuracy_vs_bytes_by_cell", "tradeoff", "straggler_share"):
+        assert_readable_png(out / f"{stem}.png")
+    assert not (out / "staleness_hist.png").exists()
+    groups = runs_by_label([RunDir(r) for r in runs])
+    assert list(groups) == ["x (greedy)", "x (random)"] and all(len(v) == 2 for v in groups.values())
+    t = per_run_table(groups, 0.5)
+    assert t["sim_s_to_target"].tolist() == [30.0] * 4  # third round, 10 s each
+    r0 = pd.read_parquet(runs[0] / "rounds.parquet")
+    assert t["straggler_share"].iloc[0] == pytest.approx(r0["stragglers"].sum() / r0["selected"].sum())
+    # a seed's accuracy at x is its last evaluation at or before x; it keeps its final value after its end
+    curve = pd.DataFrame({"t_s": [10.0, 20.0], "bytes": [1.0, 2.0], "accuracy": [0.3, 0.5]})
+    m = _on_grid([curve], "t_s", np.array([5.0, 10.0, 15.0, 25.0]))
+    assert np.isnan(m[0, 0]) and m[0, 1:].tolist() == [0.3, 0.3, 0.5]

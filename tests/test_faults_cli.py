@@ -183,3 +183,40 @@ def test_readme_first_steps_are_honest() -> None:
     text = (REPO / "README.md").read_text()
     assert "-rs" in text  # skipped tests show their reason
     assert "data.dataset=digits" in text  # data scenarios without ../shared
+
+
+def test_defaults_list_every_per_class_key_with_each_class_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """`fedsim defaults` shows devices.classes.<class> keys (mobility, speed_min_mps, ...) per class (issue 30)."""
+    from fedsim.config.schema import DeviceClassConfig
+    from fedsim.devices.params import default_device_classes
+
+    assert main(["defaults"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split(":", 1)[0].strip(" #"): ln for ln in out.splitlines() if ln.startswith("    #   ")}
+    assert set(lines) == set(DeviceClassConfig.model_fields)
+    classes = default_device_classes()
+    assert 'vehicle "street"' in lines["mobility"] and 'phone "walk"' in lines["mobility"]
+    for cls, p in classes.items():
+        assert f"{cls} {p.speed_max_mps}" in lines["speed_max_mps"]
+        assert f"{cls} {p.mean_on_s}" in lines["mean_on_s"]
+
+
+def test_explicit_topology_spells_cells_like_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Explicit nodes take kind macro / small (the grid's spelling); bs_macro is accepted with a one-line hint."""
+    body = ("topology:\n  kind: explicit\n  server: cloud\n  nodes:\n"
+            "    - {id: cloud, kind: cloud, x: 0, y: 0}\n"
+            "    - {id: bs0, kind: %s, x: 0, y: 0, z: 25}\n"
+            "    - {id: c0, kind: client, device_class: phone, x: 10, y: 0}\n"
+            "  edges:\n    - {src: bs0, dst: cloud, capacity_bps: 1e9, latency_s: 0.001}\n")
+    good, old = tmp_path / "good.yaml", tmp_path / "old.yaml"
+    good.write_text(body % "macro")
+    old.write_text(body % "bs_macro")
+    assert main(["validate", str(good)]) == 0
+    assert "hint" not in capsys.readouterr().err
+    assert main(["validate", str(old)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fedsim: hint: {old}:6: topology.nodes.1.kind")
+    assert "'macro'" in err[0]
+    from fedsim.build import build_graph
+
+    assert build_graph(load_scenario(good)).nodes["bs0"]["kind"] == "bs_macro"

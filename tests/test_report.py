@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from fedsim.cli import main
+from tests.rundir_factory import make_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--set", "run.rounds=2", "--set", "data.max_train_samples=300",
@@ -70,6 +71,8 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for k in (4, 8):
             for seed in range(3):
                 acc = (0.8 if pol == "load_balanced" else 0.7) + 0.01 * k + rng.normal(0, 0.01)
+                make_run_dir(d / f"r{len(rows)}", policy=pol, seed=seed, rounds=6,
+                             accuracy=[acc * (1 - 0.5 ** (r + 1)) for r in range(6)])
                 rows.append({"protocol.fedmoe.alignment.policy": pol, "protocol.fedmoe.clients_per_round": k,
                              "seed": seed, "status": "completed", "run_dir": f"r{len(rows)}",
                              "error": None, "wall_s": 1.0, "final_accuracy": acc,
@@ -164,6 +167,11 @@ def test_sweep_report_has_cell_table_with_cis_and_plots(sweep_dir: Path) -> None
     imgs = [a["src"] for t, a in tags if t == "img"]
     assert len(imgs) >= 2 and all(s.startswith("data:image/png;base64,") for s in imgs)
     assert "final_accuracy_vs_clients_per_round" in text
+    # the per-cell figures of issue 30, each with its reading guide, the trade-off first
+    order = [text.find(f'id="fig-{s}"') for s in ("tradeoff", "accuracy_vs_time_by_cell",
+                                                    "accuracy_vs_bytes_by_cell", "straggler_share")]
+    assert all(i > 0 for i in order) and order == sorted(order), order
+    assert "up and to the left is better" in text and "band from the lowest to the highest seed" in text
 
 
 # ---------------------------------------------------------------------------

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
-from fedsim.config.schema import Scenario
+from fedsim.config.schema import DeviceClassConfig, Scenario
 
 __all__ = ["defaults_yaml", "resolved_yaml"]
 
@@ -76,8 +77,37 @@ def _emit(value: BaseModel, indent: int, out: list[str]) -> None:
             out.append(f"{pad}{name}: {_scalar(dumped)}{comment}")
 
 
-def defaults_yaml() -> str:
-    """The fully defaulted scenario as commented YAML (loads back to the defaults)."""
+def _class_defaults_lines(class_defaults: Mapping[str, Mapping[str, Any]], pad: str) -> list[str]:
+    """Comment lines listing every ``devices.classes.<class>`` key with each class's default.
+
+    Comments, so the reference still loads back to the defaults (``classes: {}``).
+    """
+    names = list(class_defaults)
+    out = [f"{pad}# Per-class keys of devices.classes.<class> ({', '.join(names)}) and each class's default;",
+           f"{pad}# override any of them, e.g. `classes: {{phone: {{mobility: static}}}}` or",
+           f"{pad}# `--set devices.classes.sensor.memory_gb=0.25` (omitted keys keep the class default):"]
+    for key, field in DeviceClassConfig.model_fields.items():
+        vals = ", ".join(f"{c} {_scalar(_listy(class_defaults[c].get(key)))}" for c in names)
+        note = _plain(field.description or "").rstrip(".")
+        rule = _constraints(field)
+        out.append(f"{pad}#   {key}: {vals}  ({note}{'; ' + rule if rule else ''})")
+    return out
+
+
+def _listy(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def defaults_yaml(class_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The fully defaulted scenario as commented YAML (loads back to the defaults).
+
+    Args:
+        class_defaults: ``{device class: {key: default}}``, the per-class defaults
+            of :func:`fedsim.devices.params.default_device_classes` (the config layer
+            imports no other layer, so the caller passes them: ``fedsim defaults``
+            does). Each ``devices.classes.<class>`` key is then listed, as comments
+            under ``devices.classes``, with every class's default.
+    """
     out = [
         "# fedsim scenario reference: every key with its default, unit and rule.",
         "# Units are in key names: _s seconds, _bps bit/s, _hz Hz, _db/_dbm dB, _m metres, _gb GB.",
@@ -88,7 +118,11 @@ def defaults_yaml() -> str:
         out.append("")
         doc = _plain((type(getattr(default, name)).__doc__ or "").strip().splitlines()[0])
         out.append(f"{name}:  # {doc}")
+        start = len(out)
         _emit(getattr(default, name), 1, out)
+        if name == "devices" and class_defaults:
+            at = next(i for i in range(start, len(out)) if out[i].startswith("  classes:"))
+            out[at + 1 : at + 1] = _class_defaults_lines(class_defaults, "    ")
     return "\n".join(out) + "\n"
 
 

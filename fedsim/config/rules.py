@@ -17,7 +17,29 @@ from fedsim.config.schema import DEVICE_CLASSES
 if TYPE_CHECKING:
     from fedsim.config.loader import LoadedScenario
 
-__all__ = ["check_rules", "DATASETS_NEEDING_DIR"]
+__all__ = ["check_rules", "scenario_hints", "DATASETS_NEEDING_DIR", "CELL_KIND_ALIASES"]
+
+#: Cell kinds in scenario files are ``macro`` / ``small`` in both topology forms (grid
+#: ``base_stations[].kind`` and explicit ``nodes[].kind``); the internal node kinds
+#: (``nodes.parquet``, GraphML) ``bs_macro`` / ``bs_small`` are accepted in explicit
+#: nodes with a one-line hint (:func:`scenario_hints`).
+CELL_KIND_ALIASES: dict[str, str] = {"bs_macro": "macro", "bs_small": "small"}
+
+
+def scenario_hints(loaded: LoadedScenario) -> list[str]:
+    """One-line hints on accepted but non-canonical spellings (no error): ``FILE:LINE: key: hint``.
+
+    Today: an explicit topology node with ``kind: bs_macro`` / ``bs_small`` (the
+    internal names) where scenario files write ``macro`` / ``small``.
+    """
+    out = []
+    for i, node in enumerate(loaded.scenario.topology.nodes):
+        kind = node.get("kind") if isinstance(node, dict) else None
+        if kind in CELL_KIND_ALIASES:
+            err = loaded.error(f"topology.nodes.{i}.kind", f"{kind!r} is accepted, but scenario files spell it "
+                               f"{CELL_KIND_ALIASES[kind]!r} (as in topology.grid.base_stations)")
+            out.append(str(err))
+    return out
 
 DATASETS_NEEDING_DIR = ("mnist", "fashion_mnist", "cifar10")
 

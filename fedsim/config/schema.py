@@ -96,7 +96,7 @@ class TopologyConfig(_Strict):
     kind: Literal["manhattan_grid", "explicit", "graphml"] = Field("manhattan_grid", description='manhattan_grid: generated street grid; explicit: nodes/edges lists; graphml: a file.')
     server: str = Field("cloud", min_length=1, description="Node id of the federated server.")
     grid: GridConfig = Field(default_factory=GridConfig)
-    nodes: list[dict] = Field(default_factory=list, description="explicit: node dicts (id, kind, x, y, z, device_class).")
+    nodes: list[dict] = Field(default_factory=list, description="explicit: node dicts (id, kind: cloud / edge / macro / small / client, x, y, z in m, device_class; bs_macro / bs_small accepted with a hint).")
     edges: list[dict] = Field(default_factory=list, description="explicit: wired edges (src, dst, capacity_bps, latency_s).")
     graphml: str | None = Field(None, description="graphml: path to a GraphML file (relative to the scenario file).")
 

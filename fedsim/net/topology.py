@@ -39,6 +39,8 @@ __all__ = [
 
 NODE_KINDS = ("cloud", "edge", "bs_macro", "bs_small", "client")
 BS_KINDS = ("bs_macro", "bs_small")
+#: Scenario spelling of the cell kinds (as in the grid's ``base_stations[].kind``) -> node kind.
+CELL_KINDS: dict[str, str] = {"macro": "bs_macro", "small": "bs_small"}
 #: Default antenna height (min, max) in metres per device class.
 CLIENT_HEIGHTS_M: dict[str, tuple[float, float]] = {
     "vehicle": (1.5, 1.5),
@@ -206,9 +208,10 @@ _FLOAT_EDGE = ("capacity_bps", "latency_s")
 
 def _check(g: nx.Graph) -> nx.Graph:
     for n, d in g.nodes(data=True):
-        kind = d.get("kind")
+        kind = d["kind"] = CELL_KINDS.get(d.get("kind"), d.get("kind"))
         if kind not in NODE_KINDS:
-            raise ValueError(f"node {n!r}: \"kind\" must be one of {NODE_KINDS}, got {kind!r}")
+            allowed = ("cloud", "edge", *CELL_KINDS, "client")
+            raise ValueError(f"node {n!r}: \"kind\" must be one of {allowed}, got {kind!r}")
         for k in ("x", "y", "z"):
             d[k] = float(d.get(k, 0.0))
         for k in _FLOAT_NODE:
@@ -234,7 +237,8 @@ def _check(g: nx.Graph) -> nx.Graph:
 def explicit(nodes: list[dict[str, Any]], edges: list[dict[str, Any]]) -> nx.Graph:
     """A graph from explicit lists.
 
-    ``nodes``: dicts with ``id``, ``kind`` and optional ``x``, ``y``, ``z``
+    ``nodes``: dicts with ``id``, ``kind`` (``cloud``, ``edge``, ``macro``, ``small``,
+    ``client``; the internal ``bs_macro`` / ``bs_small`` are accepted too) and optional ``x``, ``y``, ``z``
     (default 0), ``device_class`` (clients), ``range_m``, ``tx_power_dbm``.
     ``edges``: dicts with ``src``, ``dst``, ``capacity_bps``, ``latency_s``.
     """
@@ -258,7 +262,8 @@ def explicit(nodes: list[dict[str, Any]], edges: list[dict[str, Any]]) -> nx.Gra
 
 
 def from_graphml(path: str | Path) -> nx.Graph:
-    """Read a GraphML file following the conventions above (undirected)."""
+    """Read a GraphML file following the conventions above (undirected; cell kinds
+    ``macro`` / ``small`` or ``bs_macro`` / ``bs_small``)."""
     g = nx.Graph(nx.read_graphml(str(path)))
     return _check(g)
 
