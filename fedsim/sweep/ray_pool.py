@@ -186,6 +186,8 @@ class _Pool:
         todo: deque[tuple[RunTask, int]] = deque((t, 0) for t in tasks)
         while todo or self.running:
             self._dispatch(todo)
+            if not self.running:  # unreachable while every kind has a cap >= 1
+                raise RuntimeError(f"no Ray worker can take the {len(todo)} remaining runs")
             ready, _ = self.ray.wait(list(self.running), num_returns=1)
             gen = ready[0]
             r = self.running[gen]
