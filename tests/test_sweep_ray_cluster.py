@@ -203,14 +203,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
     witness.mkdir()
     nodes = [base / "node0", base / "node1"]
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for n in nodes:
-        c.add_node(num_cpus=1, env_vars={"FEDSIM_SCRATCH": str(n)})
+    node_ids = [c.add_node(num_cpus=1, env_vars={"FEDSIM_SCRATCH": str(n)}).node_id for n in nodes]
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     hook = _guard([str(driver), str(ROOT / "scenarios")], [str(ROOT)], str(witness))
     ray.init(address=c.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": hook})
     try:
-        yield {"ray": ray, "driver": driver, "witness": witness, "nodes": nodes,
+        yield {"ray": ray, "driver": driver, "witness": witness, "nodes": nodes, "node_ids": node_ids,
                "data": fake_mnist(driver / "data" / "mnist")}
     finally:
         ray.shutdown()
@@ -273,10 +272,10 @@ def test_two_node_sweep_byte_identical_to_inprocess(cluster) -> None:  # type: i
     assert pd.read_parquet(driver / "ray" / INDEX_FILE)["status"].eq("completed").all()
     _assert_runs_identical(driver / "ref", driver / "ray", list(ref.index["run_dir"]))
     assert _violations(cluster["witness"]) == []
-    for node in cluster["nodes"]:  # both nodes worked, in their own scratch, and cleaned up after
-        (w,) = node.glob("fedsim-worker-*")
-        assert (w / "inputs").is_dir() and list((w / "inputs").iterdir())  # the data travelled here
-        assert not any((w / "runs").iterdir())
+    # both worker nodes ran runs (never the head, which has no CPU), and their scratch is gone
+    assert {n.split("/")[1] for n in res.nodes.values()} == {i[:8] for i in cluster["node_ids"]}
+    for node in cluster["nodes"]:
+        assert node.is_dir() and not list(node.glob("fedsim-worker-*"))
     # resume and compare read the driver's copy as for any backend
     again = run_sweep(_spec(driver / "ray", data), backend="ray", workers=2)
     assert again.executed == 0 and again.skipped == 4
@@ -295,6 +294,16 @@ def test_local_data_is_read_on_the_node(cluster) -> None:  # type: ignore[no-unt
     assert _violations(cluster["witness"])
     for f in cluster["witness"].glob("violation-*"):
         f.unlink()
+
+
+def test_cuda_runs_on_a_cluster_without_gpus_stop_up_front(cluster) -> None:  # type: ignore[no-untyped-def]
+    from fedsim.config import ScenarioError
+
+    spec = _spec(cluster["driver"] / "gpu", cluster["data"], {"alignment.policy": ["random"]}, ["training.device=cuda"])
+    with pytest.raises(ScenarioError, match="needs a GPU, and the Ray cluster has none") as e:
+        run_sweep(spec, backend="ray")
+    assert "\n" not in str(e.value)
+    assert not (cluster["driver"] / "gpu" / "policy=random__seed=0").exists()
 
 
 def _kill_after_first_checkpoint(ray, run_dir: Path, timeout_s: float = 240) -> str:  # type: ignore[no-untyped-def]

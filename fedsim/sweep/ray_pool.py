@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import re
+import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ class _Pool:
         self.running: dict[Any, _Running] = {}
         self.shipped: dict[Path, tuple[str, list[Any]]] = {}
         self.serial = itertools.count()
+        self.tag = uuid.uuid4().hex[:8]  # actor names are unique per pool (a killed actor's name lingers)
 
     def _kind(self, task: RunTask) -> str:
         return self._kind_of(self.opts.loaded[task.index])
@@ -133,11 +135,11 @@ class _Pool:
             return self.idle[kind].pop()
         if self.count[kind] >= self.cap[kind]:
             return None
-        loaded = next(ls for ls in self.opts.loaded.values() if self._kind_of(ls) == kind)
         actor = self.cls.options(
-            name=f"fedsim-sweep-{os.getpid()}-{next(self.serial)}",
+            name=f"fedsim-sweep-{self.tag}-{next(self.serial)}",
             max_restarts=0,
-            **resources_for(loaded),
+            num_cpus=1,
+            num_gpus=1 if kind == "gpu" else 0,
         ).remote()
         self.count[kind] += 1
         self.alive.append(actor)
@@ -236,7 +238,12 @@ class _Pool:
         return None
 
     def close(self) -> None:
-        """Kill every actor of the pool (runs in flight leave their driver-side checkpoint for a resume)."""
+        """Let idle actors remove their scratch directories, then kill every actor of the pool
+        (runs in flight leave their driver-side checkpoint for a resume)."""
+        idle = [a for kind in self.idle.values() for a in kind]
+        if idle:
+            refs = [a.close.remote() for a in idle]
+            self.ray.wait(refs, num_returns=len(refs), timeout=30)
         for actor in self.alive:
             try:
                 self.ray.kill(actor, no_restart=True)

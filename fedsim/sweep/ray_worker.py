@@ -91,6 +91,11 @@ class SweepWorker:
         """Where this worker runs: ``node`` (host/node id), ``scratch`` and ``cwd``."""
         return {"node": self.node, "scratch": str(self.scratch), "cwd": os.getcwd()}
 
+    def close(self) -> None:
+        """Remove this worker's scratch directory (its unpacked inputs); the pool calls it before killing it."""
+        os.chdir(self.scratch.parent)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
     def _localise(self, job: RayJob) -> None:
         import ray
 

@@ -41,6 +41,7 @@ class SweepResult:
     skipped: int
     failed: int
     wall_s: float
+    nodes: dict[str, str] = dataclasses.field(default_factory=dict)  # ray: run name -> node that ran it
 
 
 
@@ -115,6 +116,7 @@ def run_sweep(
         skipped=skipped,
         failed=failed,
         wall_s=time.perf_counter() - t0,
+        nodes=sw.nodes,
     )
 
 
@@ -143,6 +145,7 @@ class _Sweep:
         self.tasks, self.loaded, self.out, self.grid_keys = tasks, loaded, out, grid_keys
         self.targets = [ls.scenario.evaluation.target_accuracy for ls in loaded]
         self.rows: dict[int, dict[str, Any]] = {}
+        self.nodes: dict[str, str] = {}
 
     def index(self) -> pd.DataFrame:
         return _build_index(self.tasks, self.rows, self.grid_keys)
@@ -185,6 +188,8 @@ class _Sweep:
                 row.update(headline_metrics(t.out_dir, self.targets[t.index]))
                 self.rows[res.index] = row
                 failed += res.status != "completed"
+                if res.node:
+                    self.nodes[t.name] = res.node
                 self.write_index()
                 if bar is not None:
                     bar.advance(t.name, res.status)
