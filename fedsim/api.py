@@ -170,7 +170,7 @@ def run(
     return _execute(loaded, run_dir, progress=progress, figures=figures)
 
 
-def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: bool | None = None) -> RunResult:
+def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: bool | None = None, paths: Any = None) -> RunResult:
     """Continue an interrupted run from its last checkpoint (``fedsim run --resume DIR``).
 
     The world is rebuilt from the scenario recorded in ``manifest.json`` and the
@@ -180,6 +180,10 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: 
     byte-identical to an uninterrupted run. A run with no checkpoint yet starts
     over in the same directory.
 
+    ``paths`` (a :class:`fedsim.config.loader.ScenarioPaths`), if given, replaces
+    where the recorded scenario's input files are read from (a sweep worker's
+    local copies); the recorded scenario itself is unchanged.
+
     Raises:
         CheckpointError: ``FILE: reason`` when the directory is not a resumable
             run (no or unreadable manifest, already completed, another fedsim
@@ -188,6 +192,8 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: 
         Exception: as :func:`run`.
     """
     loaded, manifest = _load_for_resume(Path(run_dir))
+    if paths is not None:
+        loaded.paths = paths
     head, records = read_checkpoint(Path(run_dir), checkpoint_identity(loaded))
     return _execute(loaded, Path(run_dir), progress=progress, figures=figures, resume=(manifest, head, records))
 

@@ -362,7 +362,14 @@ def add_sweep_parser(subparsers: Any) -> None:
         help="executor (default: process, or inprocess when workers is 1)",
     )
     s.add_argument(
-        "--ray-address", default=None, help="connect to this Ray cluster (implies --backend ray)"
+        "--ray-address", default=None, help="connect to this Ray cluster HOST:PORT (implies --backend ray)"
+    )
+    s.add_argument(
+        "--ray-data",
+        choices=("ship", "local"),
+        default="ship",
+        help="ray: ship the scenario's data directory and traces to the workers through the object "
+        "store (default), or read them on every node at the same path (local)",
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -437,6 +444,7 @@ def cmd_sweep(args: argparse.Namespace, *, runner: Runner | None = None) -> int:
             ray_address=ray_address,
             runner=runner,
             progress=not args.quiet,
+            ship_data=getattr(args, "ray_data", "ship") != "local",
         )
     except KeyboardInterrupt:
         print(

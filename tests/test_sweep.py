@@ -428,39 +428,6 @@ def test_process_pool_matches_inprocess(
     _assert_same(reference, out, res.index)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():  # type: ignore[no-untyped-def]
-    """One local Ray cluster (2 CPUs) for this module, shut down after."""
-    try:
-        import ray
-    except ImportError:
-        pytest.skip("ray is not installed (pip install 'fedsim[ray]')")
-    import logging
-
-    ray.init(
-        num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
-    )
-    if RUNNER is not None:  # the stand-in runner lives in test modules Ray workers cannot import
-        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-        ray.cloudpickle.register_pickle_by_value(sys.modules[make_run_dir.__module__])
-    yield ray
-    ray.shutdown()
-
-
-def test_ray_matches_inprocess(
-    reference: tuple[Path, pd.DataFrame, float], ray_cluster, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    out = tmp_path / "sw"
-    t0 = time.perf_counter()
-    res = run_sweep(_spec(out), backend="ray", workers=2, runner=RUNNER)
-    print(
-        f"\ntiny sweep: inprocess x1 {reference[2]:.1f} s, ray x2 {time.perf_counter() - t0:.1f} s"
-    )
-    assert res.failed == 0, res.index["error"].tolist()
-    _assert_same(reference, out, res.index)
-    assert ray_cluster.is_initialized()  # a cluster we did not start is left running
-
-
 def test_cli_interrupt_exits_130_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

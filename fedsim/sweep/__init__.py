@@ -19,10 +19,14 @@ without a completed manifest (interrupted or failed) is first moved aside to
 ``DIR/.trash/<name>-<n>``, so a half-written run never looks complete.
 
 Backends: ``inprocess`` (sequential, the reference), ``process`` (a
-``ProcessPoolExecutor`` with the ``spawn`` start method) and ``ray`` (each run
-one Ray task; ``ray.init()`` locally, or on ``--ray-address``; the sweep
-directory must then be on a file system shared by every node and fedsim
-installed there).
+``ProcessPoolExecutor`` with the ``spawn`` start method) and ``ray`` (a pool
+of warm actors, one CPU each or one GPU for ``training.device: cuda``;
+``ray.init()`` locally, or on ``--ray-address``). Ray workers need fedsim
+installed on their node but share no disk with the driver: the scenario's
+input files travel to them and the run directories (and, while a run goes on,
+its checkpoints) travel back through Ray's object store, and a run whose
+worker dies resumes elsewhere from its last checkpoint (see
+:mod:`fedsim.sweep.ray_pool` and ``docs/ray-cluster.md``).
 
 Python use::
 
@@ -36,6 +40,8 @@ Python use::
 Modules: :mod:`~fedsim.sweep.spec` (grid / seed syntax, sweep files),
 :mod:`~fedsim.sweep.plan` (run tasks, validation up front, resume),
 :mod:`~fedsim.sweep.backends` (one run in any process; the executors),
+:mod:`~fedsim.sweep.ray_pool` / :mod:`~fedsim.sweep.ray_worker` /
+:mod:`~fedsim.sweep.shipping` (the Ray backend: driver, actors, files that travel),
 :mod:`~fedsim.sweep.index` (headline metrics, ``sweep.parquet``),
 :mod:`~fedsim.sweep.runner` (:func:`run_sweep`). The ``fedsim sweep`` command
 is in :mod:`fedsim.cli`.

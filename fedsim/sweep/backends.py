@@ -1,23 +1,22 @@
 """Executing sweep runs: one run in any process (:func:`execute_run`) and the backends that run many.
 
 ``inprocess`` (sequential, the reference), ``process`` (a ``ProcessPoolExecutor``
-with the ``spawn`` start method) and ``ray`` (each run one Ray task). Each
-backend yields :class:`RunOutcome` s in completion order.
+with the ``spawn`` start method) and ``ray`` (a pool of warm actors on a
+cluster that need not share a disk with the driver: :mod:`fedsim.sweep.ray_pool`).
+Each backend yields :class:`RunOutcome` s in completion order.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import LoadedScenario, ScenarioError
+from fedsim.config import LoadedScenario
 from fedsim.config import load_scenario as _load_scenario
 from fedsim.learning.threads import torch_threads
 from fedsim.sweep.index import _manifest_status
@@ -25,6 +24,8 @@ from fedsim.sweep.plan import RunTask
 
 __all__ = [
     "BACKENDS",
+    "ExecOptions",
+    "run_loaded",
     "Runner",
     "RunOutcome",
     "execute_run",
@@ -39,7 +40,6 @@ BACKENDS: tuple[str, ...] = ("inprocess", "process", "ray")
 #: (a module-level function) for the ``process`` and ``ray`` backends.
 Runner = Callable[[LoadedScenario, Path], Any]
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -51,13 +51,28 @@ class RunOutcome:
     error: str | None = None
     wall_s: float = math.nan
     pid: int = 0
+    node: str = ""  # ray backend: host/node id of the worker that finished it
+    attempts: int = 1  # ray backend: 2 or 3 when the run was retried after losing its worker
 
 
 
-def _api_run(loaded: LoadedScenario, out_dir: Path) -> Any:
-    from fedsim.api import run
+@dataclass
+class ExecOptions:
+    """What an executor needs beyond the tasks.
 
-    return run(loaded, out_dir, figures=False)
+    Attributes:
+        workers: parallel runs (``None``: the CPU count; for ``ray``, the cluster's).
+        ray_address: the Ray cluster to connect to.
+        loaded: each task's scenario as the sweep loaded it, by task index
+            (``ray`` ships these instead of re-reading the scenario file).
+        ship_data: ``ray``: pack the scenario's input files into the object store
+            (else every node reads them at the same path).
+    """
+
+    workers: int | None = None
+    ray_address: str | None = None
+    loaded: dict[int, LoadedScenario] = field(default_factory=dict)
+    ship_data: bool = True
 
 
 def _one_line(exc: BaseException) -> str:
@@ -68,32 +83,52 @@ def _one_line(exc: BaseException) -> str:
 def execute_run(task: RunTask, runner: Runner | None = None) -> RunOutcome:
     """Run one task: load its scenario, set torch threads, call the runner.
 
-    The same function runs in the sweep process (``inprocess``), a spawned
-    worker (``process``) or a Ray worker, so a run is a pure function of
+    The same function runs in the sweep process (``inprocess``) or a spawned
+    worker (``process``); Ray workers call :func:`run_loaded` with the
+    scenario the driver loaded. A run is a pure function of
     ``(scenario, overrides, seed)``. torch's intra-op threads are set to the
     scenario's ``training.torch_threads`` for the run (and restored after).
     An ``Exception`` from the run is reported as ``failed`` with a one-line
     error; ``KeyboardInterrupt`` and ``SystemExit`` propagate.
     """
     t0 = time.perf_counter()
-    pid = os.getpid()
     try:
         loaded = _load_scenario(task.scenario, list(task.overrides), seed=task.seed)
+    except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
+        return RunOutcome(task.index, "failed", _one_line(exc), time.perf_counter() - t0, os.getpid())
+    return run_loaded(task, loaded, Path(task.out_dir), runner, t0=t0)
+
+
+def run_loaded(
+    task: RunTask,
+    loaded: LoadedScenario,
+    out_dir: Path,
+    runner: Runner | None = None,
+    *,
+    progress: Callable[..., None] | None = None,
+    t0: float | None = None,
+) -> RunOutcome:
+    """Run ``task`` (already loaded) into ``out_dir``: a fresh run, or ``fedsim run --resume`` when
+    ``task.resume`` (default runner only). ``progress`` goes to :func:`fedsim.api.run` /
+    :func:`fedsim.api.resume`; input files are read from ``loaded.paths``. Errors as :func:`execute_run`."""
+    t0 = time.perf_counter() if t0 is None else t0
+    pid = os.getpid()
+    try:
         with torch_threads(loaded.scenario.training.torch_threads):
-            if task.resume and runner is None:
+            if runner is not None:
+                runner(loaded, out_dir)
+            elif task.resume:
                 from fedsim.api import resume
 
-                resume(Path(task.out_dir), figures=False)
+                resume(out_dir, figures=False, progress=progress, paths=loaded.paths)
             else:
-                (runner or _api_run)(loaded, Path(task.out_dir))
-        status = _manifest_status(Path(task.out_dir))
+                from fedsim.api import run
+
+                run(loaded, out_dir, figures=False, progress=progress)
+        status = _manifest_status(out_dir)
         if status not in (None, "completed"):
             return RunOutcome(
-                task.index,
-                "failed",
-                f"run ended with status {status!r}",
-                time.perf_counter() - t0,
-                pid,
+                task.index, "failed", f"run ended with status {status!r}", time.perf_counter() - t0, pid
             )
         return RunOutcome(task.index, "completed", None, time.perf_counter() - t0, pid)
     except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
@@ -104,9 +139,7 @@ def execute_run(task: RunTask, runner: Runner | None = None) -> RunOutcome:
 # executors: each yields RunOutcome in completion order
 
 
-def _iter_inprocess(
-    tasks: list[RunTask], runner: Runner | None, workers: int, ray_address: str | None
-) -> Iterator[RunOutcome]:
+def _iter_inprocess(tasks: list[RunTask], runner: Runner | None, opts: ExecOptions) -> Iterator[RunOutcome]:
     for t in tasks:
         yield execute_run(t, runner)
 
@@ -118,15 +151,13 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _iter_process(
-    tasks: list[RunTask], runner: Runner | None, workers: int, ray_address: str | None
-) -> Iterator[RunOutcome]:
+def _iter_process(tasks: list[RunTask], runner: Runner | None, opts: ExecOptions) -> Iterator[RunOutcome]:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     ex = ProcessPoolExecutor(
-        max_workers=workers,
+        max_workers=min(opts.workers or os.cpu_count() or 1, len(tasks)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_ignore_sigint,
     )
@@ -155,49 +186,10 @@ def _iter_process(
     ex.shutdown(wait=True)
 
 
-def _iter_ray(
-    tasks: list[RunTask], runner: Runner | None, workers: int, ray_address: str | None
-) -> Iterator[RunOutcome]:
-    try:
-        import ray
-    except ImportError:
-        raise ScenarioError(
-            "the ray backend needs Ray: pip install 'fedsim[ray]'", file="--backend"
-        ) from None
-    started = False
-    if not ray.is_initialized():
-        kw: dict[str, Any] = {
-            "include_dashboard": False,
-            "logging_level": logging.WARNING,
-            "log_to_driver": False,
-        }
-        if ray_address:
-            ray.init(address=ray_address, **kw)
-        else:
-            ray.init(num_cpus=workers, **kw)
-        started = True
-    try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(execute_run)
-        refs = {remote.remote(t, runner): t for t in tasks}
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    try:
-                        yield ray.get(ref)
-                    except Exception as e:  # noqa: BLE001 - a worker crash is one failed run
-                        cause = getattr(e, "cause", None)
-                        msg = _ANSI.sub(
-                            "", _one_line(cause if isinstance(cause, BaseException) else e)
-                        )
-                        yield RunOutcome(refs[ref].index, "failed", msg[:500])
-        finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-    finally:
-        if started:
-            ray.shutdown()
+def _iter_ray(tasks: list[RunTask], runner: Runner | None, opts: ExecOptions) -> Iterator[RunOutcome]:
+    from fedsim.sweep.ray_pool import iter_ray
+
+    yield from iter_ray(tasks, runner, opts)
 
 
 EXECUTORS = {"inprocess": _iter_inprocess, "process": _iter_process, "ray": _iter_ray}

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsim.config import ScenarioError
-from fedsim.sweep.backends import BACKENDS, EXECUTORS, Runner
+from fedsim.sweep.backends import BACKENDS, EXECUTORS, ExecOptions, Runner
 from fedsim.sweep.index import (
     INDEX_FILE,
     META_FILE,
@@ -42,6 +41,7 @@ class SweepResult:
     skipped: int
     failed: int
     wall_s: float
+    nodes: dict[str, str] = dataclasses.field(default_factory=dict)  # ray: run name -> node that ran it
 
 
 
@@ -53,6 +53,7 @@ def run_sweep(
     ray_address: str | None = None,
     runner: Runner | None = None,
     progress: bool = False,
+    ship_data: bool = True,
 ) -> SweepResult:
     """Run (or resume) a sweep and write its index.
 
@@ -66,20 +67,24 @@ def run_sweep(
 
     Args:
         backend: ``inprocess``, ``process`` or ``ray``.
-        workers: parallel runs (``process`` / local ``ray``); default
-            ``os.cpu_count()``. Ignored by ``inprocess``.
+        workers: parallel runs (``process`` / ``ray``); default
+            ``os.cpu_count()`` (``ray``: the cluster's CPUs). Ignored by ``inprocess``.
         ray_address: connect to this Ray cluster instead of starting one.
         runner: executes one loaded scenario into a run directory; default
             ``fedsim.api.run(loaded, out_dir, figures=False)``. Must be a
             module-level function for ``process`` / ``ray``.
         progress: show a rich progress bar counting runs.
+        ship_data: ``ray``: send the scenario's input files (data directory,
+            traces) to the workers through the object store; False: every node
+            must hold them at the same path.
 
     Returns:
         The :class:`SweepResult`; ``failed > 0`` if any run failed (the
         others still ran).
 
     Raises:
-        ScenarioError: bad grid, seeds, backend or any invalid run scenario.
+        ScenarioError: bad grid, seeds, backend or any invalid run scenario;
+            ``cuda`` runs on a Ray cluster without GPUs.
         KeyboardInterrupt: after writing the index of what finished.
     """
     if backend not in BACKENDS:
@@ -88,80 +93,107 @@ def run_sweep(
         )
     if workers is not None and workers < 1:
         raise ScenarioError(f"must be >= 1, got {workers}", file="--workers")
-    from fedsim.rundir import write_json, write_parquet
-
-    workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
     tasks, loaded = plan_runs(spec)
     out = Path(spec.out)
+    _write_meta(out, spec)
+    sw = _Sweep(tasks, loaded, out, list(spec.grid))
+    todo = sw.skip_or_resume(resumable=runner is None)
+    skipped = len(tasks) - len(todo)
+    sw.write_index()
+    opts = ExecOptions(workers, ray_address, {t.index: loaded[t.index] for t in todo}, ship_data)
+    bar = _Bar(len(tasks), skipped) if progress else None
+    try:
+        failed = sw.execute(EXECUTORS[backend], todo, runner, opts, bar)
+    finally:
+        if bar is not None:
+            bar.stop()
+        sw.write_index()
+    return SweepResult(
+        out,
+        sw.index(),
+        executed=len(todo),
+        skipped=skipped,
+        failed=failed,
+        wall_s=time.perf_counter() - t0,
+        nodes=sw.nodes,
+    )
+
+
+def _write_meta(out: Path, spec: SweepSpec) -> None:
+    """Create the sweep directory and write ``sweep.json``."""
+    from fedsim.rundir import write_json
+
     out.mkdir(parents=True, exist_ok=True)
-    grid_keys = list(spec.grid)
     write_json(
         out / META_FILE,
         {
             "scenario": str(spec.scenario),
             "overrides": list(spec.overrides),
             "grid": {k: [_value_json(v) for v in vals] for k, vals in spec.grid.items()},
-            "grid_keys": grid_keys,
+            "grid_keys": list(spec.grid),
             "seeds": list(spec.seeds),
             "metrics": list(METRICS),
         },
     )
-    targets = [ls.scenario.evaluation.target_accuracy for ls in loaded]
 
-    rows: dict[int, dict[str, Any]] = {}
-    todo: list[RunTask] = []
-    for t, ls in zip(tasks, loaded):
-        # interrupted real runs resume from their checkpoint (a custom runner starts them over)
-        state = _check_or_trash(t, ls, out, resumable=runner is None)
-        if state == "resume":
-            todo.append(dataclasses.replace(t, resume=True))
-        elif state:
-            m = _manifest(Path(t.out_dir)) or {}
-            rows[t.index] = {
-                "status": "completed",
-                "wall_s": float(m.get("wall_s") or math.nan),
-                **headline_metrics(t.out_dir, targets[t.index]),
-            }
-        else:
-            todo.append(t)
-    skipped = len(tasks) - len(todo)
-    write_parquet(out / INDEX_FILE, _build_index(tasks, rows, grid_keys))
 
-    failed = 0
-    bar = _Bar(len(tasks), skipped) if progress else None
-    stack = contextlib.ExitStack()
-    try:
-        if todo:
-            it = EXECUTORS[backend](todo, runner, min(workers, len(todo)), ray_address)
-            stack.callback(it.close)  # stop the executor now, not at garbage collection
-            for res in it:
-                t = tasks[res.index]
-                row: dict[str, Any] = {
-                    "status": res.status,
-                    "error": res.error,
-                    "wall_s": res.wall_s,
+class _Sweep:
+    """The rows of a sweep's index as its runs are skipped, resumed or finished."""
+
+    def __init__(self, tasks: list[RunTask], loaded: list[Any], out: Path, grid_keys: list[str]) -> None:
+        self.tasks, self.loaded, self.out, self.grid_keys = tasks, loaded, out, grid_keys
+        self.targets = [ls.scenario.evaluation.target_accuracy for ls in loaded]
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.nodes: dict[str, str] = {}
+
+    def index(self) -> pd.DataFrame:
+        return _build_index(self.tasks, self.rows, self.grid_keys)
+
+    def write_index(self) -> None:
+        from fedsim.rundir import write_parquet
+
+        write_parquet(self.out / INDEX_FILE, self.index())
+
+    def skip_or_resume(self, *, resumable: bool) -> list[RunTask]:
+        """The tasks to run: completed runs are indexed and skipped, interrupted real runs
+        resume from their checkpoint (a custom runner starts them over)."""
+        todo: list[RunTask] = []
+        for t, ls in zip(self.tasks, self.loaded):
+            state = _check_or_trash(t, ls, self.out, resumable=resumable)
+            if state == "resume":
+                todo.append(dataclasses.replace(t, resume=True))
+            elif state:
+                m = _manifest(Path(t.out_dir)) or {}
+                self.rows[t.index] = {
+                    "status": "completed",
+                    "wall_s": float(m.get("wall_s") or math.nan),
+                    **headline_metrics(t.out_dir, self.targets[t.index]),
                 }
-                row.update(headline_metrics(t.out_dir, targets[t.index]))
-                rows[res.index] = row
+            else:
+                todo.append(t)
+        return todo
+
+    def execute(
+        self, executor: Any, todo: list[RunTask], runner: Runner | None, opts: ExecOptions, bar: _Bar | None
+    ) -> int:
+        """Run ``todo`` on ``executor``, indexing each outcome as it comes; returns the number failed."""
+        failed = 0
+        if not todo:
+            return failed
+        with contextlib.closing(executor(todo, runner, opts)) as it:  # stop the executor now, not at GC
+            for res in it:
+                t = self.tasks[res.index]
+                row: dict[str, Any] = {"status": res.status, "error": res.error, "wall_s": res.wall_s}
+                row.update(headline_metrics(t.out_dir, self.targets[t.index]))
+                self.rows[res.index] = row
                 failed += res.status != "completed"
-                write_parquet(out / INDEX_FILE, _build_index(tasks, rows, grid_keys))
+                if res.node:
+                    self.nodes[t.name] = res.node
+                self.write_index()
                 if bar is not None:
                     bar.advance(t.name, res.status)
-    finally:
-        stack.close()
-        if bar is not None:
-            bar.stop()
-        write_parquet(out / INDEX_FILE, _build_index(tasks, rows, grid_keys))
-    index = _build_index(tasks, rows, grid_keys)
-    return SweepResult(
-        out,
-        index,
-        executed=len(todo),
-        skipped=skipped,
-        failed=failed,
-        wall_s=time.perf_counter() - t0,
-    )
+        return failed
 
 
 class _Bar:
