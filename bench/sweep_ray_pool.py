@@ -33,7 +33,7 @@ TINY = [
     "evaluation.max_test_samples=100",
     "output.figures=false",
 ]
-GRID = {"alignment.policy": ["random", "greedy", "load_balanced", "deadline_aware"]}
+GRID = {"protocol.fedmoe.alignment.policy": ["random", "greedy", "load_balanced", "deadline_aware"]}
 SEEDS = [0, 1, 2, 3]
 
 

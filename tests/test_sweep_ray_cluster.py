@@ -52,7 +52,7 @@ TINY = [
     "evaluation.max_test_samples=100",
     "output.figures=false",
 ]
-GRID = {"alignment.policy": ["load_balanced", "deadline_aware"], "alignment.w_u": [0.1, 1.0]}
+GRID = {"protocol.fedmoe.alignment.policy": ["load_balanced", "deadline_aware"], "protocol.fedmoe.alignment.w_u": [0.1, 1.0]}
 #: manifest fields that record the host's wall clock or the process (never the results)
 VOLATILE = {"started_at", "finished_at", "wall_s", "checkpoint", "git_revision"}
 
@@ -287,7 +287,7 @@ def test_two_node_sweep_byte_identical_to_inprocess(cluster) -> None:  # type: i
 
 def test_local_data_is_read_on_the_node(cluster) -> None:  # type: ignore[no-untyped-def]
     """Without shipping, workers read data.dir at its own path: here the driver's, which the guard refuses."""
-    res = run_sweep(_spec(cluster["driver"] / "local", cluster["data"], grid={"alignment.policy": ["random"]}),
+    res = run_sweep(_spec(cluster["driver"] / "local", cluster["data"], grid={"protocol.fedmoe.alignment.policy": ["random"]}),
                     backend="ray", workers=1, ship_data=False)
     assert res.failed == 1
     assert "test guard" in res.index["error"][0] and "\n" not in res.index["error"][0]
@@ -299,7 +299,7 @@ def test_local_data_is_read_on_the_node(cluster) -> None:  # type: ignore[no-unt
 def test_cuda_runs_on_a_cluster_without_gpus_stop_up_front(cluster) -> None:  # type: ignore[no-untyped-def]
     from fedsim.config import ScenarioError
 
-    spec = _spec(cluster["driver"] / "gpu", cluster["data"], {"alignment.policy": ["random"]}, ["training.device=cuda"])
+    spec = _spec(cluster["driver"] / "gpu", cluster["data"], {"protocol.fedmoe.alignment.policy": ["random"]}, ["training.device=cuda"])
     with pytest.raises(ScenarioError, match="needs a GPU, and the Ray cluster has none") as e:
         run_sweep(spec, backend="ray")
     assert "\n" not in str(e.value)
@@ -319,7 +319,7 @@ def _kill_after_first_checkpoint(ray, run_dir: Path, timeout_s: float = 240) -> 
 
 def test_killed_worker_resumes_from_checkpoint(cluster) -> None:  # type: ignore[no-untyped-def]
     ray, driver, data = cluster["ray"], cluster["driver"], cluster["data"]
-    grid = {"alignment.policy": ["load_balanced"]}
+    grid = {"protocol.fedmoe.alignment.policy": ["load_balanced"]}
     extra = ["run.rounds=6", "output.checkpoint_every_rounds=1"]
     box: dict[str, object] = {}
     th = threading.Thread(target=lambda: box.update(res=run_sweep(
@@ -347,7 +347,7 @@ def dying_runner(loaded: LoadedScenario, out_dir: Path) -> None:
 @pytest.mark.slow
 def test_run_lost_three_times_is_failed(cluster) -> None:  # type: ignore[no-untyped-def]
     """> 60 s on 2 cores: three actors start (each imports torch)."""
-    res = run_sweep(_spec(cluster["driver"] / "dying", cluster["data"], grid={"alignment.policy": ["random"]}),
+    res = run_sweep(_spec(cluster["driver"] / "dying", cluster["data"], grid={"protocol.fedmoe.alignment.policy": ["random"]}),
                     backend="ray", workers=1, runner=dying_runner)
     assert res.failed == 1
     err = res.index["error"][0]
