@@ -44,7 +44,12 @@ Equivalence with sync: with ``buffer_size = concurrency = clients_per_round``,
 at the same instant (no stragglers, no dropout), every update has staleness 0
 and the step is FedAvg on the same clients, tasks and training seeds as sync.
 
-State (for checkpoint / resume): everything lives on :class:`BufferedLoop`
+Checkpoints: every published version is a round boundary for
+``output.checkpoint_every_rounds`` (:meth:`Protocol.checkpoint`); a resumed
+run replays from ``t = 0`` (:mod:`fedsim.engine.checkpoint`), clients in
+flight and buffered updates included, so nothing below is pickled.
+
+State: everything lives on :class:`BufferedLoop`
 (``protocol.buffered``): ``version``, ``expert_version``, ``shared_version``,
 ``snapshots`` (version -> global state, kept while a ticket refers to it),
 ``inflight`` (client -> :class:`Ticket`), ``buffer`` (:class:`Arrival`s in
@@ -53,10 +58,7 @@ arrival order), ``ended`` (client runs lost since the last aggregation),
 ``dispatch_seq``, ``arrival_seq`` and ``idle_polls`` (consecutive polls with
 nobody working and an empty buffer; the run ends after ``run.rounds`` of them, as sync would after
 that many empty rounds); the protocol keeps the global state,
-alignment, estimator and rng streams as in sync. The SimPy processes of
-in-flight clients are the only thing not stored: a resume re-creates them from
-``inflight`` (each ticket holds the client, its task, the version and
-dispatch time).
+alignment, estimator and rng streams as in sync.
 """
 
 from __future__ import annotations
@@ -351,6 +353,7 @@ class BufferedLoop:
         p.rec.event(st.t_end_s, "round_end", round=r, seconds=st.t_end_s - st.t_start_s)
         p.progress(round=r + 1, t_s=st.t_end_s, accuracy=st.metrics["accuracy"], bytes=p.bytes_moved)
         self.t_last_s = st.t_end_s
+        p.checkpoint(self.version)  # a published version is the async round boundary
 
     def _record(
         self, st: RoundState, batch: list[Arrival], good: list[Arrival], stale: dict[str, tuple[int, dict[int, int]]], ended: list[ClientOutcome],
