@@ -139,6 +139,7 @@ class BufferedLoop:
     dispatch_seq: int = 0
     arrival_seq: int = 0
     idle_polls: int = 0
+    procs: dict[str, Any] = field(default_factory=dict)  # client -> its SimPy process, while in flight
 
     def __post_init__(self) -> None:
         p = self.p
@@ -166,7 +167,36 @@ class BufferedLoop:
             yield from self._serve_async()
         else:
             yield from self._serve_semi_async()
+        yield from self.settle()
         p.on_end()
+
+    def settle(self) -> Generator[Any, Any, None]:
+        """When the run stops: cut the clients still in flight (cause :class:`RunEnd`, status
+        ``in_flight``, with the bytes their phase moved), mark the updates left in the buffer
+        ``buffered`` and write their ``clients`` rows; the work that ended after the last
+        ``rounds`` row (these, and clients lost during the last server compute) is added to
+        that row, so every byte the cells carried is in ``clients`` and ``rounds``."""
+        from fedsim.devices.causes import RunEnd
+
+        p = self.p
+        alive = [pr for pr in self.procs.values() if pr.is_alive]
+        for pr in alive:
+            pr.interrupt(RunEnd())
+        if alive:
+            yield p.env.all_of(alive)
+        left = list(self.ended)  # their rows are written (lost, or cut just now)
+        for a in self.buffer:  # arrived (a cut upload that had finished included), never folded
+            a.outcome.status = "buffered"
+            p.record_client_row(a.ticket.version, a.outcome)
+            left.append(a.outcome)
+        self.buffer, self.ended = [], []
+        rows = p.rec.rows("rounds")
+        if rows and left:
+            last = rows[-1]
+            last["bytes_up"] += float(sum(o.bytes_up for o in left))
+            last["bytes_down"] += float(sum(o.bytes_down for o in left))
+            for status, col in (("straggler", "stragglers"), ("dropout", "dropouts"), ("oom", "ooms"), ("skipped", "skipped")):
+                last[col] += sum(1 for o in left if o.status == status)
 
     def _past_horizon(self) -> bool:
         h = self.p.s.run.horizon_s
@@ -251,7 +281,7 @@ class BufferedLoop:
             self.dispatch_seq += 1
             self.inflight[c] = t
             self.dispatched.append(t)
-            p.env.process(self._client(t))
+            self.procs[c] = p.env.process(self._client(t))
             out.append(c)
         return out
 
@@ -276,6 +306,7 @@ class BufferedLoop:
         p = self.p
         o = yield from p.client_process(t.client, list(t.task), t.version)
         del self.inflight[t.client]
+        self.procs.pop(t.client, None)
         if o.status == "completed":
             self.buffer.append(Arrival(t, o, self.arrival_seq))
             self.arrival_seq += 1
