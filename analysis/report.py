@@ -191,6 +191,9 @@ def _run_report(run_dir: Path, draw: bool) -> str:
             f'<p class="sub">protocol {html.escape(run.protocol)} · policy '
             f"{html.escape(run.policy)} · seed {run.seed} · {html.escape(str(run.path))}</p>"
             + _cards(cards) + _story(run.rounds))
+    note = run.incomplete_note()
+    if note is not None:  # a killed run: its tables end at its last checkpoint
+        head += f'<p class="note"><b>{html.escape(note)}</b></p>'
     order = _order(list(pngs))
     toc = "".join(f'<li><a href="#fig-{html.escape(x)}">{html.escape(x.replace("_", " "))}'
                   f"</a></li>" for x in order)

@@ -84,6 +84,9 @@ class RunDir:
         if name not in self._cache:
             f = self.file(name)
             if not f.is_file():
+                if name == "rounds" and self.has("manifest") and self.incomplete:
+                    raise FileNotFoundError(f"{self.path}: incomplete run with no tables yet (stopped before its first "
+                                            f"checkpoint); continue it with: fedsim run --resume {self.path}")
                 raise FileNotFoundError(
                     f"{f.name} not found in run directory {self.path} "
                     f"(this run did not record the '{name}' table)"
@@ -163,6 +166,28 @@ class RunDir:
         pol = self.policy
         base = self.name if pol in ("-", self.name) else f"{self.name} ({pol})"
         return base if self.aggregation in ("-", "sync") else f"{base} [{self.aggregation}]"
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether the run did not complete (killed: ``status`` still ``running``; interrupted; failed)."""
+        return self.manifest.get("status") != "completed"
+
+    def incomplete_note(self) -> str | None:
+        """One line saying the run is incomplete, how far its tables go and how to resume it;
+        ``None`` for a completed run. A run's tables are flushed with each checkpoint, so a
+        killed run's tables end at its last checkpoint (``checkpoint.json``)."""
+        if not self.incomplete:
+            return None
+        status = str(self.manifest.get("status", "?"))
+        why = "killed" if status == "running" else status
+        head = self.path / "checkpoint.json"
+        upto = ""
+        if head.is_file():
+            try:
+                upto = f", tables up to round {int(json.loads(head.read_text(encoding='utf-8'))['rounds_done'])}"
+            except (ValueError, KeyError, TypeError, OSError):
+                upto = ""
+        return f"{self.path}: incomplete run ({why}{upto}); continue it with: fedsim run --resume {self.path}"
 
     # -- named tables --------------------------------------------------------
 

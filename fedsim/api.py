@@ -36,7 +36,7 @@ from fedsim.rundir import (
     write_parquet,
 )
 
-__all__ = ["RunResult", "load_scenario", "run", "resume", "checkpoint_interval", "checkpoint_identity", "CheckpointError", "ProgressFn", "TABLES"]
+__all__ = ["RunResult", "load_scenario", "run", "resume", "prepare_resume", "checkpoint_interval", "checkpoint_identity", "CheckpointError", "ProgressFn", "TABLES"]
 
 #: Tables a run may write, as ``<name>.parquet`` in the run directory (declared in :mod:`fedsim.engine.tables`).
 TABLES = tuple(_TABLE_SCHEMAS)
@@ -163,6 +163,8 @@ def run(
     run_dir = None
     if out_dir is not None:
         run_dir = Path(out_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ScenarioError(f"{str(run_dir)!r} is a file, not a run directory; choose another --out", file="--out")
         if (run_dir / "manifest.json").is_file() and (run_dir / HEADER_FILE).is_file():
             raise ScenarioError(f"output directory {str(run_dir)!r} holds an interrupted run; continue it with fedsim run --resume {run_dir}", file="--out")
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -170,7 +172,10 @@ def run(
     return _execute(loaded, run_dir, progress=progress, figures=figures)
 
 
-def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: bool | None = None, paths: Any = None) -> RunResult:
+def resume(
+    run_dir: str | Path, *, progress: ProgressFn | None = None, figures: bool | None = None,
+    paths: Any = None, prepared: Any = None,
+) -> RunResult:
     """Continue an interrupted run from its last checkpoint (``fedsim run --resume DIR``).
 
     The world is rebuilt from the scenario recorded in ``manifest.json`` and the
@@ -178,7 +183,8 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: 
     results standing in for the real work until they run out
     (:mod:`fedsim.engine.checkpoint`); the tables and the model end
     byte-identical to an uninterrupted run. A run with no checkpoint yet starts
-    over in the same directory.
+    over in the same directory. ``prepared``: what :func:`prepare_resume` returned
+    for ``run_dir`` (else it is called here).
 
     ``paths`` (a :class:`fedsim.config.loader.ScenarioPaths`), if given, replaces
     where the recorded scenario's input files are read from (a sweep worker's
@@ -191,11 +197,25 @@ def resume(run_dir: str | Path, *, progress: ProgressFn | None = None, figures: 
             scenario, seed or version.
         Exception: as :func:`run`.
     """
+    loaded, manifest, head, records = prepared if prepared is not None else prepare_resume(run_dir, paths=paths)
+    return _execute(loaded, Path(run_dir), progress=progress, figures=figures, resume=(manifest, head, records))
+
+
+def prepare_resume(
+    run_dir: str | Path, *, paths: Any = None,
+) -> tuple[LoadedScenario, dict[str, Any], dict[str, Any], list[tuple[str, int, int]]]:
+    """Check that ``run_dir`` can be resumed, before anything runs or prints: its scenario,
+    manifest, checkpoint header and committed replay records (hand them to :func:`resume`).
+    ``paths``: as :func:`resume`.
+
+    Raises:
+        CheckpointError: as :func:`resume`.
+    """
     loaded, manifest = _load_for_resume(Path(run_dir))
     if paths is not None:
         loaded.paths = paths
     head, records = read_checkpoint(Path(run_dir), checkpoint_identity(loaded))
-    return _execute(loaded, Path(run_dir), progress=progress, figures=figures, resume=(manifest, head, records))
+    return loaded, manifest, head, records
 
 
 def checkpoint_identity(loaded: LoadedScenario) -> dict[str, Any]:
@@ -216,6 +236,8 @@ def _load_for_resume(run_dir: Path) -> tuple[LoadedScenario, dict[str, Any]]:
     from fedsim.version import __version__
 
     mp = run_dir / "manifest.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(run_dir, "not a run directory but a file (--resume takes the directory of an interrupted run)")
     try:
         manifest = json.loads(mp.read_text(encoding="utf-8"))
         resolved = manifest["scenario"]
@@ -268,6 +290,8 @@ def _execute(
             run_dir, checkpoint_identity(loaded), parts.trainer.replay, every,
             committed_bytes=int(head.get("log_bytes", 0)), committed_records=len(records),
         ))
+        # a killed run keeps every table up to its last checkpoint (fedsim info / plot read it)
+        parts.checkpoints.checkpointer.on_write = lambda: _write_frames(run_dir, parts.frames())
         if s.output.tensorboard:
             sinks.append(_tensorboard_sink(run_dir, fresh=resume is not None))
         failed = _play(proto, parts, sinks)

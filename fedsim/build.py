@@ -85,7 +85,8 @@ def check_world_rules(loaded: LoadedScenario) -> nx.Graph:
 
     The rules: the alignment policy is registered
     (:data:`fedsim.alignment.policies.POLICIES`); the topology builds; the
-    server is a node of it; every client reaches the server; an ``nmoe``
+    server is a node of it; every client reaches the server and every cell has
+    backhaul (:func:`fedsim.net.topology.connectivity_rule`); an ``nmoe``
     aggregator (``protocol.nmoe.server``) is a node of it. :class:`World`
     calls this once per run (so the graph is built once) and ``fedsim
     validate`` calls it after loading, so every rule is reported before a run.
@@ -105,10 +106,10 @@ def check_world_rules(loaded: LoadedScenario) -> nx.Graph:
         raise loaded.error(e.key or "topology", e.rule) from None
     if s.topology.server not in graph:
         raise loaded.error("topology.server", f"server node {s.topology.server!r} is not in the topology")
-    bad = unreachable_clients_of(graph, s.topology.server)
-    if bad:
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise loaded.error("topology", f"client(s) {', '.join(bad[:3])}{more} cannot reach server {s.topology.server!r}")
+    from fedsim.net.topology import connectivity_rule
+
+    if (rule := connectivity_rule(graph, s.topology.server)) is not None:  # unreachable clients, cells without backhaul
+        raise loaded.error("topology", rule)
     agg = s.protocol.nmoe.server
     if s.protocol.name == "nmoe" and agg is not None and agg not in graph:
         raise loaded.error("protocol.nmoe.server", f"aggregator node {agg!r} is not in the topology (a base station, the cloud or a client id)")

@@ -126,14 +126,15 @@ def _fmt_bytes(b: float) -> str:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from fedsim.api import load_scenario, resume, run
+    from fedsim.api import load_scenario, prepare_resume, resume, run
 
     figs = False if a.no_figures else None
     if a.resume is not None:
         if a.scenario or a.out or a.seed is not None or a.overrides:
             return _err("--resume DIR takes no SCENARIO, --out, --seed or --set (the run directory records them)")
-        prog, update = _progress_bar(a.quiet, 0)
-        go = lambda: resume(a.resume, progress=update, figures=figs)  # noqa: E731
+        prep = prepare_resume(a.resume)  # a bad DIR is refused before any progress bar shows
+        prog, update = _progress_bar(a.quiet, prep[0].scenario.run.rounds)
+        go = lambda: resume(a.resume, progress=update, figures=figs, prepared=prep)  # noqa: E731
     else:
         if not a.scenario:
             return _err("run: give a SCENARIO (or --resume DIR)")
@@ -188,6 +189,8 @@ def _cmd_report(a: argparse.Namespace) -> int:
     p = Path(a.path)
     if not ((p / "manifest.json").is_file() or (p / "sweep.parquet").is_file()):
         raise ScenarioError("neither a run directory (manifest.json) nor a sweep directory (sweep.parquet)", file=a.path)
+    if not (p / "sweep.parquet").is_file():
+        _run_dir_arg(a.path)
     from analysis.report import write_report
 
     print(f"report: {write_report(p)}")
@@ -236,13 +239,34 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
-def _run_dir_arg(path: str) -> Path:
+def _run_dir_arg(path: str, *, note: bool = True) -> Path:
+    """A run directory to analyse; an incomplete run (killed, interrupted, failed) gets a
+    note on stderr (when ``note``) saying how far its tables go and how to resume it.
+
+    Raises:
+        ScenarioError: not a run directory, or an incomplete one with no tables yet.
+    """
     from fedsim.config import ScenarioError
 
     p = Path(path)
     if not (p / "manifest.json").is_file():
         raise ScenarioError("not a run directory (no manifest.json)", file=path)
+    msg = _incomplete_note(p)
+    if msg is not None and not (p / "rounds.parquet").is_file():
+        raise ScenarioError("incomplete run with no tables yet (stopped before its first checkpoint); "
+                            f"continue it with: fedsim run --resume {p}", file=path)
+    if msg is not None and note:
+        print(f"fedsim: note: {msg}", file=sys.stderr)
     return p
+
+
+def _incomplete_note(p: Path) -> str | None:
+    from analysis.rundir import RunDir
+
+    try:
+        return RunDir(p).incomplete_note()
+    except (OSError, ValueError):  # an unreadable manifest: the command reports it
+        return None
 
 
 def _cmd_plot(a: argparse.Namespace) -> int:
@@ -272,13 +296,16 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
     from analysis.info import summary_table
 
-    d = _run_dir_arg(a.run_dir)
+    d = _run_dir_arg(a.run_dir, note=False)
     t = Table(title=str(d), show_header=False)
     t.add_column("key", style="bold")
     t.add_column("value")
     for k, v in summary_table(d):
         t.add_row(k, v)
     Console().print(t)
+    msg = _incomplete_note(d)
+    if msg is not None:
+        print(msg)
     return 0
 
 
@@ -502,11 +529,18 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": _cmd_sweep,
     }
     try:
-        return handlers[args.cmd](args)
+        code = handlers[args.cmd](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except (ScenarioError, CheckpointError) as e:
         return _err(str(e))
     except KeyboardInterrupt:
         return _err("interrupted", 130)
+    except BrokenPipeError:  # `fedsim validate --resolved S | head`: the reader left early
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return _err("output closed early (broken pipe); the rest of the output was dropped")
 
 
 if __name__ == "__main__":

@@ -145,6 +145,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         raise ScenarioError("is a directory, expected a YAML file", file=fname) from None
     except UnicodeDecodeError:
         raise ScenarioError("not UTF-8 text", file=fname) from None
+    except OSError as e:  # no permission, a path through a file, ...
+        raise ScenarioError(f"cannot read the file ({e.strerror or type(e).__name__})", file=fname) from None
     try:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)
@@ -159,8 +161,29 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         raise ScenarioError(f"top level must be a mapping of sections, got {type(data).__name__}", file=fname, line=1)
     lines: dict[tuple[str, ...], int] = {}
     if node is not None:
+        _check_duplicates(node, (), fname)
         _lines(node, (), lines)
     return data, lines
+
+
+def _check_duplicates(node: yaml.Node, prefix: tuple[str, ...], fname: str) -> None:
+    """A key given twice in one mapping (YAML would silently keep the last) is an error naming both lines.
+
+    Raises:
+        ScenarioError: at the second occurrence's line.
+    """
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            name, line = str(k.value), k.start_mark.line + 1
+            if name in seen and k.tag != "tag:yaml.org,2002:merge":
+                raise ScenarioError(f"key given twice in one mapping (lines {seen[name]} and {line}); keep one",
+                                    file=fname, key=".".join((*prefix, name)), line=line)
+            seen[name] = line
+            _check_duplicates(v, (*prefix, name), fname)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _check_duplicates(v, (*prefix, str(i)), fname)
 
 
 def _plain(v: Any) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Cause", "Deadline", "Dropout", "OutOfMemory", "interrupt_status", "UNKNOWN_CAUSE_STATUS"]
+__all__ = ["Cause", "Deadline", "Dropout", "OutOfMemory", "RunEnd", "interrupt_status", "UNKNOWN_CAUSE_STATUS"]
 
 #: Status of a client round ended by a cause that is none of the classes here.
 UNKNOWN_CAUSE_STATUS = "straggler"
@@ -57,6 +57,17 @@ class OutOfMemory(Cause):
     t_s: float
     needed_bytes: float
     available_bytes: float
+
+
+@dataclass(frozen=True)
+class RunEnd(Cause):
+    """The run stopped while the client was still working (asynchronous modes): its
+    ``clients`` row keeps the bytes its phase had moved."""
+
+    status: ClassVar[str] = "in_flight"
+
+    def __repr__(self) -> str:
+        return "RunEnd()"
 
 
 def interrupt_status(cause: Any) -> str:

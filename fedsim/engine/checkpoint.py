@@ -25,6 +25,11 @@ Files in the run directory:
     simulated time, number of records and committed log length in bytes.
     Bytes of the log beyond the committed length (a kill during an append)
     are ignored and cut off on resume.
+
+After each commit the checkpointer calls its ``on_write`` hook: the run writes
+every table recorded so far (:func:`fedsim.api.run`), so a killed run's
+directory holds its tables up to its last checkpoint and can be inspected
+(the manifest still says ``running``); the resumed run rewrites them whole.
 """
 
 from __future__ import annotations
@@ -149,7 +154,8 @@ class Checkpointer:
     ``header``: the fields that identify the run (``fedsim_version``,
     ``scenario_sha256``, ``seed``). ``committed_bytes`` / ``committed_records``:
     what the log already holds (a resumed run). ``seconds`` and ``writes``
-    accumulate the host time spent writing (for the cost report).
+    accumulate the host time spent writing (for the cost report), the
+    ``on_write`` hook (called after each commit; flushes the tables) included.
     """
 
     def __init__(self, run_dir: Path, header: dict[str, Any], replay: Replay, every_rounds: int, *, committed_bytes: int = 0, committed_records: int = 0) -> None:
@@ -161,6 +167,7 @@ class Checkpointer:
         self.committed_records = committed_records
         self.seconds = 0.0
         self.writes = 0
+        self.on_write: Callable[[], None] | None = None
 
     def round_done(self, rounds_done: int, t_s: float, *, force: bool = False) -> bool:
         """Called at a round boundary with the number of rounds finished; writes a
@@ -198,6 +205,8 @@ class Checkpointer:
         self.committed_bytes, self.committed_records = size, records
         self.replay.new = []
         self.writes += 1
+        if self.on_write is not None:
+            self.on_write()
         self.seconds += time.perf_counter() - t0
 
 

@@ -128,7 +128,8 @@ _CLIENTS = TableSchema("clients", "one row per selected client and round", (
     _c("bs", "str", "", "serving base station at dispatch"),
     _c("k", "int", "1", "experts assigned"),
     _c("experts", "str", "", "assigned expert indices, comma-separated"),
-    _c("status", "str", "", "completed / straggler / dropout / oom / skipped"),
+    _c("status", "str", "", "completed / straggler / dropout / oom / skipped; async modes, when the run stops: "
+       "buffered (arrived, not folded) / in_flight (cut, with the bytes moved so far)"),
     _c("t_dispatch_s", "float", "s", "dispatch time"),
     _c("t_download_s", "float", "s", "download duration"),
     _c("t_compute_s", "float", "s", "compute duration"),

@@ -33,6 +33,8 @@ __all__ = [
     "explicit",
     "from_graphml",
     "unreachable_clients",
+    "cells_without_backhaul",
+    "connectivity_rule",
     "clients",
     "base_stations",
 ]
@@ -268,6 +270,47 @@ def from_graphml(path: str | Path) -> nx.Graph:
     return _check(g)
 
 
+def _wired_component(graph: nx.Graph, server: str) -> set[str]:
+    """Nodes joined to ``server`` by wired edges (clients excluded)."""
+    wired = nx.Graph()
+    wired.add_nodes_from(n for n, d in graph.nodes(data=True) if d.get("kind") != "client")
+    wired.add_edges_from((u, v) for u, v, d in graph.edges(data=True)
+                         if d.get("kind", "wired") == "wired")
+    return set(nx.node_connected_component(wired, server)) if server in wired else set()
+
+
+def cells_without_backhaul(graph: nx.Graph, server: str) -> list[str]:
+    """Base stations with no wired route to ``server`` (sorted).
+
+    A client attaches to the base station of best received power, whichever
+    it is, so a cell without backhaul would take clients it cannot route.
+    """
+    comp = _wired_component(graph, server)
+    return [b for b in base_stations(graph) if b not in comp]
+
+
+def connectivity_rule(graph: nx.Graph, server: str) -> str | None:
+    """The broken connectivity rule of ``graph``, as one line, or ``None``: every client
+    reaches ``server`` (:func:`unreachable_clients`), and every base station has a wired
+    route (backhaul) to it (:func:`cells_without_backhaul`).
+
+    Raises:
+        ValueError: ``server`` is not a node of ``graph``.
+    """
+
+    def names(ids: list[str]) -> str:
+        return ", ".join(ids[:3]) + (f" (and {len(ids) - 3} more)" if len(ids) > 3 else "")
+
+    bad = unreachable_clients(graph, server)
+    if bad:
+        return f"client(s) {names(bad)} cannot reach server {server!r}"
+    cut = cells_without_backhaul(graph, server)
+    if cut:
+        return (f"base station(s) {names(cut)} have no backhaul: no wired route to server {server!r} "
+                "(clients attach to the strongest cell; add a wired edge or remove the cell)")
+    return None
+
+
 def unreachable_clients(graph: nx.Graph, server: str) -> list[str]:
     """Clients that cannot reach ``server`` (sorted).
 
@@ -279,11 +322,7 @@ def unreachable_clients(graph: nx.Graph, server: str) -> list[str]:
     """
     if server not in graph:
         raise ValueError(f"unknown server node {server!r}")
-    wired = nx.Graph()
-    wired.add_nodes_from(n for n, d in graph.nodes(data=True) if d.get("kind") != "client")
-    wired.add_edges_from((u, v) for u, v, d in graph.edges(data=True)
-                         if d.get("kind", "wired") == "wired")
-    comp = nx.node_connected_component(wired, server) if server in wired else set()
+    comp = _wired_component(graph, server)
     bss = [b for b in base_stations(graph) if b in comp]
     cls = clients(graph)
     if not bss:

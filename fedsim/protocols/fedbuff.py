@@ -44,7 +44,12 @@ Equivalence with sync: with ``buffer_size = concurrency = clients_per_round``,
 at the same instant (no stragglers, no dropout), every update has staleness 0
 and the step is FedAvg on the same clients, tasks and training seeds as sync.
 
-State (for checkpoint / resume): everything lives on :class:`BufferedLoop`
+Checkpoints: every published version is a round boundary for
+``output.checkpoint_every_rounds`` (:meth:`Protocol.checkpoint`); a resumed
+run replays from ``t = 0`` (:mod:`fedsim.engine.checkpoint`), clients in
+flight and buffered updates included, so nothing below is pickled.
+
+State: everything lives on :class:`BufferedLoop`
 (``protocol.buffered``): ``version``, ``expert_version``, ``shared_version``,
 ``snapshots`` (version -> global state, kept while a ticket refers to it),
 ``inflight`` (client -> :class:`Ticket`), ``buffer`` (:class:`Arrival`s in
@@ -53,10 +58,7 @@ arrival order), ``ended`` (client runs lost since the last aggregation),
 ``dispatch_seq``, ``arrival_seq`` and ``idle_polls`` (consecutive polls with
 nobody working and an empty buffer; the run ends after ``run.rounds`` of them, as sync would after
 that many empty rounds); the protocol keeps the global state,
-alignment, estimator and rng streams as in sync. The SimPy processes of
-in-flight clients are the only thing not stored: a resume re-creates them from
-``inflight`` (each ticket holds the client, its task, the version and
-dispatch time).
+alignment, estimator and rng streams as in sync.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class BufferedLoop:
     dispatch_seq: int = 0
     arrival_seq: int = 0
     idle_polls: int = 0
+    procs: dict[str, Any] = field(default_factory=dict)  # client -> its SimPy process, while in flight
 
     def __post_init__(self) -> None:
         p = self.p
@@ -164,7 +167,36 @@ class BufferedLoop:
             yield from self._serve_async()
         else:
             yield from self._serve_semi_async()
+        yield from self.settle()
         p.on_end()
+
+    def settle(self) -> Generator[Any, Any, None]:
+        """When the run stops: cut the clients still in flight (cause :class:`RunEnd`, status
+        ``in_flight``, with the bytes their phase moved), mark the updates left in the buffer
+        ``buffered`` and write their ``clients`` rows; the work that ended after the last
+        ``rounds`` row (these, and clients lost during the last server compute) is added to
+        that row, so every byte the cells carried is in ``clients`` and ``rounds``."""
+        from fedsim.devices.causes import RunEnd
+
+        p = self.p
+        alive = [pr for pr in self.procs.values() if pr.is_alive]
+        for pr in alive:
+            pr.interrupt(RunEnd())
+        if alive:
+            yield p.env.all_of(alive)
+        left = list(self.ended)  # their rows are written (lost, or cut just now)
+        for a in self.buffer:  # arrived (a cut upload that had finished included), never folded
+            a.outcome.status = "buffered"
+            p.record_client_row(a.ticket.version, a.outcome)
+            left.append(a.outcome)
+        self.buffer, self.ended = [], []
+        rows = p.rec.rows("rounds")
+        if rows and left:
+            last = rows[-1]
+            last["bytes_up"] += float(sum(o.bytes_up for o in left))
+            last["bytes_down"] += float(sum(o.bytes_down for o in left))
+            for status, col in (("straggler", "stragglers"), ("dropout", "dropouts"), ("oom", "ooms"), ("skipped", "skipped")):
+                last[col] += sum(1 for o in left if o.status == status)
 
     def _past_horizon(self) -> bool:
         h = self.p.settings.horizon_s
@@ -249,7 +281,7 @@ class BufferedLoop:
             self.dispatch_seq += 1
             self.inflight[c] = t
             self.dispatched.append(t)
-            p.env.process(self._client(t))
+            self.procs[c] = p.env.process(self._client(t))
             out.append(c)
         return out
 
@@ -269,6 +301,7 @@ class BufferedLoop:
         p = self.p
         o = yield from p.client_process(t.client, list(t.task), t.version)
         del self.inflight[t.client]
+        self.procs.pop(t.client, None)
         if o.status == "completed":
             self.buffer.append(Arrival(t, o, self.arrival_seq))
             self.arrival_seq += 1
@@ -346,6 +379,7 @@ class BufferedLoop:
         p.rec.event(st.t_end_s, "round_end", round=r, seconds=st.t_end_s - st.t_start_s)
         p.progress(round=r + 1, t_s=st.t_end_s, accuracy=st.metrics["accuracy"], bytes=p.bytes_moved)
         self.t_last_s = st.t_end_s
+        p.checkpoint(self.version)  # a published version is the async round boundary
 
     def _record(
         self, st: RoundState, batch: list[Arrival], good: list[Arrival], stale: dict[str, tuple[int, dict[int, int]]], ended: list[ClientOutcome],

@@ -130,7 +130,12 @@ class FedMoE(Protocol):
         return ClientOutcome(c, r, task, float(self.env.now), num_samples=self.trainer.num_samples(c), bs=self.systems.serving_bs(c))
 
     def client_round(self, o: ClientOutcome):  # noqa: ANN201 - SimPy process body
-        """One client's round: download -> memory check -> train -> upload."""
+        """One client's round: download -> memory check -> train -> upload.
+
+        Cut by an interrupt (deadline, dropout), the client is ``completed`` if its upload's
+        last byte arrived by the cut (an upload finishing exactly at the deadline counts:
+        ``events`` says ``completed``, and so do ``clients`` and the aggregation); otherwise
+        it takes the cause's status, with the bytes its phase moved."""
         w = self.systems
         c, r, experts = o.client, o.round, o.experts
         down = self.acct.payload_bytes(experts)
@@ -167,14 +172,17 @@ class FedMoE(Protocol):
             o.status = "completed"
         except simpy.Interrupt as intr:
             cause = intr.cause
+            res = None
             if phase is not None and phase.is_alive:
                 phase.interrupt(cause)
                 res = yield phase
-                moved = getattr(res, "delivered_bytes", 0.0)
-                if o.phase == "download":
-                    o.bytes_down += moved
-                elif o.phase == "upload":
-                    o.bytes_up += moved
+            elif phase is not None and phase.triggered and phase.ok:
+                res = phase.value  # the phase ended at this very instant, before this process resumed
+            moved = getattr(res, "delivered_bytes", 0.0)
+            if o.phase == "download":
+                o.bytes_down += moved
+            elif o.phase == "upload":
+                o.bytes_up += moved
             dt = self.env.now - t_phase
             if o.phase == "download":
                 o.t_download_s = dt
@@ -182,7 +190,8 @@ class FedMoE(Protocol):
                 o.t_compute_s = dt
             elif o.phase == "upload":
                 o.t_upload_s = dt
-            o.status = w.cause_status(cause)
+            # the tie: an upload whose last byte arrives by the cut (the deadline) has arrived
+            o.status = "completed" if o.phase == "upload" and getattr(res, "completed", False) else w.cause_status(cause)
 
     # ---------------------------------------------------------- aggregation
     def aggregate(self, r: int, arrived: list[str]) -> list[Any]:
