@@ -244,6 +244,22 @@ def test_guard_bites(cluster) -> None:  # type: ignore[no-untyped-def]
         f.unlink()
 
 
+def test_cpu_worker_sees_no_gpu_and_works_in_node_scratch(cluster) -> None:  # type: ignore[no-untyped-def]
+    from fedsim.sweep.ray_worker import SweepWorker
+
+    ray = cluster["ray"]
+    w = ray.remote(SweepWorker).options(num_cpus=1, num_gpus=0).remote()
+    try:
+        info = ray.get(w.info.remote())
+        assert info["cuda_visible_devices"] == ""  # training.device auto cannot grab a GPU it was not given
+        assert info["cwd"] == info["scratch"] != os.getcwd()
+        assert any(Path(info["scratch"]).parent == n for n in cluster["nodes"])
+        ray.get(w.close.remote())
+        assert not Path(info["scratch"]).exists()
+    finally:
+        ray.kill(w)
+
+
 def _assert_runs_identical(ref: Path, out: Path, names: list[str], ignore: frozenset[str] = frozenset()) -> None:
     for name in names:
         a, b = read_tree(ref / name), read_tree(out / name)

@@ -75,6 +75,9 @@ class SweepWorker:
 
     def __init__(self) -> None:
         import ray
+
+        if not ray.get_gpu_ids():  # a CPU worker: Ray leaves the GPUs visible; never use one given to another run
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         import torch  # noqa: F401 - imported once here, not once per run
 
         import fedsim.api  # noqa: F401
@@ -88,8 +91,10 @@ class SweepWorker:
         self.inputs: dict[str, Path] = {}  # sha256 -> unpacked copy, kept across runs
 
     def info(self) -> dict[str, str]:
-        """Where this worker runs: ``node`` (host/node id), ``scratch`` and ``cwd``."""
-        return {"node": self.node, "scratch": str(self.scratch), "cwd": os.getcwd()}
+        """Where this worker runs: ``node`` (host/node id), ``scratch``, ``cwd`` and the GPUs it may use
+        (``CUDA_VISIBLE_DEVICES``)."""
+        return {"node": self.node, "scratch": str(self.scratch), "cwd": os.getcwd(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")}
 
     def close(self) -> None:
         """Remove this worker's scratch directory (its unpacked inputs); the pool calls it before killing it."""

@@ -134,7 +134,8 @@ def unpack_path(blob: bytes, digest: str, root: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
-            tar.extractall(tmp, filter="data")
+            # the "data" filter (no absolute paths, links out, devices) exists from Python 3.10.12 / 3.11.4
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # noqa: S202
         try:
             os.replace(tmp, dest)
         except OSError:  # another worker on this node extracted it first
