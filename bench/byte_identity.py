@@ -10,7 +10,8 @@ Each case is one scenario with the smoke run's shrinking overrides
 scenarios smart-city-small and downtown-grid also run with
 ``protocol.fedmoe.aggregation`` async and semi_async. ``compare`` reports, per
 case and table, ``bytes`` (the Parquet files are byte-identical) or ``frame``
-(the frames are equal though the files differ: Parquet metadata) or ``DIFF``;
+(the frames are equal though the files differ: Parquet metadata), ``absent``
+(neither run wrote the table: nmoe has no ``clients``) or ``DIFF``;
 it exits 1 on any ``DIFF``. metro-100k is left out: building its 100 000-client
 population alone takes minutes on two cores. nmoe-cifar10 needs the CIFAR-10
 subset; pass ``--data DIR`` (default ``../shared/data`` beside the repository).
@@ -61,6 +62,9 @@ def run_case(path: str, overrides: list[str], out: Path) -> None:
 
 
 def compare_table(a: Path, b: Path) -> str:
+    """``bytes`` / ``frame`` (equal frames, different files) / ``absent`` (neither run wrote it: nmoe has no clients table) / ``DIFF``."""
+    if not a.exists() or not b.exists():
+        return "absent" if a.exists() == b.exists() else "DIFF"
     if a.read_bytes() == b.read_bytes():
         return "bytes"
     fa, fb = pd.read_parquet(a), pd.read_parquet(b)

@@ -87,7 +87,7 @@ def check_world_rules(loaded: LoadedScenario) -> nx.Graph:
     (:data:`fedsim.alignment.policies.POLICIES`); the topology builds; the
     server is a node of it; every client reaches the server and every cell has
     backhaul (:func:`fedsim.net.topology.connectivity_rule`); an ``nmoe``
-    aggregator (``protocol.nmoe.server``) is a node of it. :class:`World`
+    aggregator (``protocol.nmoe.server``) is a node of it. :func:`build_parts`
     calls this once per run (so the graph is built once) and ``fedsim
     validate`` calls it after loading, so every rule is reported before a run.
 

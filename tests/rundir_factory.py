@@ -313,12 +313,11 @@ def make_run_dir(
 
     for tname, df in tables.items():
         if tname not in omit:
-            df.to_parquet(path / f"{tname}.parquet", index=False)
+            _conform(tname, df).to_parquet(path / f"{tname}.parquet", index=False)
 
     scenario = {
         "run": {"name": name, "seed": seed, "rounds": rounds},
-        "protocol": {"name": protocol},
-        "alignment": {"policy": policy if protocol == "fedmoe" else None},
+        "protocol": {"name": protocol, "fedmoe": {"alignment": {"policy": policy if protocol == "fedmoe" else None}}},
     }
     manifest = {
         "fedsim_version": "0.1.0",
@@ -333,3 +332,19 @@ def make_run_dir(
     }
     (path / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return path
+
+
+def _conform(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as the declared table ``name`` (fedsim/engine/tables.py): the required columns the
+    synthetic rows leave out get a blank (NaN, 0, False, ""), every column its declared dtype
+    (tests/test_rundir_contract.py checks the result with ``check_frame``)."""
+    from fedsim.engine.tables import TABLES
+
+    fill = {"float": float("nan"), "int": 0, "bool": False, "str": ""}
+    cast = {"float": "float64", "int": "int64", "bool": "bool"}
+    for c in TABLES[name].columns:
+        if c.name not in df.columns and c.required:
+            df[c.name] = fill.get(c.dtype)
+        if c.name in df.columns and c.dtype in cast:
+            df[c.name] = df[c.name].astype(cast[c.dtype])
+    return df

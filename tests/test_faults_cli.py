@@ -127,10 +127,10 @@ def test_arithmetic_error_from_configuration_is_one_line(tmp_path: Path, monkeyp
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     import fedsim.build
 
-    def overflow(loaded):  # noqa: ANN001
+    def overflow(loaded, replay=None):  # noqa: ANN001
         raise OverflowError("high - low range exceeds valid bounds")
 
-    monkeypatch.setattr(fedsim.build, "build_world", overflow)
+    monkeypatch.setattr(fedsim.build, "build_parts", overflow)
     code, out = _run(tmp_path)
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "OverflowError" in err and "Traceback" not in err

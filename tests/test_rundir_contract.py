@@ -104,3 +104,16 @@ def test_readme_table_of_files_matches_the_declaration() -> None:
     files = _readme_run_dir_files()
     declared = {f"{t}.parquet" for t in TABLES} | set(RUN_DIR_FILES)
     assert files == declared, f"README lists {sorted(files - declared)} not declared; misses {sorted(declared - files)}"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOL_NAMES)
+def test_the_synthetic_run_directory_factory_writes_declared_tables(tmp_path: Path, protocol: str) -> None:
+    """tests/rundir_factory.py (the analysis tests' run directories) follows engine/tables.py too."""
+    from tests.rundir_factory import make_run_dir
+
+    d = make_run_dir(tmp_path / protocol, protocol=protocol, rounds=3)
+    written = sorted(d.glob("*.parquet"))
+    assert written
+    for p in written:
+        assert p.stem in TABLES, f"undeclared table {p.stem}"
+        check_frame(p.stem, pd.read_parquet(p))

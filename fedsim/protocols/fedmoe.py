@@ -130,7 +130,7 @@ class FedMoE(Protocol):
         return ClientOutcome(c, r, task, float(self.env.now), num_samples=self.trainer.num_samples(c), bs=self.systems.serving_bs(c))
 
     def client_round(self, o: ClientOutcome):  # noqa: ANN201 - SimPy process body
-        """One client's round: download -> memory check -> train -> upload.
+        """One client's round: download -> memory check -> train -> upload (each a :meth:`phase`).
 
         Cut by an interrupt (deadline, dropout), the client is ``completed`` if its upload's
         last byte arrived by the cut (an upload finishing exactly at the deadline counts:
@@ -143,55 +143,52 @@ class FedMoE(Protocol):
         flops = self.acct.job_flops(len(experts), o.num_samples)
         mem = self.acct.memory_bytes(len(experts))
         o.flops = flops
-        phase: simpy.Process | None = None
-        t_phase = float(self.env.now)
+        steps = (
+            ("download", lambda: w.transfer(w.server, c, down, r, "download")),
+            ("compute", lambda: w.compute(c, flops, r, mem)),
+            ("upload", lambda: w.transfer(c, w.server, up, r, "upload")),
+        )
+        for name, start in steps:
+            if not (yield from self.phase(o, name, start)):
+                return
+        o.status = "completed"
+
+    def phase(self, o: ClientOutcome, name: str, start: Any):  # noqa: ANN201 - SimPy process body
+        """One phase of a client round: ``start()`` the systems process, wait for it and
+        record its seconds (``o.t_<name>_s``) and, for a transfer, the bytes it moved;
+        returns whether it completed (else ``o.status`` is set from the cause). An
+        interrupt (the round's deadline) is passed on to the running process, whose
+        bytes so far count."""
+        o.phase, t0 = name, float(self.env.now)
+        proc = start()
         try:
-            o.phase, t_phase = "download", float(self.env.now)
-            phase = w.transfer(w.server, c, down, r, "download")
-            res = yield phase
-            o.bytes_down += res.delivered_bytes
-            o.t_download_s = self.env.now - t_phase
-            if not res.completed:
-                o.status = w.cause_status(res.cause)
-                return
-            o.phase, t_phase = "compute", float(self.env.now)
-            phase = w.compute(c, flops, r, mem)
-            cres = yield phase
-            o.t_compute_s = self.env.now - t_phase
-            if not cres.completed:
-                o.status = w.cause_status(cres.cause)
-                return
-            o.phase, t_phase = "upload", float(self.env.now)
-            phase = w.transfer(c, w.server, up, r, "upload")
-            res = yield phase
-            o.bytes_up += res.delivered_bytes
-            o.t_upload_s = self.env.now - t_phase
-            if not res.completed:
-                o.status = w.cause_status(res.cause)
-                return
-            o.status = "completed"
+            res = yield proc
         except simpy.Interrupt as intr:
-            cause = intr.cause
             res = None
-            if phase is not None and phase.is_alive:
-                phase.interrupt(cause)
-                res = yield phase
-            elif phase is not None and phase.triggered and phase.ok:
-                res = phase.value  # the phase ended at this very instant, before this process resumed
-            moved = getattr(res, "delivered_bytes", 0.0)
-            if o.phase == "download":
-                o.bytes_down += moved
-            elif o.phase == "upload":
-                o.bytes_up += moved
-            dt = self.env.now - t_phase
-            if o.phase == "download":
-                o.t_download_s = dt
-            elif o.phase == "compute":
-                o.t_compute_s = dt
-            elif o.phase == "upload":
-                o.t_upload_s = dt
+            if proc.is_alive:
+                proc.interrupt(intr.cause)
+                res = yield proc
+            elif proc.triggered and proc.ok:
+                res = proc.value  # the phase ended at this very instant, before this process resumed
+            self._account(o, name, t0, getattr(res, "delivered_bytes", 0.0))
             # the tie: an upload whose last byte arrives by the cut (the deadline) has arrived
-            o.status = "completed" if o.phase == "upload" and getattr(res, "completed", False) else w.cause_status(cause)
+            if name == "upload" and getattr(res, "completed", False):
+                return True
+            o.status = self.systems.cause_status(intr.cause)
+            return False
+        self._account(o, name, t0, getattr(res, "delivered_bytes", 0.0))
+        if not res.completed:
+            o.status = self.systems.cause_status(res.cause)
+            return False
+        return True
+
+    def _account(self, o: ClientOutcome, name: str, t0: float, moved: float) -> None:
+        """Seconds of phase ``name`` (since ``t0``) and the bytes it moved (transfers only)."""
+        if name == "download":
+            o.bytes_down += moved
+        elif name == "upload":
+            o.bytes_up += moved
+        setattr(o, f"t_{name}_s", self.env.now - t0)
 
     # ---------------------------------------------------------- aggregation
     def aggregate(self, r: int, arrived: list[str]) -> list[Any]:
