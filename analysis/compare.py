@@ -154,7 +154,7 @@ def compare_runs(
         plot_accuracy(runs, out, target=tgt, formats=formats)
         if any(r.aggregation in ("async", "semi_async") for r in runs):  # sync: every update at staleness 0
             plot_staleness(runs, out, formats=formats)  # sync and async side by side
-        group_figures(runs_by_label(runs), out, target=tgt, formats=formats)
+        group_figures(runs_by_label(runs), out, target=tgt, what="setting", formats=formats)
     df.to_csv(out / "summary.csv", index=False)
     md = df.drop(columns=["path"])
     header = "# Run comparison\n\n"

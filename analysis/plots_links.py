@@ -7,7 +7,9 @@ points of the flow model), binned to the run's length (:data:`BINS` bins), so
 a short run is as readable as a long one. Each transfer's bytes are spread
 evenly over its duration (its mean rate); the sums are exact per bin in bytes.
 The dashed line is the link's mean capacity from ``links.parquet`` (the
-capacity changes with fading and with the flows' spectral efficiency).
+capacity changes with fading and with the flows' spectral efficiency). When no
+transfer names its cell (nmoe's exchanges), the figure falls back on the sampled
+loads of ``links.parquet``.
 
 Re-exported by :mod:`analysis.plots` as :func:`plot_link_utilisation`.
 """
@@ -36,7 +38,7 @@ from analysis.rundir import RunDir, as_rundir
 
 RunLike = RunDir | str | Path
 
-__all__ = ["BINS", "binned_rate", "cell_throughput", "plot_link_utilisation"]
+__all__ = ["BINS", "binned_rate", "cell_throughput", "sampled_throughput", "plot_link_utilisation"]
 
 #: Time bins over the run's length.
 BINS = 150
@@ -101,6 +103,23 @@ def cell_throughput(run: RunLike, bins: int = BINS) -> tuple[np.ndarray, dict[tu
     return edges, rates
 
 
+def sampled_throughput(run: RunDir) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray]]:
+    """The fallback when no transfer names its cell (e.g. nmoe's exchanges): ``links.parquet``'s
+    mean load per sampling interval, as ``(edges, {(cell, "up" | "down"): bit/s per bin})``."""
+    lk = run.maybe("links")
+    if lk is None or lk.empty:
+        return np.zeros(1), {}
+    lk = lk[lk["kind"].isin(["uplink", "downlink"])]
+    ends = np.unique(lk["t_s"].to_numpy(float))
+    edges = np.r_[0.0, ends] if ends.size and ends[0] > 0 else ends
+    rates = {}
+    for (node, kind), g in lk.groupby(["node", "kind"]):
+        per = g.groupby("t_s")["load_bps"].sum().reindex(edges[1:], fill_value=0.0)
+        if per.to_numpy(float).any():
+            rates[(str(node), "up" if kind == "uplink" else "down")] = per.to_numpy(float)
+    return edges, rates
+
+
 def _mean_capacity(run: RunDir) -> dict[tuple[str, str], float]:
     """Time-weighted mean capacity (bit/s) of each cell's uplink / downlink in ``links.parquet``."""
     lk = run.maybe("links")
@@ -128,11 +147,14 @@ def plot_link_utilisation(
     panels (uplink, downlink) show the mean over cells and the 10-90 % band.
     """
     run = as_rundir(run)
-    if not need(run, "link utilisation", "events"):
-        return []
-    edges, rates = cell_throughput(run)
+    edges, rates = cell_throughput(run) if run.has("events") else (np.zeros(1), {})
+    source = "bins of {w:.3g} s; each transfer's bytes spread over its duration"
+    if not rates:  # no transfer names its cell: the sampled link loads
+        edges, rates = sampled_throughput(run)
+        source = "mean load per output.link_sample_s interval ({w:.3g} s)"
     if not rates:
-        return skip(run, "link utilisation", "no transfer with a known cell")
+        need(run, "link utilisation", "events", "links")
+        return skip(run, "link utilisation", "no transfer with a known cell and no link samples")
     cells = sorted({c for c, _ in rates}, key=natural_key)
     idle: list[str] = []
     if run.has("nodes"):
@@ -148,7 +170,7 @@ def plot_link_utilisation(
             fig = _many_cells(t, cells, rates)
         else:
             fig = _panels(t, cells, rates, cap)
-        note = f"bins of {width_s:.3g} s; each transfer's bytes spread over its duration"
+        note = source.format(w=width_s)
         if idle:
             shown = ", ".join(idle[:12]) + (f" and {len(idle) - 12} more" if len(idle) > 12 else "")
             note += f". Idle cells (carried nothing): {shown}"

@@ -92,7 +92,7 @@ def _cell_colours(n: int) -> list:
 
 def plot_curves_by_cell(
     groups: dict[str, list[RunDir]], out_dir: str | Path, *, target: float | None = None,
-    formats: Sequence[str] = FORMATS,
+    what: str = "cell", formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Write ``accuracy_vs_time_by_cell`` and ``accuracy_vs_bytes_by_cell`` (see the module docstring)."""
     curves = {c: [_curve(r) for r in runs] for c, runs in groups.items()}
@@ -117,8 +117,8 @@ def plot_curves_by_cell(
             lines[c] = (m.mean(axis=0), m.min(axis=0), m.max(axis=0), len(v))
         with style():
             fig = _draw_curves(lines, grid / div, xlabel, target)
-            what = "simulated time" if xcol == "t_s" else "bytes moved"
-            fig.suptitle(f"Accuracy vs {what}, per cell\nline: mean over seeds; band: lowest to highest seed "
+            xname = "simulated time" if xcol == "t_s" else "bytes moved"
+            fig.suptitle(f"Accuracy vs {xname}, per {what}\nline: mean over seeds; band: lowest to highest seed "
                          "(a finished run keeps its final accuracy)", fontsize=12)
             written += save(fig, out_dir, stem, formats)
     return written
@@ -167,7 +167,8 @@ def _ci(agg: pd.DataFrame, m: str) -> np.ndarray:
 
 
 def plot_tradeoff(
-    per_run: pd.DataFrame, out_dir: str | Path, *, target: float | None = None, formats: Sequence[str] = FORMATS,
+    per_run: pd.DataFrame, out_dir: str | Path, *, target: float | None = None, what: str = "cell",
+    formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
     """Write ``tradeoff``: per cell, final accuracy vs time to target (left) and vs bytes (right), 95 % CIs."""
     from analysis.compare import aggregate_cells
@@ -203,7 +204,7 @@ def plot_tradeoff(
         if missing:
             import textwrap
 
-            txt = ("no cell reached the target" if len(missing) == len(agg) else
+            txt = (f"no {what} reached the target" if len(missing) == len(agg) else
                    "never reached the target: " + "; ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
             axes[0].text(0.5, 0.5 if len(missing) == len(agg) else 0.03, textwrap.fill(txt, 45),
                          transform=axes[0].transAxes, fontsize=9, color="0.35", ha="center",
@@ -212,12 +213,14 @@ def plot_tradeoff(
         num = {c: i + 1 for i, c in enumerate(agg["cell"])}
         fig.legend(handles, [f"{num[lab]}: {lab}" for lab in labels], loc="outside right upper", fontsize=8)
         tgt = "" if target is None else f" {target:g}"
-        fig.suptitle(f"Trade-off per cell: final accuracy vs time to target{tgt} and vs bytes\n"
+        fig.suptitle(f"Trade-off per {what}: final accuracy vs time to target{tgt} and vs bytes\n"
                      "mean ± 95 % CI over seeds (time to target: seeds that reached it)", fontsize=12)
         return save(fig, out_dir, "tradeoff", formats)
 
 
-def plot_straggler_share(per_run: pd.DataFrame, out_dir: str | Path, *, formats: Sequence[str] = FORMATS) -> list[Path]:
+def plot_straggler_share(
+    per_run: pd.DataFrame, out_dir: str | Path, *, what: str = "cell", formats: Sequence[str] = FORMATS,
+) -> list[Path]:
     """Write ``straggler_share``: per cell, stragglers / selected client-rounds, mean ± 95 % CI over seeds."""
     from analysis.compare import aggregate_cells
 
@@ -244,7 +247,7 @@ def plot_straggler_share(per_run: pd.DataFrame, out_dir: str | Path, *, formats:
         ax.set_xlim(0, min(100.0, max(5.0, float(np.nanmax(mean + hi)) * 1.2)))
         ax.set_xlabel("Stragglers / selected client-rounds [%]")
         ax.grid(axis="y", visible=False)
-        ax.set_title("Straggler share per cell (mean ± 95 % CI over seeds)", fontsize=12)
+        ax.set_title(f"Straggler share per {what} (mean ± 95 % CI over seeds)", fontsize=12)
         return save(fig, out_dir, "straggler_share", formats)
 
 
@@ -267,13 +270,16 @@ def shared_target(runs: Sequence[RunDir]) -> float | None:
 
 def group_figures(
     groups: dict[str, list[RunDir]], out_dir: str | Path, *, target: float | None = None,
-    formats: Sequence[str] = FORMATS,
+    what: str = "cell", formats: Sequence[str] = FORMATS,
 ) -> list[Path]:
-    """Every figure of this module for ``groups`` (cells with at least one run); return the paths."""
+    """Every figure of this module for ``groups`` (cells with at least one run); return the paths.
+
+    ``what`` names a group in the titles: ``"cell"`` (a sweep's grid cell) or ``"setting"``
+    (``fedsim compare``'s runs of one label)."""
     groups = {c: v for c, v in groups.items() if v}
     if not groups:
         return []
     per_run = per_run_table(groups, target)
-    return (plot_curves_by_cell(groups, out_dir, target=target, formats=formats)
-            + plot_tradeoff(per_run, out_dir, target=target, formats=formats)
-            + plot_straggler_share(per_run, out_dir, formats=formats))
+    return (plot_curves_by_cell(groups, out_dir, target=target, what=what, formats=formats)
+            + plot_tradeoff(per_run, out_dir, target=target, what=what, formats=formats)
+            + plot_straggler_share(per_run, out_dir, what=what, formats=formats))

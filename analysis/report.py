@@ -47,13 +47,16 @@ CAPTIONS: dict[str, str] = {
     "latency_cdf": "The fraction of clients (y) that finished their round within a latency (x); "
     "the dashed curve and the ticks on the axis are the stragglers.",
     "client_timeline": "One row per client and one bar per round it was selected, coloured by "
-    "outcome: rows with orange or red bars are the clients that failed repeatedly.",
-    "link_utilisation": "The share of each base station's uplink (top) and downlink (bottom) "
-    "capacity in use over time: long stretches near 100 % mean that cell was the bottleneck.",
+    "outcome: rows with orange or red bars are the clients that failed repeatedly; hatched rows "
+    "are clients that were never online.",
+    "link_utilisation": "One panel per base station: the uplink and downlink throughput it carried "
+    "over the run (solid) against the link's mean capacity (dashed); long stretches near the dashed "
+    "line mean that cell was the bottleneck, and cells that carried nothing are listed underneath.",
     "topology": "Where every node sits: clients coloured by device class, base stations, edge "
     "servers and the cloud, with wired links drawn thicker the more bytes they carried.",
     "assignment_heatmap": "How many rounds each client (row) trained each expert (column): an "
-    "even colour means the alignment spread the experts evenly.",
+    "even colour means the alignment spread the experts evenly; hatched rows are clients that were "
+    "never online, empty through availability rather than the policy.",
     "expert_load": "Clients assigned to each expert per round (top, stacked) and the server's "
     "usage score (bottom): a band that keeps widening is an expert taking more than its share.",
     "request_latency": "Left, the fraction of inference requests answered within a latency, "

@@ -427,3 +427,17 @@ def test_compare_groups_seeds_into_bands_and_draws_no_staleness_for_sync(tmp_pat
     curve = pd.DataFrame({"t_s": [10.0, 20.0], "bytes": [1.0, 2.0], "accuracy": [0.3, 0.5]})
     m = _on_grid([curve], "t_s", np.array([5.0, 10.0, 15.0, 25.0]))
     assert np.isnan(m[0, 0]) and m[0, 1:].tolist() == [0.3, 0.3, 0.5]
+
+
+def test_link_figure_falls_back_on_link_samples_without_cell_transfers(tmp_path: Path) -> None:
+    """No transfer names its cell (no events, or nmoe's exchanges): the sampled loads of links.parquet."""
+    from analysis.plots_links import sampled_throughput
+
+    path = make_run_dir(tmp_path / "r", rounds=4, omit=["events"])
+    edges, rates = sampled_throughput(RunDir(path))
+    lk = pd.read_parquet(path / "links.parquet")
+    lk = lk[lk["t_s"] > 0]  # a sample's t_s ends its interval: one at 0 covers nothing
+    up = lk[(lk["node"] == "bs0") & (lk["kind"] == "uplink")]
+    assert edges[0] == 0.0 and edges[1:].tolist() == sorted(lk["t_s"].unique().tolist())
+    assert rates[("bs0", "up")].sum() == pytest.approx(up["load_bps"].sum())
+    assert plot_link_utilisation(path, tmp_path / "o", formats=("png",))

@@ -91,7 +91,7 @@ def test_undeclared_column_is_an_error_naming_it() -> None:
 
 def _readme_run_dir_files() -> set[str]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Run directories", 1)[1].split("\n#", 1)[0]
+    section = text.split("## Outputs and how to open them", 1)[1].split("\n#", 1)[0]
     files: set[str] = set()
     for line in section.splitlines():
         if line.startswith("| `"):
