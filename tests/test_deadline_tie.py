@@ -15,7 +15,7 @@ SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "smart-city-small
 BASE = [
     "run.rounds=1", "data.max_train_samples=300", "evaluation.max_test_samples=100",
     "topology.grid.clients={phone: 3, vehicle: 3, sensor: 2, camera: 2}", "protocol.fedmoe.clients_per_round=4",
-    "protocol.fedmoe.over_selection=1", "training.local_epochs=1", "alignment.max_experts_per_client=1",
+    "protocol.fedmoe.over_selection=1", "training.local_epochs=1", "protocol.fedmoe.alignment.max_experts_per_client=1",
     "channel.fading=none", "devices.dropout=false",
 ]
 
