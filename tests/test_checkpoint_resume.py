@@ -271,7 +271,7 @@ def test_truncated_log_and_corrupt_header_are_refused(killed: Path, tmp_path: Pa
 def test_checkpoint_of_another_scenario_or_version_is_refused(killed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = _copy(killed, tmp_path / "run")
     m = json.loads((d / "manifest.json").read_text())
-    m["scenario"]["alignment"]["policy"] = "greedy"  # the checkpoint was written for load_balanced
+    m["scenario"]["protocol"]["fedmoe"]["alignment"]["policy"] = "greedy"  # the checkpoint was written for load_balanced
     (d / "manifest.json").write_text(json.dumps(m))
     err = _refused(d, capsys)
     assert str(d / "checkpoint.json") in err and "another scenario" in err
