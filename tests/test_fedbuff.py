@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import simpy
 import torch
 
 from fedsim.build import World, load_checked
@@ -92,10 +93,13 @@ class TraceTiming:
         env = self.w.sim.env
         t0 = env.now
         offs = [a for a, _b in self.offline.get(c, []) if a > t0]
-        if offs and min(offs) < t0 + d:
-            yield env.timeout(min(offs) - t0)
-            return _Result(nbytes * (env.now - t0) / d, False, Dropout(c, float(env.now)))
-        yield env.timeout(d)
+        try:
+            if offs and min(offs) < t0 + d:
+                yield env.timeout(min(offs) - t0)
+                return _Result(nbytes * (env.now - t0) / d, False, Dropout(c, float(env.now)))
+            yield env.timeout(d)
+        except simpy.Interrupt as intr:  # cut (the run stops with the client in flight): the bytes moved so far
+            return _Result(nbytes * (env.now - t0) / d if d > 0 else nbytes, False, intr.cause)
         return _Result(nbytes, True)
 
     def transfer(self, src: str, dst: str, nbytes: float, r: int, tag: str) -> Any:
@@ -130,7 +134,8 @@ def test_async_trace_by_hand() -> None:
     t=4.5  B goes offline during its upload (dropout); C dispatched (v1)
     t=6    A arrives -> v2 (staleness 0); A dispatched (v2)
     t=7.5  C arrives -> v3 (staleness 1: v2 happened since its download); C dispatched (v3; B is offline)
-    t=9    A arrives -> v4 (staleness 1); 4 aggregations: the run ends (C in flight, not recorded)
+    t=9    A arrives -> v4 (staleness 1); 4 aggregations: the run ends, C is cut in its compute
+           (status in_flight, its download's bytes kept: issue 29)
     """
     w, (a, b, c) = _world(
         ["run.rounds=4", "protocol.fedmoe.aggregation=async", "protocol.fedmoe.fedbuff.concurrency=2",
@@ -143,7 +148,7 @@ def test_async_trace_by_hand() -> None:
     got = [(r.client, r.round, r.t_dispatch_s, r.t_end_s, r.status) for r in cl.itertuples()]
     assert got == [
         (a, 0, 0.0, 3.0, "completed"), (b, 0, 0.0, 4.5, "dropout"), (a, 1, 3.0, 6.0, "completed"),
-        (c, 1, 4.5, 7.5, "completed"), (a, 2, 6.0, 9.0, "completed"),
+        (c, 1, 4.5, 7.5, "completed"), (a, 2, 6.0, 9.0, "completed"), (c, 3, 7.5, 9.0, "in_flight"),
     ]
     rounds = rec.frame("rounds")
     assert rounds["t_end_s"].tolist() == [3.0, 6.0, 7.5, 9.0]
@@ -151,7 +156,9 @@ def test_async_trace_by_hand() -> None:
     assert rounds["updates"].tolist() == [1, 1, 1, 1]
     assert rounds["staleness_max"].tolist() == [0.0, 0.0, 1.0, 1.0]
     assert rounds["dropouts"].tolist() == [0, 1, 0, 0]
-    assert p.buffered.inflight.keys() == {c} and p.buffered.inflight[c].t_dispatch_s == 7.5
+    cut = cl[cl.status == "in_flight"].iloc[0]
+    assert cut["bytes_down"] > 0 and cut["bytes_up"] == 0 and cut["wasted_bytes"] == cut["bytes_down"]
+    assert not p.buffered.inflight and not p.buffered.buffer  # nothing left unaccounted
 
     # per-expert staleness = versions of that expert aggregated between download and aggregation, from the records
     upd = rec.frame("updates")
@@ -210,7 +217,10 @@ def test_semi_async_keeps_late_updates() -> None:
     assert rounds["updates"].tolist() == [1, 2, 1]
     assert rounds["staleness_max"].tolist()[1] == 1.0
     cl = w.sim.rec.frame("clients")
-    assert (cl["status"] == "completed").all() and not math.isnan(cl["t_end_s"].max())
+    # the slow client dispatched at t=4 is still working when the run ends at t=6: cut (issue 29)
+    cut = cl[cl["status"] == "in_flight"]
+    assert cut[["client", "t_dispatch_s", "t_end_s"]].values.tolist() == [[slow, 4.0, 6.0]]
+    assert (cl[cl["status"] != "in_flight"]["status"] == "completed").all() and not math.isnan(cl["t_end_s"].max())
 
 
 def test_async_ends_when_nobody_can_ever_work() -> None:
