@@ -271,7 +271,7 @@ class _Builder:
             try:
                 out[cls] = dataclasses.replace(p, **over)
             except ValueError as e:
-                raise ScenarioError(str(e), file=str(self.loaded.path), key=f"devices.classes.{cls}") from None
+                raise self.loaded.error(f"devices.classes.{cls}" + (".speed_min_mps" if str(e).startswith("speed_min") else ""), str(e)) from None
         return out
 
     def _build_systems(self) -> None:

@@ -123,6 +123,7 @@ VALUES: dict[str, str] = {
     "data.clusters": "2",
     "data.group_shares": "[0.5, 0.5]",
     "protocol.fedmoe.fedbuff.hinge_threshold": "0",
+    "protocol.nmoe.server": "bs0",  # the aggregator at a base station instead of the cloud
     "training.batch_size": "2",
     "channel.max_spectral_efficiency_bps_hz": "1.0",
     "protocol.fedmoe.clients_per_round": "2",

@@ -71,6 +71,9 @@ def check_rules(loaded: LoadedScenario) -> None:
     for cls, c in s.devices.classes.items():
         if c.speed_min_mps is not None and c.speed_max_mps is not None and c.speed_min_mps > c.speed_max_mps:
             fail(f"devices.classes.{cls}.speed_min_mps", "must be <= speed_max_mps")
+        if c.speed_min_mps == 0 and c.mobility not in (None, "static") and (c.speed_max_mps or 0) > 0:  # given as 0 (class defaults: fedsim.devices)
+            fail(f"devices.classes.{cls}.speed_min_mps", "must be > 0 for a moving class: with leg speeds drawn down to 0 the mean "
+                 "speed decays towards 0 over the run (random-waypoint speed decay, Yoon et al. 2003); e.g. 0.1 x speed_max_mps")
         if c.altitude_min_m is not None and c.altitude_max_m is not None and c.altitude_min_m > c.altitude_max_m:
             fail(f"devices.classes.{cls}.altitude_min_m", "must be <= altitude_max_m")
     for key in ("availability_trace", "capacity_trace"):

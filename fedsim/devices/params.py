@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DeviceClassParams", "default_device_classes", "DEVICE_CLASSES"]
+__all__ = ["DeviceClassParams", "default_device_classes", "DEVICE_CLASSES", "SPEED_DECAY_RULE"]
 
 #: The five client device classes of the smart-city scenario.
 DEVICE_CLASSES = ("vehicle", "drone", "camera", "sensor", "phone")
@@ -41,7 +41,8 @@ class DeviceClassParams:
         mobility: ``"static"``, ``"street"`` (vehicles on the street grid),
             ``"fly"`` (drones, 3D random waypoint) or ``"walk"`` (pedestrians
             on sidewalks).
-        speed_min_mps: minimum travel speed (m/s).
+        speed_min_mps: minimum travel speed (m/s); > 0 for a moving class
+            (:data:`SPEED_DECAY_RULE`).
         speed_max_mps: maximum travel speed (m/s).
         altitude_min_m: lowest flying altitude (drones), or antenna height.
         altitude_max_m: highest flying altitude (drones), or antenna height.
@@ -90,8 +91,20 @@ class DeviceClassParams:
             raise ValueError('"mean_on_s" and "mean_off_s" must be > 0')
         if self.speed_max_mps < self.speed_min_mps:
             raise ValueError('"speed_max_mps" must be >= "speed_min_mps"')
+        if self.mobility != "static" and self.speed_max_mps > 0 and not self.speed_min_mps > 0:
+            raise ValueError(f"speed_min_mps: {SPEED_DECAY_RULE} (mobility {self.mobility!r}, speed_max_mps {self.speed_max_mps:g})")
         if self.altitude_max_m < self.altitude_min_m:
             raise ValueError('"altitude_max_m" must be >= "altitude_min_m"')
+
+
+#: Why a moving class needs ``speed_min_mps > 0``: each leg's speed is drawn uniformly in
+#: [min, max] and a slow leg lasts long, so the time-average speed is
+#: ``1 / E[1 / v]``, which is 0 for ``min = 0``: the population slows down
+#: over the run (the random-waypoint speed decay, Yoon, Liu and Noble, "Random
+#: waypoint considered harmful", IEEE INFOCOM 2003; it holds for the street walk's
+#: equal-length legs too). Their remedy is a positive minimum speed.
+SPEED_DECAY_RULE = ("must be > 0 for a moving class: with leg speeds drawn down to 0 the mean speed decays towards 0 "
+                    "over the run (random-waypoint speed decay, Yoon et al. 2003); e.g. 0.1 x speed_max_mps")
 
 
 def default_device_classes() -> dict[str, DeviceClassParams]:

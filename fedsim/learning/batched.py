@@ -410,7 +410,8 @@ class BatchedExecutor(Executor):
                 client_id=job.client_id,
                 round=job.round,
                 experts=experts[c],
-                state={k: per_client[k][c] for k in sk.keys if kept_key(k, experts[c], tc.train_shared)},
+                # compact copies: a view would keep (and pickle into the replay log) the whole cohort's storage
+                state={k: per_client[k][c].clone() for k in sk.keys if kept_key(k, experts[c], tc.train_shared)},
                 num_samples=n[c],
                 samples_per_expert=hits_np[c, last : steps[c]].sum(0).astype(np.int64),
                 mean_gate_prob=gate_mean[c],
