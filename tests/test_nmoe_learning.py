@@ -222,6 +222,21 @@ def test_augment_is_seeded_and_shape_preserving() -> None:
     assert v.shape == (5, 3) and float(v.abs().sum()) > 0
 
 
+def test_colour_jitter_is_seeded_distorts_colour_and_greys_some_images() -> None:
+    from fedsim.learning.nmoe import colour_jitter
+
+    x = torch.randn(200, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(123)  # the global RNG plays no part
+    a = colour_jitter(x, torch.Generator().manual_seed(7))
+    torch.manual_seed(456)
+    b = colour_jitter(x, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.shape == x.shape
+    grey = (a[:, 0] == a[:, 1]).all((1, 2)) & (a[:, 1] == a[:, 2]).all((1, 2))
+    assert 20 <= int(grey.sum()) <= 60  # p_gray = 0.2 of 200 images
+    assert not torch.allclose(a[~grey], x[~grey])  # colours changed
+    assert torch.equal(colour_jitter(x, torch.Generator().manual_seed(7), strength=0.0, p_gray=0.0), x)
+
+
 # ---------------------------------------------------------------------- end to end
 
 

@@ -369,9 +369,10 @@ class NMoE(Protocol):
         own, glob, lr = self.replayed("nmoe/evaluate", evaluate)
         tr.finish(glob)
         tot = tr.stage_totals()
-        eps = float(tr.info.get("dp_epsilon", math.nan))
+        extra = {"dp_epsilon": float(tr.info.get("dp_epsilon", math.nan)), "dp_epsilon_prv": float(tr.info.get("dp_epsilon_prv", math.nan)),
+                 "experts_untrained": int(tr.info.get("experts_untrained", 0)), "retry_wait_s": float(tr.info.get("retry_wait_s", 0.0))}
         for test, m in (("own", own), ("global", glob)):
-            self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr, dp_epsilon=eps, **tot)
+            self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr, **extra, **tot)
         for h in tr.ext.history:
             self.rec.row("nmoe_stage1", extractor=tc.extractor, round=int(h["round"]), loss=float(h["loss"]))
         self.progress(round=tr.total_rounds, rounds=tr.total_rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=tr.bytes_moved)
