@@ -6,7 +6,9 @@ device and channel models; the learning is real PyTorch from
 :mod:`fedsim.learning.nmoe_steps` on the clients whose part arrived): stage 1
 learns the shared feature extractor by FL (``fedce`` or ``fedsc``,
 ``run.rounds`` rounds of ``training.local_epochs``, aggregator
-``protocol.nmoe.server``, ``deadline_s`` / ``min_completions`` closing),
+``protocol.nmoe.server``, ``deadline_s`` / ``min_completions`` closing; with
+``stage_deadline_s`` a stage round retries its missing clients until every
+client has done its part, the paper's semantics),
 stage 2 every client's own expert on its local data, stage 3 the shared gate
 (``rangate``, ``rollgate``, ``fedgate``). There is one expert per client
 (expert i belongs to the i-th client in sorted id order), so
