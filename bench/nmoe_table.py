@@ -97,7 +97,7 @@ NAMES = {"fedce": "FedCE", "fedsc": "FedSC", "rangate": "RanGate", "rollgate": "
 METHODS = ["Centralised MoE", "Local", "FedAvg"] + [f"{NAMES[e]}+{NAMES[g]}" for e, g in GATED]
 TARGETS = [15.0, 20.0, 25.0, 30.0, 40.0]  # Table V's accuracy targets, %
 COST_COLS = ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage2_bytes", "stage3_bytes", "train_bytes"]
-EXTRA_COLS = ["p95_ms", "p50_ms", "bytes_req", "dp_epsilon", "dp_epsilon_prv", "experts_untrained", "retry_wait_s", "epochs"]
+EXTRA_COLS = ["p95_ms", "p50_ms", "bytes_req", "dp_epsilon", "dp_epsilon_exact", "experts_untrained", "retry_wait_s", "epochs"]
 COLUMNS = ["setting", "seed", "variant", "method", "test", "acc", "f1", "auc", "lr", *COST_COLS, *EXTRA_COLS]
 #: Fig. 4's client counts: the scenario's mix (4 phones, 2 vehicles, 2 cameras, 2 drones) scaled
 CLIENT_MIX = {5: "{phone: 2, vehicle: 1, camera: 1, drone: 1}", 10: "{phone: 4, vehicle: 2, camera: 2, drone: 2}",
@@ -170,7 +170,7 @@ def run_setting(args: argparse.Namespace, setting: str, tau: float | None, seed:
         extra = {k: tot[k] for k in COST_COLS}
         extra.update(p95_ms=1e3 * inf.get("p95_s", math.nan), p50_ms=1e3 * inf.get("p50_s", math.nan),
                      bytes_req=inf.get("bytes_per_request", math.nan),
-                     **{k: own[k] for k in ("dp_epsilon", "dp_epsilon_prv", "experts_untrained", "retry_wait_s")})
+                     **{k: own[k] for k in ("dp_epsilon", "dp_epsilon_exact", "experts_untrained", "retry_wait_s")})
         name = f"{NAMES[ext]}+{NAMES[gate]}"
         add(name, own, glob, own["lr"], extra)
         if variant == "paper" and args.topk_setting == setting:  # Fig. 4 (top-k): the same trained model served with k experts

@@ -198,7 +198,11 @@ def test_fedsc_loss_decomposes_global_spectral_loss() -> None:
 def test_dp_sigma_formula_and_noise_scale() -> None:
     eps, delta, n = 2.0, 1e-5, 100
     sigma = dp_sigma(eps, delta, 1.0 / n)
-    assert sigma == pytest.approx((1.0 / n) * math.sqrt(2 * math.log(1.25 / delta)) / eps)
+    # the analytic Gaussian mechanism: exactly delta at eps (tests/test_nmoe_dp.py checks it independently)
+    from fedsim.learning.dp import classical_sigma, gaussian_delta
+
+    assert gaussian_delta(eps, sigma, 1.0 / n) == pytest.approx(delta, rel=1e-6)
+    assert sigma < classical_sigma(eps, delta, 1.0 / n)
     noisy = gaussian_mechanism(torch.zeros(300, 300, dtype=torch.float64), sigma, torch.Generator().manual_seed(6))
     assert torch.allclose(noisy, noisy.T)
     upper = noisy[torch.triu(torch.ones(300, 300, dtype=torch.bool))]

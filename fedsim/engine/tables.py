@@ -263,7 +263,7 @@ _NMOE_EVAL = TableSchema("nmoe_eval", "the trained NMoE on own and global test s
     _c("auc", "float", "1", "macro AUC"),
     _c("lr", "float", "1", "local ratio: share of requests routed to the own expert"),
     _c("dp_epsilon", "float", "1", "fedsc: epsilon spent over all stage-1 rounds, RDP bound (NaN without DP)", False),
-    _c("dp_epsilon_prv", "float", "1", "fedsc: the same total by the PRV accountant (numerically tight; NaN without DP)", False),
+    _c("dp_epsilon_exact", "float", "1", "fedsc: the same total, exact (Gaussian-DP composition of the releases; NaN without DP)", False),
     _c("experts_untrained", "int", "1", "clients whose expert stage 2 left at its initial state (their part never completed)", False),
     _c("retry_wait_s", "float", "s", "simulated seconds the stages waited between attempts for clients to come back (0: one attempt)", False),
     _c("stage1_s", "float", "s", "simulated seconds of stage 1 (extractor)", False),

@@ -201,13 +201,16 @@ class FedSCSteps:
             return math.nan
         return max(a.epsilon(self.tc.dp_delta) for a in self.accountants)
 
-    def epsilon_spent_prv(self) -> float:
-        """Largest PRV-accountant epsilon spent by any client (NaN without DP).
-        Every release has the same multiplier (the sensitivity ``1 / n_j`` scales
-        sigma), so the client with most releases spends most."""
+    def epsilon_spent_exact(self) -> float:
+        """Largest exact epsilon spent by any client (NaN without DP;
+        :meth:`PrivacyAccountant.epsilon_exact`, which Opacus' PRV accountant
+        matches within its error but not bit for bit across thread settings,
+        so a resumed run would not reproduce it). Every release has the same
+        multiplier (the sensitivity ``1 / n_j`` scales sigma), so the client
+        with most releases spends most."""
         if not self.accountants:
             return math.nan
-        return max(self.accountants, key=lambda a: a.releases).epsilon_prv(self.tc.dp_delta)
+        return max(self.accountants, key=lambda a: a.releases).epsilon_exact(self.tc.dp_delta)
 
     def round(self, r: int, participants: Sequence[int] | None = None) -> float:
         """Local training of ``participants`` (all if None) against the matrices

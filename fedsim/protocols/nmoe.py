@@ -371,7 +371,7 @@ class NMoE(Protocol):
         own, glob, lr = self.replayed("nmoe/evaluate", evaluate)
         tr.finish(glob)
         tot = tr.stage_totals()
-        extra = {"dp_epsilon": float(tr.info.get("dp_epsilon", math.nan)), "dp_epsilon_prv": float(tr.info.get("dp_epsilon_prv", math.nan)),
+        extra = {"dp_epsilon": float(tr.info.get("dp_epsilon", math.nan)), "dp_epsilon_exact": float(tr.info.get("dp_epsilon_exact", math.nan)),
                  "experts_untrained": int(tr.info.get("experts_untrained", 0)), "retry_wait_s": float(tr.info.get("retry_wait_s", 0.0))}
         for test, m in (("own", own), ("global", glob)):
             self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr, **extra, **tot)

@@ -270,7 +270,7 @@ class NMoETraining:
         for row, h in zip(self.rows[first:], self.ext.history):
             row["loss"] = float(h["loss"])
             row["dp_epsilon"] = float(h.get("epsilon", math.nan))
-        self.info["dp_epsilon"], self.info["dp_epsilon_prv"] = eps
+        self.info["dp_epsilon"], self.info["dp_epsilon_exact"] = eps
 
     def _learn_stage1(self, plan: list[tuple[list[int], list[int]]]) -> tuple[Any, tuple[float, float]]:
         """Stage-1 learning for ``plan`` (per round: sharers, trainers); cached by plan.
@@ -288,7 +288,7 @@ class NMoETraining:
                 for r, (sharers, trainers) in enumerate(plan):
                     steps.share(r, sharers)
                     steps.round(r, trainers)
-                return steps.result(), (steps.epsilon_spent(), steps.epsilon_spent_prv())
+                return steps.result(), (steps.epsilon_spent(), steps.epsilon_spent_exact())
             from fedsim.learning.executors import make_executor
 
             t = self.p.s.training  # training.executor runs each round's jobs (FedSC's loss is not a TrainJob's)
