@@ -15,41 +15,59 @@ Runs of one setting and seed share the learning of identical stage-1
 participants (the same world and seed give the same stage-1 schedule whatever
 the gate), so each extractor is trained once per setting and seed.
 
+Stage semantics: the paper's (the scenario's ``stage_deadline_s``: a stage
+round retries its missing clients as they come back online, for up to a day of
+simulated time, so every client does its part of every stage) are the main
+tables; the availability ablation (``stage_deadline_s: null``: one attempt,
+clients offline at a stage's start miss it, their experts stay untrained) is
+Table VI, with the experts left untrained and the seconds spent waiting.
+
 Baselines, trained on the same client data without simulated costs: Centralised
 MoE (one MoE with one expert per client and top-k gating on all data, top-1
-weighted by the gate probability so the gate trains; its LR is the share of
-client i's top-k slots served by expert i), Local (each client's own
-classifier), FedAvg (the FedCE stage-1 classifier; its costs are FedCE's
-stage 1).
+weighted by the gate probability so the gate trains; trained to a plateau: 10 %
+of the pooled training data held out, stopped after ``--patience`` epochs
+without a better validation accuracy, the best epoch kept; its LR is the share
+of client i's top-k slots served by expert i), Local (each client's own
+classifier, ``--rounds`` epochs), FedAvg (the FedCE stage-1 classifier; its
+costs are FedCE's stage 1).
 
 Data settings: IID and non-IID(tau) for tau in 0.5, 0.3, 0.2 with
 ``data.tau_definition: paper_table`` (the dominant class holds 1 / (1 + tau) of
 a client's data: 66.7 / 76.9 / 83.3 %, the reading that fits the paper's Table
 I Local row; ``--tau-definition outside_share`` gives 1 - tau). Table I
 ("same"): every client tests on its own test split; Table II ("iid-test"): the
-global IID test set. Mean ± std over seeds.
+global IID test set. Mean ± std over seeds, and every seed. Fig. 4 (at the last
+tau): the number of clients (``--clients``, the scenario's device mix scaled)
+and top-k at inference (the paper variant's trained models served with 1, 2, 3
+experts).
 
-``--quick``: digits (bundled), tau = 0.2, 3 stage-1 rounds, one seed, 10 s of
-inference; prints one line per method::
+Units (setting x seed x variant) run in ``--jobs`` processes, most important
+first; the tables are rewritten after each unit, so an interrupted run leaves
+partial tables.
 
-    method=NAME acc=... lr=... train_s=... train_bytes=... p95_ms=...
+``--quick``: digits, tau = 0.2, 3 stage-1 rounds, one seed, 10 s of
+inference, the paper variant only; prints one line per method::
 
-(``acc``: Table I accuracy in %, ``lr`` in %, ``train_s`` simulated seconds of
-the three stages, ``train_bytes`` their bytes, ``p95_ms`` inference latency).
+    method=NAME acc=... f1=... auc=... lr=... train_s=... train_bytes=... p95_ms=...
+
+(``acc`` / ``f1`` / ``auc``: Table I accuracy, macro-F1, macro-AUC in %, ``lr``
+in %, ``train_s`` simulated seconds of the three stages, ``train_bytes`` their
+bytes, ``p95_ms`` inference latency).
 
 Writes ``nmoe_table.csv`` (long format) and ``nmoe_table.md`` to ``--out``
 (default ``runs/nmoe_table``) and prints the Markdown with the wall time.
 
 Usage: python bench/nmoe_table.py [--quick] [--data-dir DIR] [--seeds N] [--rounds R] [--taus 0.5,0.3,0.2]
-       [--top-k K] [--threads T] [--out DIR]
+       [--top-k K] [--clients 5,10,20] [--jobs J] [--threads T] [--out DIR] [--from-csv CSV]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
+import multiprocessing as mp
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +78,17 @@ from fedsim.build import build_parts
 from fedsim.learning.models import MoEClassifier
 from fedsim.learning.nmoe_model import (
     evaluate_per_client,
-    train_centralised_moe,
+    local_ratio,
+    train_centralised_moe_to_plateau,
     train_local_classifiers,
 )
 from fedsim.learning.threads import set_torch_threads
 from fedsim.protocols.nmoe import NMoE
+
+try:
+    from bench.nmoe_report import from_csv, quick_lines, report
+except ImportError:  # run as a script: bench/ is on sys.path
+    from nmoe_report import from_csv, quick_lines, report  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "nmoe-cifar10.yaml"
@@ -73,6 +97,12 @@ NAMES = {"fedce": "FedCE", "fedsc": "FedSC", "rangate": "RanGate", "rollgate": "
 METHODS = ["Centralised MoE", "Local", "FedAvg"] + [f"{NAMES[e]}+{NAMES[g]}" for e, g in GATED]
 TARGETS = [15.0, 20.0, 25.0, 30.0, 40.0]  # Table V's accuracy targets, %
 COST_COLS = ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage2_bytes", "stage3_bytes", "train_bytes"]
+EXTRA_COLS = ["p95_ms", "p50_ms", "bytes_req", "dp_epsilon", "dp_epsilon_exact", "experts_untrained", "retry_wait_s", "epochs"]
+COLUMNS = ["setting", "seed", "variant", "method", "test", "acc", "f1", "auc", "lr", *COST_COLS, *EXTRA_COLS]
+#: Fig. 4's client counts: the scenario's mix (4 phones, 2 vehicles, 2 cameras, 2 drones) scaled
+CLIENT_MIX = {5: "{phone: 2, vehicle: 1, camera: 1, drone: 1}", 10: "{phone: 4, vehicle: 2, camera: 2, drone: 2}",
+              20: "{phone: 8, vehicle: 4, camera: 4, drone: 4}"}
+TOPK = (1, 2, 3)
 
 
 def central_local_ratio(model: MoEClassifier, clients: list) -> float:
@@ -88,8 +118,10 @@ def central_local_ratio(model: MoEClassifier, clients: list) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
-def overrides(args: argparse.Namespace, tau: float | None, extractor: str, gate: str) -> list[str]:
-    """Scenario overrides of one method and data setting."""
+def overrides(args: argparse.Namespace, tau: float | None, extractor: str, gate: str, variant: str = "paper") -> list[str]:
+    """Scenario overrides of one method, data setting and variant (``paper``: the
+    scenario's stage semantics; ``one-attempt``: ``stage_deadline_s=null``;
+    ``K=<n>``: n clients)."""
     out = [
         f"run.rounds={args.rounds}", f"model.top_k={args.top_k}", f"training.torch_threads={args.threads}",
         f"protocol.nmoe.extractor={extractor}", f"protocol.nmoe.gate={gate}",
@@ -101,24 +133,33 @@ def overrides(args: argparse.Namespace, tau: float | None, extractor: str, gate:
         out += ["data.dataset=digits", "data.dir=null"]
     elif args.data_dir is not None:
         out += [f"data.dir={args.data_dir.resolve()}"]
+    if variant == "one-attempt":
+        out += ["protocol.nmoe.stage_deadline_s=null"]
+    elif variant.startswith("K="):
+        out += [f"topology.grid.clients={CLIENT_MIX[int(variant[2:])]}"]
     return out
 
 
-def run_setting(args: argparse.Namespace, setting: str, tau: float | None, seed: int) -> list[dict]:
-    """Every method on one data setting and seed; returns long-format rows."""
+def _row(setting: str, seed: int, variant: str, method: str, test: str, m: dict, lr: float, extra: dict) -> dict:
+    r = dict.fromkeys(COLUMNS, math.nan)
+    r.update(setting=setting, seed=seed, variant=variant, method=method, test=test,
+             acc=100 * m["accuracy"], f1=100 * m["f1"], auc=100 * m["auc"], lr=100 * lr if test == "same" else math.nan, **extra)
+    return r
+
+
+def run_setting(args: argparse.Namespace, setting: str, tau: float | None, seed: int, variant: str = "paper") -> list[dict]:
+    """Every method on one data setting, seed and variant; returns long-format rows
+    (variant ``paper`` also: the baselines, and at the last τ the top-k re-evaluation)."""
     rows: list[dict] = []
     cache: dict = {}
     fedavg: dict = {}
     base = None
 
-    def add(method: str, own: dict, glob: dict, lr: float, extra: dict) -> None:
-        for test, m in (("same", own), ("iid-test", glob)):
-            rows.append({"setting": setting, "seed": seed, "method": method, "test": test,
-                         "acc": 100 * m["accuracy"], "f1": 100 * m["f1"], "auc": 100 * m["auc"],
-                         "lr": 100 * lr if test == "same" else math.nan, **extra})
+    def add(method: str, own: dict, glob: dict, lr: float, extra: dict, var: str = variant) -> None:
+        rows.extend(_row(setting, seed, var, method, test, m, lr, extra) for test, m in (("same", own), ("iid-test", glob)))
 
     for ext, gate in GATED:
-        world = build_parts(load_scenario(SCENARIO, overrides(args, tau, ext, gate), seed=seed))
+        world = build_parts(load_scenario(SCENARIO, overrides(args, tau, ext, gate, variant), seed=seed))
         p = NMoE(world)
         p.cache = cache
         p.run()
@@ -128,128 +169,80 @@ def run_setting(args: argparse.Namespace, setting: str, tau: float | None, seed:
         tot = p.training.stage_totals()
         extra = {k: tot[k] for k in COST_COLS}
         extra.update(p95_ms=1e3 * inf.get("p95_s", math.nan), p50_ms=1e3 * inf.get("p50_s", math.nan),
-                     bytes_req=inf.get("bytes_per_request", math.nan), dp_epsilon=own["dp_epsilon"])
-        add(f"{NAMES[ext]}+{NAMES[gate]}", own, glob, own["lr"], extra)
+                     bytes_req=inf.get("bytes_per_request", math.nan),
+                     **{k: own[k] for k in ("dp_epsilon", "dp_epsilon_exact", "experts_untrained", "retry_wait_s")})
+        name = f"{NAMES[ext]}+{NAMES[gate]}"
+        add(name, own, glob, own["lr"], extra)
+        if variant == "paper" and args.topk_setting == setting:  # Fig. 4 (top-k): the same trained model served with k experts
+            cl = p.clients_data
+            for k in TOPK:
+                p.model.top_k = min(k, len(cl))
+                add(name, evaluate_per_client(p.model, cl), evaluate_per_client(p.model, cl, x_global=world.evaluator.x_test, y_global=world.evaluator.y_test),
+                    local_ratio(p.model, cl), {}, var=f"top-k={k}")
         if ext == "fedce" and not fedavg:
             fedavg = {"ext": p.training.ext, "costs": {k: (tot[k] if k.startswith("stage1") else 0.0) for k in COST_COLS}}
             fedavg["costs"]["train_s"], fedavg["costs"]["train_bytes"] = tot["stage1_s"], tot["stage1_bytes"]
             base = (p.clients_data, p.model_config, p.train_config(), world)
-        print(f"  [{setting} seed {seed}] {ext}+{gate}: acc {100 * own['accuracy']:.1f} train {tot['train_s']:.0f} s", flush=True)
+        print(f"  [{setting} seed {seed} {variant}] {ext}+{gate}: acc {100 * own['accuracy']:.1f} train {tot['train_s']:.0f} s"
+              f" untrained {own['experts_untrained']}", flush=True)
 
     cl, cfg, tc, world = base  # type: ignore[misc]
     xg, yg = world.evaluator.x_test, world.evaluator.y_test
-    seed_int = world.sim.rng.seed_int("nmoe/train")
-    none = dict.fromkeys([*COST_COLS, "p95_ms", "p50_ms", "bytes_req", "dp_epsilon"], math.nan)
-    central = train_centralised_moe(cl, cfg, tc, seed_int)
-    add("Centralised MoE", evaluate_per_client(central, cl), evaluate_per_client(central, cl, x_global=xg, y_global=yg), central_local_ratio(central, cl), none)
-    local = train_local_classifiers(cl, cfg, tc, seed_int)
-    add("Local", evaluate_per_client(local, cl), evaluate_per_client(local, cl, x_global=xg, y_global=yg), math.nan, none)
     fa = MoEClassifier(fedavg["ext"].config)
     fa.load_state_dict(fedavg["ext"].full_state)
-    add("FedAvg", evaluate_per_client(fa, cl), evaluate_per_client(fa, cl, x_global=xg, y_global=yg), math.nan, {**none, **fedavg["costs"]})
+    add("FedAvg", evaluate_per_client(fa, cl), evaluate_per_client(fa, cl, x_global=xg, y_global=yg), math.nan, fedavg["costs"])
+    if variant != "paper":
+        return rows
+    seed_int = world.sim.rng.seed_int("nmoe/train")
+    central, epochs = train_centralised_moe_to_plateau(cl, cfg, tc, seed_int, patience=args.patience, max_epochs=args.max_epochs)
+    add("Centralised MoE", evaluate_per_client(central, cl), evaluate_per_client(central, cl, x_global=xg, y_global=yg), central_local_ratio(central, cl), {"epochs": float(epochs)})
+    local = train_local_classifiers(cl, cfg, tc, seed_int)
+    add("Local", evaluate_per_client(local, cl), evaluate_per_client(local, cl, x_global=xg, y_global=yg), math.nan, {})
     return rows
 
 
-def fmt(vals: list[float], digits: int = 1) -> str:
-    """``mean`` or ``mean±std`` of finite values; ``-`` if none."""
-    v = [x for x in vals if not math.isnan(x)]
-    if not v:
-        return "-"
-    return f"{np.mean(v):.{digits}f}" if len(v) == 1 else f"{np.mean(v):.{digits}f}±{np.std(v):.{digits}f}"
+def run_unit(args: argparse.Namespace, unit: tuple[str, float | None, int, str]) -> tuple[tuple, list[dict], float, float]:
+    """One (setting, tau, seed, variant) unit in a worker: ``(unit, rows, wall s, CPU s)``."""
+    set_torch_threads(args.threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows = run_setting(args, unit[0], unit[1], unit[2], unit[3])
+    return unit, rows, time.perf_counter() - t0, time.process_time() - c0
 
 
-def markdown(rows: list[dict], settings: list[str], test: str, metrics: list[str], title: str, scale: dict | None = None) -> str:
-    """One table: methods x settings x metrics (``scale`` divides a metric, e.g. bytes -> MB)."""
-    scale = scale or {}
-    label = {"p50_ms": "P50 ms", "p95_ms": "P95 ms", "bytes_req": "B/REQ", "train_s": "train s", "train_bytes": "train MB",
-             "stage1_s": "s1 s", "stage2_s": "s2 s", "stage3_s": "s3 s", "stage1_bytes": "s1 MB", "stage3_bytes": "s3 MB", "dp_epsilon": "ε"}
-    head = ["Method"] + [f"{s} {label.get(m, m.upper())}" for s in settings for m in metrics]
-    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for meth in METHODS:
-        cells = [meth]
-        for s in settings:
-            sel = [r for r in rows if r["method"] == meth and r["setting"] == s and r["test"] == test]
-            for m in metrics:
-                cells.append(fmt([r[m] / scale.get(m, 1.0) for r in sel], 2 if m in ("stage3_bytes",) else 1))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def cheapest(rows: list[dict], settings: list[str], targets: list[float]) -> str:
-    """Table V: per setting and target Table-I accuracy (%), the method with a
-    simulated training cost that reaches it (mean accuracy over seeds >= target)
-    in the fewest seconds and the one in the fewest bytes."""
-    lines = ["### Table V: cheapest method reaching a Table-I accuracy (mean over seeds; methods with a simulated cost)", "",
-             "| setting | target acc % | fewest seconds | fewest bytes | fewest seconds, NMoE only | fewest bytes, NMoE only |", "|---|---|---|---|---|---|"]
-    for s_ in settings:
-        stats = {}
-        for meth in METHODS:
-            sel = [r for r in rows if r["method"] == meth and r["setting"] == s_ and r["test"] == "same" and not math.isnan(r["train_s"])]
-            if sel:
-                stats[meth] = (np.mean([r["acc"] for r in sel]), np.mean([r["train_s"] for r in sel]), np.mean([r["train_bytes"] for r in sel]))
-        for t in targets:
-            cells = [s_, f"{t:g}"]
-            for pool in (stats, {m: v for m, v in stats.items() if "+" in m}):
-                ok = {m: v for m, v in pool.items() if v[0] >= t}
-                if not ok:
-                    cells += ["none", "none"]
-                    continue
-                fs = min(ok, key=lambda m: (ok[m][1], ok[m][2]))
-                fb = min(ok, key=lambda m: (ok[m][2], ok[m][1]))
-                cells += [f"{fs} ({ok[fs][1]:.1f} s, {ok[fs][0]:.1f} %)", f"{fb} ({ok[fb][2] / 1e6:.1f} MB, {ok[fb][0]:.1f} %)"]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def report(args: argparse.Namespace, rows: list[dict], settings: list, seeds: int, t0: float | None, c0: float | None) -> str:
-    """The Markdown tables of ``rows``; also written with the CSV to ``args.out``
-    (``t0`` / ``c0`` None: rebuilt from a CSV, no timing)."""
-    timing = "rebuilt from its CSV" if t0 is None or c0 is None else f"wall {time.perf_counter() - t0:.0f} s, CPU {time.process_time() - c0:.0f} s"
-    names = [s for s, _ in settings]
-    mb = {k: 1e6 for k in COST_COLS if k.endswith("bytes")}
-    md = "\n\n".join([
-        f"NMoE on {args.dataset}, scenario nmoe-cifar10 (10 clients), top-{args.top_k}, {args.rounds} stage-1 rounds, "
-        f"{seeds} seed(s), non-IID(τ) as {args.tau_definition}; {timing}. "
-        "Acc / F1 / AUC / LR in %, mean±std over seeds.",
-        markdown(rows, names, "same", ["acc", "f1", "auc", "lr"], "Table I: test on each client's own distribution"),
-        markdown(rows, names, "iid-test", ["acc", "f1", "auc"], "Table II: train non-IID, test on the global IID test set"),
-        markdown(rows, names, "same", ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage3_bytes", "train_bytes"],
-                 "Table III: simulated training cost per stage (s = seconds, MB = 10^6 bytes; stage 2 moves bytes only with FedGate)", mb),
-        markdown(rows, names, "same", ["p50_ms", "p95_ms", "bytes_req", "dp_epsilon"], "Table IV: serverless inference latency, bytes per request, FedSC's epsilon spent"),
-        cheapest(rows, names, TARGETS),
-    ])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "nmoe_table.md").write_text(md + "\n")
-    with open(args.out / "nmoe_table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return md
-
-
-def from_csv(args: argparse.Namespace) -> str:
-    """The tables of a written ``nmoe_table.csv`` (``args.from_csv``), rewritten to ``args.out``."""
-    with open(args.from_csv, newline="") as f:
-        raw = list(csv.DictReader(f))
-    rows = [{k: (v if k in ("setting", "method", "test") else (int(v) if k == "seed" else float(v))) for k, v in r.items()} for r in raw]
-    order = list(dict.fromkeys(r["setting"] for r in rows))
-    seeds = len({r["seed"] for r in rows})
-    return report(args, rows, [(s, None) for s in order], seeds, None, None)
+def units(args: argparse.Namespace, settings: list[tuple[str, float | None]], seeds: int) -> list[tuple[str, float | None, int, str]]:
+    """The runs, most important first (so that partial tables stay useful): per
+    seed, the paper variant at the last setting (the hardest non-IID one) and its
+    one-attempt ablation, the paper variant at the other settings, Fig. 4's
+    client counts; then the one-attempt ablation at the other settings."""
+    if args.quick:
+        return [(n, t, 0, "paper") for n, t in settings]
+    last = settings[-1]
+    out: list[tuple[str, float | None, int, str]] = []
+    for s in range(seeds):
+        out += [(last[0], last[1], s, "paper"), (last[0], last[1], s, "one-attempt")]
+        out += [(n, t, s, "paper") for n, t in settings[:-1]]
+        out += [(last[0], last[1], s, f"K={k}") for k in args.clients if k != 10]
+    out += [(n, t, s, "one-attempt") for s in range(seeds) for n, t in settings[:-1]]
+    return out
 
 
 def main() -> None:
-    """Parse arguments, run every setting and seed, print and write the tables."""
+    """Parse arguments, run every unit (``--jobs`` processes), print and write the tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="digits, tau=0.2, 3 rounds, 1 seed; one line per method")
     ap.add_argument("--dataset", choices=["cifar10", "digits"], default=None)
     ap.add_argument("--data-dir", type=Path, default=None, help="CIFAR-10 subset directory (default: the scenario's data.dir)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=None, help="stage-1 FL rounds (and baseline epochs); default 10 (quick: 3)")
+    ap.add_argument("--rounds", type=int, default=None, help="stage-1 FL rounds (and Local's epochs); default 10 (quick: 3)")
     ap.add_argument("--top-k", type=int, default=1)
     ap.add_argument("--taus", default=None, help="comma-separated; default 0.5,0.3,0.2 (quick: 0.2); IID is always run except with --quick")
     ap.add_argument("--tau-definition", choices=["paper_table", "outside_share"], default="paper_table")
     ap.add_argument("--horizon", type=float, default=None, help="inference horizon, s (default 60; quick: 10)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--clients", default="5,10,20", help="Fig. 4: client counts (10 = the main run)")
+    ap.add_argument("--patience", type=int, default=5, help="centralised MoE: epochs without a better validation accuracy before stopping")
+    ap.add_argument("--max-epochs", type=int, default=60, help="centralised MoE: epoch limit")
+    ap.add_argument("--jobs", type=int, default=2, help="units run in parallel (processes)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
     ap.add_argument("--out", type=Path, default=Path("runs/nmoe_table"))
     ap.add_argument("--from-csv", type=Path, default=None, help="rebuild the tables from a written nmoe_table.csv (no runs)")
     args = ap.parse_args()
@@ -257,6 +250,9 @@ def main() -> None:
     args.dataset = args.dataset or ("digits" if q else "cifar10")
     args.rounds = args.rounds or (3 if q else 10)
     args.horizon = args.horizon or (10.0 if q else 60.0)
+    args.clients = [int(k) for k in args.clients.split(",") if k]
+    if q:
+        args.patience, args.max_epochs = min(args.patience, 3), min(args.max_epochs, 15)
     seeds = 1 if q else args.seeds
     taus = args.taus or ("0.2" if q else "0.5,0.3,0.2")
     set_torch_threads(args.threads)
@@ -265,26 +261,28 @@ def main() -> None:
         print(from_csv(args))
         return
     settings = ([] if q else [("IID", None)]) + [(f"τ={t}", float(t)) for t in taus.split(",") if t]
+    args.topk_setting = settings[-1][0]
+    todo = units(args, settings, seeds)
     rows: list[dict] = []
-    for seed in range(seeds):
-        for name, tau in settings:
-            ts = time.perf_counter()
-            rows += run_setting(args, name, tau, seed)
-            print(f"[seed {seed}] {name} done in {time.perf_counter() - ts:.0f} s", flush=True)
-            report(args, rows, settings, seed + 1, t0, c0)  # partial tables survive an interrupted run
-    md = report(args, rows, settings, seeds, t0, c0)
+    cpu = 0.0
+    print(f"{len(todo)} units, {args.jobs} process(es)", flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=mp.get_context("spawn")) as pool:
+        futs = [pool.submit(run_unit, args, u) for u in todo]
+        for f in as_completed(futs):
+            try:
+                unit, got, wall, ucpu = f.result()
+            except Exception as e:  # noqa: BLE001 - one failed unit must not lose the others' rows
+                print(f"unit failed: {e!r}", flush=True)
+                continue
+            rows += got
+            cpu += ucpu
+            print(f"[{unit[3]} seed {unit[2]}] {unit[0]} done in {wall:.0f} s wall, {ucpu:.0f} s CPU", flush=True)
+            report(args, rows, [s for s, _ in settings], time.perf_counter() - t0, cpu)  # partial tables survive an interrupted run
+    md = report(args, rows, [s for s, _ in settings], time.perf_counter() - t0, cpu)
     print(md)
     if q:
-        for meth in METHODS:
-            sel = [r for r in rows if r["method"] == meth and r["test"] == "same"]
-            if not sel:
-                continue
-
-            def m(k: str, sel: list[dict] = sel) -> float:
-                return float(np.nanmean([r[k] for r in sel])) if any(not math.isnan(r[k]) for r in sel) else math.nan
-
-            print(f"method={meth.replace(' ', '_')} acc={m('acc'):.1f} lr={m('lr'):.1f} train_s={m('train_s'):.1f} train_bytes={m('train_bytes'):.0f} p95_ms={m('p95_ms'):.1f}")
-    print(f"wall {time.perf_counter() - t0:.0f} s, CPU {time.process_time() - c0:.0f} s")
+        quick_lines(rows)
+    print(f"wall {time.perf_counter() - t0:.0f} s, CPU {cpu + time.process_time() - c0:.0f} s (all processes)")
 
 
 if __name__ == "__main__":

@@ -198,7 +198,11 @@ def test_fedsc_loss_decomposes_global_spectral_loss() -> None:
 def test_dp_sigma_formula_and_noise_scale() -> None:
     eps, delta, n = 2.0, 1e-5, 100
     sigma = dp_sigma(eps, delta, 1.0 / n)
-    assert sigma == pytest.approx((1.0 / n) * math.sqrt(2 * math.log(1.25 / delta)) / eps)
+    # the analytic Gaussian mechanism: exactly delta at eps (tests/test_nmoe_dp.py checks it independently)
+    from fedsim.learning.dp import classical_sigma, gaussian_delta
+
+    assert gaussian_delta(eps, sigma, 1.0 / n) == pytest.approx(delta, rel=1e-6)
+    assert sigma < classical_sigma(eps, delta, 1.0 / n)
     noisy = gaussian_mechanism(torch.zeros(300, 300, dtype=torch.float64), sigma, torch.Generator().manual_seed(6))
     assert torch.allclose(noisy, noisy.T)
     upper = noisy[torch.triu(torch.ones(300, 300, dtype=torch.bool))]
@@ -220,6 +224,21 @@ def test_augment_is_seeded_and_shape_preserving() -> None:
     assert d.shape == (4, 1, 8, 8)
     v = augment(torch.zeros(5, 3), torch.Generator().manual_seed(9))
     assert v.shape == (5, 3) and float(v.abs().sum()) > 0
+
+
+def test_colour_jitter_is_seeded_distorts_colour_and_greys_some_images() -> None:
+    from fedsim.learning.nmoe import colour_jitter
+
+    x = torch.randn(200, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(123)  # the global RNG plays no part
+    a = colour_jitter(x, torch.Generator().manual_seed(7))
+    torch.manual_seed(456)
+    b = colour_jitter(x, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and a.shape == x.shape
+    grey = (a[:, 0] == a[:, 1]).all((1, 2)) & (a[:, 1] == a[:, 2]).all((1, 2))
+    assert 20 <= int(grey.sum()) <= 60  # p_gray = 0.2 of 200 images
+    assert not torch.allclose(a[~grey], x[~grey])  # colours changed
+    assert torch.equal(colour_jitter(x, torch.Generator().manual_seed(7), strength=0.0, p_gray=0.0), x)
 
 
 # ---------------------------------------------------------------------- end to end

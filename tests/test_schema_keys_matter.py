@@ -89,6 +89,9 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "topology.grid.edge_": ("topology.server=edge0",),
     "protocol.nmoe.dp_": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
                           "protocol.nmoe.extractor=fedsc", "protocol.nmoe.dp_epsilon=1.0"),
+    # stage semantics: retries happen only for clients offline / dropped (dropout on), and the retry interval only with a stage deadline
+    "protocol.nmoe.stage_retry_s": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
+                                    "protocol.nmoe.gate=rangate", "protocol.nmoe.stage_deadline_s=100000"),
     "model.aux_loss_weight": ("model.top_k=1", "model.gate_weights=softmax"),  # with k_c <= top_k the Switch loss is constant
     "channel.handover_time_to_trigger_s": ("channel.handover_hysteresis_db=0", "devices.mobility_interval_s=0.2"),
     "channel.handover_hysteresis_db": ("channel.handover_time_to_trigger_s=0", "devices.mobility_interval_s=0.2"),
@@ -109,6 +112,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
 
 #: values (YAML) for keys whose generic alternative would not show their effect
 VALUES: dict[str, str] = {
+    "protocol.nmoe.stage_deadline_s": "100000",  # generous: the offline clients are waited for
     "run.name": "other-name",
     "run.horizon_s": "1.0",
     "topology.server": "core",

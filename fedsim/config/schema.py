@@ -302,6 +302,8 @@ class NMoEConfig(_Strict):
     server: str | None = Field(None, description="Node id of the stage-1 / fedgate aggregator: a base station, the cloud or a volunteer client (null: topology.server).")
     deadline_s: float = Field(600.0, gt=0, le=86_400, description="Training exchange deadline, s after dispatch (clients still running are stragglers).")
     min_completions: int | None = Field(None, ge=1, le=100_000, description="Close a training exchange at the first K completions (null: wait for every selected client).")
+    stage_deadline_s: float | None = Field(None, gt=0, le=1e7, description="Stage semantics, s: a stage round (a stage-1 round, stage 2, FedGate's scoring or one of its rounds, a RollGate hop) retries the clients whose part did not complete (offline, dropped, straggled, out of memory) every stage_retry_s until every client has done its part or this many simulated seconds after the round began (the paper's semantics with a generous value); null: one attempt, clients offline at its start miss it (the availability ablation). No retries with min_completions.")
+    stage_retry_s: float = Field(30.0, gt=0, le=86_400, description="With stage_deadline_s: simulated seconds between a stage round's attempts (an offline client is retried at the first attempt after it is back).")
     request_rate_per_s: float = Field(0.5, gt=0, le=1e4, description="Poisson inference request rate per client, 1/s.")
     inference_horizon_s: float = Field(120.0, gt=0, le=1e6, description="Simulated seconds of inference traffic.")
     request_timeout_s: float = Field(60.0, gt=0, le=86_400, description="An inference request unanswered this long after issue fails (reason timeout).")

@@ -47,7 +47,8 @@ random draw comes from :class:`~fedsim.rng.RngStreams` named streams):
 
      Differential privacy (:func:`gaussian_mechanism`): each shared ``S_j`` is
      released with symmetric Gaussian noise of per-entry standard deviation
-     ``sigma = sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon``. Since
+     ``sigma`` calibrated by the analytic Gaussian mechanism (:func:`dp_sigma`,
+     exact ``(epsilon, delta)`` per release at any epsilon). Since
      ``||z|| = 1``, one sample contributes ``z z^T / n_j`` with Frobenius norm
      ``1 / n_j``, so the L2 sensitivity used is ``1 / n_j`` (add/remove one
      sample's contribution, ``n_j`` public). The guarantee is per release
@@ -92,7 +93,6 @@ own expert fills at most one of a sample's ``k`` slots.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -114,6 +114,7 @@ __all__ = [
     "ExtractorResult",
     "client_data",
     "augment",
+    "colour_jitter",
     "correlation",
     "cross_correlation",
     "fedsc_loss",
@@ -231,7 +232,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, dataset: str | None 
     """One random augmented view of the batch ``x`` (new tensor; ``x`` untouched).
 
     Images ``(N, C, H, W)``: ``cifar10`` (or any 3-channel image): random crop
-    with 4-pixel zero padding + horizontal flip with probability 1/2; one-channel
+    with 4-pixel zero padding + horizontal flip with probability 1/2, then
+    :func:`colour_jitter` (SimCLR's colour distortion, the augmentation
+    contrastive learning needs most: Chen et al. 2020, Sec. 3); one-channel
     digits / MNIST: random shift of up to ``max(1, H // 8)`` pixels (zero fill)
     + Gaussian noise of std 0.1. Vectors ``(N, D)``: Gaussian noise of std 0.1.
     All randomness comes from ``generator``.
@@ -252,9 +255,38 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, dataset: str | None 
     if colour:
         flip = torch.rand(n, generator=generator) < 0.5
         out[flip] = out[flip].flip(-1)
+        if c == 3:
+            out = colour_jitter(out, generator)
     else:
         out = out + 0.1 * torch.randn(out.shape, generator=generator, dtype=out.dtype)
     return out
+
+
+def colour_jitter(x: torch.Tensor, generator: torch.Generator, strength: float = 0.4, p: float = 0.8, p_gray: float = 0.2) -> torch.Tensor:
+    """SimCLR's colour distortion of RGB images ``x`` ``(N, 3, H, W)`` (new tensor):
+    with probability ``p`` per image, brightness, contrast and saturation
+    factors drawn uniformly from ``[1 - strength, 1 + strength]`` (as
+    torchvision's ``ColorJitter(0.4, 0.4, 0.4)``, in this fixed order, no hue
+    shift), then with probability ``p_gray`` grayscale (ITU-R BT.601 luma)
+    (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
+    Representations", Appendix A). The images are the dataset's normalised
+    ones, so brightness scales around the pool's mean colour rather than
+    black. Every draw comes from ``generator`` (a fixed number per call)."""
+    n = x.shape[0]
+    on = (torch.rand(n, generator=generator) < p).to(x.dtype)
+    f = 1.0 + on[:, None] * strength * (2.0 * torch.rand((n, 3), generator=generator, dtype=x.dtype) - 1.0)
+    gray_on = torch.rand(n, generator=generator) < p_gray
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+
+    def gray(t: torch.Tensor) -> torch.Tensor:
+        return (t * luma).sum(1, keepdim=True)
+
+    out = x * f[:, 0].view(n, 1, 1, 1)
+    fc = f[:, 1].view(n, 1, 1, 1)
+    out = fc * out + (1.0 - fc) * gray(out).mean((2, 3), keepdim=True)
+    fs = f[:, 2].view(n, 1, 1, 1)
+    out = fs * out + (1.0 - fs) * gray(out)
+    return torch.where(gray_on.view(n, 1, 1, 1), gray(out).expand_as(out), out)
 
 
 # ------------------------------------------------------------------------ FedSC
@@ -285,15 +317,20 @@ def fedsc_loss(z1: torch.Tensor, z2: torch.Tensor, r_others: torch.Tensor | None
 
 
 def dp_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
-    """Gaussian-mechanism noise std ``sensitivity * sqrt(2 ln(1.25/delta)) / epsilon``
-    (Dwork and Roth, The Algorithmic Foundations of Differential Privacy, Thm A.1).
+    """Gaussian-mechanism noise std for ``(epsilon, delta)``-DP per release at L2
+    ``sensitivity``: the analytic Gaussian mechanism
+    (:func:`fedsim.learning.dp.calibrate_sigma`, Balle and Wang 2018), valid at
+    any epsilon (the classical ``sqrt(2 ln(1.25/delta)) / epsilon`` holds only
+    below 1).
 
     Raises:
         ValueError: ``epsilon <= 0``, ``delta`` outside (0, 1) or ``sensitivity < 0``.
     """
+    from fedsim.learning.dp import calibrate_sigma
+
     if epsilon <= 0 or not 0 < delta < 1 or sensitivity < 0:
         raise ValueError('"epsilon" must be > 0, "delta" in (0, 1), "sensitivity" >= 0')
-    return float(sensitivity * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon)
+    return calibrate_sigma(epsilon, delta, sensitivity)
 
 
 def gaussian_mechanism(r: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:

@@ -35,6 +35,7 @@ __all__ = [
     "RanGate",
     "rollgate_labels",
     "train_rollgate",
+    "train_centralised_moe_to_plateau",
     "gate_module",
     "select_clients",
     "normalise_gradients_",
@@ -321,6 +322,49 @@ def train_centralised_moe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMo
     model.load_state_dict(state)
     model.eval()
     return model
+
+
+def train_centralised_moe_to_plateau(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *,
+                                     val_fraction: float = 0.1, patience: int = 5, max_epochs: int = 60) -> tuple[MoEClassifier, int]:
+    """The centralised MoE of :func:`train_centralised_moe` trained to a plateau:
+    a seeded ``val_fraction`` of the pooled training data is held out as a
+    validation split; training runs one epoch at a time (``train_local``, SGD
+    with momentum, the optimiser restarted each epoch) and stops when the
+    validation accuracy has not improved for ``patience`` epochs (or at
+    ``max_epochs``); the model of the best validation epoch is returned with
+    that epoch's number (1-based). Early stopping on a held-out split (Prechelt
+    1998, "Early Stopping - But When?").
+
+    Raises:
+        ValueError: ``val_fraction`` outside (0, 1), ``patience`` or ``max_epochs`` < 1.
+    """
+    if not 0.0 < val_fraction < 1.0 or patience < 1 or max_epochs < 1:
+        raise ValueError('"val_fraction" must be in (0, 1), "patience" and "max_epochs" >= 1')
+    rng = RngStreams(seed)
+    mcfg = replace(cfg, num_experts=len(clients), top_k=min(tc.top_k, len(clients)), top1_gate_prob=True)
+    state = init_state(mcfg, rng.seed_int("nmoe/central/init"))
+    x = torch.cat([c.x for c in clients])
+    y = torch.cat([c.y for c in clients])
+    perm = torch.randperm(x.shape[0], generator=rng.torch("nmoe/central/validation"))
+    n_val = max(1, int(round(val_fraction * x.shape[0])))
+    xv, yv, xt, yt = x[perm[:n_val]], y[perm[:n_val]], x[perm[n_val:]], y[perm[n_val:]]
+    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=1, batch_size=tc.batch_size)
+    model = MoEClassifier(mcfg)
+    best, best_acc, best_ep = dict(state), -1.0, 0
+    for ep in range(1, max_epochs + 1):
+        up = train_local(TrainJob(-1, ep, state, mcfg, list(range(len(clients))), xt, yt, train, rng.seed_int(f"nmoe/central/train/{ep}")))
+        state = dict(state)
+        state.update(up.state)
+        model.load_state_dict(state)
+        model.eval()
+        acc = float(evaluate(model, xv, yv)["accuracy"])
+        if acc > best_acc:
+            best, best_acc, best_ep = {k: v.clone() for k, v in state.items()}, acc, ep
+        elif ep - best_ep >= patience:
+            break
+    model.load_state_dict(best)
+    model.eval()
+    return model, best_ep
 
 
 def train_local_classifiers(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, epochs: int | None = None) -> list[MoEClassifier]:

@@ -6,7 +6,9 @@ device and channel models; the learning is real PyTorch from
 :mod:`fedsim.learning.nmoe_steps` on the clients whose part arrived): stage 1
 learns the shared feature extractor by FL (``fedce`` or ``fedsc``,
 ``run.rounds`` rounds of ``training.local_epochs``, aggregator
-``protocol.nmoe.server``, ``deadline_s`` / ``min_completions`` closing),
+``protocol.nmoe.server``, ``deadline_s`` / ``min_completions`` closing; with
+``stage_deadline_s`` a stage round retries its missing clients until every
+client has done its part, the paper's semantics),
 stage 2 every client's own expert on its local data, stage 3 the shared gate
 (``rangate``, ``rollgate``, ``fedgate``). There is one expert per client
 (expert i belongs to the i-th client in sorted id order), so
@@ -364,9 +366,10 @@ class NMoE(Protocol):
         own, glob, lr = self.replayed("nmoe/evaluate", evaluate)
         tr.finish(glob)
         tot = tr.stage_totals()
-        eps = float(tr.info.get("dp_epsilon", math.nan))
+        extra = {"dp_epsilon": float(tr.info.get("dp_epsilon", math.nan)), "dp_epsilon_exact": float(tr.info.get("dp_epsilon_exact", math.nan)),
+                 "experts_untrained": int(tr.info.get("experts_untrained", 0)), "retry_wait_s": float(tr.info.get("retry_wait_s", 0.0))}
         for test, m in (("own", own), ("global", glob)):
-            self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr, dp_epsilon=eps, **tot)
+            self.rec.row("nmoe_eval", extractor=tc.extractor, gate=tc.gate, test=test, accuracy=m["accuracy"], f1=m["f1"], auc=m["auc"], lr=lr, **extra, **tot)
         for h in tr.ext.history:
             self.rec.row("nmoe_stage1", extractor=tc.extractor, round=int(h["round"]), loss=float(h["loss"]))
         self.progress(round=tr.total_rounds, rounds=tr.total_rounds, t_s=float(self.env.now), accuracy=glob["accuracy"], bytes=tr.bytes_moved)

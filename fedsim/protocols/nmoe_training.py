@@ -46,12 +46,24 @@ Stage 3 by gate:
   locally, upload it; the round's clients are the learning stage's random
   selection, and only those whose leg completed are averaged.
 
+Stage semantics (``protocol.nmoe.stage_deadline_s``). ``null``: every stage
+round above is one attempt; a client offline at its start (or dropped, late,
+out of memory) misses it, so e.g. its expert stays at its initial state (the
+availability ablation). A number: the paper's semantics, a stage round
+completes when every client has done its part; the clients whose part did not
+complete are retried every ``stage_retry_s`` (those online then; a RollGate hop
+waits for its receiver) until all are done or ``stage_deadline_s`` after the
+round began, an attempt's own deadline cut to what is left
+(:meth:`NMoETraining._until_all`). The seconds spent waiting between attempts
+are ``nmoe_eval.retry_wait_s``; the experts stage 2 left untrained
+``nmoe_eval.experts_untrained``. With ``min_completions`` there are no retries.
+
 Table ``rounds``: one row per stage round (``round`` numbers all training
 rounds of the run in order, ``stage`` ``extractor`` / ``experts`` / ``gate``,
 ``stage_round`` the round within its stage, ``phase`` the method: fedce,
 fedsc, experts, rangate, rollgate, fedgate_scoring, fedgate), with the
 exchanges' seconds and bytes, selected / completed / stragglers / dropouts /
-ooms / skipped (a client counted once, by its last leg), ``t_wait_s``, the
+ooms / skipped (a client counted once, by its last leg of the last attempt), ``t_wait_s``, the
 stage's ``loss`` (stage 1: mean local loss; gate: RollGate's pseudo-label
 cross-entropy or FedGate's mixture NLL over all clients; NaN otherwise),
 ``dp_epsilon`` (FedSC: epsilon spent so far, composed over rounds by an RDP
@@ -172,13 +184,53 @@ class NMoETraining:
         pos = {c: i for i, c in enumerate(self.clients)}
         return sorted(pos[c] for c in names)
 
-    def _exchange(self, stage: int, r: int, clients: list[str], down: float, flops_per_sample: float, mem: float, up: float, tag: str, epochs: float = 1.0) -> Any:
-        return (yield from self.run.exchange(
-            stage, len(self.rows), self.server, clients,
-            down_bytes=lambda c: down, flops=lambda c: epochs * self.n[c] * flops_per_sample,
-            memory_bytes=lambda c: mem, up_bytes=lambda c: up,
-            deadline_s=self.ncfg.deadline_s, k_needed=self.ncfg.min_completions, tag=tag,
-        ))
+    def _exchange(self, stage: int, r: int, clients: list[str], down: float, flops_per_sample: float, mem: float, up: float, tag: str, epochs: float = 1.0, *, t0: float | None = None) -> Any:
+        """The stage round's exchange with ``clients``, with the retries of
+        :meth:`_until_all`; returns the attempts (``ExchangeResult`` list)."""
+
+        def attempt(cs: list[str], deadline_s: float) -> Any:
+            return (yield from self.run.exchange(
+                stage, len(self.rows), self.server, cs,
+                down_bytes=lambda c: down, flops=lambda c: epochs * self.n[c] * flops_per_sample,
+                memory_bytes=lambda c: mem, up_bytes=lambda c: up,
+                deadline_s=deadline_s, k_needed=self.ncfg.min_completions, tag=tag,
+            ))
+
+        return (yield from self._until_all(clients, attempt, t0))
+
+    def _until_all(self, clients: list[str], attempt: Any, t0: float | None = None) -> Any:
+        """Stage semantics (``protocol.nmoe.stage_deadline_s``). One attempt with
+        ``clients`` (``attempt(clients, deadline_s)``, a process body returning an
+        ``ExchangeResult``); with a stage deadline, the clients whose part did
+        not complete are retried every ``stage_retry_s`` (those online then)
+        until all are done or ``stage_deadline_s`` after ``t0`` (the stage
+        round's start; default now); an attempt's own deadline is cut to what
+        is left. The seconds waited between attempts add to ``info["retry_wait_s"]``.
+        Returns the attempts in order."""
+        start = float(self.env.now) if t0 is None else t0
+        dl = self.ncfg.stage_deadline_s
+        first_deadline = self.ncfg.deadline_s if dl is None else min(self.ncfg.deadline_s, max(start + dl - float(self.env.now), 1e-9))
+        out = [(yield from attempt(list(clients), first_deadline))]
+        if dl is None or self.ncfg.min_completions is not None:
+            return out
+        done = set(out[0].completed)
+        retry = float(self.ncfg.stage_retry_s)
+        while True:
+            left = [c for c in clients if c not in done]
+            if not left or float(self.env.now) + retry >= start + dl:
+                return out
+            yield self.env.timeout(retry)
+            self.info["retry_wait_s"] = self.info.get("retry_wait_s", 0.0) + retry
+            online = [c for c in left if self.sys.is_online(c)]
+            if online:
+                res = yield from attempt(online, min(self.ncfg.deadline_s, start + dl - float(self.env.now)))
+                out.append(res)
+                done |= set(res.completed)
+
+    @staticmethod
+    def _completed(attempts: list[ExchangeResult]) -> list[str]:
+        """Clients whose part completed in any of the attempts, sorted."""
+        return sorted({c for x in attempts for c in x.completed})
 
     # -------------------------------------------------------------- stages
     def serve(self) -> Any:
@@ -204,22 +256,24 @@ class NMoETraining:
             t0 = float(self.env.now)
             sel = self._online()
             if fedsc:
-                share = yield from self._exchange(1, r, sel, c.model_bytes, c.forward_flops, c.train_memory, c.corr_bytes, "share")
-                train = yield from self._exchange(1, r, share.completed, c.corr_bytes, 2.0 * c.train_flops, c.train_memory, c.model_bytes, "train", tc.local_epochs)
-                plan.append((self._idx(share.completed), self._idx(train.completed)))
-                self._row(1, r, "fedsc", [share, train], t0, math.nan, len(sel))
+                share = yield from self._exchange(1, r, sel, c.model_bytes, c.forward_flops, c.train_memory, c.corr_bytes, "share", t0=t0)
+                sharers = self._completed(share)
+                train = yield from self._exchange(1, r, sharers, c.corr_bytes, 2.0 * c.train_flops, c.train_memory, c.model_bytes, "train", tc.local_epochs, t0=t0)
+                plan.append((self._idx(sharers), self._idx(self._completed(train))))
+                self._row(1, r, "fedsc", [*share, *train], t0, math.nan, len(sel))
             else:
-                res = yield from self._exchange(1, r, sel, c.model_bytes, c.train_flops, c.train_memory, c.model_bytes, "train", tc.local_epochs)
-                plan.append(([], self._idx(res.completed)))
-                self._row(1, r, "fedce", [res], t0, math.nan, len(sel))
+                res = yield from self._exchange(1, r, sel, c.model_bytes, c.train_flops, c.train_memory, c.model_bytes, "train", tc.local_epochs, t0=t0)
+                plan.append(([], self._idx(self._completed(res))))
+                self._row(1, r, "fedce", res, t0, math.nan, len(sel))
         self.ext, eps = self._learn_stage1(plan)
         for row, h in zip(self.rows[first:], self.ext.history):
             row["loss"] = float(h["loss"])
             row["dp_epsilon"] = float(h.get("epsilon", math.nan))
-        self.info["dp_epsilon"] = eps
+        self.info["dp_epsilon"], self.info["dp_epsilon_exact"] = eps
 
-    def _learn_stage1(self, plan: list[tuple[list[int], list[int]]]) -> tuple[Any, float]:
-        """Stage-1 learning for ``plan`` (per round: sharers, trainers); cached by plan."""
+    def _learn_stage1(self, plan: list[tuple[list[int], list[int]]]) -> tuple[Any, tuple[float, float]]:
+        """Stage-1 learning for ``plan`` (per round: sharers, trainers); cached by plan.
+        Returns the extractor and FedSC's epsilon spent (RDP, PRV; NaN for fedce)."""
         from fedsim.learning.nmoe_steps import FedCESteps, FedSCSteps
 
         tc = self.tc
@@ -227,17 +281,21 @@ class NMoETraining:
         if self.cache is not None and key in self.cache:
             return self.cache[key]
 
-        def learn() -> tuple[Any, float]:
+        def learn() -> tuple[Any, tuple[float, float]]:
             if tc.extractor == "fedsc":
                 steps: Any = FedSCSteps(self.cd, self.cfg, tc, self.seed, dataset=self.p.trainer.dataset.name)
                 for r, (sharers, trainers) in enumerate(plan):
                     steps.share(r, sharers)
                     steps.round(r, trainers)
-                return steps.result(), steps.epsilon_spent()
-            steps = FedCESteps(self.cd, self.cfg, tc, self.seed)
-            for r, (_, trainers) in enumerate(plan):
-                steps.round(r, trainers)
-            return steps.result(), math.nan
+                return steps.result(), (steps.epsilon_spent(), steps.epsilon_spent_exact())
+            from fedsim.learning.executors import make_executor
+
+            t = self.p.s.training  # training.executor runs each round's jobs (FedSC's loss is not a TrainJob's)
+            with make_executor(t.executor, workers=t.workers, torch_threads=t.torch_threads) as ex:
+                steps = FedCESteps(self.cd, self.cfg, tc, self.seed, executor=ex)
+                for r, (_, trainers) in enumerate(plan):
+                    steps.round(r, trainers)
+                return steps.result(), (math.nan, math.nan)
 
         # the real learning goes through the replay seam (checkpoint / resume)
         out = self.p.replayed(f"nmoe/stage1/{tc.extractor}", learn)
@@ -255,13 +313,18 @@ class NMoETraining:
         t0 = float(self.env.now)
         sel = self._online()
         up = c.expert_bytes if tc.gate == "fedgate" else 0.0
-        res = yield from self.run.exchange(
-            2, len(self.rows), self.server, sel, down_bytes=lambda _c: 0.0,
-            flops=lambda x: self.n[x] * (c.extract_flops + tc.expert_epochs * c.expert_train_flops),
-            memory_bytes=lambda _c: c.expert_memory, up_bytes=lambda _c: up,
-            deadline_s=self.ncfg.deadline_s, k_needed=None, tag="experts",
-        )
-        done = self._idx(res.completed)
+
+        def attempt(cs: list[str], deadline_s: float) -> Any:
+            return (yield from self.run.exchange(
+                2, len(self.rows), self.server, cs, down_bytes=lambda _c: 0.0,
+                flops=lambda x: self.n[x] * (c.extract_flops + tc.expert_epochs * c.expert_train_flops),
+                memory_bytes=lambda _c: c.expert_memory, up_bytes=lambda _c: up,
+                deadline_s=deadline_s, k_needed=None, tag="experts",
+            ))
+
+        res = yield from self._until_all(sel, attempt)
+        done = self._idx(self._completed(res))
+        self.info["experts_untrained"] = len(self.clients) - len(done)
         key = (getattr(self, "stage1_key", None), "stage2", tuple(done))
         if self.cache is not None and key[0] is not None and key in self.cache:
             self.feats, self.experts = self.cache[key]
@@ -276,7 +339,7 @@ class NMoETraining:
             if self.cache is not None and key[0] is not None:
                 self.cache[key] = (self.feats, self.experts)
         self.ys = [d.y for d in self.cd]
-        self._row(2, 0, "experts", [res], t0, math.nan, len(sel))
+        self._row(2, 0, "experts", res, t0, math.nan, len(sel))
 
     def stage3(self) -> Any:
         """The gate (``rangate`` / ``rollgate`` / ``fedgate``), then the assembled model."""
@@ -309,18 +372,25 @@ class NMoETraining:
         first = True
         for r in range(tc.gate_rounds):
             t0 = float(self.env.now)
-            legs = {}
+            hops: list[ExchangeResult] = []
+            n_sel = 0
             for i, c in enumerate(self.clients):
                 if self.n[c] == 0:
                     continue
-                leg = yield from self.run.hop(3, len(self.rows), holder if not first else c, c, gbytes, tc.gate_local_epochs * self.n[c] * gflops, gmem, self.ncfg.deadline_s, "rollgate")
-                legs[c] = leg
-                if leg.status == "completed":
+                n_sel += 1
+
+                def attempt(cs: list[str], deadline_s: float, c: str = c, src: str = holder if not first else c) -> Any:
+                    th = float(self.env.now)
+                    leg = yield from self.run.hop(3, len(self.rows), src, c, gbytes, tc.gate_local_epochs * self.n[c] * gflops, gmem, deadline_s, "rollgate")
+                    return ExchangeResult({c: leg}, th, float(self.env.now))
+
+                tries = yield from self._until_all([c], attempt)
+                hops += tries
+                if self._completed(tries):
                     # the hop's training through the replay seam: the stepper after the hop is the result
                     steps = self.p.replayed(f"nmoe/rollgate/{r}/{i}", lambda s=steps, r=r, i=i: (s.hop(r, i), s)[1])
                     holder, first = c, False
-            res = ExchangeResult(legs, t0, float(self.env.now))
-            self._row(3, r, "rollgate", [res], t0, steps.loss(), len(legs))
+            self._row(3, r, "rollgate", hops, t0, steps.loss(), n_sel)
         return steps.state()
 
     def fedgate(self) -> Any:
@@ -332,9 +402,9 @@ class NMoETraining:
         t0 = float(self.env.now)
         sel = self._online()
         score = yield from self._exchange(3, 0, sel, (K - 1) * c.expert_bytes, K * c.expert_forward_flops, 0.0, 0.0, "scoring")
-        scored = set(score.completed)
+        scored = set(self._completed(score))
         steps = FedGateSteps(self.feats, self.ys, self.experts, self.cfg, tc, self.seed)
-        self._row(3, 0, "fedgate_scoring", [score], t0, steps.loss(), len(sel))
+        self._row(3, 0, "fedgate_scoring", score, t0, steps.loss(), len(sel))
         gbytes, gflops, gmem = c.gate(K, tc.batch_size)
         for r in range(tc.gate_rounds):
             t0 = float(self.env.now)
@@ -342,12 +412,12 @@ class NMoETraining:
             able = [x for x in chosen if x in scored and self.n[x] > 0]
             res = yield from self._exchange(3, r, able, gbytes, gflops, gmem, gbytes, "fedgate", tc.gate_local_epochs)
             for x in chosen:  # chosen but unscored (or without data): counted as skipped
-                if x not in res.legs:
-                    res.legs[x] = Leg(x, t0, status="skipped", t_end_s=t0)
-            idx = self._idx(res.completed)
+                if x not in res[0].legs:
+                    res[0].legs[x] = Leg(x, t0, status="skipped", t_end_s=t0)
+            idx = self._idx(self._completed(res))
             # the round's training through the replay seam: (loss, the stepper after the round)
             loss, steps = self.p.replayed(f"nmoe/fedgate/{r}", lambda s=steps, r=r, idx=idx: (s.round(r, idx), s))
-            self._row(3, r + 1, "fedgate", [res], t0, loss, len(chosen))
+            self._row(3, r + 1, "fedgate", res, t0, loss, len(chosen))
         self.info["participants"] = steps.history
         return steps.gate_state
 

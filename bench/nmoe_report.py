@@ -1,0 +1,231 @@
+"""Markdown tables of ``bench/nmoe_table.py``'s long-format rows (and of its CSV).
+
+Rows: ``setting, seed, variant, method, test`` and the metrics
+(``bench/nmoe_table.py`` ``COLUMNS``). ``variant``: ``paper`` (the scenario's
+stage semantics: every client does its part), ``one-attempt`` (the availability
+ablation), ``K=<n>`` (Fig. 4, n clients), ``top-k=<k>`` (Fig. 4, the paper
+variant's trained model served with k experts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+
+import numpy as np
+
+METHODS = ["Centralised MoE", "Local", "FedAvg", "FedCE+RanGate", "FedCE+RollGate", "FedCE+FedGate",
+           "FedSC+RanGate", "FedSC+RollGate", "FedSC+FedGate"]
+GATED = METHODS[3:]
+TARGETS = [15.0, 20.0, 25.0, 30.0, 40.0]  # Table V's accuracy targets, %
+COST_COLS = ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage2_bytes", "stage3_bytes", "train_bytes"]
+LABEL = {"p50_ms": "P50 ms", "p95_ms": "P95 ms", "bytes_req": "B/REQ", "train_s": "train s", "train_bytes": "train MB",
+         "stage1_s": "s1 s", "stage2_s": "s2 s", "stage3_s": "s3 s", "stage1_bytes": "s1 MB", "stage3_bytes": "s3 MB",
+         "dp_epsilon": "ε RDP", "dp_epsilon_exact": "ε exact", "experts_untrained": "untrained", "retry_wait_s": "wait s", "epochs": "epochs"}
+
+
+def fmt(vals: list[float], digits: int = 1) -> str:
+    """``mean`` or ``mean±std`` of finite values (population std over seeds); ``-`` if none."""
+    v = [x for x in vals if not math.isnan(x)]
+    if not v:
+        return "-"
+    return f"{np.mean(v):.{digits}f}" if len(v) == 1 else f"{np.mean(v):.{digits}f}±{np.std(v):.{digits}f}"
+
+
+def _sel(rows: list[dict], variant: str, method: str, setting: str, test: str) -> list[dict]:
+    return [r for r in rows if r["variant"] == variant and r["method"] == method and r["setting"] == setting and r["test"] == test]
+
+
+def markdown(rows: list[dict], settings: list[str], test: str, metrics: list[str], title: str, scale: dict | None = None,
+             variant: str = "paper", methods: list[str] | None = None) -> str:
+    """One table: methods x settings x metrics, mean±std over seeds (``scale`` divides a metric, e.g. bytes -> MB)."""
+    scale = scale or {}
+    head = ["Method"] + [f"{s} {LABEL.get(m, m.upper())}" for s in settings for m in metrics]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for meth in methods or METHODS:
+        cells = [meth]
+        for s in settings:
+            sel = _sel(rows, variant, meth, s, test)
+            cells += [fmt([r[m] / scale.get(m, 1.0) for r in sel], 2 if m == "stage3_bytes" else 1) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_seed(rows: list[dict], settings: list[str], test: str, title: str) -> str:
+    """Accuracy of every method, setting and seed (no averaging)."""
+    seeds = sorted({int(r["seed"]) for r in rows if r["variant"] == "paper"})
+    head = ["Method"] + [f"{s} s{k}" for s in settings for k in seeds]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for meth in METHODS:
+        cells = [meth]
+        for s in settings:
+            for k in seeds:
+                sel = [r["acc"] for r in _sel(rows, "paper", meth, s, test) if int(r["seed"]) == k]
+                cells.append(f"{sel[0]:.1f}" if sel else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ablation(rows: list[dict], settings: list[str]) -> str:
+    """Availability ablation: Table-I accuracy, untrained experts, waiting and training seconds, paper vs one attempt."""
+    head = ["Method", "setting", "acc paper", "acc one-attempt", "untrained paper", "untrained one-attempt",
+            "wait s paper", "train s paper", "train s one-attempt", "seeds"]
+    lines = ["### Table VI: stage semantics (paper: every client does its part, retried for up to a day; one attempt: the availability ablation)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in settings:
+        for meth in ["FedAvg", *GATED]:
+            a, b = _sel(rows, "paper", meth, s, "same"), _sel(rows, "one-attempt", meth, s, "same")
+            if not b:
+                continue
+            seeds = sorted({int(r["seed"]) for r in b})
+            a = [r for r in a if int(r["seed"]) in seeds]
+            cells = [meth, s, fmt([r["acc"] for r in a]), fmt([r["acc"] for r in b]), fmt([r["experts_untrained"] for r in a]),
+                     fmt([r["experts_untrained"] for r in b]), fmt([r["retry_wait_s"] for r in a], 0), fmt([r["train_s"] for r in a], 0),
+                     fmt([r["train_s"] for r in b], 1), ",".join(map(str, seeds))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fig4(rows: list[dict], setting: str) -> str:
+    """Fig. 4's ablations at ``setting``: Table-I accuracy against the number of clients and against top-k."""
+    ks = sorted({int(r["variant"][2:]) for r in rows if r["variant"].startswith("K=")} | {10})
+    tops = sorted({int(r["variant"][6:]) for r in rows if r["variant"].startswith("top-k=")})
+    head = ["Method"] + [f"K={k}" for k in ks] + [f"top-{k}" for k in tops]
+    lines = [f"### Fig. 4: {setting}, Table-I accuracy % against the number of clients K and the experts per request (top-k; the gate trained at top-1)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for meth in ["FedAvg", *GATED]:
+        cells = [meth]
+        for k in ks:
+            cells.append(fmt([r["acc"] for r in _sel(rows, "paper" if k == 10 else f"K={k}", meth, setting, "same")]))
+        for k in tops:
+            cells.append(fmt([r["acc"] for r in _sel(rows, f"top-k={k}", meth, setting, "same")]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean(rows: list[dict], meth: str, s: str, test: str, k: str = "acc", variant: str = "paper") -> float:
+    v = [r[k] for r in _sel(rows, variant, meth, s, test) if not math.isnan(r[k])]
+    return float(np.mean(v)) if v else math.nan
+
+
+def orderings(rows: list[dict], settings: list[str]) -> str:
+    """The paper's orderings, each held or not per setting (means over the seeds present; Table I unless said)."""
+    lines = ["### The paper's orderings against ours (mean over the seeds present)", "",
+             "| ordering | setting | held? | ours |", "|---|---|---|---|"]
+
+    def add(name: str, s: str, ok: bool | None, detail: str) -> None:
+        lines.append(f"| {name} | {s} | {'-' if ok is None else ('held' if ok else 'not held')} | {detail} |")
+
+    def cmp(name: str, s: str, a: str, b: str, test: str = "same") -> None:
+        x, y = _mean(rows, a, s, test), _mean(rows, b, s, test)
+        add(name, s, None if math.isnan(x) or math.isnan(y) else x > y, f"{a} {x:.1f} vs {b} {y:.1f}")
+
+    for s in settings:
+        for e in ("FedCE", "FedSC"):
+            accs = {g: _mean(rows, f"{e}+{g}", s, "same") for g in ("RanGate", "RollGate", "FedGate")}
+            ok = None if any(math.isnan(v) for v in accs.values()) else accs["FedGate"] >= max(accs.values())
+            add(f"(1) FedGate the best {e} gate", s, ok, ", ".join(f"{g} {v:.1f}" for g, v in accs.items()))
+            cmp(f"(2) {e}: RollGate > RanGate", s, f"{e}+RollGate", f"{e}+RanGate")
+        if s != "IID":
+            for g in ("RanGate", "RollGate", "FedGate"):
+                cmp(f"(3) FedSC > FedCE with {g} (non-IID)", s, f"FedSC+{g}", f"FedCE+{g}")
+            for m in ("FedCE+FedGate", "FedSC+FedGate"):
+                cmp("(4) NMoE beats FedAvg (non-IID)", s, m, "FedAvg")
+        t2 = {m: _mean(rows, m, s, "iid-test") for m in METHODS}
+        best = max((m for m in t2 if not math.isnan(t2[m])), key=lambda m: t2[m], default=None)
+        add("(5) centralised MoE best on Table II", s, None if best is None else best == "Centralised MoE",
+            f"best {best} {t2.get(best, math.nan):.1f}; centralised {t2['Centralised MoE']:.1f}" if best else "-")
+        a, b, f = _mean(rows, "Local", s, "same"), _mean(rows, "Local", s, "iid-test"), _mean(rows, "Local", s, "same", "f1")
+        add("(6) Local: Table I > Table II, low macro-F1", s, None if math.isnan(a) else (a > b and f < a),
+            f"I {a:.1f}, II {b:.1f}, F1 {f:.1f}")
+    return "\n".join(lines)
+
+
+def cheapest(rows: list[dict], settings: list[str], targets: list[float]) -> str:
+    """Table V: per setting and target Table-I accuracy (%), the method with a
+    simulated training cost that reaches it (mean accuracy over seeds >= target)
+    in the fewest seconds and the one in the fewest bytes."""
+    lines = ["### Table V: cheapest method reaching a Table-I accuracy (mean over seeds; methods with a simulated cost)", "",
+             "| setting | target acc % | fewest seconds | fewest bytes | fewest seconds, NMoE only | fewest bytes, NMoE only |", "|---|---|---|---|---|---|"]
+    for s_ in settings:
+        stats = {}
+        for meth in METHODS:
+            sel = [r for r in _sel(rows, "paper", meth, s_, "same") if not math.isnan(r["train_s"])]
+            if sel:
+                stats[meth] = (np.mean([r["acc"] for r in sel]), np.mean([r["train_s"] for r in sel]), np.mean([r["train_bytes"] for r in sel]))
+        for t in targets:
+            cells = [s_, f"{t:g}"]
+            for pool in (stats, {m: v for m, v in stats.items() if "+" in m}):
+                ok = {m: v for m, v in pool.items() if v[0] >= t}
+                if not ok:
+                    cells += ["none", "none"]
+                    continue
+                fs = min(ok, key=lambda m: (ok[m][1], ok[m][2]))
+                fb = min(ok, key=lambda m: (ok[m][2], ok[m][1]))
+                cells += [f"{fs} ({ok[fs][1]:.1f} s, {ok[fs][0]:.1f} %)", f"{fb} ({ok[fb][2] / 1e6:.1f} MB, {ok[fb][0]:.1f} %)"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(args: argparse.Namespace, rows: list[dict], settings: list[str], wall: float | None, cpu: float | None) -> str:
+    """The Markdown tables of ``rows``; also written with the CSV to ``args.out``
+    (``wall`` / ``cpu`` None: rebuilt from a CSV, no timing)."""
+    if not rows:
+        return ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "nmoe_table.csv", "w", newline="") as f:  # first: the rows survive a failing table below
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    timing = "rebuilt from its CSV" if wall is None else f"wall {wall:.0f} s, CPU {cpu:.0f} s (all processes)"
+    seeds = sorted({int(r["seed"]) for r in rows if r["variant"] == "paper"})
+    mb = {k: 1e6 for k in COST_COLS if k.endswith("bytes")}
+    md = "\n\n".join([
+        f"NMoE on {args.dataset}, scenario nmoe-cifar10 (10 clients), top-{args.top_k}, {args.rounds} stage-1 rounds, "
+        f"seeds {seeds} (paper variant), non-IID(τ) as {args.tau_definition}; {timing}. "
+        "Acc / F1 / AUC / LR in %, mean±std over the seeds present.",
+        markdown(rows, settings, "same", ["acc", "f1", "auc", "lr"], "Table I: test on each client's own distribution"),
+        markdown(rows, settings, "iid-test", ["acc", "f1", "auc"], "Table II: train non-IID, test on the global IID test set"),
+        per_seed(rows, settings, "same", "Table I accuracy, every seed"),
+        per_seed(rows, settings, "iid-test", "Table II accuracy, every seed"),
+        markdown(rows, settings, "same", ["stage1_s", "stage2_s", "stage3_s", "train_s", "stage1_bytes", "stage3_bytes", "train_bytes"],
+                 "Table III: simulated training cost per stage (s = seconds, MB = 10^6 bytes; stage 2 moves bytes only with FedGate)", mb),
+        markdown(rows, settings, "same", ["p50_ms", "p95_ms", "bytes_req", "dp_epsilon", "dp_epsilon_exact"],
+                 "Table IV: serverless inference latency, bytes per request, FedSC's epsilon spent (delta 1e-5; RDP bound and exact Gaussian-DP total)"),
+        markdown(rows, settings, "same", ["epochs"], "Centralised MoE: epochs to its validation plateau", methods=["Centralised MoE"]),
+        orderings(rows, settings),
+        cheapest(rows, settings, TARGETS),
+        ablation(rows, settings),
+        fig4(rows, args.topk_setting if hasattr(args, "topk_setting") else settings[-1]),
+    ])
+    (args.out / "nmoe_table.md").write_text(md + "\n")
+    return md
+
+
+def from_csv(args: argparse.Namespace) -> str:
+    """The tables of a written ``nmoe_table.csv`` (``args.from_csv``), rewritten to ``args.out``."""
+    with open(args.from_csv, newline="") as f:
+        raw = list(csv.DictReader(f))
+    text = ("setting", "method", "test", "variant")
+    rows = [{k: (v if k in text else (int(v) if k == "seed" else float(v))) for k, v in r.items()} for r in raw]
+    for r in rows:  # a CSV written before the exact total replaced the PRV accountant's (equal within 0.01)
+        if "dp_epsilon_prv" in r:
+            r["dp_epsilon_exact"] = r.pop("dp_epsilon_prv")
+    order = list(dict.fromkeys(r["setting"] for r in rows if r["variant"] == "paper"))
+    args.topk_setting = order[-1]
+    return report(args, rows, order, None, None)
+
+
+def quick_lines(rows: list[dict]) -> None:
+    """``--quick``: one line per method (Table I, the paper variant)."""
+    for meth in METHODS:
+        sel = [r for r in rows if r["method"] == meth and r["test"] == "same" and r["variant"] == "paper"]
+        if not sel:
+            continue
+
+        def m(k: str, sel: list[dict] = sel) -> float:
+            return float(np.nanmean([r[k] for r in sel])) if any(not math.isnan(r[k]) for r in sel) else math.nan
+
+        print(f"method={meth.replace(' ', '_')} acc={m('acc'):.1f} f1={m('f1'):.1f} auc={m('auc'):.1f} lr={m('lr'):.1f} "
+              f"train_s={m('train_s'):.1f} train_bytes={m('train_bytes'):.0f} p95_ms={m('p95_ms'):.1f}")
