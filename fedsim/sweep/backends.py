@@ -186,10 +186,6 @@ def _iter_process(tasks: list[RunTask], runner: Runner | None, opts: ExecOptions
     ex.shutdown(wait=True)
 
 
-def _iter_ray(tasks: list[RunTask], runner: Runner | None, opts: ExecOptions) -> Iterator[RunOutcome]:
-    from fedsim.sweep.ray_pool import iter_ray
-
-    yield from iter_ray(tasks, runner, opts)
-
-
-EXECUTORS = {"inprocess": _iter_inprocess, "process": _iter_process, "ray": _iter_ray}
+# the local executors; ``ray`` lives in :mod:`fedsim.sweep.ray_pool` (which imports this module)
+# and is added by :func:`fedsim.sweep.runner.executor`, so no import cycle
+EXECUTORS = {"inprocess": _iter_inprocess, "process": _iter_process}

@@ -45,6 +45,16 @@ class SweepResult:
 
 
 
+def executor(backend: str) -> Any:
+    """The executor of sweep ``backend`` (one of :data:`BACKENDS`): a function
+    ``(tasks, runner, opts) -> iterator of RunOutcome``."""
+    if backend == "ray":
+        from fedsim.sweep.ray_pool import iter_ray
+
+        return iter_ray
+    return EXECUTORS[backend]
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
@@ -104,7 +114,7 @@ def run_sweep(
     opts = ExecOptions(workers, ray_address, {t.index: loaded[t.index] for t in todo}, ship_data)
     bar = _Bar(len(tasks), skipped) if progress else None
     try:
-        failed = sw.execute(EXECUTORS[backend], todo, runner, opts, bar)
+        failed = sw.execute(executor(backend), todo, runner, opts, bar)
     finally:
         if bar is not None:
             bar.stop()
