@@ -328,6 +328,9 @@ class World:
                 optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                 local_epochs=t.local_epochs, batch_size=t.batch_size, fedprox_mu=t.fedprox_mu, train_shared=train_shared,
                 device=self.train_device,
+                # the feedback passes only the alignment reward reads (the others would be unused work)
+                expert_loss=self.scenario.alignment.reward == "expert_loss",
+                gate_feedback=self.scenario.alignment.reward == "gate_prob",
             ),
             seed=self.sim.rng.seed_int(f"train/{r}/{c}"),
         )
