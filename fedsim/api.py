@@ -246,6 +246,7 @@ def _execute(
 ) -> RunResult:
     """Build the world, run it with checkpoints (replaying ``resume``'s records), write the run directory."""
     from fedsim.build import build_world
+    from fedsim.learning.allocator import keep_freed_memory
     from fedsim.learning.threads import set_torch_threads
     from fedsim.protocols import make_protocol
 
@@ -254,6 +255,7 @@ def _execute(
     started = datetime.now(timezone.utc)
     gc_threshold = gc.get_threshold()
     restore_threads = set_torch_threads(s.training.torch_threads)
+    restore_malloc = keep_freed_memory()  # large tensors reuse freed memory: no page faults at every step
     every = checkpoint_interval(s.run.rounds, s.output.checkpoint_every_rounds)
     try:
         # build first: bad input found here (a dataset directory that does not
@@ -323,6 +325,7 @@ def _execute(
             sink.close()
     finally:
         restore_threads()
+        restore_malloc()
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
     frames = world.frames()

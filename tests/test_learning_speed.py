@@ -81,3 +81,20 @@ def test_personalised_accuracy_with_masks_pools_clients_that_share_a_mask() -> N
     one_by_one = personalised_accuracy([model] * 6, x, y, splits, expert_masks=masks)  # a model per client: per-client passes
     assert np.array_equal(np.isnan(pooled), np.isnan(one_by_one)) and np.isnan(pooled[4])
     assert np.array_equal(pooled[~np.isnan(pooled)], one_by_one[~np.isnan(one_by_one)])
+
+
+def test_keep_freed_memory_sets_and_restores_glibc_malloc() -> None:
+    import sys
+
+    from fedsim.learning import allocator
+
+    restore = allocator.keep_freed_memory()
+    try:
+        if sys.platform.startswith("linux"):
+            assert allocator._libc() is not None  # glibc has mallopt / malloc_trim
+        import torch
+
+        assert float(torch.ones(4 * 2**20).sum()) == 4 * 2**20  # 16 MiB from the heap: still plain memory
+    finally:
+        restore()
+    restore()  # idempotent
