@@ -98,3 +98,17 @@ def test_keep_freed_memory_sets_and_restores_glibc_malloc() -> None:
     finally:
         restore()
     restore()  # idempotent
+
+
+def test_a_figure_less_run_imports_no_plotting_stack(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    args = ["run", str(DEFAULT), "--quiet", "--no-figures", "--out", str(tmp_path / "run"), *(f"--set={s}" for s in TINY)]
+    code = (
+        "import sys\nfrom fedsim.cli import main\nrc = main(sys.argv[1:])\n"
+        "print('LOADED', sorted(m for m in ('matplotlib', 'matplotlib.pyplot', 'PIL') if m in sys.modules))\nsys.exit(rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED []" in done.stdout, done.stdout[-500:]  # the plotting stack only where figures are drawn
