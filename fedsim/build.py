@@ -320,17 +320,14 @@ class World:
         """The training job of client ``c`` in round ``r`` (a pure function of its inputs)."""
         from fedsim.learning.training import TrainConfig, TrainJob
 
-        t = self.scenario.training
+        t, t_reward = self.scenario.training, self.scenario.alignment.reward  # only the feedback passes the reward reads
         x, y = self._client_data[c]
         return TrainJob(
             client_id=c, round=r, global_state=state, model_config=self.model_config, experts=list(experts), x=x, y=y,
             train=TrainConfig(
                 optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                 local_epochs=t.local_epochs, batch_size=t.batch_size, fedprox_mu=t.fedprox_mu, train_shared=train_shared,
-                device=self.train_device,
-                # the feedback passes only the alignment reward reads (the others would be unused work)
-                expert_loss=self.scenario.alignment.reward == "expert_loss",
-                gate_feedback=self.scenario.alignment.reward == "gate_prob",
+                device=self.train_device, expert_loss=t_reward == "expert_loss", gate_feedback=t_reward == "gate_prob",
             ),
             seed=self.sim.rng.seed_int(f"train/{r}/{c}"),
         )
