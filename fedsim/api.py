@@ -273,6 +273,7 @@ def _execute(
     resume: tuple[dict[str, Any], dict[str, Any], list[tuple[str, int, int]]] | None = None,
 ) -> RunResult:
     """Build the parts, run the protocol with checkpoints (replaying ``resume``'s records), write the run directory."""
+    from fedsim.learning.allocator import keep_freed_memory
     from fedsim.learning.threads import set_torch_threads
 
     s = loaded.scenario
@@ -280,6 +281,7 @@ def _execute(
     started = datetime.now(timezone.utc)
     gc_threshold = gc.get_threshold()
     restore_threads = set_torch_threads(s.training.torch_threads)
+    restore_malloc = keep_freed_memory()  # large tensors reuse freed memory: no page faults at every step
     every = checkpoint_interval(s.run.rounds, s.output.checkpoint_every_rounds)
     records = resume[2] if resume else []
     try:
@@ -297,6 +299,7 @@ def _execute(
         failed = _play(proto, parts, sinks)
     finally:
         restore_threads()
+        restore_malloc()
         gc.set_threshold(*gc_threshold)
         gc.unfreeze()
     frames = parts.frames()

@@ -336,10 +336,13 @@ class _Builder:
         from fedsim.learning.training import TrainConfig
 
         t = self.scenario.training
+        proto = self.scenario.protocol
+        reward = proto.fedmoe.alignment.reward if proto.name == "fedmoe" else None  # only the feedback passes it reads
         train = TrainConfig(
             optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
             local_epochs=t.local_epochs, batch_size=t.batch_size, fedprox_mu=t.fedprox_mu,
             device=self.train_device(),  # a missing GPU fails here, before the run directory is written
+            expert_loss=reward == "expert_loss", gate_feedback=reward == "gate_prob",
         )
         return Trainer(
             self.sim, self.clients, self.dataset, self.splits, self._client_data, self.model_config, train,

@@ -3,7 +3,7 @@
 ``aggregate(global_state, updates, num_experts)``:
 
 - An update with a NaN or inf in any floating tensor of its state, its
-  ``mean_gate_prob`` or its losses is rejected: listed in ``rejected`` and never
+  ``mean_gate_prob`` (when computed) or its losses is rejected: listed in ``rejected`` and never
   averaged in.
 - Expert e's tensors are the average over the accepted updates that hold expert
   e, weighted by the samples they routed to e (``samples_per_expert[e]``); if
@@ -47,14 +47,14 @@ class AggregationResult:
 
 def is_finite_update(update: Update) -> bool:
     """True when every floating tensor of the update's state, its gate feedback
-    and its losses are finite (no NaN, no inf)."""
+    (when computed) and its losses are finite (no NaN, no inf)."""
     floats = [t for t in update.state.values() if t.is_floating_point()]
     # one check per update: a NaN or inf element makes its tensor's float64 sum non-finite; a
     # non-finite sum of finite elements (float64 overflow) is ruled out by the exact check
     if floats and not bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float64) for t in floats]).sum())):
         if not all(bool(torch.isfinite(t).all()) for t in floats):
             return False
-    if not np.all(np.isfinite(np.asarray(update.mean_gate_prob, dtype=np.float64))):
+    if update.mean_gate_prob is not None and not np.all(np.isfinite(np.asarray(update.mean_gate_prob, dtype=np.float64))):
         return False
     return math.isfinite(update.loss_first) and math.isfinite(update.loss_last)
 

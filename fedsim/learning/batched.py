@@ -60,7 +60,6 @@ from fedsim.learning.training import (
     TrainJob,
     Update,
     empty_model,
-    job_expert_losses,
     job_experts,
     job_flops,
     kept_key,
@@ -68,7 +67,7 @@ from fedsim.learning.training import (
 
 __all__ = ["BatchedExecutor"]
 
-_FEEDBACK_ROWS = 512  # rows per client per block of the gate-feedback pass
+_FEEDBACK_ROWS = 512  # rows per client per block of the feedback passes (gate, expert loss)
 
 
 class _DenseMoE(nn.Module):
@@ -114,10 +113,23 @@ class _GateProbs(nn.Module):
         return F.softmax(self.m.gate(self.m.features(x)), dim=-1)
 
 
+class _ExpertCE(nn.Module):
+    """Cross-entropy of every expert alone on each row (the expert-loss pass), (B, E)."""
+
+    def __init__(self, model: MoEClassifier) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.m.features(x)
+        return torch.stack([F.cross_entropy(ex(h), y, reduction="none") for ex in self.m.experts], dim=-1)
+
+
 @dataclass
 class _Skeleton:
     dense: _DenseMoE
     probs: _GateProbs
+    expert_ce: _ExpertCE
     keys: list[str]  # parameter names of the MoEClassifier
     batchable: bool  # no buffers (BatchNorm state cannot be vmapped through training); cnn only if batch_conv
 
@@ -151,7 +163,7 @@ class BatchedExecutor(Executor):
         if sk is None:
             model = empty_model(cfg).to(device)
             sk = _Skeleton(
-                _DenseMoE(model), _GateProbs(model), [k for k, _ in model.named_parameters()],
+                _DenseMoE(model), _GateProbs(model), _ExpertCE(model), [k for k, _ in model.named_parameters()],
                 # the dense step mirrors renormalised top-k weights and one-hidden-layer experts only
                 batchable=not any(True for _ in model.buffers()) and (cfg.backbone == "mlp" or self.batch_conv)
                 and cfg.gate_weights == "renormalised" and cfg.expert_layers == 1 and cfg.stem_projection
@@ -283,6 +295,8 @@ class BatchedExecutor(Executor):
         tmask_f = {k: v.to(torch.float32) for k, v in trainable.items()} if prox else None
         buf, adam = self._optimizer_state(tc, params, C, dev)
 
+        # the expert-loss pass reads the weights as received: before the first step
+        eloss = self._expert_losses(sk, params, x_pool, y_pool, n, offsets, experts) if tc.expert_loss else None
         dense = sk.dense
         aux_w, mu = cfg.aux_loss_weight, tc.fedprox_mu
 
@@ -333,7 +347,7 @@ class BatchedExecutor(Executor):
                     whole = whole and bool(routed[:, owner[k]].all())
                 self._step(tc, k, p_a[k], g[k], None if whole else use, buf, adam, a)
 
-        return self._updates(sk, jobs, experts, n, spe, steps, params, loss_t, hits_t, x_pool, offsets, order)
+        return self._updates(sk, jobs, experts, n, spe, steps, params, loss_t, hits_t, x_pool, offsets, order, eloss)
 
     @staticmethod
     def _step(tc: TrainConfig, k: str, p: torch.Tensor, g: torch.Tensor, use: torch.Tensor | None,
@@ -379,24 +393,17 @@ class BatchedExecutor(Executor):
 
     def _updates(self, sk: _Skeleton, jobs: list[TrainJob], experts: list[list[int]], n: list[int],
                  spe: list[int], steps: list[int], params: dict[str, torch.Tensor], loss_t: torch.Tensor,
-                 hits_t: torch.Tensor, x_pool: torch.Tensor, offsets: np.ndarray, order: list[int]) -> list[Update]:  # fmt: skip
+                 hits_t: torch.Tensor, x_pool: torch.Tensor, offsets: np.ndarray, order: list[int],
+                 eloss: np.ndarray | None) -> list[Update]:  # fmt: skip
         """The cohort's updates, in the jobs' original order."""
         C, tc = len(jobs), jobs[0].train
-        dev = x_pool.device
-        probs_fn = vmap(lambda p, x: functional_call(sk.probs, {"m." + k: v for k, v in p.items()}, (x,), tie_weights=False))
         E = jobs[0].model_config.num_experts
-        gate_sum = torch.zeros(C, E, device=dev)
-        with torch.no_grad():
-            for s in range(0, n[0] if E > 1 else 0, _FEEDBACK_ROWS):  # one expert: exactly 1, as train_local
-                a = sum(1 for nc in n if nc > s)
-                local = torch.arange(s, min(s + _FEEDBACK_ROWS, n[0]), device=dev)
-                valid = local.unsqueeze(0) < torch.tensor(n[:a], device=dev).unsqueeze(1)  # (a, rows)
-                idx = torch.as_tensor(offsets[:a], device=dev).unsqueeze(1) + torch.where(valid, local, 0)
-                pr = probs_fn({k: v[:a] for k, v in params.items()}, x_pool[idx])
-                gate_sum[:a] += (pr * valid.unsqueeze(-1)).sum(1)
-        gate_mean = (gate_sum.double() / torch.tensor(n, dtype=torch.float64, device=dev).unsqueeze(1)).cpu().numpy()
-        if E == 1:
-            gate_mean = np.ones((C, 1))
+        gate_mean: np.ndarray | None = None
+        if tc.gate_feedback and E == 1:
+            gate_mean = np.ones((C, 1))  # a softmax over one expert is exactly 1: no pass, as train_local
+        elif tc.gate_feedback:
+            probs_fn = vmap(lambda p, x: functional_call(sk.probs, {"m." + k: v for k, v in p.items()}, (x,), tie_weights=False))
+            gate_mean = _row_means(lambda p, x, _y: probs_fn(p, x), params, x_pool, None, n, offsets, E)
         per_client = {k: v.detach().to("cpu").unbind(0) for k, v in params.items()}
         batch_sizes = [np.array([min(tc.batch_size, nc - s * tc.batch_size) for s in range(spe_c)] * tc.local_epochs, dtype=np.float64)
                        for nc, spe_c in zip(n, spe)]  # fmt: skip
@@ -414,11 +421,42 @@ class BatchedExecutor(Executor):
                 state={k: per_client[k][c].clone() for k in sk.keys if kept_key(k, experts[c], tc.train_shared)},
                 num_samples=n[c],
                 samples_per_expert=hits_np[c, last : steps[c]].sum(0).astype(np.int64),
-                mean_gate_prob=gate_mean[c],
+                mean_gate_prob=gate_mean[c] if gate_mean is not None else None,
                 loss_first=float(lv[:first].sum() / n[c]),
                 loss_last=float(lv[last:].sum() / n[c]),
                 flops=job_flops(job, len(experts[c])),
                 num_steps=steps[c],
-                expert_loss=job_expert_losses(job),
+                expert_loss=eloss[c] if eloss is not None else None,
             )
         return [u for u in ups if u is not None]
+
+    @staticmethod
+    def _expert_losses(sk: _Skeleton, params: dict[str, torch.Tensor], x_pool: torch.Tensor, y_pool: torch.Tensor,
+                       n: list[int], offsets: np.ndarray, experts: list[list[int]]) -> np.ndarray:  # fmt: skip
+        """``Update.expert_loss`` of every client of the cohort, (C, E): one stacked forward of
+        every expert over every client's rows with the received weights ``params``; NaN for
+        the experts a client was not assigned (as :func:`~fedsim.learning.training.job_expert_losses`)."""
+        ce_fn = vmap(lambda p, x, y: functional_call(sk.expert_ce, {"m." + k: v for k, v in p.items()}, (x, y), tie_weights=False))
+        mean = _row_means(ce_fn, params, x_pool, y_pool, n, offsets, len(sk.expert_ce.m.experts))
+        out = np.full_like(mean, np.nan)
+        for c, ex in enumerate(experts):
+            out[c, ex] = mean[c, ex]
+        return out
+
+
+def _row_means(fn, params: dict[str, torch.Tensor], x_pool: torch.Tensor, y_pool: torch.Tensor | None,  # noqa: ANN001
+               n: list[int], offsets: np.ndarray, width: int) -> np.ndarray:  # fmt: skip
+    """Mean over each client's rows of ``fn(params[:a], x (a, rows, ...), y (a, rows))`` -> (a, rows, width),
+    in blocks of ``_FEEDBACK_ROWS`` rows per client (clients sorted by ``n`` descending, rows
+    ``offsets[c] + [0, n[c])`` of the pools); float64, (C, width)."""
+    C, dev = len(n), x_pool.device
+    acc = torch.zeros(C, width, device=dev)
+    with torch.no_grad():
+        for s in range(0, n[0], _FEEDBACK_ROWS):
+            a = sum(1 for nc in n if nc > s)
+            local = torch.arange(s, min(s + _FEEDBACK_ROWS, n[0]), device=dev)
+            valid = local.unsqueeze(0) < torch.tensor(n[:a], device=dev).unsqueeze(1)  # (a, rows)
+            idx = torch.as_tensor(offsets[:a], device=dev).unsqueeze(1) + torch.where(valid, local, 0)
+            out = fn({k: v[:a] for k, v in params.items()}, x_pool[idx], y_pool[idx] if y_pool is not None else None)
+            acc[:a] += (out * valid.unsqueeze(-1)).sum(1)
+    return (acc.double() / torch.tensor(n, dtype=torch.float64, device=dev).unsqueeze(1)).cpu().numpy()

@@ -93,27 +93,39 @@ def personalised_accuracy(
     each client's gate to its experts. A client with an empty test split gets NaN.
     """
     out = np.full(len(splits), np.nan)
-    if not isinstance(model, Sequence) and expert_masks is None:
-        # one model for everyone: one batched pass over all test splits, then per-client
-        # means (a city of 10^5 clients costs one forward pass, not 10^5 small ones)
-        sizes = np.array([len(s.test_idx) for s in splits], dtype=np.int64)
-        if sizes.sum() == 0:
-            return out
-        idx = torch.as_tensor(np.concatenate([np.asarray(s.test_idx, dtype=np.int64) for s in splits]))
-        p = predict_proba(model, x[idx], batch_size=batch_size)
-        hit = (p.argmax(1) == y[idx]).double().numpy()
-        owner = np.repeat(np.arange(len(splits)), sizes)
-        counts = np.bincount(owner, minlength=len(splits))
-        sums = np.bincount(owner, weights=hit, minlength=len(splits))
-        has = counts > 0
-        out[has] = (sums[has] / counts[has]).astype(np.float32)  # as the float32 mean per client
+    if not isinstance(model, Sequence):
+        # one model: one batched pass per distinct expert mask over the test splits of the
+        # clients that share it, then per-client means (a city of 10^5 clients costs a few
+        # forward passes, not 10^5 small ones)
+        groups: dict[bytes | None, list[int]] = {}
+        for i in range(len(splits)):
+            m = expert_masks[i] if expert_masks is not None else None
+            groups.setdefault(None if m is None else m.to(torch.bool).cpu().numpy().tobytes(), []).append(i)
+        for members in groups.values():
+            mask = expert_masks[members[0]] if expert_masks is not None else None
+            _pooled_accuracy(model, x, y, splits, members, mask, batch_size, out)
         return out
     for i, s in enumerate(splits):
         if len(s.test_idx) == 0:
             continue
-        m = model[i] if isinstance(model, Sequence) else model
         mask = expert_masks[i] if expert_masks is not None else None
         idx = torch.as_tensor(s.test_idx)
-        p = predict_proba(m, x[idx], batch_size=batch_size, expert_mask=mask)
+        p = predict_proba(model[i], x[idx], batch_size=batch_size, expert_mask=mask)
         out[i] = float((p.argmax(1) == y[idx]).float().mean())
     return out
+
+
+def _pooled_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, splits: Sequence[ClientSplit], members: list[int],
+                     mask: torch.Tensor | None, batch_size: int, out: np.ndarray) -> None:  # fmt: skip
+    """``out[members]``: each member client's test accuracy, from one pass over their pooled test rows."""
+    sizes = np.array([len(splits[i].test_idx) for i in members], dtype=np.int64)
+    if sizes.sum() == 0:
+        return
+    idx = torch.as_tensor(np.concatenate([np.asarray(splits[i].test_idx, dtype=np.int64) for i in members]))
+    p = predict_proba(model, x[idx], batch_size=batch_size, expert_mask=mask)
+    hit = (p.argmax(1) == y[idx]).double().numpy()
+    owner = np.repeat(np.arange(len(members)), sizes)
+    counts = np.bincount(owner, minlength=len(members))
+    sums = np.bincount(owner, weights=hit, minlength=len(members))
+    has = counts > 0
+    out[np.asarray(members)[has]] = (sums[has] / counts[has]).astype(np.float32)  # as the float32 mean per client

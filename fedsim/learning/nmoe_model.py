@@ -314,7 +314,7 @@ def train_centralised_moe(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMo
     x = torch.cat([c.x for c in clients])
     y = torch.cat([c.y for c in clients])
     ep = epochs if epochs is not None else tc.rounds * tc.local_epochs
-    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=ep, batch_size=tc.batch_size)
+    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=ep, batch_size=tc.batch_size, expert_loss=False, gate_feedback=False)
     up = train_local(TrainJob(-1, 0, state, mcfg, list(range(len(clients))), x, y, train, rng.seed_int("nmoe/central/train")))
     state = dict(state)
     state.update(up.state)
@@ -374,7 +374,7 @@ def train_local_classifiers(clients: Sequence[ClientData], cfg: MoEConfig, tc: N
     rng = RngStreams(seed)
     ccfg = _classifier_cfg(cfg)
     ep = epochs if epochs is not None else tc.rounds * tc.local_epochs
-    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=ep, batch_size=tc.batch_size)
+    train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=ep, batch_size=tc.batch_size, expert_loss=False, gate_feedback=False)
     out = []
     for c in clients:
         st = init_state(ccfg, rng.seed_int(f"nmoe/local/{c.client_id}/init"))

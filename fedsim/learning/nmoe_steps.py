@@ -124,7 +124,8 @@ class FedCESteps:
         self.rng = RngStreams(seed)
         self.ccfg = _classifier_cfg(cfg)
         self.state = init_state(self.ccfg, self.rng.seed_int("nmoe/fedce/init"))
-        self.train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=tc.local_epochs, batch_size=tc.batch_size)
+        self.train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=tc.local_epochs, batch_size=tc.batch_size,
+                                 expert_loss=False, gate_feedback=False)  # only the weights and losses are read
         self.history: list[dict[str, float]] = []
 
     def round(self, r: int, participants: Sequence[int] | None = None) -> float:

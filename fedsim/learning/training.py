@@ -43,7 +43,15 @@ class TrainConfig:
     passes over the local data, ``batch_size`` samples per step (last batch may be
     smaller), ``fedprox_mu`` proximal coefficient, ``train_shared`` whether the
     backbone and gate are trained, ``device`` where the computation runs (the
-    update's tensors are always returned on the CPU)."""
+    update's tensors are always returned on the CPU).
+
+    What the update reports beyond the weights (each a pass over the local data
+    that a run skips when nothing reads its result, e.g. when the alignment
+    reward does not need it): ``expert_loss`` computes ``Update.expert_loss``
+    (each assigned expert alone, one forward pass before training; False: None);
+    ``gate_feedback`` computes ``Update.mean_gate_prob`` (one eval-mode gate pass
+    after training; False: None). Neither changes the trained weights or any
+    other field."""
 
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -54,6 +62,8 @@ class TrainConfig:
     fedprox_mu: float = 0.0
     train_shared: bool = True
     device: str = "cpu"
+    expert_loss: bool = True
+    gate_feedback: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -92,9 +102,11 @@ class Update:
     training samples. ``samples_per_expert`` (E,): samples whose top-k included
     expert e in the final epoch. ``mean_gate_prob`` (E,): mean softmax gate
     probability of every expert over the local data, unmasked, with the trained
-    model in eval mode (alignment feedback). ``loss_first`` / ``loss_last``:
-    mean training loss over the first / last epoch. ``flops``: FLOPs of the whole
-    job (training + the feedback pass). ``num_steps``: optimiser steps.
+    model in eval mode (alignment feedback; None unless ``TrainConfig.gate_feedback``).
+    ``loss_first`` / ``loss_last``: mean training loss over the first / last epoch.
+    ``flops``: FLOPs of the whole job (training + the feedback passes it ran).
+    ``num_steps``: optimiser steps. ``expert_loss`` (E,): see :func:`job_expert_losses`
+    (None unless ``TrainConfig.expert_loss``).
     """
 
     client_id: int | str
@@ -103,7 +115,7 @@ class Update:
     state: dict[str, torch.Tensor]
     num_samples: int
     samples_per_expert: np.ndarray
-    mean_gate_prob: np.ndarray
+    mean_gate_prob: np.ndarray | None
     loss_first: float
     loss_last: float
     flops: float
@@ -129,10 +141,11 @@ def _expert_losses(model: MoEClassifier, x: torch.Tensor, y: torch.Tensor, exper
 
 def empty_model(cfg: MoEConfig) -> MoEClassifier:
     """A model with uninitialised storage: built on the meta device, so that no
-    default initialiser draws from the global torch RNG."""
+    default initialiser draws from the global torch RNG. (Storage comes from ``torch.empty``,
+    not ``Module.to_empty``: its ``empty_like`` of a meta tensor imports sympy, 0.6 s of a run's start-up.)"""
     with torch.device("meta"):
         model = MoEClassifier(cfg)
-    return model.to_empty(device="cpu")
+    return model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu"))
 
 
 def build_model(
@@ -205,11 +218,14 @@ def job_experts(job: TrainJob) -> list[int]:
 
 def job_flops(job: TrainJob, num_experts_assigned: int) -> float:
     """FLOPs of the whole job: training over ``local_epochs``, the feedback pass
-    (backbone + gate) and the expert-loss pass (backbone + gate + the assigned experts)."""
-    cfg, n = job.model_config, int(job.y.shape[0])
+    (backbone + gate, when ``gate_feedback``) and the expert-loss pass (backbone + gate
+    + the assigned experts, when ``expert_loss``)."""
+    cfg, n, tc = job.model_config, int(job.y.shape[0]), job.train
     train_fps, fwd_shared = _job_flops_per_sample(cfg, min(cfg.top_k, num_experts_assigned))
-    _, fwd_experts = _job_flops_per_sample(cfg, num_experts_assigned, forward_experts=True)
-    return float(train_fps * n * job.train.local_epochs + fwd_shared * n + fwd_experts * n)
+    flops = train_fps * n * tc.local_epochs + (fwd_shared * n if tc.gate_feedback else 0.0)
+    if tc.expert_loss:
+        flops += _job_flops_per_sample(cfg, num_experts_assigned, forward_experts=True)[1] * n
+    return float(flops)
 
 
 def job_expert_losses(job: TrainJob) -> np.ndarray:
@@ -282,7 +298,7 @@ def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
     if not tc.train_shared:
         model.backbone.eval()
     x, y = job.x.to(tc.device), job.y.to(tc.device)
-    expert_loss = _expert_losses(model, x, y, experts)
+    expert_loss = _expert_losses(model, x, y, experts) if tc.expert_loss else None
     steps, loss_first, loss_last = 0, float("nan"), float("nan")
     samples_per_expert = np.zeros(e_total, dtype=np.int64)
     for epoch in range(tc.local_epochs):
@@ -313,7 +329,7 @@ def train_local(job: TrainJob, model: MoEClassifier | None = None) -> Update:
         loss_last = total / seen
 
     model.eval()
-    mean_gate_prob = _mean_gate_prob(model, x)
+    mean_gate_prob = _mean_gate_prob(model, x) if tc.gate_feedback else None
     sd = model.state_dict()
     # copies: the model is reused by the next job, the update must keep its own weights
     state = {k: v.detach().to("cpu", copy=True) for k, v in sd.items() if kept_key(k, experts, tc.train_shared)}

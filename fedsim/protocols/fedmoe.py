@@ -249,7 +249,7 @@ class FedMoE(Protocol):
         good = [u for u in updates if u.client_id not in set(rejected)]
         feedback = {
             u.client_id: Feedback(
-                mean_gate_prob=np.asarray(u.mean_gate_prob, dtype=float),
+                mean_gate_prob=None if u.mean_gate_prob is None else np.asarray(u.mean_gate_prob, dtype=float),
                 trained_experts=list(outcomes[u.client_id].experts),
                 loss_first=float(u.loss_first),
                 loss_last=float(u.loss_last),
