@@ -297,8 +297,7 @@ class BatchedExecutor(Executor):
 
         # the expert-loss pass reads the weights as received: before the first step
         eloss = self._expert_losses(sk, params, x_pool, y_pool, n, offsets, experts) if tc.expert_loss else None
-        dense = sk.dense
-        aux_w, mu = cfg.aux_loss_weight, tc.fedprox_mu
+        dense, aux_w, mu = sk.dense, cfg.aux_loss_weight, tc.fedprox_mu
 
         def client_loss(p, x, y, w, nz, em, kv, anc, tm):  # noqa: ANN001, ANN202 - one client, vmapped
             logits, probs, chosen = functional_call(dense, {"m." + k: v for k, v in p.items()}, (x, nz, em, kv), tie_weights=False)
@@ -336,8 +335,7 @@ class BatchedExecutor(Executor):
                 )  # fmt: skip
                 grads = torch.autograd.grad(lv.sum(), [leaves[k] for k in grad_keys], allow_unused=True)
             g = {k: gk if gk is not None else torch.zeros_like(p_a[k]) for k, gk in zip(grad_keys, grads)}
-            loss_t[:a, t] = lv.detach().double().cpu()
-            hits_t[:a, t] = hits.cpu()
+            loss_t[:a, t], hits_t[:a, t] = lv.detach().double().cpu(), hits.cpu()
             routed = hits > 0
             for k in grad_keys:
                 use = trainable[k][:a]
