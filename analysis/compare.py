@@ -141,6 +141,9 @@ def compare_runs(
         [run_summary(r, target_accuracy=target_accuracy) for r in runs],
         columns=list(SUMMARY_COLUMNS),
     )
+    from analysis.alignment_measures import add_alignment_columns
+
+    df = add_alignment_columns(df, runs, target_accuracy)  # fedmoe: the paper's alignment measures
     if runs:
         from analysis.staleness import plot_staleness
 

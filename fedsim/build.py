@@ -415,15 +415,16 @@ class World:
             fitness_decay=a.fitness_decay, usage_decay=a.usage_decay, reward=a.reward,
         )
 
-    def evaluate_alignment(self, model: Any, state: dict, fitness: np.ndarray) -> dict[str, float]:
-        """The paper's per-client inference and test routing (see :mod:`fedsim.learning.routing`)."""
+    def evaluate_alignment(self, model: Any, state: dict, fitness: np.ndarray, trained: np.ndarray | None = None) -> dict[str, float]:
+        """The paper's per-client inference (over each client's ``trained`` experts, bool (C, E))
+        and test routing (see :mod:`fedsim.learning.routing`)."""
         from fedsim.learning.routing import alignment_metrics
 
         model.load_state_dict(state)
         k = self.scenario.alignment.max_experts_per_client or self.model_config.top_k
         return self.replayed("evaluate_alignment", lambda: alignment_metrics(
             model, self.dataset.x_train, self.dataset.y_train, [self.splits[c] for c in self.clients],
-            fitness, k, self.x_test, self.y_test, self.test_groups,
+            fitness, k, self.x_test, self.y_test, self.test_groups, trained,
         ))
 
     def accounting(self, model: Any) -> Accounting:
