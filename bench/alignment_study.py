@@ -29,8 +29,8 @@ are reused.
 policy ``setting=S policy=P acc= acc_macro= entropy= max_share= rounds_to_target=
 bytes_to_target= t_target_s=``.
 
-Usage: python bench/alignment_study.py [--quick] [--seeds N] [--rounds R] [--setting S ...]
-       [--workers W] [--out DIR]
+Usage: python bench/alignment_study.py [--quick] [--seeds N] [--first-seed F] [--rounds R]
+       [--setting S ...] [--workers W] [--out DIR]
 """
 
 from __future__ import annotations
@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"1 seed, {QUICK_ROUNDS} rounds")
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
+    ap.add_argument("--first-seed", type=int, default=0, help="start at this seed (run seeds F..N-1; to split a study over invocations)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the scenario's)")
     ap.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="repeatable; default premise and systems")
     ap.add_argument("--workers", type=int, default=2, help="parallel runs (default 2)")
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from fedsim.api import load_scenario
 
-    jobs = [(st, lab, ov, s, rounds, out, []) for s in range(seeds) for st in settings for lab, ov in SETTINGS[st][1]]
+    jobs = [(st, lab, ov, s, rounds, out, []) for s in range(a.first_seed, seeds) for st in settings for lab, ov in SETTINGS[st][1]]
     reused = sum(_complete(out / "runs" / j[0] / f"{j[1]}-seed{j[3]}") for j in jobs)
     t0 = time.perf_counter()
     runs: dict[tuple[str, str, int], Path] = {}
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     rows, text = [], ["# Alignment study v2 (pre-registered: docs/alignment-prereg.md)", ""]
     same = same_as(runs)
-    meta = (f"{seeds} seed(s); settings {', '.join(settings)}; wall {wall:.0f} s with {a.workers} workers"
+    meta = (f"seeds {a.first_seed}-{seeds - 1}; settings {', '.join(settings)}; wall {wall:.0f} s with {a.workers} workers"
             + (f"; {reused} of {len(jobs)} runs reused from an earlier invocation (not timed here)" if reused else "") + ".")
     text += [meta, "", "Command: `python bench/alignment_study.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`", ""]
     for st in settings:

@@ -70,6 +70,16 @@ def test_per_client_inference_never_routes_to_an_untrained_expert(tmp_path: Path
     m = __import__("json").loads((res.run_dir / "alignment.json").read_text())
     assert len(m["share_cum"]) == 6 and math.isclose(sum(m["share_cum"]), 1.0)
     assert 0 < m["routed_entropy"] <= 1
+    # fedsim info / compare show the same measures, computed from the tables
+    from analysis.alignment_measures import add_alignment_columns
+    from analysis.info import summary_table
+
+    rows = dict(summary_table(res.run_dir))
+    assert rows["routed-sample entropy"].startswith(f"{m['routed_entropy']:.3f}")
+    assert rows["group-macro accuracy"] == "—" or math.isfinite(float(rows["group-macro accuracy"]))
+    df = add_alignment_columns(pd.DataFrame({"name": ["r"]}), [res.run_dir])
+    assert df["routed_entropy"].iloc[0] == pytest.approx(m["routed_entropy"])
+    assert df["max_share"].iloc[0] == pytest.approx(max(m["share_cum"]))
 
 
 def test_measures_by_hand() -> None:
