@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the scenario's)")
     ap.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="repeatable; default premise and systems")
     ap.add_argument("--workers", type=int, default=2, help="parallel runs (default 2)")
+    ap.add_argument("--summarise-only", action="store_true", help="run nothing: summarise the runs already complete in --out")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default runs/alignment_study[_quick])")
     a = ap.parse_args(argv)
     settings = a.setting or list(DEFAULT_SETTINGS)
@@ -306,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     reused = sum(_complete(out / "runs" / j[0] / f"{j[1]}-seed{j[3]}") for j in jobs)
     t0 = time.perf_counter()
     runs: dict[tuple[str, str, int], Path] = {}
+    if a.summarise_only:
+        jobs = [j for j in jobs if _complete(out / "runs" / j[0] / f"{j[1]}-seed{j[3]}")]
     with ProcessPoolExecutor(max_workers=a.workers) as pool:
         for job, rd in zip(jobs, pool.map(_run_one, jobs)):
             runs[(job[0], job[1], job[3])] = Path(rd)
