@@ -271,15 +271,11 @@ class GreedyPolicy(AlignmentPolicy):
         E = state.num_experts
         F = state.fitness_rows(clients)
         tie = _tie_keys(self.tie_break, len(clients), E, rng)
-        out = {
-            c: _top_k(F[i], budgets[c], None if tie is None else tie[i]) for i, c in enumerate(clients)
-        }
+        out = {c: _top_k(F[i], budgets[c], None if tie is None else tie[i]) for i, c in enumerate(clients)}
         if self.epsilon > 0:
             explore = rng.random(len(clients)) < self.epsilon
             perms = [rng.permutation(E) for _ in clients]
-            for i, c in enumerate(clients):
-                if explore[i]:
-                    out[c] = [int(e) for e in perms[i][: budgets[c]]]
+            out.update({c: [int(e) for e in perms[i][: budgets[c]]] for i, c in enumerate(clients) if explore[i]})
         return out
 
 
