@@ -143,6 +143,9 @@ def compare_runs(
         [run_summary(r, target_accuracy=target_accuracy) for r in runs],
         columns=list(SUMMARY_COLUMNS),
     )
+    from analysis.alignment_measures import add_alignment_columns
+
+    df = add_alignment_columns(df, runs, target_accuracy)  # fedmoe: the paper's alignment measures
     if runs:
         from analysis.plots_sweep import group_figures, runs_by_label
         from analysis.staleness import plot_staleness

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from analysis.alignment_measures import alignment_rows
 from analysis.compare import run_summary
 from analysis.plots import RunLike
 from analysis.rundir import as_rundir
@@ -44,7 +45,9 @@ def summary_table(run_dir: RunLike) -> list[tuple[str, str]]:
 
     Keys: scenario, run dir, status, protocol, policy, seed, rounds, final
     accuracy, best accuracy, simulated time, bytes moved (up + down),
-    stragglers, dropouts, OOMs, wall time, fedsim version, git revision.
+    stragglers, dropouts, OOMs, (fedmoe) the alignment measures of
+    :func:`analysis.alignment_measures.alignment_rows`, wall time, fedsim
+    version, git revision.
     Works with only ``manifest.json`` and ``rounds.parquet`` present.
     """
     run = as_rundir(run_dir)
@@ -77,6 +80,7 @@ def summary_table(run_dir: RunLike) -> list[tuple[str, str]]:
         ("stragglers", _int(s["stragglers"])),
         ("dropouts", _int(s["dropouts"])),
         ("OOMs", _int(s["ooms"])),
+        *alignment_rows(run),  # fedmoe: the paper's alignment measures
         ("wall time", format_seconds(s["wall_s"])),
         ("fedsim version", str(man.get("fedsim_version", "?"))),
         ("git revision", str(man.get("git_revision") or "?")),

@@ -29,6 +29,9 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "sim_s_to_target": ("sim. time to target", short_seconds),
     "sim_s_total": ("sim. time", short_seconds),
     "bytes_total": ("bytes moved", format_bytes),
+    "accuracy_macro": ("group-macro acc.", lambda v: f"{v:.3f}"),
+    "routed_entropy": ("routed entropy", lambda v: f"{v:.2f}"),
+    "max_share": ("max expert share", lambda v: f"{v:.2f}"),
 }
 _FAILURES = ("stragglers", "dropouts", "ooms")
 

@@ -1,58 +1,36 @@
-"""The client-expert alignment study (after Fig. 3 of the federated-MoE design paper).
+"""The client-expert alignment study v2 (issue 26; pre-registered in docs/alignment-prereg.md).
 
-Runs ``scenarios/alignment-fig3.yaml`` once per policy and seed, every other
-setting identical (the same root seed gives every policy the same data,
-partition, initial weights, topology, device traces and selection stream):
+Two settings, one scenario file each, every policy run with the same seeds (the same root seed
+gives every policy the same data, partition, initial weights, topology, device traces and, by
+common random numbers, selection stream), so comparisons are paired by seed:
 
-- ``random``, ``greedy``;
-- ``load_balanced`` at ``w_u`` 0.25, 0.5 and 1.0 (the paper's rule, ``w_r = 0``);
-- ``optimal`` (max total fitness, at most ``max_load`` clients per expert);
-- ``deadline_aware`` and ``systems_aware`` (capacity *estimates* only);
-- the reference ``group_oracle`` (not a policy: each client always trains its own
-  group's expert; it knows the groups), for what a consistent alignment is worth.
+- ``premise`` (``scenarios/alignment-premise.yaml``): the design paper's premise holds (E =
+  number of data groups, each client's data from one group, one expert per client, fitness from
+  the gate for every expert): ``random``, ``greedy``, ``greedy_eps`` (epsilon 0.1),
+  ``load_balanced``, ``optimal``;
+- ``systems`` (``scenarios/alignment-systems.yaml``): the policies differ in systems cost (wide
+  experts, budgets of 1-3 experts from capacity estimates, a tight deadline): ``random``,
+  ``greedy``, ``load_balanced``, ``deadline_aware``, ``systems_aware``;
+- both with the reference ``group_oracle`` (each client always trains its own group's expert; it
+  knows the groups, no policy does);
+- ``fig3`` (``scenarios/alignment-fig3.yaml``, only with ``--setting fig3``): the earlier study's
+  setting and policies (docs/results/alignment-study-v1.md).
 
-Per run it reads ``rounds.parquet``, ``clients.parquet``, ``assignments.parquet``
-and ``personal.parquet`` (client groups) and writes to ``--out``
-(default ``runs/alignment_study``):
+Per run it reads the run's own tables and writes to ``--out`` (default ``runs/alignment_study``):
+``summary.csv`` (one row per setting, policy and seed: every metric at every horizon),
+``summary.md`` (per setting and horizon: mean ± 95 % CI over seeds; Holm-corrected paired
+t-tests against ``random`` and the oracle; the Friedman test; effect sizes relative to the
+oracle's headroom; which policies reduce to another), ``accuracy_<setting>.png`` (accuracy
+against round and against simulated time, mean and 95 % band over seeds). Horizons: round 10 and
+the last round (``acc@h`` = mean accuracy of rounds h-2..h). Runs already complete in ``--out``
+are reused.
 
-- ``summary.csv``: one row per run (policy, seed and every metric below);
-- ``summary.md``: per policy, mean and 95% confidence interval (Student t over
-  seeds) of: final accuracy with the global gate (``acc``) and with each
-  client's own best experts by fitness (``acc_client``; the paper's
-  inference), both as the mean of the last 3 rounds; the same on the two
-  rarest groups; rounds and simulated seconds to ``evaluation.target_accuracy``
-  (global gate; runs that never reach it are counted in ``reached``); mean
-  expert-load CV; group-to-expert NMI of test routing in the last round; bytes
-  moved and stragglers per run; rounds / seconds to a lower, post-hoc level
-  (``POST_HOC_TARGET``, the same for every policy, chosen after no run of the first,
-  30-round study reached the target); the mean number of distinct experts a client trained, and the share of
-  a group's assignments that went to its two most used experts (0.25 if spread
-  evenly over 8 experts, 1 if each group kept one pair; pooled over groups, so the
-  largest group weighs most), the same share for the largest group alone, expert
-  purity (per trained expert, the share of its assignments from its main group) and
-  the largest group's share of completed client-rounds; per policy, the paired
-  difference to ``random`` with the same seed (added after the first studies ran:
-  common random numbers make the seeds' runs comparable pair by pair); and ``same_sel``, the share of rounds in which
-  the selected clients equal those of ``random`` with the same seed (selection
-  uses common random numbers, one priority per client per round, but who is online
-  depends on simulated time);
-- ``assignments.png``: one panel per policy, the share of each group's
-  assignments that went to each expert, seed 0, all rounds (the paper's Fig. 3
-  panels; expert indices are arbitrary per seed, so seeds are not summed); the
-  colour scale is capped at the largest share among the policies, so the
-  reference's diagonal (1.0) saturates; ``assignment_<policy>.png``: one policy's
-  counts;
-- also, in the summary's header, the mean accuracy over the policy runs in the
-  last three blocks of ``rounds / 12`` rounds (is the study converged?).
+``--quick``: 1 seed, 6 rounds, output in ``runs/alignment_study_quick``; prints per setting and
+policy ``setting=S policy=P acc= acc_macro= entropy= max_share= rounds_to_target=
+bytes_to_target= t_target_s=``.
 
-``--quick``: 1 seed, 12 rounds, 1,000 test samples, output in
-``runs/alignment_study_quick`` (about 25 s unloaded, 45 s on a loaded 2-core
-machine); prints one line per policy and for the reference
-``policy=NAME acc=... acc_client=... nmi=... t_target_s=...``.
-Runs already complete in ``--out`` are reused (the study can be resumed).
-
-Usage: python bench/alignment_study.py [--quick] [--seeds N] [--rounds R]
-       [--workers W] [--out DIR]
+Usage: python bench/alignment_study.py [--quick] [--seeds N] [--first-seed F] [--rounds R]
+       [--setting S ...] [--workers W] [--out DIR]
 """
 
 from __future__ import annotations
@@ -70,32 +48,45 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIO = ROOT / "scenarios" / "alignment-fig3.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from alignment_stats import ci95, tests_table  # noqa: E402
 
 ORACLE = "group_oracle"
+_ORACLE = (ORACLE, [f"protocol.fedmoe.alignment.policy={ORACLE}"])
 
-#: (label, overrides) per policy; every other setting comes from the scenario file.
-POLICIES: list[tuple[str, list[str]]] = [
-    ("random", ["protocol.fedmoe.alignment.policy=random"]),
-    ("greedy", ["protocol.fedmoe.alignment.policy=greedy"]),
-    ("lb_wu0.25", ["protocol.fedmoe.alignment.policy=load_balanced", "protocol.fedmoe.alignment.w_u=0.25"]),
-    ("lb_wu0.5", ["protocol.fedmoe.alignment.policy=load_balanced", "protocol.fedmoe.alignment.w_u=0.5"]),
-    ("lb_wu1", ["protocol.fedmoe.alignment.policy=load_balanced", "protocol.fedmoe.alignment.w_u=1.0"]),
-    ("optimal", ["protocol.fedmoe.alignment.policy=optimal"]),
-    ("deadline_aware", ["protocol.fedmoe.alignment.policy=deadline_aware"]),
-    ("systems_aware", ["protocol.fedmoe.alignment.policy=systems_aware"]),
-    # a reference, not a policy: every client always trains its own group's expert. It knows the
-    # groups, which no policy does (the routing test's oracle, tests/test_alignment_premise.py);
-    # added after the 300-round study, to measure what a consistent alignment is worth here
-    ("group_oracle", [f"protocol.fedmoe.alignment.policy={ORACLE}"]),
-]
-
-QUICK_ROUNDS = 12
-#: A second, lower accuracy level for time-to-accuracy, chosen *after* the first (30-round) study
-#: showed that no run reached ``evaluation.target_accuracy``; the same for every policy, and
-#: unchanged for the 100-round study.
-POST_HOC_TARGET = 0.55
-QUICK_TEST = 1000
+#: setting -> (scenario file, [(label, overrides)]); every other value comes from the file.
+SETTINGS: dict[str, tuple[Path, list[tuple[str, list[str]]]]] = {
+    "premise": (ROOT / "scenarios" / "alignment-premise.yaml", [
+        ("random", ["protocol.fedmoe.alignment.policy=random"]),
+        ("greedy", ["protocol.fedmoe.alignment.policy=greedy"]),
+        ("greedy_eps", ["protocol.fedmoe.alignment.policy=greedy", "protocol.fedmoe.alignment.epsilon=0.1"]),
+        ("load_balanced", ["protocol.fedmoe.alignment.policy=load_balanced"]),
+        ("optimal", ["protocol.fedmoe.alignment.policy=optimal"]),
+        _ORACLE,
+    ]),
+    "systems": (ROOT / "scenarios" / "alignment-systems.yaml", [
+        ("random", ["protocol.fedmoe.alignment.policy=random"]),
+        ("greedy", ["protocol.fedmoe.alignment.policy=greedy"]),
+        ("load_balanced", ["protocol.fedmoe.alignment.policy=load_balanced"]),
+        ("deadline_aware", ["protocol.fedmoe.alignment.policy=deadline_aware"]),
+        ("systems_aware", ["protocol.fedmoe.alignment.policy=systems_aware"]),
+        _ORACLE,
+    ]),
+    "fig3": (ROOT / "scenarios" / "alignment-fig3.yaml", [
+        ("random", ["protocol.fedmoe.alignment.policy=random"]),
+        ("greedy", ["protocol.fedmoe.alignment.policy=greedy"]),
+        ("lb_wu0.25", ["protocol.fedmoe.alignment.policy=load_balanced", "protocol.fedmoe.alignment.w_u=0.25"]),
+        ("lb_wu0.5", ["protocol.fedmoe.alignment.policy=load_balanced", "protocol.fedmoe.alignment.w_u=0.5"]),
+        ("lb_wu1", ["protocol.fedmoe.alignment.policy=load_balanced", "protocol.fedmoe.alignment.w_u=1.0"]),
+        ("optimal", ["protocol.fedmoe.alignment.policy=optimal"]),
+        ("deadline_aware", ["protocol.fedmoe.alignment.policy=deadline_aware"]),
+        ("systems_aware", ["protocol.fedmoe.alignment.policy=systems_aware"]),
+        _ORACLE,
+    ]),
+}
+DEFAULT_SETTINGS = ("premise", "systems")
+EARLY = 10
+QUICK_ROUNDS = 6
 
 
 def _complete(run_dir: Path) -> bool:
@@ -103,16 +94,17 @@ def _complete(run_dir: Path) -> bool:
     return man.exists() and json.loads(man.read_text()).get("status") == "completed" and (run_dir / "rounds.parquet").exists()
 
 
-def _run_one(args: tuple[str, list[str], int, int | None, Path, list[str]]) -> str:
-    """Run one (policy, seed); returns the run directory. Skips a run already complete."""
-    label, overrides, seed, rounds, out, extra = args
+def _run_one(args: tuple[str, str, list[str], int, int | None, Path, list[str]]) -> str:
+    """Run one (setting, policy, seed); returns the run directory. Skips a run already complete."""
+    setting, label, overrides, seed, rounds, out, extra = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     from fedsim.api import load_scenario, run
 
     torch.set_num_threads(1)
-    run_dir = out / "runs" / f"{label}-seed{seed}"
+    scenario = SETTINGS[setting][0]
+    run_dir = out / "runs" / setting / f"{label}-seed{seed}"
     if _complete(run_dir):
         return str(run_dir)
     if run_dir.exists():
@@ -122,9 +114,8 @@ def _run_one(args: tuple[str, list[str], int, int | None, Path, list[str]]) -> s
     if rounds is not None:
         ov.append(f"run.rounds={rounds}")
     if f"protocol.fedmoe.alignment.policy={ORACLE}" in ov:
-        register_group_oracle(load_scenario(SCENARIO, [o for o in ov if not o.startswith("protocol.fedmoe.alignment.policy=")], seed=seed))
-    loaded = load_scenario(SCENARIO, ov, seed=seed)
-    run(loaded, run_dir, figures=False)
+        register_group_oracle(load_scenario(scenario, [o for o in ov if not o.startswith("protocol.fedmoe.alignment.policy=")], seed=seed))
+    run(load_scenario(scenario, ov, seed=seed), run_dir, figures=False)
     return str(run_dir)
 
 
@@ -146,326 +137,212 @@ def register_group_oracle(loaded) -> None:  # noqa: ANN001
     pol.POLICIES[ORACLE] = GroupOracle
 
 
-def _final(r: pd.DataFrame, col: str, last: int = 3) -> float:
-    v = r[col].dropna()
-    return float(v.tail(last).mean()) if len(v) else math.nan
+def horizons(rounds: int) -> list[int]:
+    """Round 10 (if the run is longer) and the last round, numbered from 1."""
+    return sorted({h for h in (EARLY, rounds) if 1 <= h <= rounds})
 
 
-def run_metrics(run_dir: Path, target: float) -> dict:
-    """The per-run metrics of the module docstring."""
+def run_metrics(run_dir: Path, target: float, hs: list[int]) -> dict:
+    """One row of ``summary.csv``: per horizon ``h``, ``acc@h`` and the measures of
+    :mod:`fedsim.alignment.measures` on rounds ``< h``; and the run's time / bytes / stragglers."""
+    from fedsim.alignment.measures import alignment_measures
+
     r = pd.read_parquet(run_dir / "rounds.parquet").sort_values("round")
+    ex = pd.read_parquet(run_dir / "experts.parquet")
     c = pd.read_parquet(run_dir / "clients.parquet")
-    hit = r[r["accuracy"] >= target]
-    low = r[r["accuracy"] >= POST_HOC_TARGET]
-    a = pd.read_parquet(run_dir / "assignments.parquet").merge(
-        pd.read_parquet(run_dir / "personal.parquet")[["client", "group"]], on="client")
-    pg = a.groupby(["group", "expert"]).size().unstack(fill_value=0)
-    per_group = pg.to_numpy(dtype=float)
-    top2 = np.sort(per_group, axis=1)[:, -2:].sum(axis=1)
-    groups = pd.read_parquet(run_dir / "personal.parquet")[["client", "group"]]
-    largest = int(groups["group"].value_counts().idxmax())
-    done = c[c["status"] == "completed"].merge(groups, on="client")
-    big = pg.loc[largest].to_numpy(dtype=float) if largest in pg.index else np.zeros(0)
-    per_expert = per_group.sum(axis=0)
-    return {
-        "top2_largest": float(np.sort(big)[-2:].sum() / big.sum()) if big.sum() else math.nan,
-        "expert_purity": float((per_group.max(axis=0)[per_expert > 0] / per_expert[per_expert > 0]).mean()),
-        "completed_largest": float((done["group"] == largest).mean()) if len(done) else math.nan,
-        "t_low_s": float(low["t_end_s"].iloc[0]) if len(low) else math.nan,
-        "rounds_to_low": float(low["round"].iloc[0] + 1) if len(low) else math.nan,
-        "distinct_experts": float(a.groupby("client")["expert"].nunique().mean()),
-        "group_top2_share": float(top2.sum() / per_group.sum()),
-        "acc": _final(r, "accuracy"),
-        "acc_client": _final(r, "accuracy_client"),
-        "acc_rare": _final(r, "accuracy_rare"),
-        "acc_client_rare": _final(r, "accuracy_client_rare"),
-        "rounds_to_target": float(hit["round"].iloc[0] + 1) if len(hit) else math.nan,
-        "t_target_s": float(hit["t_end_s"].iloc[0]) if len(hit) else math.nan,
-        "reached": float(len(hit) > 0),
-        "load_cv": float(r["expert_load_cv"].mean()),
-        "nmi": float(r["routing_nmi"].dropna().iloc[-1]) if r["routing_nmi"].notna().any() else math.nan,
-        "nmi_round0": float(r["routing_nmi"].dropna().iloc[0]) if r["routing_nmi"].notna().any() else math.nan,
-        "bytes_mb": float((c["bytes_up"].sum() + c["bytes_down"].sum()) / 1e6),
-        "stragglers": float((c["status"] == "straggler").sum()),
-        "dispatched": float((c["k"] > 0).sum()),
-        "sim_time_s": float(r["t_end_s"].iloc[-1]),
-        "rounds": float(len(r)),
-    }
-
-
-def group_expert_counts(run_dir: Path, num_experts: int) -> np.ndarray:
-    """Assignment counts (groups, experts) over all rounds of one run."""
-    a = pd.read_parquet(run_dir / "assignments.parquet")
-    g = pd.read_parquet(run_dir / "personal.parquet")[["client", "group"]]
-    a = a.merge(g, on="client")
-    G = int(g["group"].max()) + 1
-    out = np.zeros((G, num_experts))
-    np.add.at(out, (a["group"].to_numpy(), a["expert"].to_numpy()), 1)
+    out: dict = {}
+    for h in hs:
+        rh, eh = r[r["round"] < h], ex[ex["round"] < h]
+        m = alignment_measures({"rounds": rh, "experts": eh}, target)
+        for col in ("accuracy", "accuracy_macro", "accuracy_client"):
+            v = rh[col].dropna() if col in rh.columns else pd.Series(dtype=float)
+            out[f"{col.replace('accuracy', 'acc')}@{h}"] = float(v.tail(3).mean()) if len(v) else math.nan
+        for k in ("routed_entropy", "max_share", "starved_experts"):
+            out[f"{k}@{h}"] = float(m[k])
+    m = alignment_measures({"rounds": r, "experts": ex}, target)
+    out.update({k: float(m[k]) for k in ("rounds_to_target", "t_target_s", "bytes_to_target")})
+    out["reached"] = float(math.isfinite(out["rounds_to_target"]))
+    out["bytes_mb"] = float((c["bytes_up"].sum() + c["bytes_down"].sum()) / 1e6)
+    out["stragglers"] = float((c["status"] == "straggler").sum())
+    out["experts_per_client"] = float(c.loc[c["k"] > 0, "k"].mean()) if (c["k"] > 0).any() else 0.0
+    out["sim_time_s"] = float(r["t_end_s"].iloc[-1])
+    out["rounds"] = float(len(r))
     return out
 
 
-def selection_overlap(runs: dict[tuple[str, int], Path]) -> dict[tuple[str, int], float]:
-    """Share of rounds whose selected clients equal those of ``random`` for the same seed."""
-    def sel(p: Path) -> dict[int, frozenset]:
-        c = pd.read_parquet(p / "clients.parquet")
-        return {int(k): frozenset(v) for k, v in c.groupby("round")["client"]}
-
-    out = {}
-    for (label, seed), p in runs.items():
-        ref = runs.get(("random", seed))
-        if ref is None:
-            out[(label, seed)] = math.nan
-            continue
-        a, b = sel(p), sel(ref)
-        common = sorted(set(a) & set(b))
-        out[(label, seed)] = float(np.mean([a[k] == b[k] for k in common])) if common else math.nan
+def same_as(runs: dict[tuple[str, str, int], Path]) -> dict[tuple[str, str], list[str]]:
+    """Per (setting, policy): the other policies whose ``assignments`` table is identical in
+    every seed both ran (the policy reduces to them in this setting)."""
+    tabs = {k: pd.read_parquet(p / "assignments.parquet").reset_index(drop=True) for k, p in runs.items()}
+    out: dict[tuple[str, str], list[str]] = {}
+    keys = sorted({(s, lab) for s, lab, _ in runs})
+    for s, a in keys:
+        for s2, b in keys:
+            if s2 != s or b == a:
+                continue
+            seeds = [sd for (ss, lab, sd) in runs if ss == s and lab == a and (s, b, sd) in runs]
+            if seeds and all(tabs[(s, a, sd)].equals(tabs[(s, b, sd)]) for sd in seeds):
+                out.setdefault((s, a), []).append(b)
     return out
 
 
-def ci95(x: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the 95% Student-t confidence interval (NaNs dropped)."""
-    from scipy.stats import t
-
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return math.nan, math.nan
-    if len(x) == 1:
-        return float(x[0]), math.nan
-    return float(x.mean()), float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
-LEARNING = [
+COLS = [
     ("acc", "acc (global gate)", "{:.3f}"),
-    ("acc_client", "acc_client (own experts)", "{:.3f}"),
-    ("acc_rare", "acc, 2 rarest groups", "{:.3f}"),
-    ("acc_client_rare", "acc_client, 2 rarest groups", "{:.3f}"),
-    ("nmi", "group-expert NMI", "{:.2f}"),
-    ("group_top2_share", "group's top-2 expert share", "{:.2f}"),
-    ("distinct_experts", "distinct experts / client", "{:.1f}"),
-]
-#: What the logs say about alignment (see the module docstring).
-WHY = [
-    ("top2_largest", "largest group's top-2 expert share", "{:.2f}"),
-    ("expert_purity", "expert purity", "{:.2f}"),
-    ("completed_largest", "largest group's share of completed client-rounds", "{:.2f}"),
+    ("acc_macro", "acc, group-macro", "{:.3f}"),
+    ("acc_client", "acc_client (own trained experts)", "{:.3f}"),
+    ("routed_entropy", "routed-sample entropy", "{:.2f}"),
+    ("max_share", "max expert share", "{:.2f}"),
+    ("starved_experts", "starved experts", "{:.1f}"),
 ]
 SYSTEMS = [
     ("rounds_to_target", "rounds to target", "{:.1f}"),
     ("t_target_s", "sim s to target", "{:.1f}"),
-    ("rounds_to_low", f"rounds to {POST_HOC_TARGET} (post hoc)", "{:.1f}"),
-    ("t_low_s", f"sim s to {POST_HOC_TARGET} (post hoc)", "{:.1f}"),
-    ("sim_time_s", "sim s, whole run", "{:.1f}"),
-    ("bytes_mb", "MB / run", "{:.0f}"),
+    ("bytes_to_target", "MB to target", "{:.1f}"),
+    ("bytes_mb", "MB / run", "{:.1f}"),
     ("stragglers", "stragglers / run", "{:.1f}"),
-    ("load_cv", "expert-load CV", "{:.2f}"),
+    ("experts_per_client", "experts / dispatched client", "{:.2f}"),
 ]
 
 
-def _table(df: pd.DataFrame, cols: list[tuple[str, str, str]], extra: bool) -> list[str]:
-    head = "| policy | " + " | ".join(h for _, h, _ in cols) + (" | reached target | same_sel |" if extra else " |")
-    lines = [head, "|---" * (len(cols) + 1 + 2 * extra) + "|"]
-    for label, _ in POLICIES:
-        d = df[df["policy"] == label]
-        if d.empty:
-            continue
-        cells = []
-        for key, _, fmt in cols:
-            m, h = ci95(d[key].to_numpy())
-            cells.append("-" if not math.isfinite(m) else fmt.format(m) + ("" if not math.isfinite(h) else " ± " + fmt.format(h)))
-        if extra:
-            cells.append(f"{int(d['reached'].sum())}/{len(d)}")
-            cells.append(f"{d['same_sel'].mean():.2f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+def _cell(d: pd.DataFrame, key: str, fmt: str) -> str:
+    m, h = ci95(d[key].to_numpy())
+    if key == "bytes_to_target":
+        m, h = m / 1e6, h / 1e6
+    return "-" if not math.isfinite(m) else fmt.format(m) + ("" if not math.isfinite(h) else " ± " + fmt.format(h))
+
+
+def setting_md(df: pd.DataFrame, setting: str, labels: list[str], hs: list[int], target: float, same: dict) -> list[str]:
+    """The ``summary.md`` section of one setting."""
+    d0 = df[df["setting"] == setting]
+    n = d0.groupby("policy")["seed"].nunique()
+    lines = [f"## Setting `{setting}` ({SETTINGS[setting][0].name}), {int(d0['rounds'].iloc[0])} rounds, "
+             f"{int(n.min())}-{int(n.max())} seeds per policy", ""]
+    for h in hs:
+        lines += [f"### Round {h}", "", "Mean ± 95 % CI half-width over seeds (Student t); accuracies are the mean "
+                  f"of rounds {max(1, h - 2)}-{h}; routed-sample measures over rounds 1-{h}.", "",
+                  "| policy | " + " | ".join(t for _, t, _ in COLS) + " |", "|---" * (len(COLS) + 1) + "|"]
+        for lab in labels:
+            d = d0[d0["policy"] == lab]
+            if not d.empty:
+                lines.append(f"| {lab} | " + " | ".join(_cell(d, f"{k}@{h}", f) for k, _, f in COLS) + " |")
+        lines += ["", f"Paired by seed, primary metric `acc@{h}` (two-sided paired t-tests; one Holm family "
+                  "per setting and horizon: every policy against random and against the oracle):", "",
+                  *tests_table(d0, f"acc@{h}", labels), ""]
+    lines += [f"### Time, bytes, stragglers (target accuracy {target}, global gate; over the runs that reached it)", "",
+              "| policy | " + " | ".join(t for _, t, _ in SYSTEMS) + " | reached target |", "|---" * (len(SYSTEMS) + 2) + "|"]
+    for lab in labels:
+        d = d0[d0["policy"] == lab]
+        if not d.empty:
+            lines.append(f"| {lab} | " + " | ".join(_cell(d, k, f) for k, _, f in SYSTEMS)
+                         + f" | {int(d['reached'].sum())}/{len(d)} |")
+    red = [f"`{a}` = `{', '.join(bs)}`" for (s, a), bs in sorted(same.items()) if s == setting and a < min(bs)]
+    lines += ["", "Policies that reduce to another here (identical assignments in every seed): "
+              + ("; ".join(red) if red else "none") + ".", ""]
     return lines
 
 
-#: Paired differences to ``random`` (same seed): metric, header, format.
-PAIRED = [
-    ("acc", "Δacc (global gate)", "{:+.3f}"),
-    ("acc_client", "Δacc_client (own experts)", "{:+.3f}"),
-    ("acc_rare", "Δacc, 2 rarest groups", "{:+.3f}"),
-    ("acc_client_rare", "Δacc_client, 2 rarest groups", "{:+.3f}"),
-    ("nmi", "ΔNMI", "{:+.2f}"),
-    ("sim_time_s", "Δsim s, whole run", "{:+.1f}"),
-    ("bytes_mb", "ΔMB / run", "{:+.0f}"),
-]
+def _curves(runs: dict[tuple[str, str, int], Path], setting: str, lab: str) -> list[pd.DataFrame]:
+    return [pd.read_parquet(p / "rounds.parquet").sort_values("round") for (s, la, _), p in sorted(runs.items())
+            if s == setting and la == lab]
 
 
-def paired_table(df: pd.DataFrame, base: str = "random") -> list[str]:
-    """Per policy, mean and 95% CI of (policy - ``base``) over seeds, paired by seed.
-
-    The runs of one seed share data, initial weights, traces and (common random numbers)
-    the selected clients, so the paired difference removes the seed-to-seed spread that
-    the unpaired intervals above carry. Seeds missing for either side are left out."""
-    ref = df[df["policy"] == base].set_index("seed")
-    head = "| policy | " + " | ".join(h for _, h, _ in PAIRED) + " | seeds |"
-    lines = [head, "|---" * (len(PAIRED) + 2) + "|"]
-    for label, _ in POLICIES:
-        d = df[df["policy"] == label].set_index("seed")
-        if label == base or d.empty:
-            continue
-        seeds = d.index.intersection(ref.index)
-        cells = []
-        for key, _, fmt in PAIRED:
-            m, h = ci95((d.loc[seeds, key] - ref.loc[seeds, key]).to_numpy())
-            cells.append("-" if not math.isfinite(m) else fmt.format(m) + ("" if not math.isfinite(h) else " ± " + fmt.format(h)[1:]))
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(seeds)} |")
-    return lines
-
-
-def summarise(df: pd.DataFrame, target: float, out: Path, meta: str) -> str:
-    """Write summary.md; return its text."""
-    lines = [
-        "# Alignment study (scenarios/alignment-fig3.yaml)",
-        "",
-        meta,
-        "",
-        "Mean ± 95% CI half-width over seeds (Student t); final accuracies are the mean of the last 3 "
-        "rounds, NMI is the last round's. "
-        f"`{ORACLE}` is a reference, not a policy: every client always trains its own group's expert "
-        "(it knows the groups, which no policy does).",
-        "",
-        "## Learning",
-        "",
-        *_table(df, LEARNING, False),
-        "",
-        f"## Time, bytes, stragglers (target accuracy {target}, global gate; rounds / seconds over the runs "
-        f"that reached it; the {POST_HOC_TARGET} level was chosen after the first, 30-round study, the same "
-        "for every policy)",
-        "",
-        *_table(df, SYSTEMS, True),
-        "",
-        "## From the logs: how consistent the alignment is, and who trains",
-        "",
-        "Largest group's top-2 expert share: the share of the largest group's assignments that went to "
-        "its two most used experts. Expert purity: per expert, the share of its assignments that came "
-        "from its main group, averaged over the experts that were trained. Largest group's share of "
-        "completed client-rounds: participation.",
-        "",
-        *_table(df, WHY, False),
-        "",
-        "## Paired by seed: difference to random",
-        "",
-        "Mean ± 95% CI half-width over seeds of (policy - random) with the same seed (same data, "
-        f"weights, traces and selected clients). Many comparisons are made here ({len(POLICIES) - 1} rows x "
-        f"{len(PAIRED)} metrics): at 95% about {0.05 * (len(POLICIES) - 1) * len(PAIRED):.0f} intervals "
-        "excluding 0 are expected by chance alone.",
-        "",
-        *paired_table(df),
-    ]
-    text = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(text)
-    return text
-
-
-def plot_assignments(counts: dict[str, np.ndarray], out: Path, rounds: int | None = None) -> list[Path]:
-    """One panel per policy: share of each group's assignments going to each expert."""
+def plot_accuracy(runs: dict[tuple[str, str, int], Path], setting: str, labels: list[str], out: Path) -> Path:
+    """Accuracy (global gate) against round and against simulated time: mean and 95 % band over seeds
+    (against time: each run's last evaluated accuracy at each time, on a common grid)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from scipy.stats import t as student_t
 
-    labels = [lab for lab, _ in POLICIES if lab in counts]
-    ncol = 4
-    nrow = math.ceil(len(labels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.9 * nrow + 0.6), squeeze=False, constrained_layout=True)
-    im = None
-    vmax = max((float((m / np.maximum(m.sum(axis=1, keepdims=True), 1)).max()) for lab, m in counts.items() if lab != ORACLE), default=1.0)
-    for ax, lab in zip(axes.flat, labels):
-        m = counts[lab]
-        share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-        im = ax.imshow(share, vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
-        ax.set_title(lab + (" (reference: knows the groups)" if lab == ORACLE else ""), fontsize=10)
-        ax.set_xticks(range(m.shape[1]))
-        ax.set_yticks(range(m.shape[0]))
-        ax.set_xlabel("expert")
-        ax.set_ylabel("client group (0 = largest)")
-    for ax in list(axes.flat)[len(labels):]:
-        ax.axis("off")
-    if im is not None:
-        fig.colorbar(im, ax=axes, shrink=0.8, label="share of the group's assignments")
-    span = f"all {rounds} rounds" if rounds else "all rounds"
-    fig.suptitle(f"Group x expert assignments, seed 0, {span} (row = one client group; 1/8 = spread evenly; "
-                 f"colour capped at the policies' largest share, {vmax:.2f})")
-    paths = [out / "assignments.png"]
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    ends = [r["t_end_s"] for lab in labels for r in _curves(runs, setting, lab)]
+    grid = np.linspace(max(float(e.iloc[0]) for e in ends), max(float(e.iloc[-1]) for e in ends), 200)
     for lab in labels:
-        fig, ax = plt.subplots(figsize=(4.2, 3.2), constrained_layout=True)
-        m = counts[lab]
-        im = ax.imshow(m, cmap="viridis", aspect="auto")
-        ax.set_title(f"{lab}: assignments, seed 0")
-        ax.set_xlabel("expert")
-        ax.set_ylabel("client group (0 = largest)")
-        ax.set_xticks(range(m.shape[1]))
-        ax.set_yticks(range(m.shape[0]))
-        fig.colorbar(im, ax=ax, label="client-expert assignments")
-        p = out / f"assignment_{lab}.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        paths.append(p)
-    return paths
+        cs = _curves(runs, setting, lab)
+        if not cs:
+            continue
+        n = len(cs)
+        q = student_t.ppf(0.975, n - 1) / math.sqrt(n) if n > 1 else 0.0
+        acc = np.array([c["accuracy"].to_numpy() for c in cs])
+        x = np.arange(1, acc.shape[1] + 1)
+        m, s = acc.mean(0), acc.std(0, ddof=1) if n > 1 else np.zeros(acc.shape[1])
+        style = dict(ls="--", color="k") if lab == ORACLE else {}
+        (ln,) = a1.plot(x, m, label=lab, **style)
+        a1.fill_between(x, m - q * s, m + q * s, alpha=0.15, color=ln.get_color())
+        at = np.array([np.interp(grid, c["t_end_s"], c["accuracy"], left=np.nan) for c in cs])
+        mt = np.nanmean(at, 0)
+        st = np.nanstd(at, 0, ddof=1) if n > 1 else np.zeros_like(mt)
+        a2.plot(grid, mt, color=ln.get_color(), **({"ls": "--"} if lab == ORACLE else {}))
+        a2.fill_between(grid, mt - q * st, mt + q * st, alpha=0.15, color=ln.get_color())
+    a1.set(xlabel="round", ylabel="accuracy (global gate)", title=f"{setting}: accuracy vs round")
+    a2.set(xlabel="simulated time (s)", ylabel="accuracy (global gate)", title=f"{setting}: accuracy vs simulated time")
+    a1.legend(fontsize=8)
+    fig.suptitle(f"mean and 95 % band over {len(_curves(runs, setting, labels[0]))} seeds (dashed: the group oracle, a reference)")
+    p = out / f"accuracy_{setting}.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help=f"1 seed, {QUICK_ROUNDS} rounds, {QUICK_TEST} test samples")
-    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    ap.add_argument("--quick", action="store_true", help=f"1 seed, {QUICK_ROUNDS} rounds")
+    ap.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
+    ap.add_argument("--first-seed", type=int, default=0, help="start at this seed (run seeds F..N-1; to split a study over invocations)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the scenario's)")
+    ap.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="repeatable; default premise and systems")
     ap.add_argument("--workers", type=int, default=2, help="parallel runs (default 2)")
+    ap.add_argument("--summarise-only", action="store_true", help="run nothing: summarise the runs already complete in --out")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default runs/alignment_study[_quick])")
     a = ap.parse_args(argv)
+    settings = a.setting or list(DEFAULT_SETTINGS)
     seeds = 1 if a.quick else a.seeds
     rounds = a.rounds if a.rounds is not None else (QUICK_ROUNDS if a.quick else None)
-    extra = [f"evaluation.max_test_samples={QUICK_TEST}"] if a.quick else []
     out = a.out or ROOT / "runs" / ("alignment_study_quick" if a.quick else "alignment_study")
     out.mkdir(parents=True, exist_ok=True)
     from fedsim.api import load_scenario
 
-    sc = load_scenario(SCENARIO).scenario
-    target = sc.evaluation.target_accuracy
-    E = sc.model.num_experts
-    jobs = [(lab, ov, s, rounds, out, extra) for s in range(seeds) for lab, ov in POLICIES]
-    reused = sum(_complete(out / "runs" / f"{j[0]}-seed{j[2]}") for j in jobs)
+    jobs = [(st, lab, ov, s, rounds, out, []) for s in range(a.first_seed, seeds) for st in settings for lab, ov in SETTINGS[st][1]]
+    reused = sum(_complete(out / "runs" / j[0] / f"{j[1]}-seed{j[3]}") for j in jobs)
     t0 = time.perf_counter()
-    runs: dict[tuple[str, int], Path] = {}
+    runs: dict[tuple[str, str, int], Path] = {}
+    if a.summarise_only:
+        jobs = [j for j in jobs if _complete(out / "runs" / j[0] / f"{j[1]}-seed{j[3]}")]
     with ProcessPoolExecutor(max_workers=a.workers) as pool:
         for job, rd in zip(jobs, pool.map(_run_one, jobs)):
-            runs[(job[0], job[2])] = Path(rd)
-            print(f"done {job[0]} seed {job[2]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    same = selection_overlap(runs)
-    rows = []
-    counts: dict[str, np.ndarray] = {}
-    for (lab, seed), rd in runs.items():
-        rows.append({"policy": lab, "seed": seed, **run_metrics(rd, target), "same_sel": same[(lab, seed)]})
-        if seed == 0:  # expert indices are exchangeable across seeds: summing seeds would smear the panels
-            counts[lab] = group_expert_counts(rd, E)
-    df = pd.DataFrame(rows)
-    df.to_csv(out / "summary.csv", index=False)
-    curves = np.array([pd.read_parquet(rd / "rounds.parquet").sort_values("round")["accuracy"].to_numpy()
-                       for (lab, _), rd in sorted(runs.items()) if lab != ORACLE])
-    block = max(1, curves.shape[1] // 12)
-    tail = [curves[:, i - block : i].mean() for i in range(curves.shape[1] - 2 * block, curves.shape[1] + 1, block)]
-    meta = (
-        f"Convergence: mean accuracy over the policy runs in the last three blocks of {block} rounds: "
-        + " / ".join(f"{v:.3f}" for v in tail) + ".\n\n"
-        f"{seeds} seed(s) x {len(POLICIES)} policies, {int(df['rounds'].iloc[0])} rounds each; "
-        f"wall {time.perf_counter() - t0:.0f} s with {a.workers} workers"
-        + (f"; {reused} of {len(jobs)} runs reused, complete, from an earlier invocation (not timed here)." if reused else ".")
-    )
-    text = summarise(df, target, out, meta)
-    plot_assignments(counts, out, int(df["rounds"].iloc[0]))
-    if a.quick:
-        for lab, _ in POLICIES:
-            d = df[df["policy"] == lab].iloc[0]
-            print(
-                f"policy={lab} acc={d['acc']:.3f} acc_client={d['acc_client']:.3f} "
-                f"nmi={d['nmi']:.2f} t_target_s={d['t_target_s']:.1f}"
-            )
-    else:
-        print(text)
-    print(f"wrote {out}/summary.md, summary.csv, assignments.png", file=sys.stderr)
+            runs[(job[0], job[1], job[3])] = Path(rd)
+            print(f"done {job[0]} {job[1]} seed {job[3]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    wall = time.perf_counter() - t0
+    rows, text = [], ["# Alignment study v2 (pre-registered: docs/alignment-prereg.md)", ""]
+    same = same_as(runs)
+    meta = (f"seeds {a.first_seed}-{seeds - 1}; settings {', '.join(settings)}; wall {wall:.0f} s with {a.workers} workers"
+            + (f"; {reused} of {len(jobs)} runs reused from an earlier invocation (not timed here)" if reused else "") + ".")
+    text += [meta, "", "Command: `python bench/alignment_study.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`", ""]
+    for st in settings:
+        sc = load_scenario(SETTINGS[st][0]).scenario
+        target, R = sc.evaluation.target_accuracy, rounds or sc.run.rounds
+        hs = horizons(R)
+        labels = [lab for lab, _ in SETTINGS[st][1]]
+        for (s2, lab, seed), rd in runs.items():
+            if s2 == st:
+                rows.append({"setting": st, "policy": lab, "seed": seed, **run_metrics(rd, target, hs)})
+        df = pd.DataFrame(rows)
+        text += setting_md(df, st, labels, hs, target, same)
+        plot_accuracy(runs, st, labels, out)
+        if a.quick:
+            last = hs[-1]
+            for lab in labels:
+                d = df[(df["setting"] == st) & (df["policy"] == lab)].iloc[0]
+                print(f"setting={st} policy={lab} acc={d[f'acc@{last}']:.3f} acc_macro={d[f'acc_macro@{last}']:.3f} "
+                      f"entropy={d[f'routed_entropy@{last}']:.3f} max_share={d[f'max_share@{last}']:.3f} "
+                      f"rounds_to_target={d['rounds_to_target']:.0f} bytes_to_target={d['bytes_to_target']:.0f} "
+                      f"t_target_s={d['t_target_s']:.1f}")
+    pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text("\n".join(text) + "\n")
+    if not a.quick:
+        print("\n".join(text))
+    print(f"wrote {out}/summary.md, summary.csv, accuracy_*.png (wall {wall:.0f} s)", file=sys.stderr)
     return 0
 
 

@@ -304,6 +304,10 @@ def _execute(
         gc.unfreeze()
     frames = parts.frames()
     _write_frames(run_dir, frames)
+    if "experts" in frames:  # fedmoe: the paper's alignment measures (fedsim.alignment.measures)
+        from fedsim.alignment.measures import alignment_measures
+
+        write_json(run_dir / "alignment.json", alignment_measures(frames, s.evaluation.target_accuracy))
     state = proto.final_state() if failed is None else None
     if state is not None:
         _write_model(run_dir / "model.pt", state)

@@ -179,7 +179,7 @@ def make_run_dir(
                 ooms=counts["oom"],
                 bytes_up=bytes_up,
                 bytes_down=bytes_down,
-                expert_load_cv=cv,
+                clients_per_expert_cv=cv,
                 t_download_s=_m(phases["d"]),
                 t_compute_s=_m(phases["c"]),
                 t_upload_s=_m(phases["u"]),

@@ -49,7 +49,7 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     assert {"python", "torch", "simpy"} <= set(m["versions"])
     rounds = pd.read_parquet(d / "rounds.parquet")
     need = {"round", "t_start_s", "t_end_s", "accuracy", "f1", "auc", "selected", "completed", "stragglers", "dropouts",
-            "ooms", "bytes_up", "bytes_down", "expert_load_cv", "t_download_s", "t_compute_s", "t_upload_s", "t_wait_s"}
+            "ooms", "bytes_up", "bytes_down", "clients_per_expert_cv", "t_download_s", "t_compute_s", "t_upload_s", "t_wait_s"}
     assert need <= set(rounds.columns)
     assert len(rounds) == 3 and rounds["t_end_s"].is_monotonic_increasing
     assert (rounds["completed"] + rounds["stragglers"] + rounds["dropouts"] + rounds["ooms"] + rounds["skipped"] == rounds["selected"]).all()

@@ -270,21 +270,35 @@ class RandomPolicy(AlignmentPolicy):
 class GreedyPolicy(AlignmentPolicy):
     """Top-``k_c`` experts by the client's fitness alone (ignores usage and load).
 
+    With ``epsilon > 0`` (epsilon-greedy, an exploration control): each client
+    independently, with probability ``epsilon``, takes ``k_c`` distinct experts
+    uniformly at random instead (one uniform and one permutation per client are
+    drawn after the tie keys, only when ``epsilon > 0``: ``epsilon = 0`` is exactly
+    the pure greedy policy).
+
     Args:
         tie_break: ``"random"`` (from ``rng``) or ``"index"`` (lowest index).
+        epsilon: exploration probability per client and round, in ``[0, 1]``.
     """
 
     name = "greedy"
 
-    def __init__(self, tie_break: str = "random") -> None:
+    def __init__(self, tie_break: str = "random", epsilon: float = 0.0) -> None:
         self.tie_break = _check_tie_break(tie_break)
+        if not (math.isfinite(epsilon) and 0.0 <= epsilon <= 1.0):
+            raise ValueError(f'"epsilon" must be in [0, 1], got {epsilon}')
+        self.epsilon = float(epsilon)
 
     def _assign(self, clients, budgets, state, rng, ctx):
+        E = state.num_experts
         F = state.fitness_rows(clients)
-        tie = tie_keys(self.tie_break, len(clients), state.num_experts, rng)
-        return {
-            c: _top_k(F[i], budgets[c], None if tie is None else tie[i]) for i, c in enumerate(clients)
-        }
+        tie = tie_keys(self.tie_break, len(clients), E, rng)
+        out = {c: _top_k(F[i], budgets[c], None if tie is None else tie[i]) for i, c in enumerate(clients)}
+        if self.epsilon > 0:
+            explore = rng.random(len(clients)) < self.epsilon
+            perms = [rng.permutation(E) for _ in clients]
+            out.update({c: [int(e) for e in perms[i][: budgets[c]]] for i, c in enumerate(clients) if explore[i]})
+        return out
 
 
 @register_policy

@@ -262,6 +262,7 @@ class AlignmentConfig(_Strict):
     max_load: int | None = Field(None, ge=1, le=10_000_000, description="optimal: most clients per expert each round (null: unbounded).")
     on_infeasible: Literal["raise", "relax"] = Field("relax", description="optimal: when load bounds cannot be met, fail or drop them.")
     min_k: int = Field(0, ge=0, le=1024, description="deadline_aware: experts given regardless of predicted time.")
+    epsilon: float = Field(0.0, ge=0, le=1, description="greedy: probability (per client and round) of taking random experts instead of the top ones by fitness (epsilon-greedy exploration; 0 = pure greedy).")
     reward: Literal["gate_prob", "loss", "expert_loss"] = Field("gate_prob", description="Fitness reward: the gate's mean routing probability (all experts), loss reduction (trained experts), or exp(-loss) of each trained expert alone on the client's data before training (expert-specific).")
     fitness_ema: float = Field(0.3, gt=0, le=1, description='Weight of a new reward in the fitness EMA.')
     fitness_decay: float = Field(0.95, gt=0, le=1, description='Per-round decay of fitness for pairs without feedback.')

@@ -152,16 +152,19 @@ class Evaluator:
         model.load_state_dict(state)
         return self.trainer.replayed("evaluate", lambda: evaluate(model, self.x_test, self.y_test))
 
-    def evaluate_alignment(self, model: Any, state: dict, fitness: np.ndarray, k: int) -> dict[str, float]:
+    def evaluate_alignment(
+        self, model: Any, state: dict, fitness: np.ndarray, k: int, trained: np.ndarray | None = None,
+    ) -> dict[str, float]:
         """The paper's per-client inference with each client's best ``k`` experts by
-        ``fitness`` (``(clients, E)``) and test routing (see :mod:`fedsim.learning.routing`)."""
+        ``fitness`` (``(clients, E)``) among those it has ``trained`` (bool ``(clients, E)``;
+        None: all) and test routing (see :mod:`fedsim.learning.routing`)."""
         from fedsim.learning.routing import alignment_metrics
 
         t = self.trainer
         model.load_state_dict(state)
         return t.replayed("evaluate_alignment", lambda: alignment_metrics(
             model, t.dataset.x_train, t.dataset.y_train, [t.splits[c] for c in t.clients],
-            fitness, k, self.x_test, self.y_test, self.test_groups,
+            fitness, k, self.x_test, self.y_test, self.test_groups, trained,
         ))
 
     def personalised_accuracy(self, model: Any, state: dict) -> None:

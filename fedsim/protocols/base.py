@@ -219,8 +219,8 @@ class Protocol:
         st = self.settings
         return (r + 1) % st.eval_every == 0 or r == st.rounds - 1
 
-    def expert_load_cv(self, state: RoundState) -> float:
-        """The ``rounds.expert_load_cv`` value of a round. Default: nan."""
+    def clients_per_expert_cv(self, state: RoundState) -> float:
+        """The ``rounds.clients_per_expert_cv`` value of a round. Default: nan."""
         return math.nan
 
     def record_round_extra(self, state: RoundState) -> None:
@@ -384,7 +384,7 @@ class Protocol:
             selected=len(st.selected), completed=len(done), stragglers=count.get("straggler", 0),
             dropouts=count.get("dropout", 0), ooms=count.get("oom", 0), skipped=count.get("skipped", 0),
             bytes_up=float(sum(o.bytes_up for o in outs)), bytes_down=float(sum(o.bytes_down for o in outs)),
-            expert_load_cv=self.expert_load_cv(st),
+            clients_per_expert_cv=self.clients_per_expert_cv(st),
             t_download_s=mean([o.t_download_s for o in done]), t_compute_s=mean([o.t_compute_s for o in done]),
             t_upload_s=mean([o.t_upload_s for o in done]), t_wait_s=mean([st.t_close_s - o.t_end_s for o in done]),
             t_server_s=st.t_end_s - st.t_close_s,

@@ -54,6 +54,10 @@ class FedMoE(Protocol):
         self.rng_select = self.sim.rng.numpy("selection")
         self.rng_policy = self.sim.rng.numpy("policy")
         self._last_load = np.zeros(self.E)  # samples routed to each expert in the last aggregation
+        self._cum_load = np.zeros(self.E)  # samples routed to each expert since round 0
+        # trained[i, e]: client self.clients[i] trained expert e in an aggregated update (per-client inference)
+        self.trained = np.zeros((len(self.clients), self.E), dtype=bool)
+        self._client_row = {c: i for i, c in enumerate(self.clients)}
         self.last_staleness: dict[int, list[int]] = {}  # expert (-1: shared) -> staleness of each update last aggregated
         self.buffered: Any = None  # the async / semi_async loop and its state (fedsim.protocols.fedbuff)
 
@@ -107,7 +111,7 @@ class FedMoE(Protocol):
         ev = self.evaluator
         m = dict(ev.evaluate(self.model, self.global_state))
         fitness = np.asarray(self.align.fitness_rows(self.clients))
-        m.update(ev.evaluate_alignment(self.model, self.global_state, fitness, self.alignment.inference_k))
+        m.update(ev.evaluate_alignment(self.model, self.global_state, fitness, self.alignment.inference_k, self.trained))
         return m
 
     def on_end(self) -> None:
@@ -262,6 +266,7 @@ class FedMoE(Protocol):
         load = np.zeros(self.E)
         for u in good:
             load += np.asarray(u.samples_per_expert, dtype=float)
+            self.trained[self._client_row[u.client_id], list(outcomes[u.client_id].experts)] = True
         self.align.update_usage(load)
         self._last_load = load
         for o in [*outcomes.values(), *lost]:
@@ -280,8 +285,9 @@ class FedMoE(Protocol):
         return good
 
     # -------------------------------------------------------------- records
-    def expert_load_cv(self, st: RoundState) -> float:
-        """Coefficient of variation of the clients per expert in the round's assignment."""
+    def clients_per_expert_cv(self, st: RoundState) -> float:
+        """Coefficient of variation of the clients per expert in the round's assignment
+        (a count of clients, not the paper's balance: see ``experts.share``)."""
         from fedsim.alignment.policies import expert_load_cv
 
         a = st.tasks
@@ -295,10 +301,14 @@ class FedMoE(Protocol):
             for e in ex:
                 per_expert[e] += 1
         usage = np.asarray(self.align.usage, dtype=float)
+        self._cum_load = self._cum_load + load
+        share = load / load.sum() if load.sum() > 0 else np.full(self.E, math.nan)
+        cum = self._cum_load / self._cum_load.sum() if self._cum_load.sum() > 0 else np.full(self.E, math.nan)
         for e in range(self.E):
             st_e = self.last_staleness.get(e, [])
             self.rec.row(
                 "experts", round=st.round, expert=e, clients=int(per_expert[e]), samples=float(load[e]), usage=float(usage[e]),
+                share=float(share[e]), share_cum=float(cum[e]),
                 updates=len(st_e), staleness_mean=float(np.mean(st_e)) if st_e else math.nan, staleness_max=float(max(st_e)) if st_e else math.nan,
             )
 

@@ -168,7 +168,7 @@ class NMoETraining:
             "accuracy": math.nan, "f1": math.nan, "auc": math.nan,
             "selected": selected, "completed": counts["completed"], "stragglers": counts["straggler"],
             "dropouts": counts["dropout"], "ooms": counts["oom"], "skipped": counts["skipped"],
-            "bytes_up": up, "bytes_down": down, "expert_load_cv": math.nan,
+            "bytes_up": up, "bytes_down": down, "clients_per_expert_cv": math.nan,
             **{f"t_{ph}_s": (float(sum(x.seconds.get(ph, 0.0) for x in done) / len(done)) if done else math.nan) for ph in ("download", "compute", "upload")},
             "t_wait_s": float(sum(t1 - x.t_end_s for x in done) / len(done)) if done else math.nan,
             "t_server_s": 0.0, "online": sum(1 for c in self.clients if self.sys.is_online(c)),
