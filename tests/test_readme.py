@@ -23,12 +23,7 @@ README = REPO / "README.md"
 #: Pages other helpers write on their own branches (issues 25, 26, 27, 28, 31, 32): links to
 #: them are allowed to dangle until those branches merge. The lead empties this after merging.
 PENDING_PAGES = {
-    "docs/results/alignment-study.md",
-    "docs/results/nmoe-tables.md",
     "docs/results/city-scale.md",
-    "docs/results/learning-speed.md",
-    "docs/ray-cluster.md",
-    "docs/extending.md",
 }
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")

@@ -19,7 +19,6 @@ from fedsim.alignment.policies import (
     POLICIES,
     AlignmentPolicy,
     AssignContext,
-    DeadlineAwarePolicy,
     GreedyPolicy,
     InfeasibleAssignmentError,
     LoadBalancedPolicy,
@@ -29,7 +28,7 @@ from fedsim.alignment.policies import (
     policy_params,
 )
 from fedsim.alignment.state import AlignmentState, Feedback, loss_reward
-from fedsim.alignment.variants import InRoundBalancedPolicy, SystemsAwarePolicy
+from fedsim.alignment.variants import DeadlineAwarePolicy, InRoundBalancedPolicy, SystemsAwarePolicy
 
 __all__ = [
     "POLICIES",

@@ -48,7 +48,6 @@ __all__ = [
     "policy_params",
     "AlignmentPolicy",
     "AssignContext",
-    "DeadlineAwarePolicy",
     "GreedyPolicy",
     "InfeasibleAssignmentError",
     "LoadBalancedPolicy",
@@ -395,45 +394,6 @@ class LoadBalancedPolicy(AlignmentPolicy):
                     still.append(c)
             active = still
         return held
-
-
-@register_policy
-class DeadlineAwarePolicy(LoadBalancedPolicy):
-    """``load_balanced``, but a client takes another expert only while it is predicted to finish.
-
-    At each pick the client takes its most desirable expert ``e`` among those
-    for which ``ctx.finish_time(c, held + [e]) <= ctx.time_limit_s``; when
-    none qualifies it stops (with equal per-expert FLOPs: exactly at the
-    largest ``k`` whose predicted time fits). Its first ``min(min_k, k_c)``
-    experts are given regardless of time (``min_k=0`` by default: a client
-    that cannot finish with one expert gets ``[]``). Needs ``ctx``.
-
-    Args:
-        w_f, w_u, w_r: as in :class:`LoadBalancedPolicy`.
-        min_k: experts given regardless of the deadline (>= 0).
-    """
-
-    name = "deadline_aware"
-
-    def __init__(
-        self, w_f: float = 1.0, w_u: float = 0.5, w_r: float = 0.0, min_k: int = 0,
-        tie_break: str = "random",
-    ) -> None:
-        super().__init__(w_f=w_f, w_u=w_u, w_r=w_r, tie_break=tie_break)
-        if int(min_k) != min_k or min_k < 0:
-            raise ValueError(f'"min_k" must be an integer >= 0, got {min_k}')
-        self.min_k = int(min_k)
-
-    def _may_add(self, client, held, e, state, ctx):
-        if len(held) < self.min_k:
-            return True
-        assert ctx is not None
-        return ctx.finish_time(client, [*held, e], state.num_experts) <= ctx.time_limit_s
-
-    def _assign(self, clients, budgets, state, rng, ctx):
-        if ctx is None:
-            raise ValueError('policy "deadline_aware" needs an AssignContext (ctx)')
-        return super()._assign(clients, budgets, state, rng, ctx)
 
 
 @register_policy

@@ -1,4 +1,7 @@
-"""Two more alignment policies built on :class:`LoadBalancedPolicy`.
+"""Three more alignment policies built on :class:`LoadBalancedPolicy`.
+
+- ``deadline_aware``: a client takes another expert only while it is predicted to
+  finish by the deadline (from the server's estimates).
 
 - ``load_balanced_inround`` keeps the in-round provisional-load term of the
   earlier default (``w_r = 0.5``) as a named variant of the paper's rule.
@@ -16,7 +19,7 @@ import numpy as np
 
 from fedsim.alignment.policies import LoadBalancedPolicy, order_experts, register_policy, tie_keys
 
-__all__ = ["InRoundBalancedPolicy", "SystemsAwarePolicy"]
+__all__ = ["DeadlineAwarePolicy", "InRoundBalancedPolicy", "SystemsAwarePolicy"]
 
 
 @register_policy
@@ -111,3 +114,42 @@ class SystemsAwarePolicy(LoadBalancedPolicy):
                 t_held = t_new
             out[c] = held
         return out
+
+
+@register_policy
+class DeadlineAwarePolicy(LoadBalancedPolicy):
+    """``load_balanced``, but a client takes another expert only while it is predicted to finish.
+
+    At each pick the client takes its most desirable expert ``e`` among those
+    for which ``ctx.finish_time(c, held + [e]) <= ctx.time_limit_s``; when
+    none qualifies it stops (with equal per-expert FLOPs: exactly at the
+    largest ``k`` whose predicted time fits). Its first ``min(min_k, k_c)``
+    experts are given regardless of time (``min_k=0`` by default: a client
+    that cannot finish with one expert gets ``[]``). Needs ``ctx``.
+
+    Args:
+        w_f, w_u, w_r: as in :class:`LoadBalancedPolicy`.
+        min_k: experts given regardless of the deadline (>= 0).
+    """
+
+    name = "deadline_aware"
+
+    def __init__(
+        self, w_f: float = 1.0, w_u: float = 0.5, w_r: float = 0.0, min_k: int = 0,
+        tie_break: str = "random",
+    ) -> None:
+        super().__init__(w_f=w_f, w_u=w_u, w_r=w_r, tie_break=tie_break)
+        if int(min_k) != min_k or min_k < 0:
+            raise ValueError(f'"min_k" must be an integer >= 0, got {min_k}')
+        self.min_k = int(min_k)
+
+    def _may_add(self, client, held, e, state, ctx):
+        if len(held) < self.min_k:
+            return True
+        assert ctx is not None
+        return ctx.finish_time(client, [*held, e], state.num_experts) <= ctx.time_limit_s
+
+    def _assign(self, clients, budgets, state, rng, ctx):
+        if ctx is None:
+            raise ValueError('policy "deadline_aware" needs an AssignContext (ctx)')
+        return super()._assign(clients, budgets, state, rng, ctx)
