@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fedsim.api import load_scenario
-from fedsim.build import build_world
+from fedsim.build import build_parts
 from fedsim.protocols.nmoe import NMoE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ BASE = ["data.dataset=digits", "data.dir=null", "run.rounds=1", "data.tau=0.2", 
 
 
 def _train(extra: list[str]) -> tuple[NMoE, dict, list[dict]]:
-    w = build_world(load_scenario(SCENARIO, BASE + extra, seed=0))
+    w = build_parts(load_scenario(SCENARIO, BASE + extra, seed=0))
     p = NMoE(w)
     # one expert epoch keeps the test fast (stage 2 starts at the same moment; its compute is shorter)
     p.train_config = (lambda f: (lambda: replace(f(), expert_epochs=1)))(p.train_config)  # type: ignore[method-assign]

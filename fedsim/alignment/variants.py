@@ -2,7 +2,6 @@
 
 - ``deadline_aware``: a client takes another expert only while it is predicted to
   finish by the deadline (from the server's estimates).
-
 - ``load_balanced_inround`` keeps the in-round provisional-load term of the
   earlier default (``w_r = 0.5``) as a named variant of the paper's rule.
 - ``systems_aware`` (beyond the design paper, which names channel-aware

@@ -288,7 +288,7 @@ class NMoETraining:
                     steps.share(r, sharers)
                     steps.round(r, trainers)
                 return steps.result(), (steps.epsilon_spent(), steps.epsilon_spent_exact())
-            from fedsim.learning.executors import make_executor
+            from fedsim.learning.executor_registry import make_executor
 
             t = self.p.s.training  # training.executor runs each round's jobs (FedSC's loss is not a TrainJob's)
             with make_executor(t.executor, workers=t.workers, torch_threads=t.torch_threads) as ex:
