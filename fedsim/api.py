@@ -107,7 +107,11 @@ def _client_summary(world: Any) -> dict[str, Any]:
 
     devs = getattr(world, "devices", {}) or {}
     per_class = Counter(world.device_class(c) for c in devs)
-    never = sorted(c for c, d in devs.items() if not getattr(d, "ever_online", True))
+    pop = getattr(world, "population", None)
+    if pop is not None:  # devices as columns: no object per device
+        never = pop.never_online(world.sim.env.now)
+    else:
+        never = sorted(c for c, d in devs.items() if not getattr(d, "ever_online", True))
     return {"total": len(devs), "per_class": dict(sorted(per_class.items())),
             "offline_whole_run": len(never), "offline_whole_run_ids": never[:50]}
 

@@ -11,7 +11,7 @@ scenario schema.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -515,19 +515,42 @@ class World:
 
             fps = flops_per_sample(MoEClassifier(self.model_config), self.model_config.input_shape, train=True)
             caps = load_fedscale_capacity(self.loaded.paths.capacity_trace, fps)
-        self.devices: dict[str, Device] = {}
+        self.devices: Mapping[str, Device] = {}
         trace_ids = sorted(avail) if avail else []
         cap_ids = sorted(caps) if caps else []
+        self.population = None
+        if params.channel.population == "lazy":  # devices as columns (fedsim.devices.population)
+            self._build_population(classes, avail, trace_ids, caps, cap_ids)
+            return
+        devices: dict[str, Device] = {}
         for i, c in enumerate(self.clients):  # sorted: processes start in a fixed order
             cls = self.graph.nodes[c]["device_class"]
             a = avail[trace_ids[i % len(trace_ids)]] if trace_ids else None
             f = caps[cap_ids[i % len(cap_ids)]].flops_per_s if cap_ids else None
-            self.devices[c] = Device(self.sim, c, classes[cls], flops_per_s=f, availability=a)
+            devices[c] = Device(self.sim, c, classes[cls], flops_per_s=f, availability=a)
             if cap_ids:  # the trace's communication rate caps the client's access link
                 self.network.set_rate_cap(c, caps[cap_ids[i % len(cap_ids)]].link_rate_bps)
+        self.devices = devices
+
+    def _build_population(self, classes: dict[str, Any], avail: Any, trace_ids: list[str],
+                          caps: Any, cap_ids: list[str]) -> None:
+        """The lazy population's devices: columns whose idle members schedule no event."""
+        from fedsim.devices.population import DevicePopulation
+
+        n = len(self.clients)
+        a = [avail[trace_ids[i % len(trace_ids)]] for i in range(n)] if trace_ids else None
+        f = [caps[cap_ids[i % len(cap_ids)]].flops_per_s for i in range(n)] if cap_ids else None
+        self.population = DevicePopulation(
+            self.sim, self.clients, [self.graph.nodes[c]["device_class"] for c in self.clients],
+            classes, flops_per_s=f, availability=a)
+        self.devices = self.population.devices
+        for i, c in enumerate(self.clients) if cap_ids else ():
+            self.network.set_rate_cap(c, caps[cap_ids[i % len(cap_ids)]].link_rate_bps)
 
     def is_online(self, c: str) -> bool:
         """Whether client ``c`` is online now (ground truth)."""
+        if self.population is not None:
+            return self.population.is_online(c)
         return bool(self.devices[c].online)
 
     def device_class(self, c: str) -> str:
@@ -562,10 +585,15 @@ class World:
         """Ground-truth capacity of ``c`` (what a device would self-report, before noise)."""
         from fedsim.alignment.capacity import CapacityEstimate
 
-        dev = self.devices[c]
+        if self.population is not None:  # from the columns: no device object needed
+            flops, mem = self.population.capacity(c)
+        else:
+            dev = self.devices[c]
+            flops = dev.base_flops_per_s * (1.0 - dev.params.background_load_mean)
+            mem = dev.memory_available_bytes()
         return CapacityEstimate(
-            flops_per_s=dev.base_flops_per_s * (1.0 - dev.params.background_load_mean),
-            memory_bytes=dev.memory_available_bytes(),
+            flops_per_s=flops,
+            memory_bytes=mem,
             up_bps=max(self.network.nominal_rate_bps(c, "up"), 1.0),
             down_bps=max(self.network.nominal_rate_bps(c, "down"), 1.0),
             latency_s=self.network.path_latency_s(c, self.server),
