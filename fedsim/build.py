@@ -600,11 +600,16 @@ class World:
         )
 
     def new_capacity_estimator(self) -> Any:
-        """The server's capacity estimator, primed with each client's noisy self-report."""
+        """The server's capacity estimator, primed with each client's noisy self-report (devices
+        as columns: each client reports when first asked about, noise from ``capacity/report/<id>``)."""
         from fedsim.alignment.capacity import CapacityEstimator
 
         cap = self.scenario.alignment.capacity
         est = CapacityEstimator(cap.mode, noise_cv=cap.report_noise_cv, ewma=cap.ewma)
+        if self.population is not None:  # a city: each client reports when first asked about
+            est.reporter = lambda c: est.self_report(
+                c, self.true_capacity(c), self.sim.rng.fresh_numpy(f"capacity/report/{c}"))
+            return est
         rng = self.sim.rng.numpy("capacity/report")
         for c in self.clients:
             est.self_report(c, self.true_capacity(c), rng)

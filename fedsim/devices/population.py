@@ -235,6 +235,16 @@ class DevicePopulation:
                     on[r] = tr.timeline(t_s)[0]
         return on
 
+    def background_load_rows(self, rows: np.ndarray, t_s: float) -> np.ndarray:
+        """Background-load fractions of ``rows`` (unique) at ``t_s``."""
+        return self._load.at(rows, t_s).copy()
+
+    def memory_free_rows(self, rows: np.ndarray, t_s: float) -> np.ndarray:
+        """Memory left by other apps (bytes: total x (1 - pressure level)) of ``rows`` at ``t_s``
+        (running jobs not counted)."""
+        st = self._mem.at(rows, t_s)
+        return self.memory_total_bytes[rows] * (1.0 - self._c_levels[self.cls[rows], st])
+
     def is_online(self, c: str) -> bool:
         """Whether client ``c`` is online now. Many queries at one instant (a selection
         scanning the population) advance the whole population once, vectorised."""
