@@ -218,8 +218,6 @@ class World:
 
     # ------------------------------------------------------------------ data
     def _build_data(self) -> None:
-        import torch
-
         from fedsim.learning.datasets import DatasetError, load_dataset
         from fedsim.learning.models import MoEConfig
         from fedsim.learning.partition import partition
@@ -265,9 +263,6 @@ class World:
         self.client_groups: dict[str, int] = {}
         if d.partition == "domain_skew":
             self._apply_domains(splits, tuple(d.group_shares), d.domain_transform)
-        self._client_data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
-            c: (ds.x_train[torch.as_tensor(sp.train_idx)], ds.y_train[torch.as_tensor(sp.train_idx)]) for c, sp in self.splits.items()
-        }
 
     def _availability_order(self) -> list[int]:
         """Client indices, most often online first (long-run online share of the
@@ -306,6 +301,14 @@ class World:
         self.x_test, self.test_groups = xt, g
         self.client_groups = {c: sp.group for c, sp in zip(self.clients, splits)}
 
+    def _client_data(self, c: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Client ``c``'s training tensors (x, y), gathered when its job is made: a city of
+        clients keeps no copy per client."""
+        import torch
+
+        idx = torch.as_tensor(self.splits[c].train_idx)
+        return self.dataset.x_train[idx], self.dataset.y_train[idx]
+
     def num_samples(self, c: str) -> int:
         """Training samples held by client ``c``."""
         return int(len(self.splits[c].train_idx))
@@ -321,7 +324,7 @@ class World:
         from fedsim.learning.training import TrainConfig, TrainJob
 
         t = self.scenario.training
-        x, y = self._client_data[c]
+        x, y = self._client_data(c)
         return TrainJob(
             client_id=c, round=r, global_state=state, model_config=self.model_config, experts=list(experts), x=x, y=y,
             train=TrainConfig(
