@@ -29,7 +29,7 @@ from torch import nn
 from fedsim.learning.metrics import personalised_accuracy, predict_proba
 from fedsim.learning.partition import ClientSplit
 
-__all__ = ["alignment_metrics", "client_expert_masks", "first_choice_experts"]
+__all__ = ["alignment_metrics", "client_expert_mask_matrix", "client_expert_masks", "first_choice_experts"]
 
 
 def client_expert_masks(fitness: np.ndarray, k: int) -> list[torch.Tensor]:
@@ -42,12 +42,23 @@ def client_expert_masks(fitness: np.ndarray, k: int) -> list[torch.Tensor]:
     E = F.shape[1]
     if not 1 <= k <= E:
         raise ValueError(f'"k" must be in [1, {E}], got {k}')
-    masks = []
-    for row in F:
-        m = torch.zeros(E, dtype=torch.bool)
-        m[np.argsort(-row, kind="stable")[:k]] = True
-        masks.append(m)
-    return masks
+    return [torch.as_tensor(m) for m in client_expert_mask_matrix(F, k)]
+
+
+def client_expert_mask_matrix(fitness: np.ndarray, k: int) -> np.ndarray:
+    """Bool ``(C, E)`` matrix of each client's ``k`` best experts by fitness (ties: lower
+    index first, as a stable sort).
+
+    Raises:
+        ValueError: ``k`` is not in ``[1, E]``.
+    """
+    F = np.asarray(fitness, dtype=float)
+    E = F.shape[1]
+    if not 1 <= k <= E:
+        raise ValueError(f'"k" must be in [1, {E}], got {k}')
+    out = np.zeros(F.shape, dtype=bool)
+    np.put_along_axis(out, np.argsort(-F, axis=1, kind="stable")[:, :k], True, axis=1)
+    return out
 
 
 def first_choice_experts(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
@@ -80,7 +91,7 @@ def alignment_metrics(
     ``x_pool`` / ``y_pool`` are what the splits index into. Without groups
     (``test_groups`` None) the rare-group figures and the NMI are NaN.
     """
-    masks = client_expert_masks(fitness, min(k, np.asarray(fitness).shape[1]))
+    masks = client_expert_mask_matrix(fitness, min(k, np.asarray(fitness).shape[1]))
     acc = personalised_accuracy(model, x_pool, y_pool, splits, expert_masks=masks)
     n_test = np.array([len(s.test_idx) for s in splits], dtype=float)
     ok = np.isfinite(acc) & (n_test > 0)
