@@ -32,6 +32,11 @@ periodic process for clients that are not transferring:
   Handovers are therefore counted for connected clients only (idle
   reselections are not handovers).
 
+The devices of a lazy population are columns too
+(:class:`fedsim.devices.population.DevicePopulation`: availability, background
+load and memory pressure as functions of (device, time)), so a client nobody
+selects schedules no event at all.
+
 Approximations (measured by ``bench/population_equivalence.py`` and the
 statistical tests): only the candidate BSs can serve or interfere (as
 ``nearest_bs`` in the eager model) and idle-mode reselection has no
