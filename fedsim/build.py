@@ -11,7 +11,7 @@ scenario schema.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,6 @@ from fedsim.engine.checkpoint import Checkpointer, Replay
 if TYPE_CHECKING:
     import pandas as pd
     import simpy
-    import torch
 
     from fedsim.config.loader import LoadedScenario
 
@@ -301,14 +300,6 @@ class World:
         self.x_test, self.test_groups = xt, g
         self.client_groups = {c: sp.group for c, sp in zip(self.clients, splits)}
 
-    def _client_data(self, c: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Client ``c``'s training tensors (x, y), gathered when its job is made: a city of
-        clients keeps no copy per client."""
-        import torch
-
-        idx = torch.as_tensor(self.splits[c].train_idx)
-        return self.dataset.x_train[idx], self.dataset.y_train[idx]
-
     def num_samples(self, c: str) -> int:
         """Training samples held by client ``c``."""
         return int(len(self.splits[c].train_idx))
@@ -324,7 +315,8 @@ class World:
         from fedsim.learning.training import TrainConfig, TrainJob
 
         t = self.scenario.training
-        x, y = self._client_data(c)
+        idx = self.splits[c].train_idx  # gathered per job: a city of clients keeps no copy per client
+        x, y = self.dataset.x_train[idx], self.dataset.y_train[idx]
         return TrainJob(
             client_id=c, round=r, global_state=state, model_config=self.model_config, experts=list(experts), x=x, y=y,
             train=TrainConfig(
@@ -488,7 +480,7 @@ class World:
         return out
 
     def _build_systems(self) -> None:
-        from fedsim.devices.device import Device
+        from fedsim.devices.population import build_devices
         from fedsim.net.network import Network
         from fedsim.net.params import ChannelParams, NetworkParams
 
@@ -518,43 +510,18 @@ class World:
 
             fps = flops_per_sample(MoEClassifier(self.model_config), self.model_config.input_shape, train=True)
             caps = load_fedscale_capacity(self.loaded.paths.capacity_trace, fps)
-        self.devices: Mapping[str, Device] = {}
-        trace_ids = sorted(avail) if avail else []
-        cap_ids = sorted(caps) if caps else []
-        self.population = None
-        if params.channel.population == "lazy":  # devices as columns (fedsim.devices.population)
-            self._build_population(classes, avail, trace_ids, caps, cap_ids)
-            return
-        devices: dict[str, Device] = {}
-        for i, c in enumerate(self.clients):  # sorted: processes start in a fixed order
-            cls = self.graph.nodes[c]["device_class"]
-            a = avail[trace_ids[i % len(trace_ids)]] if trace_ids else None
-            f = caps[cap_ids[i % len(cap_ids)]].flops_per_s if cap_ids else None
-            devices[c] = Device(self.sim, c, classes[cls], flops_per_s=f, availability=a)
-            if cap_ids:  # the trace's communication rate caps the client's access link
-                self.network.set_rate_cap(c, caps[cap_ids[i % len(cap_ids)]].link_rate_bps)
-        self.devices = devices
-
-    def _build_population(self, classes: dict[str, Any], avail: Any, trace_ids: list[str],
-                          caps: Any, cap_ids: list[str]) -> None:
-        """The lazy population's devices: columns whose idle members schedule no event."""
-        from fedsim.devices.population import DevicePopulation
-
-        n = len(self.clients)
-        a = [avail[trace_ids[i % len(trace_ids)]] for i in range(n)] if trace_ids else None
-        f = [caps[cap_ids[i % len(cap_ids)]].flops_per_s for i in range(n)] if cap_ids else None
-        self.population = DevicePopulation(
-            self.sim, self.clients, [self.graph.nodes[c]["device_class"] for c in self.clients],
-            classes, flops_per_s=f, availability=a)
-        self.devices = self.population.devices
-        for i, c in enumerate(self.clients) if cap_ids else ():
+        trace_ids, cap_ids, n = sorted(avail or ()), sorted(caps or ()), len(self.clients)
+        a = [avail[trace_ids[i % len(trace_ids)]] if trace_ids else None for i in range(n)]
+        f = [caps[cap_ids[i % len(cap_ids)]].flops_per_s if cap_ids else None for i in range(n)]
+        kinds = [self.graph.nodes[c]["device_class"] for c in self.clients]
+        self.population, self.devices = build_devices(  # lazy: columns, idle devices schedule nothing
+            self.sim, self.clients, kinds, classes, f, a, lazy=params.channel.population == "lazy")
+        for i, c in enumerate(self.clients) if cap_ids else ():  # the trace's rate caps the access link
             self.network.set_rate_cap(c, caps[cap_ids[i % len(cap_ids)]].link_rate_bps)
 
     def is_online(self, c: str) -> bool:
         """Whether client ``c`` is online now (ground truth)."""
-        if self.population is not None:
-            return self.population.is_online(c)
-        return bool(self.devices[c].online)
+        return self.population.is_online(c) if self.population is not None else bool(self.devices[c].online)
 
     def device_class(self, c: str) -> str:
         """Device class of client ``c``."""
@@ -592,24 +559,21 @@ class World:
             flops, mem = self.population.capacity(c)
         else:
             dev = self.devices[c]
-            flops = dev.base_flops_per_s * (1.0 - dev.params.background_load_mean)
-            mem = dev.memory_available_bytes()
+            flops, mem = dev.base_flops_per_s * (1.0 - dev.params.background_load_mean), dev.memory_available_bytes()
         return CapacityEstimate(
-            flops_per_s=flops,
-            memory_bytes=mem,
+            flops_per_s=flops, memory_bytes=mem,
             up_bps=max(self.network.nominal_rate_bps(c, "up"), 1.0),
             down_bps=max(self.network.nominal_rate_bps(c, "down"), 1.0),
             latency_s=self.network.path_latency_s(c, self.server),
         )
 
     def new_capacity_estimator(self) -> Any:
-        """The server's capacity estimator, primed with each client's noisy self-report (devices
-        as columns: each client reports when first asked about, noise from ``capacity/report/<id>``)."""
+        """The server's capacity estimator, primed with each client's noisy self-report."""
         from fedsim.alignment.capacity import CapacityEstimator
 
         cap = self.scenario.alignment.capacity
         est = CapacityEstimator(cap.mode, noise_cv=cap.report_noise_cv, ewma=cap.ewma)
-        if self.population is not None:  # a city: each client reports when first asked about
+        if self.population is not None:  # devices as columns: a client reports when first asked about
             est.reporter = lambda c: est.self_report(
                 c, self.true_capacity(c), self.sim.rng.fresh_numpy(f"capacity/report/{c}"))
             return est

@@ -47,11 +47,26 @@ from fedsim.devices.traces import AvailabilityTrace
 from fedsim.engine.clock import delay_to
 from fedsim.engine.simulation import Simulation
 
-__all__ = ["DevicePopulation", "PopulationDevice", "PopulationDevices"]
+__all__ = ["DevicePopulation", "PopulationDevice", "PopulationDevices", "build_devices"]
 
 #: a time query for one device at a new instant is answered for that device alone; from
 #: this many queries at one instant on, the whole population is advanced at once
 _BULK_AFTER = 32
+
+
+def build_devices(sim: Simulation, nodes: Sequence[str], device_classes: Sequence[str],
+                  classes: Mapping[str, DeviceClassParams], flops_per_s: Sequence[float | None],
+                  availability: Sequence[AvailabilityTrace | None], *, lazy: bool
+                  ) -> tuple[DevicePopulation | None, Mapping[str, Device]]:
+    """The devices of a run: ``(population, client id -> device)``. ``lazy``: columns
+    (:class:`DevicePopulation`); otherwise one eager :class:`Device` per node, made in
+    node order (so their processes start in a fixed order) and no population."""
+    if lazy:
+        pop = DevicePopulation(sim, nodes, device_classes, classes, flops_per_s=flops_per_s,
+                               availability=availability)
+        return pop, pop.devices
+    return None, {c: Device(sim, c, classes[k], flops_per_s=f, availability=a)
+                  for c, k, f, a in zip(nodes, device_classes, flops_per_s, availability)}
 
 
 class _Segments:
