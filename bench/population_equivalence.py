@@ -11,7 +11,16 @@ Prints, summed over ``--seeds``:
 2. the candidate-set approximation alone: lazy with the default 8 nearest
    cells vs lazy with every cell a candidate (``nearest_bs`` = number of
    cells), the *same* keyed draws, so the difference is the approximation's
-   effect on handover counts and throughput.
+   effect on handover counts and throughput;
+3. devices: the eager :class:`~fedsim.devices.Device` objects (processes
+   per device) vs the columns of :class:`~fedsim.devices.population.DevicePopulation`
+   (functions of device and time), ``--devices-per-class`` of each class,
+   sampled every ``--sample-s`` for ``--device-seconds``: per-class online
+   fraction, background-load mean and lag-1 autocorrelation (one sample
+   interval apart), OOM rate (share of online samples where a job of 42 % of
+   the device's memory would not fit: the check ``compute`` makes at start)
+   and, from part 1, handovers per client-minute. The last line says whether
+   every statistic is within 3 % (the issue-28 target).
 
     python bench/population_equivalence.py --seeds 4 --seconds 120
 """
@@ -23,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.devices import default_device_classes
+from fedsim.devices import DEVICE_CLASSES, Device, default_device_classes
+from fedsim.devices.population import DevicePopulation
 from fedsim.engine import Simulation
 from fedsim.net import NetworkParams, manhattan_grid
 from fedsim.net.network import Network
@@ -69,13 +79,72 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
             "se_mean": float(np.mean(np.concatenate([x["se"] for x in runs])))}
 
 
+def device_samples(model: str, seed: int, per_class: int, seconds: float, dt: float
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """Per class: online (bool), load and fits (bool) arrays of shape (samples, devices)."""
+    sim = Simulation(seed)
+    classes = default_device_classes()
+    names = [c for c in DEVICE_CLASSES for _ in range(per_class)]
+    nodes = [f"d{i}" for i in range(len(names))]
+    times = np.arange(0.0, seconds, dt)
+    on = np.zeros((times.size, len(nodes)), dtype=bool)
+    load = np.zeros((times.size, len(nodes)))
+    fits = np.zeros((times.size, len(nodes)), dtype=bool)
+    if model == "eager":
+        devs = [Device(sim, c, classes[k]) for c, k in zip(nodes, names)]
+        for s, t in enumerate(times):
+            sim.env.run(until=t) if t > 0 else None
+            on[s] = [d.online for d in devs]
+            load[s] = [d.background_load for d in devs]
+            fits[s] = [d.fits(0.42 * d.memory_total_bytes) for d in devs]
+    else:
+        pop = DevicePopulation(sim, nodes, names, classes)
+        rows = np.arange(len(nodes))
+        for s, t in enumerate(times):
+            on[s] = pop.online_rows(rows, t)
+            load[s] = pop.background_load_rows(rows, t)
+            fits[s] = 0.42 * pop.memory_total_bytes <= pop.memory_free_rows(rows, t)
+    out = {}
+    for j, c in enumerate(DEVICE_CLASSES):
+        sl = slice(j * per_class, (j + 1) * per_class)
+        out[c] = {"on": on[:, sl], "load": load[:, sl], "fits": fits[:, sl]}
+    return out
+
+
+def device_stats(runs: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, float]:
+    """Pooled over runs: per class online fraction, load mean, load lag-1 autocorrelation
+    and OOM rate (the latter over online samples)."""
+    st: dict[str, float] = {}
+    for c in DEVICE_CLASSES:
+        on = np.concatenate([r[c]["on"] for r in runs], axis=1)
+        ld = np.concatenate([r[c]["load"] for r in runs], axis=1)
+        ft = np.concatenate([r[c]["fits"] for r in runs], axis=1)
+        st[f"{c}.online_frac"] = float(on.mean())
+        st[f"{c}.load_mean"] = float(ld.mean())
+        x = ld - ld.mean()
+        st[f"{c}.load_ac1"] = float((x[1:] * x[:-1]).mean() / max((x * x).mean(), 1e-300))
+        st[f"{c}.oom_rate"] = float((~ft & on).sum() / max(on.sum(), 1))
+        # standard errors from the spread of per-device means (devices are independent)
+        for k, v in (("online_frac", on), ("load_mean", ld), ("oom_rate", ~ft & on)):
+            st[f"{c}.{k}.se"] = float(v.mean(axis=0).std() / np.sqrt(v.shape[1]))
+    return st
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--blocks", type=int, default=12)
     ap.add_argument("--skip-eager", action="store_true")
+    ap.add_argument("--skip-network", action="store_true")
+    ap.add_argument("--devices-per-class", type=int, default=1000)
+    ap.add_argument("--device-seconds", type=float, default=7200.0)
+    ap.add_argument("--sample-s", type=float, default=60.0)
     a = ap.parse_args(argv)
+    ratios = compare_devices(a)
+    if a.skip_network:
+        print_verdict(ratios)
+        return
     seeds = range(a.seeds)
     lazy = [drive(LazyNetwork, s, a.seconds, a.blocks) for s in seeds]
     m = lazy[0]["bs"]
@@ -91,6 +160,34 @@ def main(argv: list[str] | None = None) -> None:
     if "eager" in rows:
         for k in base:
             print(f"lazy (8 nearest) / eager {k}: {rows['lazy (8 nearest)'][k] / rows['eager'][k]:.4f}")
+        ratios["handovers_per_client_min"] = (rows["lazy (8 nearest)"]["ho_per_client_min"]
+                                              / rows["eager"]["ho_per_client_min"])
+    print_verdict(ratios)
+
+
+def compare_devices(a: argparse.Namespace) -> dict[str, float]:
+    """Eager Device vs DevicePopulation statistics (different seeds per model); ratios lazy / eager."""
+    seeds = range(a.seeds)
+    eager = device_stats([device_samples("eager", s, a.devices_per_class, a.device_seconds, a.sample_s)
+                          for s in seeds])
+    lazy = device_stats([device_samples("lazy", 1000 + s, a.devices_per_class, a.device_seconds,
+                                        a.sample_s) for s in seeds])
+    ratios = {}
+    for k in (k for k in eager if not k.endswith(".se")):
+        ratios[k] = lazy[k] / eager[k] if eager[k] != 0 else (1.0 if lazy[k] == 0 else float("inf"))
+        se = ""
+        if f"{k}.se" in eager:  # standard error of the ratio from sampling alone (delta method)
+            rse = np.hypot(eager[f"{k}.se"] / eager[k], lazy[f"{k}.se"] / max(lazy[k], 1e-300))
+            se = f" ratio_se={rse * ratios[k]:.4f}"
+        print(f"devices {k:22s} eager={eager[k]:.4f} columns={lazy[k]:.4f} ratio={ratios[k]:.4f}{se}")
+    return ratios
+
+
+def print_verdict(ratios: dict[str, float]) -> None:
+    worst = max(ratios, key=lambda k: abs(ratios[k] - 1.0))
+    ok = abs(ratios[worst] - 1.0) <= 0.03
+    print(f"equivalence within 3 %: {'met' if ok else 'NOT met'} "
+          f"(worst: {worst} ratio {ratios[worst]:.4f}, {len(ratios)} statistics)")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,11 @@ def _client_summary(systems: Any) -> dict[str, Any]:
 
     devs = systems.devices
     per_class = Counter(systems.device_class(c) for c in devs)
-    never = sorted(c for c, d in devs.items() if not getattr(d, "ever_online", True))
+    pop = getattr(systems, "population", None)
+    if pop is not None:  # devices as columns: no object per device
+        never = pop.never_online(systems.sim.env.now)
+    else:
+        never = sorted(c for c, d in devs.items() if not getattr(d, "ever_online", True))
     return {"total": len(devs), "per_class": dict(sorted(per_class.items())),
             "offline_whole_run": len(never), "offline_whole_run_ids": never[:50]}
 

@@ -26,8 +26,6 @@ from fedsim.parts.learning import Evaluator, Trainer
 from fedsim.parts.systems import Systems
 
 if TYPE_CHECKING:
-    import torch
-
     from fedsim.config.loader import LoadedScenario
 
 __all__ = ["TopologyError", "build_graph", "check_world_rules", "load_checked", "unreachable_clients_of", "build_parts"]
@@ -134,8 +132,9 @@ class _Builder:
 
     Attributes (after construction): ``loaded`` / ``scenario``, ``sim``, ``graph``,
     ``server``, ``clients``; the data (``dataset``, ``splits``, ``model_config``,
-    ``x_test`` / ``y_test`` / ``test_groups``, ``client_groups``, ``_client_data``);
-    the systems (``class_params``, ``network``, ``devices``).
+    ``x_test`` / ``y_test`` / ``test_groups``, ``client_groups``);
+    the systems (``class_params``, ``network``, ``devices``, ``population``: the
+    device columns of a lazy run, else None).
     """
 
     def __init__(self, loaded: LoadedScenario) -> None:
@@ -152,8 +151,6 @@ class _Builder:
 
     # ------------------------------------------------------------------ data
     def _build_data(self) -> None:
-        import torch
-
         from fedsim.learning.datasets import DatasetError, load_dataset
         from fedsim.learning.models import MoEConfig
         from fedsim.learning.partition import partition
@@ -199,9 +196,6 @@ class _Builder:
         self.client_groups: dict[str, int] = {}
         if d.partition == "domain_skew":
             self._apply_domains(splits, tuple(d.group_shares), d.domain_transform)
-        self._client_data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
-            c: (ds.x_train[torch.as_tensor(sp.train_idx)], ds.y_train[torch.as_tensor(sp.train_idx)]) for c, sp in self.splits.items()
-        }
 
     def _availability_order(self) -> list[int]:
         """Client indices, most often online first (long-run online share of the
@@ -275,7 +269,7 @@ class _Builder:
         return out
 
     def _build_systems(self) -> None:
-        from fedsim.devices.device import Device
+        from fedsim.devices.population import build_devices
         from fedsim.net.network import Network
         from fedsim.net.params import ChannelParams, NetworkParams
 
@@ -305,16 +299,14 @@ class _Builder:
 
             fps = flops_per_sample(MoEClassifier(self.model_config), self.model_config.input_shape, train=True)
             caps = load_fedscale_capacity(self.loaded.paths.capacity_trace, fps)
-        self.devices: dict[str, Device] = {}
-        trace_ids = sorted(avail) if avail else []
-        cap_ids = sorted(caps) if caps else []
-        for i, c in enumerate(self.clients):  # sorted: processes start in a fixed order
-            cls = self.graph.nodes[c]["device_class"]
-            a = avail[trace_ids[i % len(trace_ids)]] if trace_ids else None
-            f = caps[cap_ids[i % len(cap_ids)]].flops_per_s if cap_ids else None
-            self.devices[c] = Device(self.sim, c, classes[cls], flops_per_s=f, availability=a)
-            if cap_ids:  # the trace's communication rate caps the client's access link
-                self.network.set_rate_cap(c, caps[cap_ids[i % len(cap_ids)]].link_rate_bps)
+        trace_ids, cap_ids, n = sorted(avail or ()), sorted(caps or ()), len(self.clients)
+        a = [avail[trace_ids[i % len(trace_ids)]] if trace_ids else None for i in range(n)]
+        f = [caps[cap_ids[i % len(cap_ids)]].flops_per_s if cap_ids else None for i in range(n)]
+        kinds = [self.graph.nodes[c]["device_class"] for c in self.clients]
+        self.population, self.devices = build_devices(  # lazy: columns, idle devices schedule nothing
+            self.sim, self.clients, kinds, classes, f, a, lazy=params.channel.population == "lazy")
+        for i, c in enumerate(self.clients) if cap_ids else ():  # the trace's rate caps the access link
+            self.network.set_rate_cap(c, caps[cap_ids[i % len(cap_ids)]].link_rate_bps)
 
     # ------------------------------------------------------------------ parts
     def train_device(self) -> str:
@@ -345,14 +337,15 @@ class _Builder:
             expert_loss=reward == "expert_loss", gate_feedback=reward == "gate_prob",
         )
         return Trainer(
-            self.sim, self.clients, self.dataset, self.splits, self._client_data, self.model_config, train,
+            self.sim, self.clients, self.dataset, self.splits, self.model_config, train,
             lambda: make_executor(t.executor, workers=t.workers, torch_threads=t.torch_threads), replay,
         )
 
     def alignment(self, systems: Systems) -> AlignmentServices:
         """The :class:`~fedsim.parts.alignment.AlignmentServices` of ``protocol.fedmoe.alignment``:
         fresh state, the policy, the capacity estimator primed with each client's noisy
-        self-report (stream ``capacity/report``)."""
+        self-report (stream ``capacity/report``; with device columns, a client reports when
+        first asked about, stream ``capacity/report/{c}``)."""
         from fedsim.alignment.capacity import CapacityEstimator
         from fedsim.alignment.policies import make_policy, policy_params
         from fedsim.alignment.state import AlignmentState
@@ -364,9 +357,13 @@ class _Builder:
         )
         policy = make_policy(a.policy, **policy_params(a))
         est = CapacityEstimator(a.capacity.mode, noise_cv=a.capacity.report_noise_cv, ewma=a.capacity.ewma)
-        rng = self.sim.rng.numpy("capacity/report")
-        for c in self.clients:
-            est.self_report(c, systems.true_capacity(c), rng)
+        if self.population is not None:  # devices as columns: a client reports when first asked about
+            est.reporter = lambda c: est.self_report(
+                c, systems.true_capacity(c), self.sim.rng.fresh_numpy(f"capacity/report/{c}"))
+        else:
+            rng = self.sim.rng.numpy("capacity/report")
+            for c in self.clients:
+                est.self_report(c, systems.true_capacity(c), rng)
         return AlignmentServices(
             state=state, estimator=est, policy=policy, safety_margin=a.capacity.safety_margin,
             max_experts_per_client=a.max_experts_per_client,
@@ -376,7 +373,7 @@ class _Builder:
     def parts(self, replay: Replay) -> Parts:
         """The :class:`~fedsim.parts.bundle.Parts` handed to the protocol."""
         s = self.scenario
-        systems = Systems(self.sim, self.graph, self.server, self.clients, self.network, self.devices)
+        systems = Systems(self.sim, self.graph, self.server, self.clients, self.network, self.devices, self.population)
         trainer = self.trainer(replay)
         evaluator = Evaluator(trainer, self.x_test, self.y_test, self.test_groups, self.sim.rec)
         name = s.protocol.name

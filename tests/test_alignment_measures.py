@@ -40,17 +40,17 @@ def test_per_client_inference_never_routes_to_an_untrained_expert(tmp_path: Path
     from fedsim.api import load_scenario, run
 
     seen: list[tuple[np.ndarray, np.ndarray]] = []
-    real = routing.client_expert_masks
+    real = routing.client_expert_mask_matrix
 
     def spy(fitness, k, trained=None):  # noqa: ANN001, ANN202
         masks = real(fitness, k, trained)
-        seen.append((np.stack([mk.numpy() for mk in masks]), np.array(trained, dtype=bool)))
+        seen.append((masks.copy(), np.array(trained, dtype=bool)))
         return masks
 
-    monkeypatch.setattr(routing, "client_expert_masks", spy)
+    monkeypatch.setattr(routing, "client_expert_mask_matrix", spy)
     loaded = load_scenario(ROOT / "scenarios" / "smart-city-small.yaml", [
         "run.rounds=4", "data.max_train_samples=300", "evaluation.max_test_samples=100",
-        "alignment.policy=random", "model.num_experts=6",
+        "protocol.fedmoe.alignment.policy=random", "model.num_experts=6",
     ], seed=1)
     res = run(loaded, tmp_path / "r", figures=False)
     clients = pd.read_parquet(res.run_dir / "clients.parquet")

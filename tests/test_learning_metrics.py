@@ -53,3 +53,24 @@ def test_personalised_accuracy_per_client() -> None:
     ]
     acc = personalised_accuracy(Lookup(3), x, y, splits)
     assert acc[0] == 1.0 and acc[1] == 0.5 and math.isnan(acc[2])
+
+
+def test_personalised_accuracy_grouped_masks_equal_per_client_passes() -> None:
+    """Clients grouped by gate mask (one batched pass per mask, the city-scale path) get
+    the accuracies of one pass per client."""
+    from fedsim.learning.models import MoEClassifier, MoEConfig
+    from fedsim.learning.routing import client_expert_mask_matrix, client_expert_masks
+
+    torch.manual_seed(0)
+    model = MoEClassifier(MoEConfig(input_shape=(6,), num_classes=3, backbone="mlp", widths=(8,),
+                                    feature_dim=8, num_experts=4, top_k=2, expert_hidden=4))
+    gen = np.random.default_rng(0)
+    x = torch.as_tensor(gen.standard_normal((400, 6)), dtype=torch.float32)
+    y = torch.as_tensor(gen.integers(0, 3, 400))
+    splits = [ClientSplit(i, np.arange(0), np.arange(i * 8, i * 8 + int(gen.integers(0, 9))))
+              for i in range(50)]
+    fitness = gen.standard_normal((50, 4))
+    per_client = personalised_accuracy(model, x, y, splits, expert_masks=client_expert_masks(fitness, 2))
+    grouped = personalised_accuracy(model, x, y, splits, expert_masks=client_expert_mask_matrix(fitness, 2))
+    assert np.allclose(per_client, grouped, equal_nan=True)
+    assert np.isnan(grouped).any() and np.isfinite(grouped).sum() > 30

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from fedsim.devices import DEVICE_CLASSES, default_device_classes
 from fedsim.engine import Simulation
+from fedsim.engine.clock import block_index
 from fedsim.net import NetworkParams, manhattan_grid
 from fedsim.net.network import Network
 from fedsim.net.params import ChannelParams
-from fedsim.net.population import LazyNetwork
+from fedsim.net.population import LazyNetwork, next_block
 from fedsim.net.trajectory import Trajectories
 from fedsim.rng import RngStreams
 
@@ -149,3 +154,29 @@ def test_idle_clients_cost_no_events() -> None:
     sim_e.env.run(until=300.0)
     assert next(sim_l.env._eid) <= 5
     assert next(sim_e.env._eid) >= 300
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(1e-3, 10.0), st.integers(0, 10**9), st.integers(1, 5))
+def test_fading_loop_clock_always_advances(c: float, k: int, steps: int) -> None:
+    """The lazy fading loop's next event (``next_block``) is strictly in the future and
+    handles each block once, even on a boundary the loop itself computed, where float
+    phase arithmetic (``(floor(now / c + eps) + 1) * c``) gave a zero delay (e.g.
+    c = 1.5510991035597232 s, block 31,250,000)."""
+    now, b = k * c, k
+    for _ in range(steps):
+        nb, delay = next_block(now, c, b)
+        assert nb > b and delay > 0.0 and now + delay > now
+        assert nb * c > now
+        now, b = now + delay, nb
+        assert block_index(now, c) in (b - 1, b)  # landed on (or one ulp short of) the boundary
+
+
+def test_fading_loop_old_phase_arithmetic_stalls() -> None:
+    """The counterexample above really stalled the old formula (so the property can fail)."""
+    c, k = 1.5510991035597232, 31_250_000
+    now = k * c
+    old = (math.floor(now / c + 1e-9) + 1) * c
+    assert now + (old - now) == now
+    nb, delay = next_block(now, c, k)
+    assert nb == k + 1 and now + delay > now

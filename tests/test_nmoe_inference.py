@@ -101,8 +101,7 @@ def test_nmoe_protocol_on_stand_in_world() -> None:
     clients = [f"c{i}" for i in range(4)]
     splits = dict(zip(clients, partition("noniid_tau", ds.y_train.numpy(), 4, sim.rng.fresh_numpy("split"), tau=0.3)))
     cfg = MoEConfig(ds.input_shape, 10, backbone="cnn", widths=(8,), feature_dim=16, num_experts=4, top_k=2, expert_hidden=16)
-    data = {c: (ds.x_train[sp.train_idx], ds.y_train[sp.train_idx]) for c, sp in splits.items()}
-    trainer = Trainer(sim, clients, ds, splits, data, cfg, TrainConfig(lr=0.05, momentum=0.9), lambda: None, Replay(record=False))
+    trainer = Trainer(sim, clients, ds, splits, cfg, TrainConfig(lr=0.05, momentum=0.9), lambda: None, Replay(record=False))
     world = Parts(
         protocol="nmoe", config=NMoEConfig(extractor="fedce", gate="fedgate", request_rate_per_s=0.5, inference_horizon_s=20.0),
         run=RunSettings(rounds=2), sim=sim, clients=clients, systems=StarSystems(sim.env, clients),

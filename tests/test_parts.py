@@ -40,7 +40,7 @@ class _Executor:
 def _trainer() -> tuple[Trainer, _Seam]:
     seam = _Seam()
     _Executor.built = 0
-    t = Trainer(Simulation(0), ["a", "b"], None, {}, {}, None, TrainConfig(), _Executor, seam)  # type: ignore[arg-type]
+    t = Trainer(Simulation(0), ["a", "b"], None, {}, None, TrainConfig(), _Executor, seam)  # type: ignore[arg-type]
     return t, seam
 
 

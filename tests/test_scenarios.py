@@ -72,6 +72,8 @@ def smoke_overrides(s: Any) -> list[str]:
         fewer = _fewer_clients(dict(s.topology.grid.clients))
         if fewer is not None:
             overrides.append("topology.grid.clients={" + ", ".join(f"{c}: {n}" for c, n in fewer.items()) + "}")
+    if s.data.dataset == "synthetic" and s.data.synthetic_samples > 20_000:  # a city's pool (metro-1m: 5M)
+        overrides.append("data.synthetic_samples=20000")
     return overrides
 
 

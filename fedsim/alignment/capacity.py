@@ -9,7 +9,7 @@ bytes, bits per second (bits/s), FLOPs, FLOP/s.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -209,6 +209,9 @@ class CapacityEstimator:
         self.noise_sigma = float(noise_sigma)
         self.ewma = float(ewma)
         self._est: dict[Hashable, CapacityEstimate] = {}
+        #: optional on-demand self-report: ``reporter(client)`` stores and returns the first
+        #: estimate of a client not seen yet (a city-scale population reports when first asked)
+        self.reporter: Callable[[Hashable], CapacityEstimate] | None = None
 
     @property
     def estimates(self) -> Mapping[Hashable, CapacityEstimate]:
@@ -219,10 +222,13 @@ class CapacityEstimator:
         return client in self._est
 
     def estimate(self, client: Hashable) -> CapacityEstimate:
-        """The current estimate of ``client``; ``KeyError`` naming it if unknown."""
+        """The current estimate of ``client`` (from :attr:`reporter` on first request if set);
+        ``KeyError`` naming it if unknown."""
         try:
             return self._est[client]
         except KeyError:
+            if self.reporter is not None:
+                return self.reporter(client)
             raise KeyError(f"no capacity estimate for client {client!r}") from None
 
     def set_prior(self, client: Hashable, est: CapacityEstimate) -> None:

@@ -131,7 +131,7 @@ class ChannelConfig(_Strict):
     small_bandwidth_up_hz: float | None = Field(None, gt=0, le=1e9, description="Uplink bandwidth of a small cell, Hz (null: bandwidth_up_hz, the macro value).")
     small_bandwidth_down_hz: float | None = Field(None, gt=0, le=1e9, description="Downlink bandwidth of a small cell, Hz (null: bandwidth_down_hz).")
     attachment: Literal["downlink", "uplink"] = Field("uplink", description="Cell selection and handover by downlink received power, or by uplink SNR (default: a client near a strong macro is often better heard by a small cell; by downlink power 21-31 of 100 clients on the default grid had their mean uplink in outage, by uplink SNR with the default cells 0-1).")
-    population: Literal["eager", "lazy"] = Field("eager", description="eager: every client's position, fading and serving cell advance periodically (the reference); lazy: evaluated on demand, for clients with flows or at selection, so idle clients cost no events (fedsim.net.population).")
+    population: Literal["eager", "lazy"] = Field("eager", description="eager: every client's position, fading and serving cell advance periodically (the reference); lazy: evaluated on demand, for clients with flows or at selection, and the devices are columns whose availability, background load and memory pressure are functions of (device, time), so idle clients cost no events (fedsim.net.population, fedsim.devices.population).")
 
 
 class DeviceClassConfig(_Strict):

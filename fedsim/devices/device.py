@@ -32,7 +32,7 @@ from fedsim.devices.traces import AvailabilityTrace
 from fedsim.engine.clock import delay_to, step
 from fedsim.engine.simulation import Simulation
 
-__all__ = ["Device", "ComputeResult", "lognormal_params"]
+__all__ = ["Device", "ComputeResult", "lognormal_params", "memory_stationary"]
 
 
 def lognormal_params(mean: float, cv: float) -> tuple[float, float]:
@@ -68,7 +68,7 @@ class ComputeResult:
 
 
 @functools.lru_cache(maxsize=64)
-def _stationary(jump_t: tuple[tuple[float, ...], ...], hold_s: tuple[float, ...]) -> np.ndarray:
+def memory_stationary(jump_t: tuple[tuple[float, ...], ...], hold_s: tuple[float, ...]) -> np.ndarray:
     """Stationary distribution of the memory-pressure CTMC (embedded chain x holding times)."""
     jump = np.array(jump_t, dtype=float)
     n = len(jump)
@@ -180,7 +180,7 @@ class Device:
         n = len(self.params.memory_pressure_levels)
         if n == 1:
             return 0
-        w = _stationary(self.params.memory_pressure_jump, self.params.memory_pressure_mean_hold_s)
+        w = memory_stationary(self.params.memory_pressure_jump, self.params.memory_pressure_mean_hold_s)
         return int(self._rng_mem.choice(n, p=w))
 
 
@@ -259,6 +259,7 @@ class Device:
             return self._finish_job(job, flops, start, False, cause, rnd, tag)
         self._jobs.append(job)
         self._watched[job.proc] = None  # type: ignore[index]
+        self._engage()
         self._notify()
         completed = False
         rate = 0.0
@@ -288,6 +289,7 @@ class Device:
             self._watched.pop(job.proc, None)  # type: ignore[arg-type]
             job.changed = None
             self._notify()
+            self._release()
         return self._finish_job(job, flops, start, completed, cause, rnd, tag)
 
     def _finish_job(self, job: _Job, flops: float, start: float, completed: bool, cause: Any,
@@ -316,13 +318,14 @@ class Device:
         if not proc.is_alive:
             return proc
         self._watched[proc] = None
-        proc.callbacks.append(lambda _ev: self._watched.pop(proc, None))
+        self._engage()
+        proc.callbacks.append(lambda _ev: self.unwatch(proc))
         if not self.online:
             proc.interrupt(Dropout(self.node, self.env.now, "offline"))
             return proc
         rate = self.params.transfer_hazard_per_s
         if hazard and rate > 0:
-            t = float(self._rng_hazard.exponential(1.0 / rate))
+            t = self._hazard_delay(rate)
             timer = self.env.timeout(t)
             timer.callbacks.append(lambda _ev: self._fail(proc))
         return proc
@@ -330,6 +333,18 @@ class Device:
     def unwatch(self, proc: simpy.Process) -> None:
         """Stop watching ``proc`` (no-op if not watched)."""
         self._watched.pop(proc, None)
+        self._release()
+
+    def _hazard_delay(self, rate_per_s: float) -> float:
+        """Time to a link failure (s) of a newly watched transfer."""
+        return float(self._rng_hazard.exponential(1.0 / rate_per_s))
+
+    def _engage(self) -> None:
+        """Hook: a job or a watched process starts (a population device starts following
+        its state then; the eager device always does)."""
+
+    def _release(self) -> None:
+        """Hook: a job or a watched process ended."""
 
     def _fail(self, proc: simpy.Process) -> None:
         if proc.is_alive and proc in self._watched:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["delay_to", "step"]
+__all__ = ["block_index", "delay_to", "step"]
 
 
 def step(now: float, delay_s: float) -> float:
@@ -39,3 +39,24 @@ def delay_to(now: float, t_s: float) -> float:
     if not math.isfinite(t_s):
         raise ValueError(f"event time must be finite, got {t_s!r}")
     return step(now, t_s - now)
+
+
+def block_index(t_s: float, period_s: float) -> int:
+    """Index ``b`` of the period (coherence block, sampling slot...) holding time ``t_s``:
+    the largest integer with ``b * period_s <= t_s`` in floating point, so the boundary
+    ``(b + 1) * period_s`` of the next one is always ``> t_s`` and a loop that waits for it
+    always advances the clock (no zero delay from rounding the quotient ``t_s / period_s``).
+
+    Raises:
+        ValueError: ``period_s`` is not > 0 or ``t_s`` is not finite.
+    """
+    if not (period_s > 0.0 and math.isfinite(period_s)):
+        raise ValueError(f'"period_s" must be > 0, got {period_s!r}')
+    if not math.isfinite(t_s):
+        raise ValueError(f"time must be finite, got {t_s!r}")
+    b = math.floor(t_s / period_s)
+    while (b + 1) * period_s <= t_s:
+        b += 1
+    while b * period_s > t_s:
+        b -= 1
+    return b

@@ -140,7 +140,16 @@ def _standardise(
 ) -> tuple[np.ndarray, np.ndarray]:
     mean = x_train.mean(axis=axes, keepdims=True)
     std = x_train.std(axis=axes, keepdims=True) + 1e-6
-    return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+    return _scaled(x_train, mean, std), _scaled(x_test, mean, std)
+
+
+def _scaled(x: np.ndarray, mean: np.ndarray, std: np.ndarray, rows: int = 65536) -> np.ndarray:
+    """``((x - mean) / std)`` as float32, computed in row chunks (the same values as one
+    expression, without full-size float64 temporaries: a city's pool has 10^6-10^7 rows)."""
+    out = np.empty(x.shape, dtype=np.float32)
+    for a in range(0, x.shape[0], rows):
+        out[a:a + rows] = ((x[a:a + rows] - mean) / std).astype(np.float32)
+    return out
 
 
 def _make(
@@ -274,7 +283,11 @@ def _make_synthetic(
     means = rng.standard_normal((num_classes, dim))
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     y = rng.choice(num_classes, size=n, p=prior).astype(np.int64)
-    x = class_sep * means[y] + feature_noise * rng.standard_normal((n, dim))
+    x = rng.standard_normal((n, dim))
+    for a in range(0, n, 65536):  # = class_sep * means[y] + feature_noise * noise, in place
+        x[a:a + 65536] = class_sep * means[y[a:a + 65536]] + feature_noise * x[a:a + 65536]
     tr, te = _split(n, rng, test_fraction)
-    xtr, xte = _standardise(x[tr], x[te], axes=(0,))
+    xte = x[te]
+    x = x[tr]
+    xtr, xte = _standardise(x, xte, axes=(0,))
     return _make("synthetic", xtr, y[tr], xte, y[te], num_classes)

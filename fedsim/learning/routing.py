@@ -36,7 +36,7 @@ from torch import nn
 from fedsim.learning.metrics import personalised_accuracy, predict_proba
 from fedsim.learning.partition import ClientSplit
 
-__all__ = ["alignment_metrics", "client_expert_masks", "first_choice_experts"]
+__all__ = ["alignment_metrics", "client_expert_mask_matrix", "client_expert_masks", "first_choice_experts"]
 
 
 def client_expert_masks(fitness: np.ndarray, k: int, trained: np.ndarray | None = None) -> list[torch.Tensor]:
@@ -50,6 +50,16 @@ def client_expert_masks(fitness: np.ndarray, k: int, trained: np.ndarray | None 
     Raises:
         ValueError: ``k`` is not in ``[1, E]``, or ``trained`` has another shape.
     """
+    return [torch.as_tensor(m) for m in client_expert_mask_matrix(fitness, k, trained)]
+
+
+def client_expert_mask_matrix(fitness: np.ndarray, k: int, trained: np.ndarray | None = None) -> np.ndarray:
+    """Bool ``(C, E)`` matrix of each client's ``k`` best experts by fitness (ties: lower
+    index first, as a stable sort); ``trained`` as in :func:`client_expert_masks`.
+
+    Raises:
+        ValueError: ``k`` is not in ``[1, E]``, or ``trained`` has another shape.
+    """
     F = np.asarray(fitness, dtype=float)
     E = F.shape[1]
     if not 1 <= k <= E:
@@ -57,17 +67,12 @@ def client_expert_masks(fitness: np.ndarray, k: int, trained: np.ndarray | None 
     T = np.ones(F.shape, dtype=bool) if trained is None else np.asarray(trained, dtype=bool)
     if T.shape != F.shape:
         raise ValueError(f'"trained" must have shape {F.shape}, got {T.shape}')
-    anyone = T.any(axis=0) if T.any() else np.ones(E, dtype=bool)
-    masks = []
-    for row, own in zip(F, T):
-        m = torch.zeros(E, dtype=torch.bool)
-        if own.any():
-            order = [int(e) for e in np.argsort(-row, kind="stable") if own[e]]
-            m[order[:k]] = True
-        else:
-            m[torch.as_tensor(anyone)] = True
-        masks.append(m)
-    return masks
+    order = np.argsort(-F, axis=1, kind="stable")
+    eligible = np.take_along_axis(T, order, axis=1)  # in fitness order: the first k trained experts
+    out = np.zeros(F.shape, dtype=bool)
+    np.put_along_axis(out, order, eligible & (np.cumsum(eligible, axis=1) <= k), axis=1)
+    out[~T.any(axis=1)] = T.any(axis=0) if T.any() else True  # trained none: experts anyone trained
+    return out
 
 
 def first_choice_experts(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
@@ -102,7 +107,7 @@ def alignment_metrics(
     ``x_pool`` / ``y_pool`` are what the splits index into. Without groups
     (``test_groups`` None) the group figures and the NMI are NaN.
     """
-    masks = client_expert_masks(fitness, min(k, np.asarray(fitness).shape[1]), trained)
+    masks = client_expert_mask_matrix(fitness, min(k, np.asarray(fitness).shape[1]), trained)
     acc = personalised_accuracy(model, x_pool, y_pool, splits, expert_masks=masks)
     n_test = np.array([len(s.test_idx) for s in splits], dtype=float)
     ok = np.isfinite(acc) & (n_test > 0)

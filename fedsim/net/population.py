@@ -32,6 +32,11 @@ periodic process for clients that are not transferring:
   Handovers are therefore counted for connected clients only (idle
   reselections are not handovers).
 
+The devices of a lazy population are columns too
+(:class:`fedsim.devices.population.DevicePopulation`: availability, background
+load and memory pressure as functions of (device, time)), so a client nobody
+selects schedules no event at all.
+
 Approximations (measured by ``bench/population_equivalence.py`` and the
 statistical tests): only the candidate BSs can serve or interfere (as
 ``nearest_bs`` in the eager model) and idle-mode reselection has no
@@ -46,19 +51,29 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.engine.clock import block_index, delay_to
 from fedsim.net import channel as ch
 from fedsim.net.network import Network
 from fedsim.net.radio import _NEAR_CELL_M
 from fedsim.net.trajectory import Trajectories
 
-__all__ = ["LazyNetwork", "DEFAULT_CANDIDATES"]
+__all__ = ["LazyNetwork", "DEFAULT_CANDIDATES", "next_block"]
 
 #: candidate BSs per client when ``ChannelParams.nearest_bs`` is 0
 DEFAULT_CANDIDATES = 8
 #: a client stays connected (handover rules, not idle reselection) this long after its
 #: last flow, like an LTE / NR RRC inactivity timer (typically 10 s), s
 RRC_INACTIVITY_S = 10.0
-_BLOCK_EPS = 1e-9
+
+
+def next_block(now: float, period_s: float, block: int) -> tuple[int, float]:
+    """The next block boundary of a loop that last handled block ``block``: returns
+    ``(b, delay_s)`` with ``b > block``, ``b * period_s > now`` and ``now + delay_s > now``.
+
+    Integer block indices (:func:`fedsim.engine.clock.block_index`), not float phase
+    arithmetic, so the clock always advances and no boundary is handled twice."""
+    b = max(block, block_index(now, period_s)) + 1
+    return b, delay_to(now, b * period_s)
 
 
 class LazyNetwork(Network):
@@ -221,7 +236,8 @@ class LazyNetwork(Network):
         return ho_rows
 
     def _block(self) -> int:
-        return int(math.floor(self.env.now / self.cp.coherence_s + _BLOCK_EPS))
+        """Coherence block of now: the largest ``b`` with ``b * coherence_s <= now``."""
+        return block_index(self.env.now, self.cp.coherence_s)
 
     def fading_power(self, rows: np.ndarray, block: int | np.ndarray) -> np.ndarray:
         """Block-fading power gain (unit mean) of ``rows`` in coherence block ``block``:
@@ -237,11 +253,11 @@ class LazyNetwork(Network):
         im = s * self._cr_fading.normal(rows, block, 1)
         return re * re + im * im
 
-    def _se_now(self, rows: np.ndarray) -> None:
-        """Spectral efficiencies of ``rows`` with the fading of the current block."""
+    def _se_now(self, rows: np.ndarray, block: int | None = None) -> None:
+        """Spectral efficiencies of ``rows`` with the fading of ``block`` (default: now's)."""
         if rows.size == 0:
             return
-        block = self._block()
+        block = self._block() if block is None else block
         self._block_se[rows] = block
         k = np.arange(rows.size)
         cand = self._cand[rows]
@@ -311,13 +327,14 @@ class LazyNetwork(Network):
 
     def _fading_upkeep(self) -> Any:
         c = self.cp.coherence_s
+        b = self._block()
         while self._active:
-            nxt = (self._block() + 1) * c
-            yield self.env.timeout(nxt - self.env.now)
+            b, delay = next_block(self.env.now, c, b)
+            yield self.env.timeout(delay)
             rows = np.array(sorted(self._active), dtype=np.int64)
             if rows.size:
                 self.fading_blocks += 1
-                self._se_now(rows)
+                self._se_now(rows, b)
                 self._refresh(rows.tolist())
 
     # -- public queries (evaluate first) -----------------------------------------

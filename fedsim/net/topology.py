@@ -317,7 +317,7 @@ def unreachable_clients(graph: nx.Graph, server: str) -> list[str]:
     A client reaches the server iff some base station is within that BS's
     ``range_m`` (3D distance, unlimited when absent) of the client's
     *initial* position and that BS is connected to ``server`` through wired
-    edges. Pure and cheap (one vectorised distance matrix); it does not
+    edges. Pure and cheap (vectorised distances, in chunks of clients); it does not
     check radio quality (a client in range may still be in outage).
     """
     if server not in graph:
@@ -330,7 +330,11 @@ def unreachable_clients(graph: nx.Graph, server: str) -> list[str]:
     nd = graph.nodes
     bpos = np.array([[nd[b]["x"], nd[b]["y"], nd[b]["z"]] for b in bss], dtype=float)
     rng_m = np.array([nd[b].get("range_m", math.inf) for b in bss], dtype=float)
+    if np.isinf(rng_m).any():  # a BS without range limit reaches every client
+        return []
     cpos = np.array([[nd[c]["x"], nd[c]["y"], nd[c]["z"]] for c in cls], dtype=float).reshape(-1, 3)
-    d = np.sqrt(((cpos[:, None, :] - bpos[None, :, :]) ** 2).sum(axis=2))
-    ok = (d <= rng_m[None, :]).any(axis=1)
+    ok = np.zeros(len(cls), dtype=bool)
+    for a in range(0, len(cls), 4096):  # bounded memory: a city has 10^6 clients x 10^3 cells
+        d = np.sqrt(((cpos[a:a + 4096, None, :] - bpos[None, :, :]) ** 2).sum(axis=2))
+        ok[a:a + 4096] = (d <= rng_m[None, :]).any(axis=1)
     return [c for c, k in zip(cls, ok) if not k]

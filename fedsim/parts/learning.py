@@ -29,7 +29,6 @@ class Trainer:
     Args:
         sim: the run's Simulation (stream ``model/init``, ``train/{r}/{c}`` seeds).
         clients: sorted client ids; ``dataset``: the loaded dataset; ``splits``: client id -> split.
-        client_data: client id -> ``(x, y)`` training tensors.
         model_config: the :class:`~fedsim.learning.models.MoEConfig`.
         train: the local-training settings (``train_shared`` is set per job).
         executor: ``() -> Executor`` (built at the first :meth:`train`, closed by :meth:`close`).
@@ -39,17 +38,22 @@ class Trainer:
 
     def __init__(
         self, sim: Simulation, clients: list[str], dataset: Any, splits: dict[str, Any],
-        client_data: dict[str, tuple[torch.Tensor, torch.Tensor]], model_config: MoEConfig,
-        train: TrainConfig, executor: Callable[[], Any], replay: Replay,
+        model_config: MoEConfig, train: TrainConfig, executor: Callable[[], Any], replay: Replay,
     ) -> None:
         self.sim, self.clients, self.dataset, self.splits = sim, clients, dataset, splits
-        self.client_data, self.model_config, self.train_config = client_data, model_config, train
+        self.model_config, self.train_config = model_config, train
         self._make_executor, self._executor = executor, None
         self.replay = replay
 
     def num_samples(self, c: str) -> int:
         """Training samples held by client ``c``."""
         return int(len(self.splits[c].train_idx))
+
+    def client_data(self, c: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Client ``c``'s ``(x, y)`` training tensors, gathered per call (a city of clients
+        keeps no copy per client)."""
+        idx = self.splits[c].train_idx
+        return self.dataset.x_train[idx], self.dataset.y_train[idx]
 
     def new_model(self) -> Any:
         """A fresh MoE with the run's initial weights (stream ``model/init``)."""
@@ -61,7 +65,7 @@ class Trainer:
         """The training job of client ``c`` in round ``r`` (a pure function of its inputs)."""
         from fedsim.learning.training import TrainJob
 
-        x, y = self.client_data[c]
+        x, y = self.client_data(c)
         return TrainJob(
             client_id=c, round=r, global_state=state, model_config=self.model_config, experts=list(experts), x=x, y=y,
             train=dataclasses.replace(self.train_config, train_shared=train_shared),

@@ -9,7 +9,7 @@ simulated seconds, sizes bytes, compute FLOPs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,15 +32,21 @@ class Systems:
         sim: the run's :class:`~fedsim.engine.Simulation`.
         graph: the topology; ``server``: the federated server's node id.
         clients: sorted client ids; ``network``: the :class:`~fedsim.net.network.Network`;
-        devices: client id -> :class:`~fedsim.devices.device.Device`.
+        devices: client id -> :class:`~fedsim.devices.device.Device` (with ``population``,
+        its mapping that makes a device object on first request).
+        population: the device columns (:class:`~fedsim.devices.population.DevicePopulation`)
+            of a lazy run, where idle devices schedule no events; None: eager devices.
     """
 
-    def __init__(self, sim: Simulation, graph: nx.Graph, server: str, clients: list[str], network: Any, devices: dict[str, Any]) -> None:
+    def __init__(self, sim: Simulation, graph: nx.Graph, server: str, clients: list[str], network: Any,
+                 devices: Mapping[str, Any], population: Any = None) -> None:
         self.sim, self.graph, self.server, self.clients = sim, graph, server, clients
-        self.network, self.devices = network, devices
+        self.network, self.devices, self.population = network, devices, population
 
     def is_online(self, c: str) -> bool:
         """Whether node ``c`` is online now (ground truth; a node without a device always is)."""
+        if self.population is not None and c in self.population.index:  # from the columns: no device object
+            return self.population.is_online(c)
         dev = self.devices.get(c)
         return True if dev is None else bool(dev.online)
 
@@ -80,10 +86,13 @@ class Systems:
 
     def true_capacity(self, c: str) -> CapacityEstimate:
         """Ground-truth capacity of ``c`` (what a device would self-report, before noise)."""
-        dev = self.devices[c]
+        if self.population is not None:  # from the columns: no device object needed
+            flops, mem = self.population.capacity(c)
+        else:
+            dev = self.devices[c]
+            flops, mem = dev.base_flops_per_s * (1.0 - dev.params.background_load_mean), dev.memory_available_bytes()
         return CapacityEstimate(
-            flops_per_s=dev.base_flops_per_s * (1.0 - dev.params.background_load_mean),
-            memory_bytes=dev.memory_available_bytes(),
+            flops_per_s=flops, memory_bytes=mem,
             up_bps=max(self.network.nominal_rate_bps(c, "up"), 1.0),
             down_bps=max(self.network.nominal_rate_bps(c, "down"), 1.0),
             latency_s=self.network.path_latency_s(c, self.server),
@@ -115,6 +124,7 @@ class StarSystems:
         self.clients = sorted(set(nodes) - {server})
         self.graph = None
         self.devices: dict[str, Any] = {}
+        self.population = None  # no device columns
         self.flops_per_s = float(flops_per_s)
         self.network = StarNetwork(env, sorted({*nodes, server}), rate_bps=rate_bps)
 
