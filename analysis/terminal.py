@@ -34,6 +34,7 @@ _COLUMNS: dict[str, tuple[str, Any]] = {
     "max_share": ("max expert share", lambda v: f"{v:.2f}"),
 }
 _FAILURES = ("stragglers", "dropouts", "ooms")
+_NOT_IN_RUNS_TABLE = ("routed_entropy", "max_share")
 
 
 def format_value(metric: str, v: Any) -> str:
@@ -51,7 +52,10 @@ def runs_table(df: pd.DataFrame, title: str = "runs") -> Table:
     """One row per run (the frame of :func:`analysis.compare.compare_runs`)."""
     t = Table(title=title)
     head = [c for c in ("name", "policy", "seed") if c in df.columns]
-    mets = [m for m in _COLUMNS if m in df.columns]
+    # the terminal keeps few columns: the routing measures are in summary.csv / .md and `fedsim info`,
+    # and group-macro accuracy shows only where some run has groups
+    mets = [m for m in _COLUMNS if m in df.columns and m not in _NOT_IN_RUNS_TABLE
+            and (m != "accuracy_macro" or pd.to_numeric(df[m], errors="coerce").notna().any())]
     for c in head:
         t.add_column(c)
     for m in mets:

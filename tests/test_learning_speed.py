@@ -49,7 +49,7 @@ def test_the_feedback_passes_run_only_when_the_reward_reads_them(
 ) -> None:
     calls = _count_feedback_passes(monkeypatch)
     res = fedsim.run(
-        fedsim.load_scenario(DEFAULT, [*TINY, f"training.executor={executor}", f"alignment.reward={reward}"]),
+        fedsim.load_scenario(DEFAULT, [*TINY, f"training.executor={executor}", f"protocol.fedmoe.alignment.reward={reward}"]),
         tmp_path / "run", figures=False,
     )
     assert res.rounds["accuracy"].notna().all()
