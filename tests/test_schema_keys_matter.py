@@ -129,6 +129,8 @@ VALUES: dict[str, str] = {
     "data.group_shares": "[0.5, 0.5]",
     "protocol.fedmoe.fedbuff.hinge_threshold": "0",
     "protocol.nmoe.server": "bs0",  # the aggregator at a base station instead of the cloud
+    "protocol.nmoe.deadline_s": "0.05",  # doubling 600 s binds nothing in the tiny run: cut the exchanges
+    "protocol.nmoe.request_timeout_s": "0.001",  # likewise: requests time out
     "training.batch_size": "2",
     "channel.max_spectral_efficiency_bps_hz": "1.0",
     "protocol.fedmoe.clients_per_round": "2",
