@@ -84,6 +84,13 @@ class Trainer:
         """
         return self.replay.call(key, fn)
 
+    def executor(self) -> Any:
+        """The run's training executor (``training.executor``), built at its first use and
+        closed by :meth:`close`; for callers that run jobs inside their own replay call."""
+        if self._executor is None:
+            self._executor = self._make_executor()
+        return self._executor
+
     def train(self, jobs: list[Any], reduce: Callable[[list[Any]], Any] | None = None) -> Any:
         """Run training jobs with the executor through the replay seam (key: their round/client ids).
 
@@ -95,11 +102,7 @@ class Trainer:
         key = "train/" + ",".join(f"{j.round}:{j.client_id}" for j in jobs)
 
         def run() -> list[Any]:
-            if not jobs:
-                return []
-            if self._executor is None:
-                self._executor = self._make_executor()
-            return list(self._executor.run(jobs))
+            return list(self.executor().run(jobs)) if jobs else []
 
         if reduce is None:
             return self.replayed(key, run)

@@ -288,14 +288,11 @@ class NMoETraining:
                     steps.share(r, sharers)
                     steps.round(r, trainers)
                 return steps.result(), (steps.epsilon_spent(), steps.epsilon_spent_exact())
-            from fedsim.learning.executor_registry import make_executor
-
-            t = self.p.s.training  # training.executor runs each round's jobs (FedSC's loss is not a TrainJob's)
-            with make_executor(t.executor, workers=t.workers, torch_threads=t.torch_threads) as ex:
-                steps = FedCESteps(self.cd, self.cfg, tc, self.seed, executor=ex)
-                for r, (_, trainers) in enumerate(plan):
-                    steps.round(r, trainers)
-                return steps.result(), (math.nan, math.nan)
+            # training.executor runs each round's jobs (FedSC's loss is not a TrainJob's)
+            steps = FedCESteps(self.cd, self.cfg, tc, self.seed, executor=self.p.trainer.executor())
+            for r, (_, trainers) in enumerate(plan):
+                steps.round(r, trainers)
+            return steps.result(), (math.nan, math.nan)
 
         # the real learning goes through the replay seam (checkpoint / resume)
         out = self.p.replayed(f"nmoe/stage1/{tc.extractor}", learn)
