@@ -26,8 +26,8 @@ topology:
   server: cloud
   nodes:
     - {id: cloud, kind: cloud, x: 0, y: 0}
-    - {id: bs0, kind: bs_macro, x: 0, y: 0, range_m: 100000}
-    - {id: bs1, kind: bs_macro, x: 3000, y: 0, range_m: 500}
+    - {id: bs0, kind: macro, x: 0, y: 0, range_m: 100000}
+    - {id: bs1, kind: macro, x: 3000, y: 0, range_m: 500}
     - {id: c0, kind: client, device_class: phone, x: 10, y: 0}
     - {id: c1, kind: client, device_class: sensor, x: 3010, y: 0}
   edges:

@@ -309,9 +309,9 @@ TABLES: dict[str, TableSchema] = {
 }
 
 #: Every file of a run directory besides the tables.
-#: (``model.pt``: the final model; ``checkpoint.*``: only while a run is unfinished, see
+#: (``model.pt``: the final model; ``alignment.json``: fedmoe's alignment measures; ``checkpoint.*``: only while a run is unfinished, see
 #: :mod:`fedsim.engine.checkpoint`.)
-RUN_DIR_FILES: tuple[str, ...] = ("manifest.json", "figures/", "error.txt", "report.html", "tensorboard/", "model.pt", "checkpoint.json", "checkpoint.log")
+RUN_DIR_FILES: tuple[str, ...] = ("manifest.json", "figures/", "error.txt", "report.html", "tensorboard/", "model.pt", "checkpoint.json", "checkpoint.log", "alignment.json")
 
 _KINDS = {"int": "iu", "float": "f", "bool": "b"}
 
