@@ -44,6 +44,7 @@ def test_async_run_checkpoints_and_resumes_identically(tmp_path: Path, mode: str
     # the killed async run holds its tables up to that checkpoint, and analysis reads it
     pd.testing.assert_frame_equal(pd.read_parquet(d / "rounds.parquet"), pd.read_parquet(ref / "rounds.parquet").iloc[:3])
     assert main(["info", str(d)]) == 0 and main(["plot", str(d)]) == 0
+    assert main(["report", str(d)]) == 0 and main(["compare", str(ref), str(d), "--out", str(tmp_path / "cmp")]) == 0
     _resume(d)
     _assert_identical(ref, d)
     assert json.loads((d / "manifest.json").read_text())["resumed_from_round"] == 3
