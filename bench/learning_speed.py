@@ -62,7 +62,7 @@ from fedsim.learning.training import TrainConfig, TrainJob, init_state
 from fedsim.rng import RngStreams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bare_mlp import NAMES, mlp_config  # noqa: E402 - the bare script's model, beside this file
+from bare_mlp import NAMES, fedavg_round, mlp_config  # noqa: E402 - the bare script's model, beside this file
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mnist"
@@ -141,7 +141,6 @@ def run_bare(rounds: int) -> tuple[float, float, float]:
     """(wall s, cpu s, final accuracy) of the bare loop in this process (after imports, one evaluation)."""
     from torch import nn
 
-
     w0, c0 = time.perf_counter(), time.process_time()
     rng = RngStreams(SEED)
     ds = load_dataset("mnist", DATA, rng=rng.fresh_numpy("data/load"))
@@ -151,21 +150,8 @@ def run_bare(rounds: int) -> tuple[float, float, float]:
     init = init_state(mlp_config(), rng.seed_int("model/init"))  # the same initial weights as fedsim
     state = {k: init[v].clone() for k, v in NAMES.items()}
     for r in range(rounds):
-        new = []
-        for c, (x, y) in enumerate(zip(xs, ys)):
-            model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-            model.load_state_dict(state)
-            opt = torch.optim.SGD(model.parameters(), lr=0.05)
-            gen = torch.Generator().manual_seed(r * 1_000_003 + c)
-            perm = torch.randperm(len(y), generator=gen)
-            for s in range(0, len(y), 32):
-                idx = perm[s : s + 32]
-                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            new.append(model.state_dict())
-        state = {k: torch.stack([sd[k] for sd in new]).mean(0) for k in state}
+        state = fedavg_round(state, xs, ys, r)
+    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
     model.load_state_dict(state)
     with torch.no_grad():
         acc = float((model(ds.x_test.reshape(len(ds.y_test), -1)).argmax(1) == ds.y_test).float().mean())
