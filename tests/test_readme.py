@@ -20,11 +20,9 @@ from fedsim.cli import build_parser
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
-#: Pages other helpers write on their own branches (issues 25, 26, 27, 28, 31, 32): links to
-#: them are allowed to dangle until those branches merge. The lead empties this after merging.
-PENDING_PAGES = {
-    "docs/results/city-scale.md",
-}
+#: Pages written on branches not merged yet: links to them may dangle until they merge.
+#: Empty on main.
+PENDING_PAGES: set[str] = set()
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
