@@ -86,6 +86,13 @@ SETTINGS: dict[str, tuple[Path, list[tuple[str, list[str]]]]] = {
         ("fair_wp10", ["protocol.fedmoe.alignment.policy=fair_participation", "protocol.fedmoe.alignment.w_p=10.0"]),
         _ORACLE,
     ]),
+    # issue 33, amendment 2 of docs/fairness-prereg.md: every client online (no availability sessions), so the
+    # choice of who trains is the policy's
+    "fairness_online": (ROOT / "scenarios" / "alignment-systems.yaml", [
+        ("systems_aware", ["protocol.fedmoe.alignment.policy=systems_aware", "devices.dropout=false"]),
+        ("fair_wp1", ["protocol.fedmoe.alignment.policy=fair_participation", "protocol.fedmoe.alignment.w_p=1.0", "devices.dropout=false"]),
+        ("fair_wp10", ["protocol.fedmoe.alignment.policy=fair_participation", "protocol.fedmoe.alignment.w_p=10.0", "devices.dropout=false"]),
+    ]),
     "fig3": (ROOT / "scenarios" / "alignment-fig3.yaml", [
         ("random", ["protocol.fedmoe.alignment.policy=random"]),
         ("greedy", ["protocol.fedmoe.alignment.policy=greedy"]),
