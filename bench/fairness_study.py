@@ -148,9 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             for s in range(a.seeds) for lab in LABELS if (base / f"{lab}-seed{s}" / "manifest.json").exists()]
     pooled_jobs = [([j[0] for j in jobs if j[2] == lab], [j[1] for j in jobs if j[2] == lab], lab, a.permutations)
                    for lab in LABELS if any(j[2] == lab for j in jobs)]
-    with ProcessPoolExecutor(max_workers=a.workers) as pool:
-        rows = list(pool.map(run_fairness, jobs))
-        pooled = pd.DataFrame(list(pool.map(pooled_leakage, pooled_jobs)))
+    if a.workers <= 1:  # in this process
+        rows, pooled = [run_fairness(j) for j in jobs], pd.DataFrame([pooled_leakage(j) for j in pooled_jobs])
+    else:
+        with ProcessPoolExecutor(max_workers=a.workers) as pool:
+            rows = list(pool.map(run_fairness, jobs))
+            pooled = pd.DataFrame(list(pool.map(pooled_leakage, pooled_jobs)))
     df = pd.DataFrame(rows)
     summ = a.out / "summary.csv"
     if summ.exists():

@@ -150,3 +150,40 @@ def test_group_oracle_leaks_its_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     assert m["clf_accuracy"] == 1.0 and m["ami"] == pytest.approx(1.0) and m["clf_p"] == pytest.approx(1 / 6)
     sizes = np.bincount(list(groups.values())) / len(groups)
     assert m["mi_bits"] == pytest.approx(float(-(sizes * np.log2(sizes)).sum()))  # = H(group)
+
+
+def test_fairness_study_tables_from_run_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/fairness_study.py on hand-built run directories: per-run measures, the paired
+    table of a fair arm against systems_aware, pooled leakage."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("fairness_study", ROOT / "bench" / "fairness_study.py")
+    fs = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "fairness_study", fs)
+    spec.loader.exec_module(fs)
+    f = _frames()
+    for lab, extra in (("systems_aware", 0), ("fair_wp1", 1)):
+        for seed in (0, 1):
+            d = tmp_path / "runs" / "fairness" / f"{lab}-seed{seed}"
+            d.mkdir(parents=True)
+            cl = f["clients"].copy()
+            if extra:  # the fair arm: f also completes a round
+                cl = pd.concat([cl, pd.DataFrame({"round": [2], "client": ["f"], "device_class": ["camera"],
+                                                  "status": ["completed"]})], ignore_index=True)
+            cl.to_parquet(d / "clients.parquet")
+            f["personal"].to_parquet(d / "personal.parquet")
+            f["nodes"].to_parquet(d / "nodes.parquet")
+            pd.DataFrame({"round": [0, 0, 0, 0], "client": ["a", "b", "c", "d"], "expert": [0, 0, 1, 1]}).to_parquet(d / "assignments.parquet")
+            (d / "manifest.json").write_text(json.dumps({"scenario": {"model": {"num_experts": 2}, "devices": {"classes": {}}}}))
+    assert fs.main(["--out", str(tmp_path), "--seeds", "2", "--permutations", "0", "--workers", "1"]) == 0
+    df = pd.read_csv(tmp_path / "fairness.csv")
+    assert len(df) == 4 and (df["weakest_class"] == "sensor").all()
+    jain_sa = 25 / (5 * 11)
+    jain_fair = 36 / (5 * 12)  # f's round: x = 3, 1, 0, 1, 1
+    assert df.loc[df["policy"] == "systems_aware", "participation_jain"].tolist() == pytest.approx([jain_sa] * 2)
+    assert df.loc[df["policy"] == "fair_wp1", "participation_jain"].tolist() == pytest.approx([jain_fair] * 2)
+    text = (tmp_path / "fairness.md").read_text()
+    assert f"| fair_wp1 | participation_jain | {jain_fair - jain_sa:+.3f}" in text
+    pooled = pd.read_csv(tmp_path / "leakage_pooled.csv")
+    assert pooled["n_clients"].tolist() == [8.0, 8.0]  # 4 clients with a history x 2 seeds
+    assert pooled["ami"].tolist() == pytest.approx([1.0, 1.0])  # the assigned expert is the group here
