@@ -1,7 +1,8 @@
-"""The design paper's alignment measures of a fedmoe run, for ``fedsim info`` / ``compare`` / the report.
+"""The design paper's alignment and fairness measures of a fedmoe run, for ``fedsim info`` / ``compare`` / the report.
 
-Computed from the run's own tables (``experts``, ``rounds``) by
-:func:`fedsim.alignment.measures.alignment_measures`, so runs written before
+Computed from the run's own tables (``experts``, ``rounds``; ``clients``, ``personal``,
+``nodes``) by :func:`fedsim.alignment.measures.alignment_measures` and
+:func:`fedsim.alignment.fairness.fairness_measures`, so runs written before
 ``alignment.json`` existed read alike. Runs without an ``experts`` table (nmoe)
 get no alignment measures.
 """
@@ -16,6 +17,7 @@ import pandas as pd
 
 from analysis.plots import RunLike
 from analysis.rundir import as_rundir
+from fedsim.alignment.fairness import fairness_measures, nominal_class_speeds
 from fedsim.alignment.measures import alignment_measures
 
 __all__ = ["ALIGNMENT_COLUMNS", "run_alignment", "alignment_rows", "add_alignment_columns"]
@@ -23,6 +25,7 @@ __all__ = ["ALIGNMENT_COLUMNS", "run_alignment", "alignment_rows", "add_alignmen
 #: Alignment measures added to ``fedsim compare``'s summary (fedmoe runs), in order.
 ALIGNMENT_COLUMNS: tuple[str, ...] = (
     "accuracy_macro", "routed_entropy", "max_share", "starved_experts", "bytes_to_target",
+    "participation_jain", "client_acc_worst10", "weakest_class_accuracy",
 )
 
 
@@ -36,7 +39,11 @@ def run_alignment(run: RunLike, target_accuracy: float | None = None) -> dict[st
     if ex is None or ex.empty:
         return {}
     tgt = run_target(run) if target_accuracy is None else target_accuracy
-    return alignment_measures({"experts": ex, "rounds": run.rounds}, tgt)
+    out = alignment_measures({"experts": ex, "rounds": run.rounds}, tgt)
+    frames = {t: f for t in ("clients", "personal", "nodes") if (f := run.maybe(t)) is not None}
+    speeds = nominal_class_speeds(((run.scenario or {}).get("devices") or {}).get("classes") or {})
+    out.update(fairness_measures(frames, speeds))
+    return out
 
 
 def _f(v: Any, fmt: str) -> str:
@@ -59,6 +66,15 @@ def alignment_rows(run: RunLike) -> list[tuple[str, str]]:
         ("expert sample share", f"max {_f(m['max_share'], '{:.3f}')}, min {_f(m['min_share'], '{:.3f}')}, "
                                 f"starved (< 1/(4E)) {_f(m['starved_experts'], '{:.0f}')} of {E}"),
         ("bytes to target", "—" if not math.isfinite(m["bytes_to_target"]) else format_bytes(m["bytes_to_target"])),
+        ("participation (completed client-rounds)",
+         f"Jain {_f(m['participation_jain'], '{:.3f}')} (1 = equal), share min {_f(m['participation_min_share'], '{:.3f}')} "
+         f"max {_f(m['participation_max_share'], '{:.3f}')}, never {_f(m['never_participated'], '{:.0f}')} clients"),
+        ("participation per device class", ", ".join(f"{k} {v:.1f}" for k, v in m["class_participation"].items()) or "—"),
+        ("per-client accuracy (own test split)",
+         f"worst 10 % {_f(m['client_acc_worst10'], '{:.3f}')}, spread {_f(m['client_acc_spread'], '{:.3f}')}, "
+         f"mean {_f(m['client_acc_mean'], '{:.3f}')}"),
+        ("weakest device class accuracy",
+         "—" if m["weakest_class"] is None else f"{m['weakest_class']} {_f(m['weakest_class_accuracy'], '{:.3f}')}"),
     ]
 
 

@@ -14,7 +14,10 @@ common random numbers, selection stream), so comparisons are paired by seed:
 - both with the reference ``group_oracle`` (each client always trains its own group's expert; it
   knows the groups, no policy does);
 - ``fig3`` (``scenarios/alignment-fig3.yaml``, only with ``--setting fig3``): the earlier study's
-  setting and policies (docs/results/alignment-study-v1.md).
+  setting and policies (docs/results/alignment-study-v1.md);
+- ``fairness`` (only with ``--setting fairness``): the ``systems`` setting with the
+  ``fair_participation`` policy (w_p 1 and 10) beside the others (issue 33,
+  docs/fairness-prereg.md; fairness and leakage tables: ``bench/fairness_study.py``).
 
 Per run it reads the run's own tables and writes to ``--out`` (default ``runs/alignment_study``):
 ``summary.csv`` (one row per setting, policy and seed: every metric at every horizon),
@@ -71,6 +74,24 @@ SETTINGS: dict[str, tuple[Path, list[tuple[str, list[str]]]]] = {
         ("deadline_aware", ["protocol.fedmoe.alignment.policy=deadline_aware"]),
         ("systems_aware", ["protocol.fedmoe.alignment.policy=systems_aware"]),
         _ORACLE,
+    ]),
+    # issue 33 (docs/fairness-prereg.md): the systems setting with the fair-participation option beside the others
+    "fairness": (ROOT / "scenarios" / "alignment-systems.yaml", [
+        ("random", ["protocol.fedmoe.alignment.policy=random"]),
+        ("greedy", ["protocol.fedmoe.alignment.policy=greedy"]),
+        ("load_balanced", ["protocol.fedmoe.alignment.policy=load_balanced"]),
+        ("deadline_aware", ["protocol.fedmoe.alignment.policy=deadline_aware"]),
+        ("systems_aware", ["protocol.fedmoe.alignment.policy=systems_aware"]),
+        ("fair_wp1", ["protocol.fedmoe.alignment.policy=fair_participation", "protocol.fedmoe.alignment.w_p=1.0"]),
+        ("fair_wp10", ["protocol.fedmoe.alignment.policy=fair_participation", "protocol.fedmoe.alignment.w_p=10.0"]),
+        _ORACLE,
+    ]),
+    # issue 33, amendment 2 of docs/fairness-prereg.md: every client online (no availability sessions), so the
+    # choice of who trains is the policy's
+    "fairness_online": (ROOT / "scenarios" / "alignment-systems.yaml", [
+        ("systems_aware", ["protocol.fedmoe.alignment.policy=systems_aware", "devices.dropout=false"]),
+        ("fair_wp1", ["protocol.fedmoe.alignment.policy=fair_participation", "protocol.fedmoe.alignment.w_p=1.0", "devices.dropout=false"]),
+        ("fair_wp10", ["protocol.fedmoe.alignment.policy=fair_participation", "protocol.fedmoe.alignment.w_p=10.0", "devices.dropout=false"]),
     ]),
     "fig3": (ROOT / "scenarios" / "alignment-fig3.yaml", [
         ("random", ["protocol.fedmoe.alignment.policy=random"]),

@@ -308,10 +308,13 @@ def _execute(
         gc.unfreeze()
     frames = parts.frames()
     _write_frames(run_dir, frames)
-    if "experts" in frames:  # fedmoe: the paper's alignment measures (fedsim.alignment.measures)
+    if "experts" in frames:  # fedmoe: the paper's alignment measures (fedsim.alignment.measures) and fairness (.fairness)
+        from fedsim.alignment.fairness import fairness_measures, nominal_class_speeds
         from fedsim.alignment.measures import alignment_measures
 
-        write_json(run_dir / "alignment.json", alignment_measures(frames, s.evaluation.target_accuracy))
+        measures = alignment_measures(frames, s.evaluation.target_accuracy)
+        measures.update(fairness_measures(frames, nominal_class_speeds(s.devices.classes)))
+        write_json(run_dir / "alignment.json", measures)
     state = proto.final_state() if failed is None else None
     if state is not None:
         _write_model(run_dir / "model.pt", state)

@@ -80,6 +80,19 @@ def test_per_client_inference_never_routes_to_an_untrained_expert(tmp_path: Path
     df = add_alignment_columns(pd.DataFrame({"name": ["r"]}), [res.run_dir])
     assert df["routed_entropy"].iloc[0] == pytest.approx(m["routed_entropy"])
     assert df["max_share"].iloc[0] == pytest.approx(max(m["share_cum"]))
+    # issue 33: the fairness measures, by hand from the run's own tables
+    personal = pd.read_parquet(res.run_dir / "personal.parquet")
+    pop = personal.loc[personal["num_train"] > 0, "client"]
+    done = clients[clients["status"] == "completed"]["client"].value_counts()
+    x = np.array([done.get(c, 0) for c in pop], dtype=float)
+    assert m["participation_jain"] == pytest.approx(x.sum() ** 2 / (len(x) * (x ** 2).sum()))
+    assert m["never_participated"] == float((x == 0).sum())
+    acc = np.sort(personal.loc[personal["num_test"] > 0, "accuracy"].to_numpy())
+    assert m["client_acc_worst10"] == pytest.approx(acc[: math.ceil(len(acc) / 10)].mean())
+    assert m["weakest_class"] == "sensor"  # smart-city-small: the default classes, sensors the slowest
+    assert rows["participation (completed client-rounds)"].startswith(f"Jain {m['participation_jain']:.3f}")
+    assert rows["weakest device class accuracy"].startswith("sensor")
+    assert df["participation_jain"].iloc[0] == pytest.approx(m["participation_jain"])
 
 
 def test_measures_by_hand() -> None:

@@ -46,7 +46,9 @@ def test_every_policy_respects_budgets(inst: tuple[AlignmentState, dict[str, int
             assert es == sorted(set(es))
             assert all(0 <= e < E for e in es)
             assert len(es) <= min(budgets[c], E)
-            if name not in ("deadline_aware", "systems_aware"):  # these two may leave budget unused
+            # these may leave budget unused (fair_participation: systems_aware while no client is behind,
+            # as here: no feedback yet; it raises budgets and deadlines only for clients behind)
+            if name not in ("deadline_aware", "systems_aware", "fair_participation"):
                 assert len(es) == min(budgets[c], E)  # these policies fill every budget
             else:
                 assert ctx.finish_time(c, es, E) <= ctx.time_limit_s

@@ -69,6 +69,8 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "protocol.fedmoe.alignment.on_infeasible": ("protocol.fedmoe.alignment.policy=optimal", "protocol.fedmoe.alignment.max_load=1"),
     "protocol.fedmoe.alignment.min_k": ("protocol.fedmoe.alignment.policy=deadline_aware",),
     "protocol.fedmoe.alignment.epsilon": ("protocol.fedmoe.alignment.policy=greedy",),
+    # every online client dispatched (7 of 7), 4 needed: who trains is the policy's choice
+    "protocol.fedmoe.alignment.w_p": ("protocol.fedmoe.alignment.policy=fair_participation", "protocol.fedmoe.over_selection=2.0"),
     "data.tau": ("data.partition=noniid_tau",),
     "protocol.fedmoe.fedbuff.": ("protocol.fedmoe.aggregation=async", "protocol.fedmoe.fedbuff.buffer_size=1"),
     "protocol.fedmoe.fedbuff.buffer_size": ("protocol.fedmoe.aggregation=async",),
@@ -138,6 +140,7 @@ VALUES: dict[str, str] = {
     "protocol.fedmoe.alignment.min_load": "1",
     "protocol.fedmoe.alignment.min_k": "2",
     "protocol.fedmoe.alignment.epsilon": "1.0",
+    "protocol.fedmoe.alignment.w_p": "0.0",  # systems_aware's choice: the fastest again, not the clients behind
     "protocol.fedmoe.deadline_s": "0.5",
     "protocol.fedmoe.over_selection": "1.0",
     "data.max_train_samples": "100",

@@ -28,7 +28,12 @@ from fedsim.alignment.policies import (
     policy_params,
 )
 from fedsim.alignment.state import AlignmentState, Feedback, loss_reward
-from fedsim.alignment.variants import DeadlineAwarePolicy, InRoundBalancedPolicy, SystemsAwarePolicy
+from fedsim.alignment.variants import (
+    DeadlineAwarePolicy,
+    FairParticipationPolicy,
+    InRoundBalancedPolicy,
+    SystemsAwarePolicy,
+)
 
 __all__ = [
     "POLICIES",
@@ -38,6 +43,7 @@ __all__ = [
     "CapacityEstimate",
     "CapacityEstimator",
     "DeadlineAwarePolicy",
+    "FairParticipationPolicy",
     "Feedback",
     "GreedyPolicy",
     "InRoundBalancedPolicy",

@@ -14,7 +14,9 @@ Contract of ``assign`` (all policies):
 - every client in ``clients`` appears in the result, with a sorted list of
   distinct expert indices in ``[0, E)``; no other key appears;
 - client ``c`` gets at most ``min(budgets[c], E)`` experts (a budget above
-  ``E`` is clipped to ``E``); a budget of 0 gives ``[]``;
+  ``E`` is clipped to ``E``); a budget of 0 gives ``[]``, unless the policy's
+  :meth:`~AlignmentPolicy.raise_budgets` hook raises it (only
+  ``fair_participation`` does);
 - empty ``clients`` gives ``{}`` (``rng`` untouched);
 - ties in a score are broken at random from ``rng`` (``tie_break="random"``,
   the default: with all fitness 0 in round 0 the choice is not coordinated by
@@ -223,6 +225,7 @@ class AlignmentPolicy(ABC):
             ks[c] = min(int(k), E)
         if not clients:
             return {}
+        ks = {c: min(max(int(self.raise_budgets(c, ks[c], state)), ks[c]), E) for c in clients}
         raw = self._assign(clients, ks, state, rng, ctx)
         out: Assignment = {}
         for c in clients:
@@ -231,6 +234,12 @@ class AlignmentPolicy(ABC):
                 raise AssertionError(f"policy {self.name!r} broke the contract for client {c!r}")
             out[c] = es
         return out
+
+    def raise_budgets(self, client: Hashable, budget: int, state: AlignmentState) -> int:
+        """Hook: the budget ``client`` may use, never below ``budget`` (already clipped to
+        ``[0, E]``); the default keeps it (``fair_participation`` lifts a 0 to 1 for a
+        client behind in participation)."""
+        return budget
 
     @abstractmethod
     def _assign(

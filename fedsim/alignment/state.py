@@ -6,7 +6,10 @@ The server keeps, across rounds,
   exponential moving average (EMA) of a reward computed from client ``c``'s
   post-training feedback about expert ``e``;
 - ``usage[e]`` (samples, or FLOPs: whatever unit the caller feeds in,
-  consistently): a decayed sum of the training load expert ``e`` received.
+  consistently): a decayed sum of the training load expert ``e`` received;
+- ``participation[c]`` (client-rounds): how many times client ``c`` sent
+  feedback, i.e. contributed an aggregated update (what fair-participation
+  policies read).
 
 Clients are identified by arbitrary hashable ids (strings in fedsim) mapped to
 rows in order of registration. The state never touches the SimPy environment:
@@ -156,6 +159,7 @@ class AlignmentState:
             raise ValueError('"init_fitness" must be finite and >= 0')
         self._fitness = fit
         self._usage = np.zeros(self.num_experts)
+        self._participation = np.zeros(len(ids))
 
     # ------------------------------------------------------------------ access
     @property
@@ -182,6 +186,13 @@ class AlignmentState:
         view.flags.writeable = False
         return view
 
+    @property
+    def participation(self) -> np.ndarray:
+        """Read-only ``(C,)`` count of rounds each client sent feedback in (rows in :attr:`client_ids` order)."""
+        view = self._participation.view()
+        view.flags.writeable = False
+        return view
+
     def row(self, client: Hashable) -> int:
         """Row index of ``client``; ``KeyError`` naming the id if unknown."""
         try:
@@ -205,6 +216,7 @@ class AlignmentState:
         self._ids.append(client)
         new = np.full((1, self.num_experts), self._init_scalar)
         self._fitness = np.vstack([self._fitness, new])
+        self._participation = np.append(self._participation, 0.0)
         return self._row[client]
 
     # ----------------------------------------------------------------- updates
@@ -212,7 +224,8 @@ class AlignmentState:
         """Apply one round of client feedback (see the class docstring for which pairs decay).
 
         All feedback is validated before anything changes, so a bad entry
-        leaves the state untouched.
+        leaves the state untouched. Every client in ``feedback`` also gets one
+        more round of :attr:`participation`.
         """
         E = self.num_experts
         a, d = self.fitness_ema, self.fitness_decay
@@ -262,6 +275,8 @@ class AlignmentState:
                 reward[r, trained] = base * share
                 updated[r, trained] = True
         self._fitness = np.where(updated, (1 - a) * self._fitness + a * reward, d * self._fitness)
+        for cid in feedback:
+            self._participation[self.row(cid)] += 1.0
 
     def update_usage(self, load: np.ndarray) -> None:
         """``U <- usage_decay * U + load``; ``load`` is ``(E,)``, >= 0 (samples or FLOPs)."""

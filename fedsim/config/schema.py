@@ -253,11 +253,12 @@ class CapacityConfig(_Strict):
 class AlignmentConfig(_Strict):
     """``protocol.fedmoe.alignment``: client-expert alignment state and policy."""
 
-    policy: str = Field("load_balanced", description="random, greedy, load_balanced, load_balanced_inround, optimal, deadline_aware, systems_aware.")
+    policy: str = Field("load_balanced", description="random, greedy, load_balanced, load_balanced_inround, optimal, deadline_aware, systems_aware, fair_participation.")
     w_f: float = Field(1.0, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised fitness.")
     w_u: float = Field(0.5, ge=0, le=1e3, description="load_balanced / deadline_aware: weight of normalised usage (penalty).")
     w_r: float = Field(0.0, ge=0, le=100, description="load_balanced / deadline_aware: weight of the in-round load (0 = the paper's rule; load_balanced_inround uses 0.5).")
-    w_t: float = Field(1.0, ge=0, le=100, description="systems_aware: weight of an expert's predicted extra round time (per deadline).")
+    w_t: float = Field(1.0, ge=0, le=100, description="systems_aware / fair_participation: weight of an expert's predicted extra round time (per deadline).")
+    w_p: float = Field(1.0, ge=0, le=100, description="fair_participation: weight of a client's participation deficit (p_mean - p_c) / max(p_mean, 1), in rounds contributed per mean rounds, against its predicted one-expert round time per deadline when choosing who trains (0 = systems_aware).")
     min_load: int = Field(0, ge=0, le=10_000_000, description="optimal: fewest clients per expert each round.")
     max_load: int | None = Field(None, ge=1, le=10_000_000, description="optimal: most clients per expert each round (null: unbounded).")
     on_infeasible: Literal["raise", "relax"] = Field("relax", description="optimal: when load bounds cannot be met, fail or drop them.")
