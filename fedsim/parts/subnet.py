@@ -1,0 +1,55 @@
+"""Capacity-sized sub-networks of a ``fedmoe`` run (``protocol.fedmoe.expert_widths``).
+
+:class:`Subnetworks` gives each dispatched client an expert width ratio from the
+server's capacity *estimate* of its memory (the widest ratio whose training
+memory with one expert fits, :func:`fedsim.learning.subnet.choose_width`), and
+the :class:`~fedsim.parts.alignment.Accounting` of that width, so the bytes sent,
+the FLOPs charged to the client's compute and the memory checked against its
+device are those of the sub-network it trains (HeteroFL, Diao et al., ICLR 2021).
+The width is fixed when the client is assigned and read back when its job is
+built and its feedback applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fedsim.parts.alignment import Accounting
+
+__all__ = ["Subnetworks"]
+
+
+class Subnetworks:
+    """Width ratios, their accounting, and the width of each assigned client.
+
+    Args:
+        trainer: the run's :class:`~fedsim.parts.learning.Trainer` (model config, training settings).
+        ratios: width ratios in (0, 1] (``protocol.fedmoe.expert_widths``).
+
+    Raises:
+        ValueError: no ratio, a ratio outside (0, 1], or a linear expert head.
+    """
+
+    def __init__(self, trainer: Any, ratios: Sequence[float]) -> None:
+        from fedsim.learning.subnet import expert_hidden_at
+
+        if not ratios:
+            raise ValueError('"expert_widths" must name at least one width ratio')
+        self.ratios = tuple(sorted(set(float(r) for r in ratios), reverse=True))
+        for r in self.ratios:
+            expert_hidden_at(trainer.model_config, r)  # validates the ratio and the expert head
+        self.acct: dict[float, Accounting] = {r: trainer.width_accounting(r) for r in self.ratios}
+        self.width: dict[str, float] = {}
+
+    def assign_width(self, c: str, est: Any) -> float:
+        """Fix client ``c``'s width from the estimate ``est`` (its ``memory_bytes``) and return it."""
+        from fedsim.learning.subnet import choose_width
+
+        r = choose_width(self.ratios, float(est.memory_bytes), lambda q: self.acct[q].memory_bytes(1))
+        self.width[c] = r
+        return r
+
+    def accounting(self, c: str) -> Accounting:
+        """The accounting of client ``c``'s width (set by :meth:`assign_width`)."""
+        return self.acct[self.width[c]]
