@@ -110,7 +110,22 @@ def test_the_width_a_client_gets_fits_its_memory() -> None:
     assert sn.acct[1.0].budget(est, 40, 600.0, 0.2) == 0
     w = sn.assign_width("sensor0", est)
     k = sn.accounting("sensor0").budget(est, 40, 600.0, 0.2)
-    assert w == 0.5 and k >= 1 and sn.accounting("sensor0").memory_bytes(k) <= est.memory_bytes
+    assert w == 0.5 and k >= 1
+    k = sn.fit_budget("sensor0", est, k)
+    assert k >= 1 and sn.accounting("sensor0").memory_bytes(k) <= est.memory_bytes
+
+
+def test_the_budget_is_cut_to_the_exact_memory_of_the_width() -> None:
+    # 2 quarter-width experts need 37 472 B to train (activations of 2 experts), 1 needs 25 704 B:
+    # with 30 kB free a budget of 2 is cut to 1
+    from fedsim.alignment.capacity import CapacityEstimate
+
+    sn = Subnetworks(_wide_trainer(), [0.25])
+    est = CapacityEstimate(flops_per_s=1e12, memory_bytes=30_000.0, up_bps=1e9, down_bps=1e9, latency_s=0.0)
+    sn.assign_width("camera0", est)
+    assert sn.accounting("camera0").memory_bytes(2) > 30_000.0 >= sn.accounting("camera0").memory_bytes(1)
+    assert sn.fit_budget("camera0", est, 2) == 1
+    assert sn.fit_budget("camera0", est, 1) == 1
 
 
 @pytest.mark.slow
@@ -146,3 +161,14 @@ def test_sub_network_widths_fit_each_clients_memory(tmp_path: Path) -> None:
         # bytes and FLOPs charged are the width's
         assert row.bytes_down == pytest.approx(sn.acct[w].payload_bytes(list(range(row.k))))
         assert row.flops == pytest.approx(sn.acct[w].job_flops(row.k, row.num_samples))
+
+
+@pytest.mark.parametrize(("override", "rule"), [
+    ("protocol.fedmoe.aggregation=async", "sync mode only"),
+    ("model.expert_hidden=0", "expert MLP heads"),
+])
+def test_expert_widths_outside_their_setting_is_a_one_line_error(override: str, rule: str) -> None:
+    from fedsim.config import ScenarioError
+
+    with pytest.raises(ScenarioError, match=f"protocol.fedmoe.expert_widths: .*{rule}"):
+        load_scenario(REPO / "scenarios" / "subnetworks.yaml", [override])

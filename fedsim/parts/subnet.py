@@ -50,6 +50,15 @@ class Subnetworks:
         self.width[c] = r
         return r
 
+    def fit_budget(self, c: str, est: Any, k: int) -> int:
+        """``k`` lowered to the most experts whose exact training memory at ``c``'s width fits
+        ``est.memory_bytes`` (the budget's linear memory model underestimates k = 2..top_k,
+        where the activations grow too); at least 1 when one expert fits, else 0."""
+        acct = self.accounting(c)
+        while k > 0 and acct.memory_bytes(k) > float(est.memory_bytes):
+            k -= 1
+        return k
+
     def accounting(self, c: str) -> Accounting:
         """The accounting of client ``c``'s width (set by :meth:`assign_width`)."""
         return self.acct[self.width[c]]

@@ -132,6 +132,8 @@ class FedMoE(Protocol):
     def budget(self, c: str, est: Any) -> int:
         """Expert budget k_c of client ``c`` from the server's estimate."""
         k = self.acct_of(c).budget(est, self.trainer.num_samples(c), self.cfg.deadline_s, self.alignment.safety_margin)
+        if self.subnets is not None:
+            k = self.subnets.fit_budget(c, est, k)
         cap = self.alignment.max_experts_per_client
         return min(k, cap) if cap is not None else k
 
