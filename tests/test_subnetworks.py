@@ -92,6 +92,21 @@ def test_choose_width_takes_the_widest_that_fits() -> None:
     assert choose_width([0.25, 1.0, 0.5], 100.0, mem) == 1.0
     assert choose_width([0.25, 1.0, 0.5], 99.0, mem) == 0.5
     assert choose_width([0.25, 1.0, 0.5], 10.0, mem) == 0.25  # none fits: the narrowest (budget 0 skips it)
+    # compute: the widest that fits in memory and is on time; none on time: the narrowest that fits
+    assert choose_width([0.25, 1.0, 0.5], 100.0, mem, on_time=lambda r: r <= 0.5) == 0.5
+    assert choose_width([0.25, 1.0, 0.5], 100.0, mem, on_time=lambda r: False) == 0.25
+
+
+def test_a_slow_client_gets_the_width_predicted_to_meet_the_deadline() -> None:
+    # memory for every width, but at 1500 FLOP/s only a narrow expert's round ends within 600 s x 0.8
+    from fedsim.alignment.capacity import CapacityEstimate
+
+    sn = Subnetworks(_wide_trainer(), [1.0, 0.5, 0.25])
+    est = CapacityEstimate(flops_per_s=1500.0, memory_bytes=1e9, up_bps=1e9, down_bps=1e9, latency_s=0.0)
+    times = {r: sn.predicted_s(r, est, 40) for r in sn.ratios}
+    assert times[1.0] > 480.0 and times[0.5] > 480.0 >= times[0.25]
+    assert sn.assign_width("s", est, 40, 600.0, 0.2) == 0.25
+    assert sn.assign_width("s", est) == 1.0  # memory only
 
 
 def _wide_trainer() -> Trainer:

@@ -114,10 +114,17 @@ def sliced_average(tensors: Sequence[torch.Tensor], weights: np.ndarray, like: t
     return out.round().to(like.dtype)
 
 
-def choose_width(ratios: Sequence[float], memory_bytes: float, mem_of: Callable[[float], float]) -> float:
-    """The widest ratio of ``ratios`` whose training memory ``mem_of(ratio)`` (bytes, with one
-    expert) is at most ``memory_bytes``; the narrowest when none fits (the budget then
-    gives the client no expert, as without sub-networks).
+def choose_width(
+    ratios: Sequence[float], memory_bytes: float, mem_of: Callable[[float], float],
+    on_time: Callable[[float], bool] | None = None,
+) -> float:
+    """The width ratio a client gets, from its memory and (with ``on_time``) its compute.
+
+    Among the ratios whose training memory with one expert ``mem_of(ratio)`` (bytes) is at most
+    ``memory_bytes``: the widest for which ``on_time(ratio)`` holds (one expert predicted to
+    finish before the deadline; every ratio when ``on_time`` is None), else the narrowest (the
+    fastest). When no ratio fits in memory: the narrowest (the budget then gives the client no
+    expert, as without sub-networks).
 
     Raises:
         ValueError: no ratio given.
@@ -125,7 +132,8 @@ def choose_width(ratios: Sequence[float], memory_bytes: float, mem_of: Callable[
     if not ratios:
         raise ValueError('"expert_widths" must name at least one width ratio')
     ordered = sorted(set(float(r) for r in ratios), reverse=True)
-    for r in ordered:
-        if mem_of(r) <= memory_bytes:
+    fits = [r for r in ordered if mem_of(r) <= memory_bytes]
+    for r in fits:
+        if on_time is None or on_time(r):
             return r
     return ordered[-1]

@@ -86,11 +86,11 @@ class FedMoE(Protocol):
         loop passes a view with the in-flight load added to the usage)."""
         cfg = self.cfg
         estimates = {c: self.estimator.estimate(c) for c in selected}
+        samples = {c: self.trainer.num_samples(c) for c in selected}
         for c in selected if self.subnets is not None else ():
-            self.subnets.assign_width(c, estimates[c])  # fixed here, read by client_round, jobs, feedback
+            self.subnets.assign_width(c, estimates[c], samples[c], cfg.deadline_s, self.alignment.safety_margin)  # fixed here
         budgets = {c: self.budget(c, estimates[c]) for c in selected}
         needed = min(cfg.min_completions or cfg.clients_per_round, len(selected))
-        samples = {c: self.trainer.num_samples(c) for c in selected}
         ctx = self.acct.assign_context(estimates, cfg.deadline_s, self.alignment.safety_margin, samples, needed)
         return self.policy.assign(selected, budgets, self.align if align is None else align, self.rng_policy, ctx)
 
