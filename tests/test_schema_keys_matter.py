@@ -77,6 +77,9 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "protocol.fedmoe.fedbuff.hinge_threshold": ("protocol.fedmoe.aggregation=async", "protocol.fedmoe.fedbuff.buffer_size=1",
                                                 "protocol.fedmoe.fedbuff.staleness=hinge"),
     "protocol.fedmoe.fedbuff.period_s": ("protocol.fedmoe.aggregation=semi_async",),
+    # cameras with 16.8 kB free: a full-width expert (17.5 kB to train) does not fit, a quarter-width one (15.4 kB) does
+    "protocol.fedmoe.expert_widths": ("devices.classes.camera.memory_gb=2.4e-5", "devices.memory_pressure=false",
+                                      "protocol.fedmoe.alignment.capacity.report_noise_cv=0"),
     "data.tau_definition": ("data.partition=noniid_tau", "data.tau=1.0"),
     "data.group_shares": ("data.partition=domain_skew",),
     "data.domain_transform": ("data.partition=domain_skew",),
@@ -141,6 +144,7 @@ VALUES: dict[str, str] = {
     "protocol.fedmoe.alignment.min_k": "2",
     "protocol.fedmoe.alignment.epsilon": "1.0",
     "protocol.fedmoe.alignment.w_p": "0.0",  # systems_aware's choice: the fastest again, not the clients behind
+    "protocol.fedmoe.expert_widths": "[1.0, 0.25]",
     "protocol.fedmoe.deadline_s": "0.5",
     "protocol.fedmoe.over_selection": "1.0",
     "data.max_train_samples": "100",

@@ -92,6 +92,11 @@ def check_rules(loaded: LoadedScenario) -> None:
     fm = s.protocol.fedmoe
     if fm.min_completions is not None and fm.min_completions > fm.clients_per_round:
         fail("protocol.fedmoe.min_completions", f"must be <= clients_per_round ({fm.clients_per_round})")
+    if fm.expert_widths is not None and s.protocol.name == "fedmoe":
+        if s.model.expert_hidden == 0:
+            fail("protocol.fedmoe.expert_widths", "needs expert MLP heads to slice (model.expert_hidden > 0)")
+        if fm.aggregation != "sync":
+            fail("protocol.fedmoe.expert_widths", "sub-networks are aggregated in sync mode only (aggregation: sync)")
 
     topo = s.topology
     if topo.kind == "manhattan_grid":

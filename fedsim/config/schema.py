@@ -285,6 +285,10 @@ class FedMoEConfig(_Strict):
     aggregation: Literal["sync", "async", "semi_async"] = Field(
         "sync", description="sync: rounds cut at the deadline; async: FedBuff; semi_async: rounds close every deadline_s, late updates folded in later (see fedbuff).",
     )
+    expert_widths: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        None, min_length=1, max_length=16,
+        description="Capacity-sized sub-networks (HeteroFL, Diao et al. 2021): expert width ratios in (0, 1]; each selected client trains experts of the widest ratio whose training memory (1 expert) fits the server's memory estimate, ceil(ratio x expert_hidden) hidden units, and is charged that sub-network's bytes, FLOPs and memory; each parameter element is averaged over the clients whose sub-network holds it. Needs expert_hidden > 0 and aggregation sync. null: off (every expert full width).",
+    )
     fedbuff: FedBuffConfig = Field(default_factory=FedBuffConfig)
     alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
 

@@ -168,6 +168,7 @@ _EVENTS = TableSchema("events", "flat event log: transfers, compute jobs, OOMs, 
     _c("reason", "str", "", "dropout / rejected_update reason", False),
     _c("interrupted", "float", "1", "jobs or flows interrupted", False),
     _c("available_bytes", "float", "bytes", "oom: memory available", False),
+    _c("width", "float", "1", "subnetwork: expert width ratio given to the client (protocol.fedmoe.expert_widths)", False),
 ))
 
 _LINKS = TableSchema("links", "per link and sampling interval (the last partial one included; idle intervals as zeros once a link has carried traffic): mean load, bytes, utilisation", (

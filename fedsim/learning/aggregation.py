@@ -14,6 +14,11 @@
   them they keep their global values.
 - Integer buffers (BatchNorm's ``num_batches_tracked``) are averaged the same
   way and rounded.
+- Sub-networks (``protocol.fedmoe.expert_widths``, :mod:`fedsim.learning.subnet`): an
+  update's tensor may be a leading corner of the global one (a narrower expert); then
+  each element is averaged over the holders whose tensor covers it, with the same
+  weights, and an element no holder covers keeps its global value (HeteroFL). Tensors
+  of the global shape take the plain weighted mean, as before.
 
 The global state is never mutated; the result is a new dict with every key of
 ``global_state``.
@@ -69,6 +74,15 @@ def _weighted(tensors: list[torch.Tensor], weights: np.ndarray, like: torch.Tens
     return acc.round().to(like.dtype)
 
 
+def _fedavg(tensors: list[torch.Tensor], weights: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """Weighted mean of ``tensors``; per element over the covering holders when some are narrower."""
+    if all(t.shape == like.shape for t in tensors):
+        return _weighted(tensors, weights, like)
+    from fedsim.learning.subnet import sliced_average
+
+    return sliced_average(tensors, weights, like)
+
+
 def aggregate(
     global_state: dict[str, torch.Tensor], updates: Sequence[Update], num_experts: int
 ) -> AggregationResult:
@@ -90,7 +104,7 @@ def aggregate(
         w = np.array([u.num_samples for u in holders], dtype=np.float64)
         if w.sum() <= 0:
             w = np.ones(len(holders))
-        new_state[key] = _weighted([u.state[key] for u in holders], w, global_state[key])
+        new_state[key] = _fedavg([u.state[key] for u in holders], w, global_state[key])
         weights_out.setdefault(-1, {u.client_id: float(wi / w.sum()) for u, wi in zip(holders, w)})
 
     # experts: weighted by routed samples among the updates that hold the expert
@@ -110,6 +124,6 @@ def aggregate(
             wk = np.array([w[holders.index(u)] for u in hk])
             if wk.sum() <= 0:
                 wk = np.ones(len(hk))
-            new_state[key] = _weighted([u.state[key] for u in hk], wk, global_state[key])
+            new_state[key] = _fedavg([u.state[key] for u in hk], wk, global_state[key])
         weights_out[e] = {u.client_id: float(wi / w.sum()) for u, wi in zip(holders, w)}
     return AggregationResult(new_state, rejected, weights_out)

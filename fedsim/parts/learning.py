@@ -61,13 +61,21 @@ class Trainer:
 
         return build_model(self.model_config, init_state(self.model_config, self.sim.rng.seed_int("model/init")))
 
-    def job(self, c: str, r: int, state: dict, experts: list[int], train_shared: bool) -> Any:
-        """The training job of client ``c`` in round ``r`` (a pure function of its inputs)."""
+    def job(self, c: str, r: int, state: dict, experts: list[int], train_shared: bool, width: float | None = None) -> Any:
+        """The training job of client ``c`` in round ``r`` (a pure function of its inputs).
+        ``width``: an expert width ratio in (0, 1] (sub-networks, :mod:`fedsim.learning.subnet`):
+        the job trains that sub-network of ``state``; None: the full model."""
         from fedsim.learning.training import TrainJob
 
         x, y = self.client_data(c)
+        cfg = self.model_config
+        if width is not None:
+            from fedsim.learning.subnet import slice_state, width_config
+
+            cfg = width_config(cfg, width)
+            state = slice_state(state, cfg)
         return TrainJob(
-            client_id=c, round=r, global_state=state, model_config=self.model_config, experts=list(experts), x=x, y=y,
+            client_id=c, round=r, global_state=state, model_config=cfg, experts=list(experts), x=x, y=y,
             train=dataclasses.replace(self.train_config, train_shared=train_shared),
             seed=self.sim.rng.seed_int(f"train/{r}/{c}"),
         )
@@ -132,6 +140,14 @@ class Trainer:
             bytes_shared=shared, bytes_per_expert=per_e, flops_shared_per_sample=f1 - f_exp,
             flops_expert_per_sample=f_exp, mem_by_k=mem, epochs=t.local_epochs, top_k=cfg.top_k, num_experts=cfg.num_experts,
         )
+
+    def width_accounting(self, ratio: float) -> Any:
+        """:meth:`accounting` of the sub-network whose experts are ``ratio`` as wide
+        (:func:`fedsim.learning.subnet.width_config`)."""
+        from fedsim.learning.subnet import width_config
+        from fedsim.learning.training import empty_model
+
+        return self.accounting(empty_model(width_config(self.model_config, ratio)))
 
     def close(self) -> None:
         """Close the executor (worker processes), if one was built."""

@@ -60,6 +60,11 @@ class FedMoE(Protocol):
         self._client_row = {c: i for i, c in enumerate(self.clients)}
         self.last_staleness: dict[int, list[int]] = {}  # expert (-1: shared) -> staleness of each update last aggregated
         self.buffered: Any = None  # the async / semi_async loop and its state (fedsim.protocols.fedbuff)
+        self.subnets: Any = None  # expert_widths: capacity-sized sub-networks (fedsim.parts.subnet)
+        if getattr(self.cfg, "expert_widths", None):
+            from fedsim.parts.subnet import Subnetworks
+
+            self.subnets = Subnetworks(self.trainer, self.cfg.expert_widths)
 
     # ---------------------------------------------------------------- hooks
     def select(self, r: int) -> list[str]:
@@ -81,9 +86,11 @@ class FedMoE(Protocol):
         loop passes a view with the in-flight load added to the usage)."""
         cfg = self.cfg
         estimates = {c: self.estimator.estimate(c) for c in selected}
+        samples = {c: self.trainer.num_samples(c) for c in selected}
+        for c in selected if self.subnets is not None else ():
+            self.subnets.assign_width(c, estimates[c], samples[c], cfg.deadline_s, self.alignment.safety_margin)  # fixed here
         budgets = {c: self.budget(c, estimates[c]) for c in selected}
         needed = min(cfg.min_completions or cfg.clients_per_round, len(selected))
-        samples = {c: self.trainer.num_samples(c) for c in selected}
         ctx = self.acct.assign_context(estimates, cfg.deadline_s, self.alignment.safety_margin, samples, needed)
         return self.policy.assign(selected, budgets, self.align if align is None else align, self.rng_policy, ctx)
 
@@ -124,9 +131,16 @@ class FedMoE(Protocol):
 
     def budget(self, c: str, est: Any) -> int:
         """Expert budget k_c of client ``c`` from the server's estimate."""
-        k = self.acct.budget(est, self.trainer.num_samples(c), self.cfg.deadline_s, self.alignment.safety_margin)
+        k = self.acct_of(c).budget(est, self.trainer.num_samples(c), self.cfg.deadline_s, self.alignment.safety_margin)
+        if self.subnets is not None:
+            k = self.subnets.fit_budget(c, est, k)
         cap = self.alignment.max_experts_per_client
         return min(k, cap) if cap is not None else k
+
+    def acct_of(self, c: str) -> Any:
+        """Bytes / FLOPs / memory figures of client ``c``'s model: its sub-network's
+        (``expert_widths``, width fixed by :meth:`assign`) or the full model's."""
+        return self.acct if self.subnets is None else self.subnets.accounting(c)
 
     # -------------------------------------------------------------- client
     def new_outcome(self, c: str, task: list[int], r: int) -> ClientOutcome:
@@ -142,10 +156,13 @@ class FedMoE(Protocol):
         it takes the cause's status, with the bytes its phase moved."""
         w = self.systems
         c, r, experts = o.client, o.round, o.experts
-        down = self.acct.payload_bytes(experts)
-        up = down if self.cfg.train_shared else self.acct.payload_bytes(experts, shared=False)
-        flops = self.acct.job_flops(len(experts), o.num_samples)
-        mem = self.acct.memory_bytes(len(experts))
+        acct = self.acct_of(c)
+        if self.subnets is not None:
+            self.rec.event(float(self.env.now), "subnetwork", node=c, round=r, width=self.subnets.width[c])
+        down = acct.payload_bytes(experts)
+        up = down if self.cfg.train_shared else acct.payload_bytes(experts, shared=False)
+        flops = acct.job_flops(len(experts), o.num_samples)
+        mem = acct.memory_bytes(len(experts))
         o.flops = flops
         steps = (
             ("download", lambda: w.transfer(w.server, c, down, r, "download")),
@@ -208,6 +225,9 @@ class FedMoE(Protocol):
 
     def jobs(self, arrived: list[str], r: int) -> list[Any]:
         """The training jobs of the clients whose uploads arrived, on the current global state."""
+        if self.subnets is not None:  # each client trains its sub-network of the global state
+            w = self.subnets.width
+            return [self.trainer.job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared, w[c]) for c in arrived]
         return [self.trainer.job(c, r, self.global_state, self.outcomes[c].experts, self.cfg.train_shared) for c in arrived]
 
     def fold(self, updates: list[Any]) -> tuple[Any, list[Any]]:
@@ -270,7 +290,7 @@ class FedMoE(Protocol):
         self.align.update_usage(load)
         self._last_load = load
         for o in [*outcomes.values(), *lost]:
-            mem = self.acct.memory_bytes(len(o.experts)) if o.experts else None
+            mem = self.acct_of(o.client).memory_bytes(len(o.experts)) if o.experts else None
             if o.status == "completed":
                 self.estimator.observe(
                     o.client,
