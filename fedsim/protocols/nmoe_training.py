@@ -295,7 +295,7 @@ class NMoETraining:
             return steps.result(), (math.nan, math.nan)
 
         # the real learning goes through the replay seam (checkpoint / resume)
-        out = self.p.replayed(f"nmoe/stage1/{tc.extractor}", learn)
+        out = self.p.trainer.replayed(f"nmoe/stage1/{tc.extractor}", learn)
         if self.cache is not None:
             self.cache[key] = out
         self.stage1_key = key
@@ -332,7 +332,7 @@ class NMoETraining:
                 init = self.ext.head if self.ext.kind == "fedce" else None
                 return feats, train_experts(feats, [d.y for d in self.cd], self.cfg, tc, self.seed, init=init, trained=set(done))
 
-            self.feats, self.experts = self.p.replayed("nmoe/stage2", learn)
+            self.feats, self.experts = self.p.trainer.replayed("nmoe/stage2", learn)
             if self.cache is not None and key[0] is not None:
                 self.cache[key] = (self.feats, self.experts)
         self.ys = [d.y for d in self.cd]
@@ -385,7 +385,7 @@ class NMoETraining:
                 hops += tries
                 if self._completed(tries):
                     # the hop's training through the replay seam: the stepper after the hop is the result
-                    steps = self.p.replayed(f"nmoe/rollgate/{r}/{i}", lambda s=steps, r=r, i=i: (s.hop(r, i), s)[1])
+                    steps = self.p.trainer.replayed(f"nmoe/rollgate/{r}/{i}", lambda s=steps, r=r, i=i: (s.hop(r, i), s)[1])
                     holder, first = c, False
             self._row(3, r, "rollgate", hops, t0, steps.loss(), n_sel)
         return steps.state()
@@ -413,7 +413,7 @@ class NMoETraining:
                     res[0].legs[x] = Leg(x, t0, status="skipped", t_end_s=t0)
             idx = self._idx(self._completed(res))
             # the round's training through the replay seam: (loss, the stepper after the round)
-            loss, steps = self.p.replayed(f"nmoe/fedgate/{r}", lambda s=steps, r=r, idx=idx: (s.round(r, idx), s))
+            loss, steps = self.p.trainer.replayed(f"nmoe/fedgate/{r}", lambda s=steps, r=r, idx=idx: (s.round(r, idx), s))
             self._row(3, r + 1, "fedgate", res, t0, loss, len(chosen))
         self.info["participants"] = steps.history
         return steps.gate_state
