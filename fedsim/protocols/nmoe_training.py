@@ -97,16 +97,16 @@ class StageCosts:
             training_memory_bytes,
         )
         from fedsim.learning.models import Expert, MoEClassifier
-        from fedsim.learning.nmoe import _classifier_cfg
+        from fedsim.learning.nmoe import classifier_cfg
 
         head_classes = cfg.num_classes if tc.extractor == "fedce" else tc.proj_dim
-        clf = MoEClassifier(_classifier_cfg(cfg, num_classes=head_classes))
+        clf = MoEClassifier(classifier_cfg(cfg, num_classes=head_classes))
         self.model_bytes = float(payload_bytes(clf, [0]))
         self.train_flops = float(flops_per_sample(clf, cfg.input_shape, train=True))
         self.forward_flops = float(flops_per_sample(clf, cfg.input_shape, train=False))
         self.train_memory = float(training_memory_bytes(clf, tc.batch_size, cfg.input_shape, optimizer, 1, momentum=tc.momentum))
         self.corr_bytes = 4.0 * tc.proj_dim * tc.proj_dim
-        base = MoEClassifier(_classifier_cfg(cfg))
+        base = MoEClassifier(classifier_cfg(cfg))
         self.extract_flops = float(flops_per_sample(base, cfg.input_shape, experts_active=0, train=False))
         ex = Expert(cfg)
         self.expert_bytes = float(state_bytes(ex.state_dict()))
@@ -118,7 +118,7 @@ class StageCosts:
     def gate(self, num_experts: int, batch_size: int) -> tuple[float, float, float]:
         """``(bytes, train FLOPs per sample, training memory)`` of the learned gate."""
         from fedsim.learning.accounting import flops_per_sample, state_bytes, training_memory_bytes
-        from fedsim.learning.nmoe_model import gate_module
+        from fedsim.learning.nmoe_gates import gate_module
 
         g = gate_module(self.gate_cfg, num_experts)
         fd = (self.gate_cfg.feature_dim,)
@@ -340,7 +340,8 @@ class NMoETraining:
 
     def stage3(self) -> Any:
         """The gate (``rangate`` / ``rollgate`` / ``fedgate``), then the assembled model."""
-        from fedsim.learning.nmoe_model import NMoEModel, RanGate, gate_module
+        from fedsim.learning.nmoe_gates import RanGate, gate_module
+        from fedsim.learning.nmoe_model import NMoEModel
         from fedsim.rng import RngStreams
 
         tc = self.tc
