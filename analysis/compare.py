@@ -155,7 +155,7 @@ def compare_runs(
             ts = {run_target(r) for r in runs}
             tgt = ts.pop() if len(ts) == 1 else None
         plot_accuracy(runs, out, target=tgt, formats=formats)
-        if any(r.aggregation in ("async", "semi_async") for r in runs):  # sync: every update at staleness 0
+        if any(r.aggregation not in ("-", "sync") for r in runs):  # sync: every update at staleness 0; "-": not fedmoe
             plot_staleness(runs, out, formats=formats)  # sync and async side by side
         group_figures(runs_by_label(runs), out, target=tgt, what="setting", formats=formats)
     df.to_csv(out / "summary.csv", index=False)

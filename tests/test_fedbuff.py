@@ -121,7 +121,7 @@ def test_async_trace_by_hand() -> None:
     assert rounds["dropouts"].tolist() == [0, 1, 0, 0]
     cut = cl[cl.status == "in_flight"].iloc[0]
     assert cut["bytes_down"] > 0 and cut["bytes_up"] == 0 and cut["wasted_bytes"] == cut["bytes_down"]
-    assert not p.buffered.inflight and not p.buffered.buffer  # nothing left unaccounted
+    assert not p.loop.inflight and not p.loop.buffer  # nothing left unaccounted
 
     # per-expert staleness = versions of that expert aggregated between download and aggregation, from the records
     upd = rec.frame("updates")

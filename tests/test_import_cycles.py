@@ -14,14 +14,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Known debts, each with the issue that owns the files (shrink these, never grow them):
-#: the NMoE learning trio passes private helpers around (issue 27 rewrites it).
-KNOWN_CYCLES = [["fedsim.learning.nmoe", "fedsim.learning.nmoe_model", "fedsim.learning.nmoe_steps"]]
-#: Modules whose imports of another module's private names are left to their owner:
-#: the NMoE learning modules and their protocol (issue 27), the population (issue 28),
-#: the sweep package (issue 31).
-KNOWN_PRIVATE = ("fedsim.learning.nmoe", "fedsim.protocols.nmoe_training", "fedsim.net.population", "fedsim.sweep.")
-
 
 def _modules() -> dict[str, Path]:
     out = {}
@@ -128,11 +120,10 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_fedsim_has_no_import_cycle() -> None:
     graph, _ = import_graph()
     assert len(graph) > 50 and sum(len(v) for v in graph.values()) > 100  # the graph was read
-    found = [c for c in cycles(graph) if c not in KNOWN_CYCLES]
+    found = cycles(graph)
     assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
 def test_no_module_imports_another_modules_private_name() -> None:
     _, private = import_graph()
-    bad = [p for p in private if not p.split(": ", 1)[1].startswith(KNOWN_PRIVATE)]
-    assert bad == [], "\n".join(bad)
+    assert private == [], "\n".join(private)

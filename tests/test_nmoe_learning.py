@@ -19,15 +19,17 @@ from fedsim.learning.nmoe import (
     fedsc_loss,
     gaussian_mechanism,
 )
-from fedsim.learning.nmoe_model import (
+from fedsim.learning.nmoe_gates import (
     RanGate,
-    evaluate_per_client,
     fedgate_local,
     gate_module,
-    local_ratio,
     normalise_gradients_,
     rollgate_labels,
     select_clients,
+)
+from fedsim.learning.nmoe_model import (
+    evaluate_per_client,
+    local_ratio,
     train_fedgate,
     train_nmoe,
 )
@@ -130,12 +132,12 @@ def _feature_task(k: int = 4, n: int = 40, d: int = 8) -> tuple[MoEConfig, list[
 
 def test_fedgate_local_step_moves_gate_by_exactly_lr() -> None:
     cfg, feats, ys, experts = _feature_task()
-    from fedsim.learning.nmoe_model import _expert_logp
+    from fedsim.learning.nmoe_gates import expert_logp_table
 
     tc = NMoETrainConfig(gate_lr=0.25, gate_local_epochs=1, batch_size=1000)  # one step
     gate = gate_module(cfg, 4)
     st = {k: v.clone() for k, v in gate.state_dict().items()}
-    new, norms = fedgate_local(st, feats[0], _expert_logp(feats[0], ys[0], experts, cfg), cfg, tc, torch.Generator().manual_seed(0))
+    new, norms = fedgate_local(st, feats[0], expert_logp_table(feats[0], ys[0], experts, cfg), cfg, tc, torch.Generator().manual_seed(0))
     assert len(norms) == 1 and norms[0] > 0
     step = math.sqrt(sum(float(((new[k] - st[k]) ** 2).sum()) for k in st))
     assert step == pytest.approx(0.25, rel=1e-5)
@@ -288,7 +290,8 @@ def test_routing_masks_restrict_experts() -> None:
     idx, _ = RanGate(4).route(1000, 2, torch.Generator().manual_seed(10), mask)
     assert set(idx.reshape(-1).tolist()) == {1, 3}
     cfg = MoEConfig((4,), 3, backbone="mlp", widths=(4,), feature_dim=4, num_experts=4, top_k=2, expert_hidden=4)
-    from fedsim.learning.nmoe import Expert, init_state
+    from fedsim.learning.models import Expert
+    from fedsim.learning.training import init_state
 
     bb = {k[len("backbone."):]: v for k, v in init_state(replace(cfg, num_experts=1, top_k=1), 0).items() if k.startswith("backbone.")}
     experts = [Expert(cfg).state_dict() for _ in range(4)]

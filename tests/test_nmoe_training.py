@@ -262,8 +262,8 @@ def test_centralised_top1_gate_is_trained() -> None:
 
 
 def test_fedgate_topk_noisy_differs_from_dense_and_lowers_the_loss() -> None:
-    from fedsim.learning.nmoe import extract_features, train_experts, train_extractor
-    from fedsim.learning.nmoe_steps import FedGateSteps
+    from fedsim.learning.nmoe import extract_features, train_experts
+    from fedsim.learning.nmoe_steps import FedGateSteps, train_extractor
 
     cds, cfg = _digits_clients()
     tc = NMoETrainConfig(top_k=2, rounds=1, gate_rounds=5, expert_epochs=3)

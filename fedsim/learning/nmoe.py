@@ -23,11 +23,11 @@ random draw comes from :class:`~fedsim.rng.RngStreams` named streams):
    clients every round, weights by local sample count, via
    :func:`fedsim.learning.aggregation.aggregate`):
 
-   - ``fedce`` (:func:`train_extractor_fedce`): FedAvg of a full classifier
+   - ``fedce`` (:func:`~fedsim.learning.nmoe_steps.train_extractor_fedce`): FedAvg of a full classifier
      (extractor + predictor head) trained with cross-entropy through
      :func:`fedsim.learning.training.train_local`; then split into extractor
      and predictor.
-   - ``fedsc`` (:func:`train_extractor_fedsc`): federated spectral contrastive
+   - ``fedsc`` (:func:`~fedsim.learning.nmoe_steps.train_extractor_fedsc`): federated spectral contrastive
      learning (FedSC). The extractor is followed by a projection head
      ``g`` (an ``Expert``-shaped MLP to ``proj_dim``) and the representation of
      an input is ``z = g(h) / ||g(h)||`` (unit L2 norm). Definitions, for a
@@ -120,9 +120,11 @@ __all__ = [
     "fedsc_loss",
     "dp_sigma",
     "gaussian_mechanism",
-    "train_extractor",
-    "train_extractor_fedce",
-    "train_extractor_fedsc",
+    "classifier_cfg",
+    "fedavg_states",
+    "sub_state",
+    "sc_repr",
+    "backbone_module",
     "extract_features",
     "train_experts",
     "EXTRACTORS",
@@ -348,7 +350,7 @@ def gaussian_mechanism(r: torch.Tensor, sigma: float, generator: torch.Generator
 # ------------------------------------------------------------------------ helpers
 
 
-def _classifier_cfg(cfg: MoEConfig, num_classes: int | None = None) -> MoEConfig:
+def classifier_cfg(cfg: MoEConfig, num_classes: int | None = None) -> MoEConfig:
     """Single-expert config: extractor + one head (the predictor / projection)."""
     return replace(cfg, num_experts=1, top_k=1, num_classes=num_classes or cfg.num_classes, gate_noise_std=0.0)
 
@@ -362,13 +364,13 @@ def _as_update(cid: int, state: dict[str, torch.Tensor], n: int, num_experts: in
     )
 
 
-def _fedavg(global_state: dict[str, torch.Tensor], states: Sequence[dict[str, torch.Tensor]], ns: Sequence[int], num_experts: int = 1) -> dict[str, torch.Tensor]:
+def fedavg_states(global_state: dict[str, torch.Tensor], states: Sequence[dict[str, torch.Tensor]], ns: Sequence[int], num_experts: int = 1) -> dict[str, torch.Tensor]:
     """FedAvg (weights by sample count) through :func:`fedsim.learning.aggregation.aggregate`."""
     ups = [_as_update(i, s, n, num_experts) for i, (s, n) in enumerate(zip(states, ns))]
     return aggregate(global_state, ups, num_experts).state
 
 
-def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under ``prefix`` with the prefix stripped (copied)."""
     return {k[len(prefix):]: v.detach().clone() for k, v in state.items() if k.startswith(prefix)}
 
@@ -391,50 +393,15 @@ class ExtractorResult:
 # ------------------------------------------------------------------------ stage 1
 
 
-def train_extractor_fedce(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int) -> ExtractorResult:
-    """Stage 1, ``fedce``: FedAvg (all clients, ``tc.rounds`` rounds) of the
-    single-expert classifier trained with cross-entropy by ``train_local``
-    (:class:`~fedsim.learning.nmoe_steps.FedCESteps`, every client every round)."""
-    from fedsim.learning.nmoe_steps import FedCESteps
-
-    steps = FedCESteps(clients, cfg, tc, seed)
-    for r in range(tc.rounds):
-        steps.round(r)
-    return steps.result()
-
-
-def _sc_repr(model: MoEClassifier, x: torch.Tensor) -> torch.Tensor:
+def sc_repr(model: MoEClassifier, x: torch.Tensor) -> torch.Tensor:
     """Unit-norm representation ``g(h) / ||g(h)||`` of a single-head model."""
     p = model.experts[0](model.backbone(x))
     return F.normalize(p, dim=-1)
 
 
-def train_extractor_fedsc(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None) -> ExtractorResult:
-    """Stage 1, ``fedsc``: federated spectral contrastive learning with shared,
-    DP-noised correlation matrices (module docstring). ``tc.rounds`` rounds,
-    every client every round: each shares its matrix under the round's global
-    model, then trains locally with SGD on :func:`fedsc_loss` over two
-    :func:`augment` views per batch; FedAvg of extractor + projection head
-    (:class:`~fedsim.learning.nmoe_steps.FedSCSteps`). ``history`` rows hold
-    the round's loss and the ``epsilon`` spent so far (NaN without DP)."""
-    from fedsim.learning.nmoe_steps import FedSCSteps
-
-    steps = FedSCSteps(clients, cfg, tc, seed, dataset=dataset)
-    for r in range(tc.rounds):
-        steps.share(r)
-        steps.round(r)
-    return steps.result()
-
-
-def train_extractor(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None) -> ExtractorResult:
-    """Stage 1 by ``tc.extractor``."""
-    if tc.extractor == "fedce":
-        return train_extractor_fedce(clients, cfg, tc, seed)
-    return train_extractor_fedsc(clients, cfg, tc, seed, dataset=dataset)
-
-
-def _backbone(cfg: MoEConfig, state: dict[str, torch.Tensor]) -> nn.Module:
-    m = MoEClassifier(_classifier_cfg(cfg)).backbone
+def backbone_module(cfg: MoEConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The single-expert classifier's extractor with ``state`` loaded, in eval mode."""
+    m = MoEClassifier(classifier_cfg(cfg)).backbone
     m.load_state_dict(state)
     m.eval()
     return m
@@ -442,7 +409,7 @@ def _backbone(cfg: MoEConfig, state: dict[str, torch.Tensor]) -> nn.Module:
 
 def extract_features(cfg: MoEConfig, backbone_state: dict[str, torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Extractor features (N, feature_dim) of ``x``, eval mode, no gradient."""
-    m = _backbone(cfg, backbone_state)
+    m = backbone_module(cfg, backbone_state)
     with torch.no_grad():
         return torch.cat([m(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)]) if x.shape[0] else torch.empty(0, cfg.feature_dim)
 
@@ -464,7 +431,7 @@ def train_experts(feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], cfg
         if init is not None:
             ex.load_state_dict(init)
         else:
-            ex.load_state_dict(_sub(init_state(replace(_classifier_cfg(cfg)), rng.seed_int(f"nmoe/expert/{i}/init")), "experts.0."))
+            ex.load_state_dict(sub_state(init_state(replace(classifier_cfg(cfg)), rng.seed_int(f"nmoe/expert/{i}/init")), "experts.0."))
         opt = torch.optim.Adam(ex.parameters(), lr=tc.expert_lr)
         gen = rng.torch(f"nmoe/expert/{i}/train")
         n = int(y.shape[0])

@@ -30,10 +30,36 @@ import torch.nn.functional as F
 
 from fedsim.learning.aggregation import aggregate
 from fedsim.learning.models import MoEClassifier, MoEConfig
+from fedsim.learning.nmoe import (
+    ClientData,
+    ExtractorResult,
+    NMoETrainConfig,
+    augment,
+    classifier_cfg,
+    correlation,
+    dp_sigma,
+    fedavg_states,
+    fedsc_loss,
+    gaussian_mechanism,
+    sc_repr,
+    sub_state,
+)
+from fedsim.learning.nmoe_gates import (
+    expert_logp_table,
+    fedgate_local,
+    gate_module,
+    new_gate,
+    normalise_gradients_,
+    rollgate_labels,
+    select_clients,
+)
 from fedsim.learning.training import TrainConfig, TrainJob, init_state, train_local
 from fedsim.rng import RngStreams
 
-__all__ = ["PrivacyAccountant", "FedCESteps", "FedSCSteps", "RollGateSteps", "FedGateSteps", "fedgate_local_topk", "expert_logits"]
+__all__ = [
+    "PrivacyAccountant", "FedCESteps", "FedSCSteps", "RollGateSteps", "FedGateSteps", "fedgate_local_topk", "expert_logits",
+    "train_extractor", "train_extractor_fedce", "train_extractor_fedsc",
+]
 
 
 class PrivacyAccountant:
@@ -103,14 +129,8 @@ class PrivacyAccountant:
         return composed_epsilon(self.multipliers, delta)
 
 
-def _classifier_cfg(cfg: MoEConfig, num_classes: int | None = None) -> MoEConfig:
-    from fedsim.learning.nmoe import _classifier_cfg as f
-
-    return f(cfg, num_classes)
-
-
 class FedCESteps:
-    """Stage 1, ``fedce``, one FedAvg round at a time (:func:`~fedsim.learning.nmoe.train_extractor_fedce`).
+    """Stage 1, ``fedce``, one FedAvg round at a time (:func:`train_extractor_fedce`).
 
     A round's local training is one :class:`~fedsim.learning.training.TrainJob`
     per participant; with an ``executor`` (:mod:`fedsim.learning.executors`)
@@ -122,7 +142,7 @@ class FedCESteps:
     def __init__(self, clients: Sequence, cfg: MoEConfig, tc: object, seed: int, executor: object | None = None) -> None:
         self.clients, self.tc, self.executor = list(clients), tc, executor
         self.rng = RngStreams(seed)
-        self.ccfg = _classifier_cfg(cfg)
+        self.ccfg = classifier_cfg(cfg)
         self.state = init_state(self.ccfg, self.rng.seed_int("nmoe/fedce/init"))
         self.train = TrainConfig(lr=tc.lr, momentum=tc.momentum, local_epochs=tc.local_epochs, batch_size=tc.batch_size,
                                  expert_loss=False, gate_feedback=False)  # only the weights and losses are read
@@ -143,14 +163,13 @@ class FedCESteps:
 
     def result(self) -> object:
         """The :class:`~fedsim.learning.nmoe.ExtractorResult`."""
-        from fedsim.learning.nmoe import ExtractorResult, _sub
 
-        return ExtractorResult("fedce", _sub(self.state, "backbone."), _sub(self.state, "experts.0."), self.state, self.ccfg, self.history)
+        return ExtractorResult("fedce", sub_state(self.state, "backbone."), sub_state(self.state, "experts.0."), self.state, self.ccfg, self.history)
 
 
 class FedSCSteps:
     """Stage 1, ``fedsc``: ``share(r, sharers)`` then ``round(r, participants)``
-    (:func:`~fedsim.learning.nmoe.train_extractor_fedsc`). With
+    (:func:`train_extractor_fedsc`). With
     ``tc.dp_epsilon`` set, every shared matrix goes through the Gaussian
     mechanism and :attr:`accountant` composes the releases of the client that
     released most (each client's data is protected by its own releases only)."""
@@ -158,7 +177,7 @@ class FedSCSteps:
     def __init__(self, clients: Sequence, cfg: MoEConfig, tc: object, seed: int, *, dataset: str | None = None) -> None:
         self.clients, self.tc, self.dataset = list(clients), tc, dataset
         self.rng = RngStreams(seed)
-        self.scfg = _classifier_cfg(cfg, num_classes=tc.proj_dim)
+        self.scfg = classifier_cfg(cfg, num_classes=tc.proj_dim)
         self.state = init_state(self.scfg, self.rng.seed_int("nmoe/fedsc/init"))
         ns = np.array([c.n for c in self.clients], dtype=float)
         self.q = ns / ns.sum()
@@ -169,13 +188,6 @@ class FedSCSteps:
     def share(self, r: int, sharers: Sequence[int] | None = None) -> None:
         """Each client in ``sharers`` (all if None) computes its (noised)
         correlation matrix under round ``r``'s global model."""
-        from fedsim.learning.nmoe import (
-            _sc_repr,
-            augment,
-            correlation,
-            dp_sigma,
-            gaussian_mechanism,
-        )
 
         tc = self.tc
         model = MoEClassifier(self.scfg)
@@ -187,7 +199,7 @@ class FedSCSteps:
             for i in idx:
                 c = self.clients[i]
                 gen = self.rng.torch(f"nmoe/fedsc/share/{c.client_id}/round/{r}")
-                zs = [_sc_repr(model, augment(c.x[s : s + 512], gen, dataset=self.dataset)) for s in range(0, c.n, 512)]
+                zs = [sc_repr(model, augment(c.x[s : s + 512], gen, dataset=self.dataset)) for s in range(0, c.n, 512)]
                 s_j = correlation(torch.cat(zs))
                 if tc.dp_epsilon is not None:
                     sens = 1.0 / c.n
@@ -216,7 +228,6 @@ class FedSCSteps:
     def round(self, r: int, participants: Sequence[int] | None = None) -> float:
         """Local training of ``participants`` (all if None) against the matrices
         shared this round, then FedAvg; returns the mean local loss."""
-        from fedsim.learning.nmoe import _fedavg, _sc_repr, augment, fedsc_loss
 
         tc, q = self.tc, self.q
         idx = range(len(self.clients)) if participants is None else sorted(participants)
@@ -242,8 +253,8 @@ class FedSCSteps:
                     if len(b) < 2:
                         continue
                     xb = c.x[b]
-                    z1 = _sc_repr(local, augment(xb, gen, dataset=self.dataset))
-                    z2 = _sc_repr(local, augment(xb, gen, dataset=self.dataset))
+                    z1 = sc_repr(local, augment(xb, gen, dataset=self.dataset))
+                    z2 = sc_repr(local, augment(xb, gen, dataset=self.dataset))
                     loss = fedsc_loss(z1, z2, r_others, float(q[i]))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -254,28 +265,26 @@ class FedSCSteps:
             losses.append(tot / max(1, seen))
             ns.append(c.n)
         if states:
-            self.state = _fedavg(self.state, states, ns)
+            self.state = fedavg_states(self.state, states, ns)
         loss = float(np.mean(losses)) if losses else math.nan
         self.history.append({"round": float(r), "loss": loss, "epsilon": self.epsilon_spent()})
         return loss
 
     def result(self) -> object:
         """The :class:`~fedsim.learning.nmoe.ExtractorResult`."""
-        from fedsim.learning.nmoe import ExtractorResult, _sub
 
-        return ExtractorResult("fedsc", _sub(self.state, "backbone."), _sub(self.state, "experts.0."), self.state, self.scfg, self.history)
+        return ExtractorResult("fedsc", sub_state(self.state, "backbone."), sub_state(self.state, "experts.0."), self.state, self.scfg, self.history)
 
 
 class RollGateSteps:
     """Stage 3, ``rollgate``, one hop at a time (:func:`~fedsim.learning.nmoe_model.train_rollgate`)."""
 
     def __init__(self, feats: Sequence[torch.Tensor], cfg: MoEConfig, tc: object, seed: int) -> None:
-        from fedsim.learning.nmoe_model import _new_gate, rollgate_labels
 
         self.feats, self.tc = list(feats), tc
         self.rng = RngStreams(seed)
         k = len(self.feats)
-        self.gate = _new_gate(cfg, k, self.rng.seed_int("nmoe/rollgate/init"))
+        self.gate = new_gate(cfg, k, self.rng.seed_int("nmoe/rollgate/init"))
         self.labels = [rollgate_labels(int(h.shape[0]), i, k, tc.rollgate_p, self.rng.torch(f"nmoe/rollgate/labels/{i}")) for i, h in enumerate(self.feats)]
 
     def hop(self, r: int, i: int) -> None:
@@ -331,9 +340,8 @@ def fedgate_local_topk(gate_state: dict[str, torch.Tensor], h: torch.Tensor, y: 
     ``tc.fedgate_load_weight * E * sum_e f_e P_e`` (Switch load-balancing loss:
     ``f_e`` share of top-k slots routed to ``e``, ``P_e`` mean gate probability).
     Plain SGD with unit-norm gradients (``tc.gate_lr``), as
-    :func:`~fedsim.learning.nmoe_model.fedgate_local`. ``logits_e`` (N, E, C):
+    :func:`~fedsim.learning.nmoe_gates.fedgate_local`. ``logits_e`` (N, E, C):
     the fixed experts' logits (:func:`expert_logits`); ``y`` (N,) labels."""
-    from fedsim.learning.nmoe_model import gate_module, normalise_gradients_
 
     e = logits_e.shape[1]
     k = min(tc.top_k, e)
@@ -375,18 +383,17 @@ class FedGateSteps:
     """Stage 3, ``fedgate``: ``select(r)`` the round's clients, then
     ``round(r, participants)`` (:func:`~fedsim.learning.nmoe_model.train_fedgate`).
     ``tc.fedgate_loss``: ``"topk_noisy"`` (:func:`fedgate_local_topk`) or
-    ``"dense"`` (:func:`~fedsim.learning.nmoe_model.fedgate_local`)."""
+    ``"dense"`` (:func:`~fedsim.learning.nmoe_gates.fedgate_local`)."""
 
     def __init__(self, feats: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], experts: Sequence[dict[str, torch.Tensor]], cfg: MoEConfig, tc: object, seed: int) -> None:
-        from fedsim.learning.nmoe_model import _expert_logp, _new_gate
 
         self.feats, self.cfg, self.tc = list(feats), cfg, tc
         self.rng = RngStreams(seed)
         k = len(self.feats)
-        self.gate_state = {k_: v.detach().clone() for k_, v in _new_gate(cfg, k, self.rng.seed_int("nmoe/fedgate/init")).state_dict().items()}
+        self.gate_state = {k_: v.detach().clone() for k_, v in new_gate(cfg, k, self.rng.seed_int("nmoe/fedgate/init")).state_dict().items()}
         self.ys = list(ys)
         if tc.fedgate_loss == "dense":
-            self.logps = [_expert_logp(h, y, experts, cfg) for h, y in zip(feats, ys)]
+            self.logps = [expert_logp_table(h, y, experts, cfg) for h, y in zip(feats, ys)]
         else:
             self.logits = [expert_logits(h, experts, cfg) for h in feats]
             self.logps = [F.log_softmax(z, dim=-1).gather(2, y[:, None, None].expand(-1, z.shape[1], 1)).squeeze(2) for z, y in zip(self.logits, ys)]
@@ -395,7 +402,6 @@ class FedGateSteps:
 
     def select(self, r: int) -> list[int]:
         """The clients (indices) chosen for round ``r`` (call once per round, in order)."""
-        from fedsim.learning.nmoe_model import select_clients
 
         chosen = select_clients(len(self.feats), self.tc.fedgate_fraction, self.sel_rng)
         self.history.append(chosen)
@@ -404,8 +410,6 @@ class FedGateSteps:
     def round(self, r: int, participants: Sequence[int]) -> float:
         """Local gate training of ``participants``, FedAvg by sample count;
         returns the MoE likelihood loss of the new gate over all clients."""
-        from fedsim.learning.nmoe import _fedavg
-        from fedsim.learning.nmoe_model import fedgate_local
 
         tc = self.tc
         states = []
@@ -416,15 +420,49 @@ class FedGateSteps:
             else:
                 states.append(fedgate_local_topk(self.gate_state, self.feats[i], self.ys[i], self.logits[i], self.cfg, tc, gen))
         if states:
-            self.gate_state = _fedavg(self.gate_state, states, [int(self.feats[i].shape[0]) for i in sorted(participants)])
+            self.gate_state = fedavg_states(self.gate_state, states, [int(self.feats[i].shape[0]) for i in sorted(participants)])
         return self.loss()
 
     def loss(self) -> float:
         """``-log sum_e softmax(gate(h))_e p_e(y|h)`` averaged over all clients' samples."""
-        from fedsim.learning.nmoe_model import gate_module
 
         gate = gate_module(self.cfg, len(self.feats))
         gate.load_state_dict(self.gate_state)
         with torch.no_grad():
             vals = [float(-torch.logsumexp(F.log_softmax(gate(h), -1) + lp, -1).mean()) for h, lp in zip(self.feats, self.logps) if h.shape[0]]
         return float(np.mean(vals)) if vals else math.nan
+
+
+# ------------------------------------------------------------------------ stage 1, every client every round
+
+
+def train_extractor_fedce(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int) -> ExtractorResult:
+    """Stage 1, ``fedce``: FedAvg (all clients, ``tc.rounds`` rounds) of the
+    single-expert classifier trained with cross-entropy by ``train_local``
+    (:class:`~fedsim.learning.nmoe_steps.FedCESteps`, every client every round)."""
+    steps = FedCESteps(clients, cfg, tc, seed)
+    for r in range(tc.rounds):
+        steps.round(r)
+    return steps.result()
+
+
+def train_extractor_fedsc(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None) -> ExtractorResult:
+    """Stage 1, ``fedsc``: federated spectral contrastive learning with shared,
+    DP-noised correlation matrices (module docstring). ``tc.rounds`` rounds,
+    every client every round: each shares its matrix under the round's global
+    model, then trains locally with SGD on :func:`fedsc_loss` over two
+    :func:`augment` views per batch; FedAvg of extractor + projection head
+    (:class:`~fedsim.learning.nmoe_steps.FedSCSteps`). ``history`` rows hold
+    the round's loss and the ``epsilon`` spent so far (NaN without DP)."""
+    steps = FedSCSteps(clients, cfg, tc, seed, dataset=dataset)
+    for r in range(tc.rounds):
+        steps.share(r)
+        steps.round(r)
+    return steps.result()
+
+
+def train_extractor(clients: Sequence[ClientData], cfg: MoEConfig, tc: NMoETrainConfig, seed: int, *, dataset: str | None = None) -> ExtractorResult:
+    """Stage 1 by ``tc.extractor``."""
+    if tc.extractor == "fedce":
+        return train_extractor_fedce(clients, cfg, tc, seed)
+    return train_extractor_fedsc(clients, cfg, tc, seed, dataset=dataset)

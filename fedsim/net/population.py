@@ -54,7 +54,7 @@ import numpy as np
 from fedsim.engine.clock import block_index, delay_to
 from fedsim.net import channel as ch
 from fedsim.net.network import Network
-from fedsim.net.radio import _NEAR_CELL_M
+from fedsim.net.radio import NEAR_CELL_M
 from fedsim.net.trajectory import Trajectories
 
 __all__ = ["LazyNetwork", "DEFAULT_CANDIDATES", "next_block"]
@@ -128,7 +128,7 @@ class LazyNetwork(Network):
             y0 = min(y0, float(self.pos[:, 1].min()))
             x1 = max(x1, float(self.pos[:, 0].max()))
             y1 = max(y1, float(self.pos[:, 1].max()))
-        g = max(_NEAR_CELL_M, (x1 - x0) / 1024.0, (y1 - y0) / 1024.0)
+        g = max(NEAR_CELL_M, (x1 - x0) / 1024.0, (y1 - y0) / 1024.0)
         nx_ = max(1, math.ceil((x1 - x0) / g))
         ny_ = max(1, math.ceil((y1 - y0) / g))
         cx = x0 + (np.arange(nx_) + 0.5) * g

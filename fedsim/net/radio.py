@@ -16,7 +16,7 @@ __all__ = ["RadioMixin"]
 #: client-BS pairs per block of the vectorised path-loss update (cache sized)
 _BLOCK_PAIRS = 16384
 #: grid cell of the nearest-BS tables (``ChannelParams.nearest_bs``), m
-_NEAR_CELL_M = 25.0
+NEAR_CELL_M = 25.0
 
 
 class RadioMixin:
@@ -32,7 +32,7 @@ class RadioMixin:
         y0 = min(y0, float(self.pos[:, 1].min(initial=y0)))
         x1 = max(x1, float(self.pos[:, 0].max(initial=x1)))
         y1 = max(y1, float(self.pos[:, 1].max(initial=y1)))
-        g = max(_NEAR_CELL_M, (x1 - x0) / 1024.0, (y1 - y0) / 1024.0)
+        g = max(NEAR_CELL_M, (x1 - x0) / 1024.0, (y1 - y0) / 1024.0)
         nx_ = max(1, math.ceil((x1 - x0) / g))
         ny_ = max(1, math.ceil((y1 - y0) / g))
         cx = x0 + (np.arange(nx_) + 0.5) * g

@@ -24,12 +24,19 @@ task is empty is recorded with status ``skipped``. A client process that
 ends in any status but ``completed`` gets one ``client_lost`` event (the
 device already logged its ``oom`` / ``dropout``).
 
-An alternative loop (asynchronous dispatch, FedBuff) reuses the same hooks:
-``select`` / ``assign`` to pick and task a client, :meth:`Protocol.client_process`
-to run ``client_round`` with its bookkeeping, ``aggregate`` on a buffer of
-arrivals, ``evaluate``. A protocol that is not a round loop at all (``nmoe``:
-training then inference) overrides :meth:`Protocol.run` and still writes its
-``rounds`` rows through :meth:`Protocol.record_rounds_row`.
+The server loop is an *aggregation mode*: one :class:`Loop` subclass, listed
+once by name in :data:`AGGREGATION_MODES` (the one place modes are listed);
+:meth:`Protocol.serve` runs the loop named by :meth:`Protocol.aggregation_mode`.
+``sync`` is :class:`SyncLoop` (the round above). The buffered loops
+(``async`` / ``semi_async``, :mod:`fedsim.protocols.fedbuff`) use the same
+hooks and nothing else of the protocol: ``select`` (with the free slots and the
+busy clients) / ``assign`` (with the tasks in flight) to pick and task clients,
+:meth:`Protocol.client_process` to run ``client_round`` with its bookkeeping,
+``fold_stale`` / ``publish`` to aggregate a buffer of arrivals trained on older
+versions, ``evaluate``, ``record_round_extra``, ``checkpoint``. A protocol that
+is not a round loop at all (``nmoe``: training then inference) overrides
+:meth:`Protocol.run` and still writes its ``rounds`` rows through
+:meth:`Protocol.record_rounds_row`.
 
 Registering a protocol: one line ``name: "module:Class"`` in ``REGISTRY`` of
 :mod:`fedsim.protocols` (the one place protocols are listed).
@@ -37,8 +44,9 @@ Registering a protocol: one line ``name: "module:Class"`` in ``REGISTRY`` of
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -51,7 +59,10 @@ if TYPE_CHECKING:
 
     from fedsim.parts.bundle import Parts
 
-__all__ = ["Protocol", "ClientOutcome", "RoundState", "STATUSES", "IDLE_RETRY_S", "crn_select"]
+__all__ = [
+    "Protocol", "ClientOutcome", "RoundState", "StaleUpdate", "Loop", "SyncLoop", "STATUSES", "IDLE_RETRY_S",
+    "AGGREGATION_MODES", "loop_class", "crn_select",
+]
 
 #: Client-round statuses, in the order the ``rounds`` table counts them.
 STATUSES = ("completed", "straggler", "dropout", "oom", "skipped")
@@ -60,6 +71,27 @@ STATUSES = ("completed", "straggler", "dropout", "oom", "skipped")
 #: (a sync round with nobody dispatched idles ``min(deadline, IDLE_RETRY_S)``; the
 #: async loop polls as often): the clock always advances.
 IDLE_RETRY_S = 10.0
+
+#: Aggregation mode name -> ``"module:Class"`` of its :class:`Loop`: the one place a mode is
+#: registered (imported only when looked up). ``protocol.fedmoe.aggregation``'s ``Literal``
+#: is held equal to these keys by ``tests/test_fedbuff.py``.
+AGGREGATION_MODES: dict[str, str] = {
+    "sync": "fedsim.protocols.base:SyncLoop",
+    "async": "fedsim.protocols.fedbuff:AsyncLoop",
+    "semi_async": "fedsim.protocols.fedbuff:SemiAsyncLoop",
+}
+
+
+def loop_class(mode: str) -> type[Loop]:
+    """The :class:`Loop` class of aggregation mode ``mode``.
+
+    Raises:
+        ValueError: ``mode`` is not in :data:`AGGREGATION_MODES`.
+    """
+    if mode not in AGGREGATION_MODES:
+        raise ValueError(f"unknown aggregation mode {mode!r} (valid: {', '.join(AGGREGATION_MODES)})")
+    module, cls = AGGREGATION_MODES[mode].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def crn_select(rng: np.random.Generator, clients: Sequence[str], eligible: Sequence[bool], n: int) -> list[str]:
@@ -133,6 +165,21 @@ class RoundState:
     metrics: dict[str, float] = field(default_factory=lambda: {"accuracy": math.nan, "f1": math.nan, "auc": math.nan})
 
 
+@dataclass
+class StaleUpdate:
+    """One buffered arrival as a buffered loop hands it to :meth:`Protocol.fold_stale`:
+    the ``client``, its ``task``, the global ``version`` it downloaded and that version's
+    model state (``snapshot``), and the staleness weights of its shared part
+    (``weight_shared``) and of each trained expert (``weights``)."""
+
+    client: str
+    task: list[int]
+    version: int
+    snapshot: Any
+    weight_shared: float
+    weights: dict[int, float]
+
+
 class Protocol:
     """Base of every protocol: the loop and the bookkeeping (module docstring).
 
@@ -161,17 +208,26 @@ class Protocol:
         self.bytes_moved = 0.0
         self.outcomes: dict[str, ClientOutcome] = {}
         self._procs: dict[str, simpy.Process] = {}
+        self.loop: Loop | None = None  # the aggregation mode's server loop, once serving
         self._k_event: simpy.Event | None = None
         self._k_needed = 0
         self._completed = 0
 
     # ------------------------------------------------------------ hooks
-    def select(self, r: int) -> list[str]:
-        """Clients taking part in round ``r`` (sorted ids). Default: nobody."""
+    def aggregation_mode(self) -> str:
+        """Name of the server loop in :data:`AGGREGATION_MODES` this protocol runs. Default ``sync``."""
+        return "sync"
+
+    def select(self, r: int, slots: int | None = None, busy: Collection[str] = ()) -> list[str]:
+        """Clients taking part in round ``r`` (sorted ids). ``slots``: how many a buffered
+        loop can dispatch now (None: a synchronous round's selection); ``busy``: clients in
+        flight or buffered, not eligible. Default: nobody."""
         return []
 
-    def assign(self, r: int, selected: list[str]) -> dict[str, list[int]]:
-        """Task of each selected client (expert indices; ``[]`` = skipped). Default: none."""
+    def assign(self, r: int, selected: list[str], inflight: Mapping[str, list[int]] | None = None) -> dict[str, list[int]]:
+        """Task of each selected client (expert indices; ``[]`` = skipped). ``inflight``:
+        the tasks of the clients still training (client -> task, dispatch order; a buffered
+        loop's, so a policy can see the load already handed out). Default: none."""
         return {}
 
     def client_round(self, o: ClientOutcome) -> Generator[Any, Any, None]:
@@ -187,6 +243,38 @@ class Protocol:
 
     def aggregate(self, r: int, arrived: list[str]) -> Any:
         """Fold the updates of ``arrived`` (sorted ids, status ``completed``) into the model; the return value is kept in :attr:`RoundState.update`."""
+        return None
+
+    def fold_stale(self, r: int, batch: list[StaleUpdate]) -> Any:
+        """A buffered loop's aggregation step ``r``: train ``batch`` (each on the snapshot it
+        downloaded) and fold it, with its staleness weights, into the current model; the
+        result is published by :meth:`publish` after the server's compute time.
+
+        Raises:
+            NotImplementedError: the protocol has no buffered aggregation.
+        """
+        raise NotImplementedError(f"protocol {self.name!r} has no buffered aggregation")
+
+    def publish(
+        self, r: int, step: Any, outcomes: dict[str, ClientOutcome], lost: list[ClientOutcome],
+        staleness: dict[str, tuple[int, dict[int, int]]],
+    ) -> set[str]:
+        """Make the result of :meth:`fold_stale` the current model and learn from it
+        (``outcomes``: the folded clients' outcomes by id; ``lost``: client runs lost since
+        the last step; ``staleness``: client -> (shared staleness, expert -> staleness)).
+        Returns the clients whose updates were accepted.
+
+        Raises:
+            NotImplementedError: the protocol has no buffered aggregation.
+        """
+        raise NotImplementedError(f"protocol {self.name!r} has no buffered aggregation")
+
+    def trains_shared(self) -> bool:
+        """Whether a client trains and uploads the shared part (backbone, gate) besides its task. Default True."""
+        return True
+
+    def model_state(self) -> Any:
+        """The current global model (what a client downloads now). Default: none."""
         return None
 
     def evaluate(self, r: int) -> dict[str, float]:
@@ -237,10 +325,6 @@ class Protocol:
         return None
 
     # ------------------------------------------------------------ loop
-    def replayed(self, key: str, fn: Callable[[], Any]) -> Any:
-        """``fn()`` through the trainer's replay seam (:meth:`fedsim.parts.learning.Trainer.replayed`)."""
-        return self.trainer.replayed(key, fn)
-
     def checkpoint(self, rounds_done: int, *, force: bool = False) -> None:
         """Round boundary: the run's checkpointer may write (every
         ``output.checkpoint_every_rounds`` rounds; an unarmed one ignores it).
@@ -261,21 +345,12 @@ class Protocol:
         self.parts.finish()
 
     def serve(self) -> Generator[Any, Any, None]:
-        """The server process: ``run.rounds`` rounds, stopping at ``run.horizon_s``."""
-        rounds, horizon = self.settings.rounds, self.settings.horizon_s
-        self.on_start()
-        self.progress(round=0, rounds=rounds, t_s=0.0, bytes=0.0)
-        for r in range(rounds):
-            if r > 0 and self.round_interval_s() > 0:
-                yield self.env.timeout(self.round_interval_s())
-            if horizon is not None and self.env.now >= horizon:
-                break
-            yield from self.play_round(r)
-            self.checkpoint(r + 1)
-        self.on_end()
+        """The server process: the :class:`Loop` of :meth:`aggregation_mode` (kept as ``self.loop``)."""
+        self.loop = loop_class(self.aggregation_mode())(self)
+        return (yield from self.loop.serve())
 
     def play_round(self, r: int) -> Generator[Any, Any, RoundState]:
-        """One synchronous round (module docstring); returns its :class:`RoundState`."""
+        """One synchronous round (module docstring, :class:`SyncLoop`); returns its :class:`RoundState`."""
         st = RoundState(r, float(self.env.now))
         self.rec.event(st.t_start_s, "round_start", round=r)
         st.online = sum(1 for c in self.clients if self.systems.is_online(c))
@@ -420,3 +495,40 @@ class Protocol:
         )
         for e in o.experts:
             self.rec.row("assignments", round=r, client=o.client, expert=int(e))
+
+
+class Loop:
+    """An aggregation mode: the server process of a :class:`Protocol`, driven through the
+    protocol's hooks only (module docstring). Subclasses implement :meth:`serve` and are
+    listed in :data:`AGGREGATION_MODES`."""
+
+    def __init__(self, p: Protocol) -> None:
+        self.p = p
+
+    def serve(self) -> Generator[Any, Any, None]:
+        """The server process.
+
+        Raises:
+            NotImplementedError: the base has no loop.
+        """
+        raise NotImplementedError
+        yield  # pragma: no cover - makes this a generator
+
+
+class SyncLoop(Loop):
+    """``sync``: ``run.rounds`` synchronous rounds (:meth:`Protocol.play_round`), stopping at ``run.horizon_s``."""
+
+    def serve(self) -> Generator[Any, Any, None]:
+        """The server process: rounds, the idle interval between them, a checkpoint after each."""
+        p = self.p
+        rounds, horizon = p.settings.rounds, p.settings.horizon_s
+        p.on_start()
+        p.progress(round=0, rounds=rounds, t_s=0.0, bytes=0.0)
+        for r in range(rounds):
+            if r > 0 and p.round_interval_s() > 0:
+                yield p.env.timeout(p.round_interval_s())
+            if horizon is not None and p.env.now >= horizon:
+                break
+            yield from p.play_round(r)
+            p.checkpoint(r + 1)
+        p.on_end()

@@ -1,6 +1,12 @@
 """``protocol.fedmoe.aggregation: async | semi_async``: buffered asynchronous
-aggregation (FedBuff, Nguyen et al., AISTATS 2022) of the fedmoe protocol,
-per expert, on the hooks of :class:`~fedsim.protocols.base.Protocol`.
+aggregation (FedBuff, Nguyen et al., AISTATS 2022), per expert: two
+aggregation modes (:class:`AsyncLoop`, :class:`SemiAsyncLoop`, registered in
+:data:`fedsim.protocols.base.AGGREGATION_MODES`) that drive a protocol through
+the hooks of :class:`~fedsim.protocols.base.Protocol` only (``select`` with the
+free slots, ``assign`` with the tasks in flight, ``client_process``,
+``fold_stale`` / ``publish``, ``evaluate``, ``record_round_extra``,
+``checkpoint``). The settings come from the protocol's section
+(``fedbuff``, ``deadline_s``, ``clients_per_round``, ``over_selection``).
 
 ``async`` (FedBuff). At most ``C = fedbuff.concurrency`` clients train at
 once. Whenever slots are free the server draws new clients (stream
@@ -49,8 +55,8 @@ Checkpoints: every published version is a round boundary for
 run replays from ``t = 0`` (:mod:`fedsim.engine.checkpoint`), clients in
 flight and buffered updates included, so nothing below is pickled.
 
-State: everything lives on :class:`BufferedLoop`
-(``protocol.buffered``): ``version``, ``expert_version``, ``shared_version``,
+State: everything lives on the loop, a :class:`BufferedLoop`
+(``protocol.loop``): ``version``, ``expert_version``, ``shared_version``,
 ``snapshots`` (version -> global state, kept while a ticket refers to it),
 ``inflight`` (client -> :class:`Ticket`), ``buffer`` (:class:`Arrival`s in
 arrival order), ``ended`` (client runs lost since the last aggregation),
@@ -59,25 +65,35 @@ arrival order), ``ended`` (client runs lost since the last aggregation),
 nobody working and an empty buffer; the run ends after ``run.rounds`` of them, as sync would after
 that many empty rounds); the protocol keeps the global state,
 alignment, estimator and rng streams as in sync.
+
+A new buffered mode is one subclass of :class:`BufferedLoop` (its
+:meth:`~BufferedLoop.rounds`, and whether freed slots are refilled during
+the server's compute) plus its line in ``AGGREGATION_MODES``.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Generator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from fedsim.protocols.base import IDLE_RETRY_S, ClientOutcome, RoundState, crn_select
+from fedsim.protocols.base import (
+    IDLE_RETRY_S,
+    ClientOutcome,
+    Loop,
+    Protocol,
+    RoundState,
+    StaleUpdate,
+)
 
 if TYPE_CHECKING:
     import simpy
 
-    from fedsim.protocols.fedmoe import FedMoE
-
-__all__ = ["BufferedLoop", "Ticket", "Arrival"]
+__all__ = ["BufferedLoop", "AsyncLoop", "SemiAsyncLoop", "Ticket", "Arrival"]
 
 
 @dataclass
@@ -104,57 +120,37 @@ class Arrival:
     seq: int
 
 
-class _UsageView:
-    """The alignment state as a policy sees it at an async dispatch: usage plus in-flight load."""
+class BufferedLoop(Loop):
+    """The buffered server loop of a :class:`~fedsim.protocols.base.Protocol` and its state
+    (module docstring); subclasses give :meth:`rounds`."""
 
-    def __init__(self, state: Any, pending: np.ndarray) -> None:
-        self._state = state
-        self._pending = pending
+    #: whether slots freed during the server's compute are refilled at once (with the version still published)
+    refill_during_server_compute: ClassVar[bool] = False
 
-    @property
-    def usage(self) -> np.ndarray:
-        """``(E,)`` usage of the alignment state plus the in-flight assignments' samples."""
-        out = np.asarray(self._state.usage, dtype=float) + self._pending
-        out.flags.writeable = False
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._state, name)
-
-
-@dataclass
-class BufferedLoop:
-    """The async / semi_async server loop of a :class:`~fedsim.protocols.fedmoe.FedMoE` and its state (module docstring)."""
-
-    p: FedMoE
-    version: int = 0
-    expert_version: list[int] = field(default_factory=list)
-    shared_version: int = 0
-    snapshots: dict[int, dict] = field(default_factory=dict)
-    inflight: dict[str, Ticket] = field(default_factory=dict)
-    buffer: list[Arrival] = field(default_factory=list)
-    ended: list[ClientOutcome] = field(default_factory=list)
-    dispatched: list[Ticket] = field(default_factory=list)
-    t_last_s: float = 0.0
-    dispatch_seq: int = 0
-    arrival_seq: int = 0
-    idle_polls: int = 0
-    procs: dict[str, Any] = field(default_factory=dict)  # client -> its SimPy process, while in flight
-
-    def __post_init__(self) -> None:
-        p = self.p
-        cfg, fb = p.cfg, p.cfg.fedbuff
-        self.mode = cfg.aggregation
+    def __init__(self, p: Protocol) -> None:
+        super().__init__(p)
+        cfg = p.cfg
+        fb = self.fedbuff = cfg.fedbuff
+        self.deadline_s = float(cfg.deadline_s)
         self.concurrency = fb.concurrency or math.ceil(cfg.clients_per_round * cfg.over_selection)
         # a buffer larger than the clients holding data could never fill (buffered clients are not re-dispatched)
         holders = sum(1 for c in p.clients if p.trainer.num_samples(c) > 0)
         self.buffer_size = max(1, min(fb.buffer_size or cfg.clients_per_round, holders))
-        self.retry_s = min(float(cfg.deadline_s), IDLE_RETRY_S)
+        self.retry_s = min(self.deadline_s, IDLE_RETRY_S)
         self.period_s = float(fb.period_s if fb.period_s is not None else cfg.deadline_s)
-        if not self.expert_version:
-            self.expert_version = [0] * p.E
-        if not self.snapshots:
-            self.snapshots = {self.version: p.global_state}
+        self.version = 0
+        self.expert_version: defaultdict[int, int] = defaultdict(int)
+        self.shared_version = 0
+        self.snapshots: dict[int, Any] = {self.version: p.model_state()}
+        self.inflight: dict[str, Ticket] = {}
+        self.buffer: list[Arrival] = []
+        self.ended: list[ClientOutcome] = []
+        self.dispatched: list[Ticket] = []
+        self.t_last_s = 0.0
+        self.dispatch_seq = 0
+        self.arrival_seq = 0
+        self.idle_polls = 0
+        self.procs: dict[str, Any] = {}  # client -> its SimPy process, while in flight
         self._wake: simpy.Event | None = None
 
     # ------------------------------------------------------------ loops
@@ -163,12 +159,18 @@ class BufferedLoop:
         p = self.p
         p.on_start()
         p.progress(round=0, rounds=p.settings.rounds, t_s=0.0, bytes=0.0)
-        if self.mode == "async":
-            yield from self._serve_async()
-        else:
-            yield from self._serve_semi_async()
+        yield from self.rounds()
         yield from self.settle()
         p.on_end()
+
+    def rounds(self) -> Generator[Any, Any, None]:
+        """The mode's dispatch / aggregation schedule.
+
+        Raises:
+            NotImplementedError: in the base.
+        """
+        raise NotImplementedError
+        yield  # pragma: no cover - makes this a generator
 
     def settle(self) -> Generator[Any, Any, None]:
         """When the run stops: cut the clients still in flight (cause :class:`RunEnd`, status
@@ -204,9 +206,157 @@ class BufferedLoop:
 
     def _buffer_expired(self) -> bool:
         """Whether the oldest buffered update has waited ``deadline_s`` (then the buffer is folded in as it is)."""
-        return bool(self.buffer) and self.p.env.now >= self.buffer[0].outcome.t_end_s + float(self.p.cfg.deadline_s)
+        return bool(self.buffer) and self.p.env.now >= self.buffer[0].outcome.t_end_s + self.deadline_s
 
-    def _serve_async(self) -> Generator[Any, Any, None]:
+    # --------------------------------------------------------- dispatch
+    def dispatch(self) -> list[str]:
+        """Fill the free slots (up to ``concurrency`` in flight) with clients the protocol
+        selects (hook ``select``: not training, not in the buffer) and tasks (hook ``assign``,
+        seeing the tasks in flight); returns those dispatched."""
+        p = self.p
+        free = self.concurrency - len(self.inflight)
+        if free <= 0:
+            return []
+        busy = set(self.inflight) | {a.ticket.client for a in self.buffer}
+        chosen = p.select(self.version, slots=free, busy=busy)
+        if not chosen:
+            return []
+        tasks = p.assign(self.version, chosen, {c: t.task for c, t in self.inflight.items()})
+        now = float(p.env.now)
+        out = []
+        for c in chosen:
+            task = list(tasks.get(c, []))
+            if not task:
+                o = ClientOutcome(c, self.version, [], now, status="skipped", t_end_s=now, bs=p.systems.serving_bs(c))
+                self.ended.append(o)
+                p.record_client_row(self.version, o)
+                continue
+            t = Ticket(
+                c, task, self.version, {e: self.expert_version[e] for e in task}, self.shared_version, now, self.dispatch_seq,
+            )
+            self.dispatch_seq += 1
+            self.inflight[c] = t
+            self.dispatched.append(t)
+            self.procs[c] = p.env.process(self._client(t))
+            out.append(c)
+        return out
+
+    def _client(self, t: Ticket) -> Generator[Any, Any, None]:
+        """Process of one dispatched client: the base's ``client_process``, then buffer or free the slot."""
+        p = self.p
+        o = yield from p.client_process(t.client, list(t.task), t.version)
+        del self.inflight[t.client]
+        self.procs.pop(t.client, None)
+        if o.status == "completed":
+            self.buffer.append(Arrival(t, o, self.arrival_seq))
+            self.arrival_seq += 1
+        else:
+            self.ended.append(o)
+            p.record_client_row(t.version, o)
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    # -------------------------------------------------------- aggregate
+    def weight(self, tau: int) -> float:
+        """FedBuff staleness weight of an update ``tau`` versions old (``fedbuff.staleness``, :func:`fedsim.learning.buffered.staleness_weight`)."""
+        from fedsim.learning.buffered import staleness_weight
+
+        fb = self.fedbuff
+        return staleness_weight(tau, fb.staleness, fb.staleness_exponent, fb.hinge_threshold)
+
+    def aggregate(self, batch: list[Arrival]) -> Generator[Any, Any, None]:
+        """Fold ``batch`` (buffered arrivals) into the model (hook ``fold_stale``),
+        ``server_compute_s`` of server work (with ``refill_during_server_compute``, clients
+        keep being dispatched, with the version still published), then publish the next
+        version (hook ``publish``), evaluate and record it."""
+        p = self.p
+        env = p.env
+        taken = {id(a) for a in batch}
+        self.buffer = [a for a in self.buffer if id(a) not in taken]
+        batch = sorted(batch, key=lambda a: a.ticket.client)  # a fixed summation order, as in sync
+        r = self.version
+        stale: dict[str, tuple[int, dict[int, int]]] = {}
+        items = []
+        for a in batch:
+            t = a.ticket
+            es = {e: self.expert_version[e] - t.expert_versions[e] for e in t.task}
+            ss = self.shared_version - t.shared_version
+            stale[t.client] = (ss, es)
+            items.append(StaleUpdate(t.client, t.task, t.version, self.snapshots[t.version], self.weight(ss), {e: self.weight(v) for e, v in es.items()}))
+        step = p.fold_stale(r, items)  # trains through the replay seam (checkpoint/resume)
+
+        # the row's window closes here: what is dispatched or lost during the server work counts in the next row
+        t_close = float(env.now)
+        st = RoundState(r, self.t_last_s, selected=[t.client for t in self.dispatched], t_close_s=t_close)
+        ended, self.ended, self.dispatched = self.ended, [], []
+        t_done = t_close + p.server_compute_s()
+        while env.now < t_done:
+            if self.refill_during_server_compute:
+                self.dispatch()
+            self._wake = env.event()
+            yield env.any_of([env.timeout(t_done - env.now), self._wake])
+
+        # publish: the new state, alignment feedback, versions
+        good_ids = p.publish(r, step, {a.ticket.client: a.outcome for a in batch}, ended, stale)
+        gb = [a for a in batch if a.ticket.client in good_ids]
+        self.version += 1
+        for e in sorted({e for a in gb for e in a.ticket.task}):
+            self.expert_version[e] += 1
+        if gb and p.trains_shared():
+            self.shared_version += 1
+        self.snapshots[self.version] = p.model_state()
+        live = {t.version for t in self.inflight.values()} | {a.ticket.version for a in self.buffer} | {self.version}
+        self.snapshots = {v: sd for v, sd in self.snapshots.items() if v in live}
+
+        st.tasks = {a.ticket.client: list(a.ticket.task) for a in gb}
+        st.t_end_s = float(env.now)
+        if p.should_evaluate(r):
+            st.metrics = dict(p.evaluate(r))
+        self._record(st, batch, gb, stale, ended)
+        p.record_round_extra(st)
+        p.rec.event(st.t_end_s, "round_end", round=r, seconds=st.t_end_s - st.t_start_s)
+        p.progress(round=r + 1, t_s=st.t_end_s, accuracy=st.metrics["accuracy"], bytes=p.bytes_moved)
+        self.t_last_s = st.t_end_s
+        p.checkpoint(self.version)  # a published version is the async round boundary
+
+    def _record(
+        self, st: RoundState, batch: list[Arrival], good: list[Arrival], stale: dict[str, tuple[int, dict[int, int]]], ended: list[ClientOutcome],
+    ) -> None:
+        """The ``rounds`` row of one aggregation, the ``clients`` rows of its updates, the ``updates`` rows."""
+        p = self.p
+        for a in batch:
+            p.record_client_row(a.ticket.version, a.outcome)
+        for a in good:
+            ss, es = stale[a.ticket.client]
+            comps = ([(-1, ss)] if p.trains_shared() else []) + sorted(es.items())
+            for e, tau in comps:
+                p.rec.row(
+                    "updates", version=self.version, client=a.ticket.client, expert=int(e), t_dispatch_s=a.ticket.t_dispatch_s,
+                    t_arrival_s=a.outcome.t_end_s, staleness=int(tau),
+                    staleness_weight=self.weight(tau),
+                )
+        outs = [a.outcome for a in batch] + ended
+        done = [a.outcome for a in batch]
+        glob = [st.round - a.ticket.version for a in good]
+        count = {s: sum(1 for o in outs if o.status == s) for s in ("dropout", "oom", "skipped", "straggler")}
+
+        p.record_rounds_row(
+            **p.round_row_fields(st, outs, done, count),
+            online=sum(1 for c in p.clients if p.systems.is_online(c)),
+            version=self.version, updates=len(good),
+            staleness_mean=float(np.mean(glob)) if glob else math.nan, staleness_max=float(max(glob)) if glob else math.nan,
+        )
+
+
+class AsyncLoop(BufferedLoop):
+    """``async``: FedBuff (module docstring)."""
+
+    refill_during_server_compute = True
+
+    def rounds(self) -> Generator[Any, Any, None]:
+        """Fold the first ``buffer_size`` arrivals whenever they are buffered (or the buffer
+        expires), keep every slot busy, poll every ``retry_s`` while slots are free; stop
+        after ``run.rounds`` versions, at the horizon, or after ``run.rounds`` idle polls."""
         p = self.p
         env, rounds = p.env, p.settings.rounds
         while True:
@@ -228,13 +378,19 @@ class BufferedLoop:
             if len(self.inflight) < self.concurrency:
                 waits.append(env.timeout(self.retry_s))  # free slots, nobody eligible now: look again later
             if self.buffer:  # the buffer's timeout
-                waits.append(env.timeout(self.buffer[0].outcome.t_end_s + float(p.cfg.deadline_s) - env.now))
+                waits.append(env.timeout(self.buffer[0].outcome.t_end_s + self.deadline_s - env.now))
             h = p.settings.horizon_s
             if h is not None:
                 waits.append(env.timeout(h - env.now))
             yield env.any_of(waits)
 
-    def _serve_semi_async(self) -> Generator[Any, Any, None]:
+
+class SemiAsyncLoop(BufferedLoop):
+    """``semi_async``: rounds of a fixed period, late updates folded in later with their staleness (module docstring)."""
+
+    def rounds(self) -> Generator[Any, Any, None]:
+        """``run.rounds`` rounds of ``period_s``: top the slots up at the start, fold every
+        buffered update at the close."""
         p, env = self.p, self.p.env
         for r in range(p.settings.rounds):
             if self._past_horizon():
@@ -245,168 +401,3 @@ class BufferedLoop:
             self.dispatch()
             yield env.timeout(self.period_s)
             yield from self.aggregate(list(self.buffer))
-
-    # --------------------------------------------------------- dispatch
-    def eligible(self) -> list[bool]:
-        """Per client of ``clients``: may it be dispatched now (online, with data, not
-        training, not in the buffer)?"""
-        p = self.p
-        busy = set(self.inflight) | {a.ticket.client for a in self.buffer}
-        return [c not in busy and p.systems.is_online(c) and p.trainer.num_samples(c) > 0 for c in p.clients]
-
-    def dispatch(self) -> list[str]:
-        """Fill the free slots (up to ``concurrency`` in flight) with new clients; returns those dispatched."""
-        p = self.p
-        free = self.concurrency - len(self.inflight)
-        if free <= 0:
-            return []
-        cand = self.eligible()
-        n = min(free, sum(cand))
-        if n <= 0:
-            return []
-        chosen = crn_select(p.rng_select, p.clients, cand, n)  # as sync's selection: the same draw
-        tasks = self.assign(chosen)
-        now = float(p.env.now)
-        out = []
-        for c in chosen:
-            task = list(tasks.get(c, []))
-            if not task:
-                o = ClientOutcome(c, self.version, [], now, status="skipped", t_end_s=now, bs=p.systems.serving_bs(c))
-                self.ended.append(o)
-                p.record_client_row(self.version, o)
-                continue
-            t = Ticket(
-                c, task, self.version, {e: self.expert_version[e] for e in task}, self.shared_version, now, self.dispatch_seq,
-            )
-            self.dispatch_seq += 1
-            self.inflight[c] = t
-            self.dispatched.append(t)
-            self.procs[c] = p.env.process(self._client(t))
-            out.append(c)
-        return out
-
-    def assign(self, chosen: list[str]) -> dict[str, list[int]]:
-        """The policy's assignment of ``chosen`` (hook ``assign``), seeing in-flight assignments as usage."""
-        p = self.p
-        pending = np.zeros(p.E)
-        for t in self.inflight.values():
-            for e in t.task:
-                pending[e] += p.trainer.num_samples(t.client) / len(t.task)
-        if not pending.any():
-            return p.assign(self.version, chosen)
-        return p.assign(self.version, chosen, align=_UsageView(p.align, pending))
-
-    def _client(self, t: Ticket) -> Generator[Any, Any, None]:
-        """Process of one dispatched client: the base's ``client_process``, then buffer or free the slot."""
-        p = self.p
-        o = yield from p.client_process(t.client, list(t.task), t.version)
-        del self.inflight[t.client]
-        self.procs.pop(t.client, None)
-        if o.status == "completed":
-            self.buffer.append(Arrival(t, o, self.arrival_seq))
-            self.arrival_seq += 1
-        else:
-            self.ended.append(o)
-            p.record_client_row(t.version, o)
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
-
-    # -------------------------------------------------------- aggregate
-    def aggregate(self, batch: list[Arrival]) -> Generator[Any, Any, None]:
-        """Fold ``batch`` (buffered arrivals) into the model: the step, ``server_compute_s``
-        of server work (async: clients keep being dispatched, with the version still
-        published), then publish the next version, evaluate and record it."""
-        from fedsim.learning.buffered import BufferedUpdate, buffered_aggregate, staleness_weight
-
-        p, fb = self.p, self.p.cfg.fedbuff
-        env = p.env
-        taken = {id(a) for a in batch}
-        self.buffer = [a for a in self.buffer if id(a) not in taken]
-        batch = sorted(batch, key=lambda a: a.ticket.client)  # a fixed summation order, as in sync
-        r = self.version
-        jobs = [p.trainer.job(a.ticket.client, a.ticket.version, self.snapshots[a.ticket.version], a.ticket.task, p.cfg.train_shared) for a in batch]
-        updates = p.trainer.train(jobs)  # through the replay seam (checkpoint/resume)
-
-        def weight(tau: int) -> float:
-            return staleness_weight(tau, fb.staleness, fb.staleness_exponent, fb.hinge_threshold)
-
-        entries, stale = [], {}
-        for a, u in zip(batch, updates):
-            t = a.ticket
-            es = {e: self.expert_version[e] - t.expert_versions[e] for e in t.task}
-            ss = self.shared_version - t.shared_version
-            stale[t.client] = (ss, es)
-            entries.append(BufferedUpdate(u, self.snapshots[t.version], weight(ss), {e: weight(v) for e, v in es.items()}))
-        res = buffered_aggregate(p.global_state, entries, p.E, fb.server_lr) if entries else None
-
-        # the row's window closes here: what is dispatched or lost during the server work counts in the next row
-        t_close = float(env.now)
-        st = RoundState(r, self.t_last_s, selected=[t.client for t in self.dispatched], t_close_s=t_close)
-        ended, self.ended, self.dispatched = self.ended, [], []
-        t_done = t_close + p.server_compute_s()
-        while env.now < t_done:
-            if self.mode == "async":
-                self.dispatch()
-            self._wake = env.event()
-            yield env.any_of([env.timeout(t_done - env.now), self._wake])
-
-        # publish: the new state, alignment feedback, versions
-        good: list[Any] = []
-        p._last_load = np.zeros(p.E)  # samples routed per expert in this aggregation (apply_feedback fills it)
-        if res is not None:
-            p.global_state = res.state
-            good = p.apply_feedback(updates, res.rejected, r, {a.ticket.client: a.outcome for a in batch}, ended)
-        good_ids = {u.client_id for u in good}
-        gb = [a for a in batch if a.ticket.client in good_ids]
-        p.last_staleness = {e: [stale[a.ticket.client][1][e] for a in gb if e in a.ticket.task] for e in range(p.E)}
-        p.last_staleness[-1] = [stale[a.ticket.client][0] for a in gb] if p.cfg.train_shared else []
-        self.version += 1
-        for e in range(p.E):
-            if p.last_staleness[e]:
-                self.expert_version[e] += 1
-        if p.last_staleness[-1]:
-            self.shared_version += 1
-        self.snapshots[self.version] = p.global_state
-        live = {t.version for t in self.inflight.values()} | {a.ticket.version for a in self.buffer} | {self.version}
-        self.snapshots = {v: sd for v, sd in self.snapshots.items() if v in live}
-
-        st.tasks = {a.ticket.client: list(a.ticket.task) for a in gb}
-        st.t_end_s = float(env.now)
-        if p.should_evaluate(r):
-            st.metrics = dict(p.evaluate(r))
-        self._record(st, batch, gb, stale, ended)
-        p.record_round_extra(st)
-        p.rec.event(st.t_end_s, "round_end", round=r, seconds=st.t_end_s - st.t_start_s)
-        p.progress(round=r + 1, t_s=st.t_end_s, accuracy=st.metrics["accuracy"], bytes=p.bytes_moved)
-        self.t_last_s = st.t_end_s
-        p.checkpoint(self.version)  # a published version is the async round boundary
-
-    def _record(
-        self, st: RoundState, batch: list[Arrival], good: list[Arrival], stale: dict[str, tuple[int, dict[int, int]]], ended: list[ClientOutcome],
-    ) -> None:
-        """The ``rounds`` row of one aggregation, the ``clients`` rows of its updates, the ``updates`` rows."""
-        from fedsim.learning.buffered import staleness_weight
-
-        p, fb = self.p, self.p.cfg.fedbuff
-        for a in batch:
-            p.record_client_row(a.ticket.version, a.outcome)
-        for a in good:
-            ss, es = stale[a.ticket.client]
-            comps = ([(-1, ss)] if p.cfg.train_shared else []) + sorted(es.items())
-            for e, tau in comps:
-                p.rec.row(
-                    "updates", version=self.version, client=a.ticket.client, expert=int(e), t_dispatch_s=a.ticket.t_dispatch_s,
-                    t_arrival_s=a.outcome.t_end_s, staleness=int(tau),
-                    staleness_weight=staleness_weight(tau, fb.staleness, fb.staleness_exponent, fb.hinge_threshold),
-                )
-        outs = [a.outcome for a in batch] + ended
-        done = [a.outcome for a in batch]
-        glob = [st.round - a.ticket.version for a in good]
-        count = {s: sum(1 for o in outs if o.status == s) for s in ("dropout", "oom", "skipped", "straggler")}
-
-        p.record_rounds_row(
-            **p.round_row_fields(st, outs, done, count),
-            online=sum(1 for c in p.clients if p.systems.is_online(c)),
-            version=self.version, updates=len(good),
-            staleness_mean=float(np.mean(glob)) if glob else math.nan, staleness_max=float(max(glob)) if glob else math.nan,
-        )

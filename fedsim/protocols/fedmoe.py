@@ -21,12 +21,13 @@ seed), so it is executed at aggregation with the same result.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
 
-from fedsim.protocols.base import ClientOutcome, Protocol, RoundState, crn_select
+from fedsim.protocols.base import ClientOutcome, Protocol, RoundState, StaleUpdate, crn_select
 
 if TYPE_CHECKING:
     from fedsim.parts.bundle import Parts
@@ -59,32 +60,41 @@ class FedMoE(Protocol):
         self.trained = np.zeros((len(self.clients), self.E), dtype=bool)
         self._client_row = {c: i for i, c in enumerate(self.clients)}
         self.last_staleness: dict[int, list[int]] = {}  # expert (-1: shared) -> staleness of each update last aggregated
-        self.buffered: Any = None  # the async / semi_async loop and its state (fedsim.protocols.fedbuff)
         self.subnets: Any = None  # expert_widths: capacity-sized sub-networks (fedsim.parts.subnet)
-        if getattr(self.cfg, "expert_widths", None):
+        if self.cfg.expert_widths:
             from fedsim.parts.subnet import Subnetworks
 
             self.subnets = Subnetworks(self.trainer, self.cfg.expert_widths)
 
     # ---------------------------------------------------------------- hooks
-    def select(self, r: int) -> list[str]:
-        """Online clients with data, ``ceil(clients_per_round * over_selection)`` drawn uniformly
-        (stream ``selection``) with common random numbers (:func:`~fedsim.protocols.base.crn_select`):
-        two runs that differ only in their policy select the same clients in every round in
-        which the same clients are online."""
-        cfg = self.cfg
-        self._last_load = np.zeros(self.E)
-        self.last_staleness = {}
-        # a client without training data has nothing to contribute (skewed partitions can leave some empty)
-        online = [self.systems.is_online(c) and self.trainer.num_samples(c) > 0 for c in self.clients]
-        n_sel = min(sum(online), math.ceil(cfg.clients_per_round * cfg.over_selection))
-        return crn_select(self.rng_select, self.clients, online, n_sel)
+    def aggregation_mode(self) -> str:
+        """``protocol.fedmoe.aggregation``."""
+        return self.cfg.aggregation
 
-    def assign(self, r: int, selected: list[str], align: Any = None) -> dict[str, list[int]]:
-        """Capacity estimates -> expert budgets k_c -> the alignment policy's assignment.
-        ``align``: the alignment state the policy sees (default: the run's; the async
-        loop passes a view with the in-flight load added to the usage)."""
+    def select(self, r: int, slots: int | None = None, busy: Collection[str] = ()) -> list[str]:
+        """Online clients with data (and not ``busy``), ``ceil(clients_per_round * over_selection)``
+        of them (or ``slots``) drawn uniformly (stream ``selection``) with common random numbers
+        (:func:`~fedsim.protocols.base.crn_select`): two runs that differ only in their policy
+        select the same clients in every round in which the same clients are online. With
+        ``slots`` (a buffered loop filling free slots) nothing is drawn when nobody is chosen."""
         cfg = self.cfg
+        # a client without training data has nothing to contribute (skewed partitions can leave some empty)
+        ok = [c not in busy and self.systems.is_online(c) and self.trainer.num_samples(c) > 0 for c in self.clients]
+        if slots is None:
+            return crn_select(self.rng_select, self.clients, ok, min(sum(ok), math.ceil(cfg.clients_per_round * cfg.over_selection)))
+        n = min(slots, sum(ok))
+        return crn_select(self.rng_select, self.clients, ok, n) if n > 0 else []
+
+    def assign(self, r: int, selected: list[str], inflight: Mapping[str, list[int]] | None = None) -> dict[str, list[int]]:
+        """Capacity estimates -> expert budgets k_c -> the alignment policy's assignment.
+        With clients ``inflight`` (a buffered loop), the policy sees their load (each adds
+        its samples, split evenly over its experts) added to the usage."""
+        cfg = self.cfg
+        pending = np.zeros(self.E)
+        for c, task in (inflight or {}).items():
+            for e in task:
+                pending[e] += self.trainer.num_samples(c) / len(task)
+        align = _UsageView(self.align, pending) if pending.any() else self.align
         estimates = {c: self.estimator.estimate(c) for c in selected}
         samples = {c: self.trainer.num_samples(c) for c in selected}
         for c in selected if self.subnets is not None else ():
@@ -92,7 +102,7 @@ class FedMoE(Protocol):
         budgets = {c: self.budget(c, estimates[c]) for c in selected}
         needed = min(cfg.min_completions or cfg.clients_per_round, len(selected))
         ctx = self.acct.assign_context(estimates, cfg.deadline_s, self.alignment.safety_margin, samples, needed)
-        return self.policy.assign(selected, budgets, self.align if align is None else align, self.rng_policy, ctx)
+        return self.policy.assign(selected, budgets, align, self.rng_policy, ctx)
 
     def round_deadline_s(self) -> float:
         """``protocol.fedmoe.deadline_s``."""
@@ -128,6 +138,14 @@ class FedMoE(Protocol):
     def final_state(self) -> dict[str, Any]:
         """The global model's state dict."""
         return self.global_state
+
+    def model_state(self) -> dict[str, Any]:
+        """The global model's state dict (what a client downloads now)."""
+        return self.global_state
+
+    def trains_shared(self) -> bool:
+        """``protocol.fedmoe.train_shared``."""
+        return bool(self.cfg.train_shared)
 
     def budget(self, c: str, est: Any) -> int:
         """Expert budget k_c of client ``c`` from the server's estimate."""
@@ -216,6 +234,8 @@ class FedMoE(Protocol):
         """Run the arrived clients' training jobs, FedAvg them into the global state,
         update fitness, usage and capacity estimates; returns the updates (without
         their weights: FedAvg runs inside the replay seam, see :meth:`fold`)."""
+        self._last_load = np.zeros(self.E)
+        self.last_staleness = {}
         jobs = self.jobs(arrived, r)
         if not jobs:
             return []
@@ -241,11 +261,9 @@ class FedMoE(Protocol):
         res = aggregate(self.global_state, updates, self.E)
         return res, [dataclasses.replace(u, state={}) for u in updates]
 
-    def fedavg(self, updates: list[Any], r: int, res: Any = None) -> None:
-        """FedAvg into the global state (or take ``res``, the FedAvg already done
-        by :meth:`fold`), then update fitness, usage and capacity estimates."""
-        if res is None:
-            res = self.fold(updates)[0]
+    def fedavg(self, updates: list[Any], r: int, res: Any) -> None:
+        """Take ``res``, the FedAvg done by :meth:`fold` inside the replay seam, as the global
+        state, then update fitness, usage and capacity estimates."""
         self.global_state = res.state
         done = {c: o for c, o in self.outcomes.items() if o.status == "completed"}
         good = self.apply_feedback(updates, res.rejected, r, done, [o for o in self.outcomes.values() if o.status != "completed"])
@@ -332,12 +350,53 @@ class FedMoE(Protocol):
                 updates=len(st_e), staleness_mean=float(np.mean(st_e)) if st_e else math.nan, staleness_max=float(max(st_e)) if st_e else math.nan,
             )
 
-    # ------------------------------------------------------------- modes
-    def serve(self):  # noqa: ANN201 - SimPy process body
-        """``aggregation: sync``: the base's round loop; ``async`` / ``semi_async``: :mod:`fedsim.protocols.fedbuff`."""
-        if self.cfg.aggregation == "sync":
-            return (yield from super().serve())
-        from fedsim.protocols.fedbuff import BufferedLoop
+    # ------------------------------------------------------ buffered modes
+    def fold_stale(self, r: int, batch: list[StaleUpdate]) -> tuple[Any, list[Any]]:
+        """Train ``batch`` (each job on the snapshot it downloaded, through the replay seam)
+        and fold it per component with its staleness weights
+        (:func:`fedsim.learning.buffered.buffered_aggregate`, ``fedbuff.server_lr``);
+        returns (the aggregation result or None for an empty batch, the updates)."""
+        from fedsim.learning.buffered import BufferedUpdate, buffered_aggregate
 
-        self.buffered = BufferedLoop(self)
-        return (yield from self.buffered.serve())
+        jobs = [self.trainer.job(b.client, b.version, b.snapshot, b.task, self.cfg.train_shared) for b in batch]
+        updates = self.trainer.train(jobs)
+        entries = [BufferedUpdate(u, b.snapshot, b.weight_shared, b.weights) for b, u in zip(batch, updates)]
+        res = buffered_aggregate(self.global_state, entries, self.E, self.cfg.fedbuff.server_lr) if entries else None
+        return res, updates
+
+    def publish(
+        self, r: int, step: tuple[Any, list[Any]], outcomes: dict[str, ClientOutcome], lost: list[ClientOutcome],
+        staleness: dict[str, tuple[int, dict[int, int]]],
+    ) -> set[str]:
+        """The folded state becomes the global state; fitness, usage and capacity estimates
+        learn from it (:meth:`apply_feedback`); the accepted updates' staleness per expert
+        (``-1``: shared) is kept for the ``experts`` rows. Returns the accepted clients."""
+        res, updates = step
+        good: list[Any] = []
+        self._last_load = np.zeros(self.E)  # samples routed per expert in this aggregation (apply_feedback fills it)
+        if res is not None:
+            self.global_state = res.state
+            good = self.apply_feedback(updates, res.rejected, r, outcomes, lost)
+        ids = {u.client_id for u in good}
+        gb = [c for c in outcomes if c in ids]
+        self.last_staleness = {e: [staleness[c][1][e] for c in gb if e in outcomes[c].experts] for e in range(self.E)}
+        self.last_staleness[-1] = [staleness[c][0] for c in gb] if self.cfg.train_shared else []
+        return ids
+
+
+class _UsageView:
+    """The alignment state as a policy sees it at a buffered dispatch: usage plus in-flight load."""
+
+    def __init__(self, state: Any, pending: np.ndarray) -> None:
+        self._state = state
+        self._pending = pending
+
+    @property
+    def usage(self) -> np.ndarray:
+        """``(E,)`` usage of the alignment state plus the in-flight assignments' samples."""
+        out = np.asarray(self._state.usage, dtype=float) + self._pending
+        out.flags.writeable = False
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)

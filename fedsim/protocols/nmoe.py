@@ -363,7 +363,7 @@ class NMoE(Protocol):
             return own, glob, float(local_ratio(model, self.clients_data))
 
         # real PyTorch work goes through the replay seam (checkpoint / resume)
-        own, glob, lr = self.replayed("nmoe/evaluate", evaluate)
+        own, glob, lr = self.trainer.replayed("nmoe/evaluate", evaluate)
         tr.finish(glob)
         tot = tr.stage_totals()
         extra = {"dp_epsilon": float(tr.info.get("dp_epsilon", math.nan)), "dp_epsilon_exact": float(tr.info.get("dp_epsilon_exact", math.nan)),

@@ -97,16 +97,16 @@ class StageCosts:
             training_memory_bytes,
         )
         from fedsim.learning.models import Expert, MoEClassifier
-        from fedsim.learning.nmoe import _classifier_cfg
+        from fedsim.learning.nmoe import classifier_cfg
 
         head_classes = cfg.num_classes if tc.extractor == "fedce" else tc.proj_dim
-        clf = MoEClassifier(_classifier_cfg(cfg, num_classes=head_classes))
+        clf = MoEClassifier(classifier_cfg(cfg, num_classes=head_classes))
         self.model_bytes = float(payload_bytes(clf, [0]))
         self.train_flops = float(flops_per_sample(clf, cfg.input_shape, train=True))
         self.forward_flops = float(flops_per_sample(clf, cfg.input_shape, train=False))
         self.train_memory = float(training_memory_bytes(clf, tc.batch_size, cfg.input_shape, optimizer, 1, momentum=tc.momentum))
         self.corr_bytes = 4.0 * tc.proj_dim * tc.proj_dim
-        base = MoEClassifier(_classifier_cfg(cfg))
+        base = MoEClassifier(classifier_cfg(cfg))
         self.extract_flops = float(flops_per_sample(base, cfg.input_shape, experts_active=0, train=False))
         ex = Expert(cfg)
         self.expert_bytes = float(state_bytes(ex.state_dict()))
@@ -118,7 +118,7 @@ class StageCosts:
     def gate(self, num_experts: int, batch_size: int) -> tuple[float, float, float]:
         """``(bytes, train FLOPs per sample, training memory)`` of the learned gate."""
         from fedsim.learning.accounting import flops_per_sample, state_bytes, training_memory_bytes
-        from fedsim.learning.nmoe_model import gate_module
+        from fedsim.learning.nmoe_gates import gate_module
 
         g = gate_module(self.gate_cfg, num_experts)
         fd = (self.gate_cfg.feature_dim,)
@@ -295,7 +295,7 @@ class NMoETraining:
             return steps.result(), (math.nan, math.nan)
 
         # the real learning goes through the replay seam (checkpoint / resume)
-        out = self.p.replayed(f"nmoe/stage1/{tc.extractor}", learn)
+        out = self.p.trainer.replayed(f"nmoe/stage1/{tc.extractor}", learn)
         if self.cache is not None:
             self.cache[key] = out
         self.stage1_key = key
@@ -332,7 +332,7 @@ class NMoETraining:
                 init = self.ext.head if self.ext.kind == "fedce" else None
                 return feats, train_experts(feats, [d.y for d in self.cd], self.cfg, tc, self.seed, init=init, trained=set(done))
 
-            self.feats, self.experts = self.p.replayed("nmoe/stage2", learn)
+            self.feats, self.experts = self.p.trainer.replayed("nmoe/stage2", learn)
             if self.cache is not None and key[0] is not None:
                 self.cache[key] = (self.feats, self.experts)
         self.ys = [d.y for d in self.cd]
@@ -340,7 +340,8 @@ class NMoETraining:
 
     def stage3(self) -> Any:
         """The gate (``rangate`` / ``rollgate`` / ``fedgate``), then the assembled model."""
-        from fedsim.learning.nmoe_model import NMoEModel, RanGate, gate_module
+        from fedsim.learning.nmoe_gates import RanGate, gate_module
+        from fedsim.learning.nmoe_model import NMoEModel
         from fedsim.rng import RngStreams
 
         tc = self.tc
@@ -385,7 +386,7 @@ class NMoETraining:
                 hops += tries
                 if self._completed(tries):
                     # the hop's training through the replay seam: the stepper after the hop is the result
-                    steps = self.p.replayed(f"nmoe/rollgate/{r}/{i}", lambda s=steps, r=r, i=i: (s.hop(r, i), s)[1])
+                    steps = self.p.trainer.replayed(f"nmoe/rollgate/{r}/{i}", lambda s=steps, r=r, i=i: (s.hop(r, i), s)[1])
                     holder, first = c, False
             self._row(3, r, "rollgate", hops, t0, steps.loss(), n_sel)
         return steps.state()
@@ -413,7 +414,7 @@ class NMoETraining:
                     res[0].legs[x] = Leg(x, t0, status="skipped", t_end_s=t0)
             idx = self._idx(self._completed(res))
             # the round's training through the replay seam: (loss, the stepper after the round)
-            loss, steps = self.p.replayed(f"nmoe/fedgate/{r}", lambda s=steps, r=r, idx=idx: (s.round(r, idx), s))
+            loss, steps = self.p.trainer.replayed(f"nmoe/fedgate/{r}", lambda s=steps, r=r, idx=idx: (s.round(r, idx), s))
             self._row(3, r + 1, "fedgate", res, t0, loss, len(chosen))
         self.info["participants"] = steps.history
         return steps.gate_state

@@ -19,7 +19,7 @@ from typing import Any
 from fedsim.config import LoadedScenario
 from fedsim.config import load_scenario as _load_scenario
 from fedsim.learning.threads import torch_threads
-from fedsim.sweep.index import _manifest_status
+from fedsim.sweep.index import manifest_status
 from fedsim.sweep.plan import RunTask
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "RunOutcome",
     "execute_run",
     "EXECUTORS",
+    "one_line",
 ]
 
 #: Executors a sweep can run on.
@@ -75,7 +76,8 @@ class ExecOptions:
     ship_data: bool = True
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: its type name and its message with whitespace collapsed."""
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
@@ -95,7 +97,7 @@ def execute_run(task: RunTask, runner: Runner | None = None) -> RunOutcome:
     try:
         loaded = _load_scenario(task.scenario, list(task.overrides), seed=task.seed)
     except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
-        return RunOutcome(task.index, "failed", _one_line(exc), time.perf_counter() - t0, os.getpid())
+        return RunOutcome(task.index, "failed", one_line(exc), time.perf_counter() - t0, os.getpid())
     return run_loaded(task, loaded, Path(task.out_dir), runner, t0=t0)
 
 
@@ -125,14 +127,14 @@ def run_loaded(
                 from fedsim.api import run
 
                 run(loaded, out_dir, figures=False, progress=progress)
-        status = _manifest_status(out_dir)
+        status = manifest_status(out_dir)
         if status not in (None, "completed"):
             return RunOutcome(
                 task.index, "failed", f"run ended with status {status!r}", time.perf_counter() - t0, pid
             )
         return RunOutcome(task.index, "completed", None, time.perf_counter() - t0, pid)
     except Exception as exc:  # noqa: BLE001 - a failed run is recorded, the sweep goes on
-        return RunOutcome(task.index, "failed", _one_line(exc), time.perf_counter() - t0, pid)
+        return RunOutcome(task.index, "failed", one_line(exc), time.perf_counter() - t0, pid)
 
 
 # ---------------------------------------------------------------------------
@@ -170,9 +172,9 @@ def _iter_process(tasks: list[RunTask], runner: Runner | None, opts: ExecOptions
                 try:
                     yield f.result()
                 except BrokenProcessPool as e:
-                    yield RunOutcome(futs[f].index, "failed", _one_line(e) or "worker process died")
+                    yield RunOutcome(futs[f].index, "failed", one_line(e) or "worker process died")
                 except Exception as e:  # noqa: BLE001 - e.g. an unpicklable runner
-                    yield RunOutcome(futs[f].index, "failed", _one_line(e))
+                    yield RunOutcome(futs[f].index, "failed", one_line(e))
     except BaseException:
         # Ctrl-C, or the consumer stopped: kill the runs in flight (their run
         # directories keep a "running" manifest and are redone on resume)

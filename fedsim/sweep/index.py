@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedsim.engine.headline import HEADLINE_METRICS
 from fedsim.engine.headline import headline_metrics as _headline
-from fedsim.sweep.spec import _value_json
+from fedsim.sweep.spec import value_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,6 +21,9 @@ __all__ = [
     "INDEX_FILE",
     "META_FILE",
     "headline_metrics",
+    "read_manifest",
+    "manifest_status",
+    "build_index",
 ]
 
 #: Headline metrics in ``sweep.parquet`` (defined once, in :mod:`fedsim.engine.headline`).
@@ -33,7 +36,8 @@ META_FILE = "sweep.json"
 
 
 
-def _manifest(run_dir: Path) -> dict[str, Any] | None:
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """The ``manifest.json`` of ``run_dir`` as a dict; None if missing, unreadable or not an object."""
     try:
         m = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -41,8 +45,9 @@ def _manifest(run_dir: Path) -> dict[str, Any] | None:
     return m if isinstance(m, dict) else None
 
 
-def _manifest_status(run_dir: Path) -> str | None:
-    m = _manifest(run_dir)
+def manifest_status(run_dir: Path) -> str | None:
+    """The ``status`` of ``run_dir``'s manifest; None without a readable manifest."""
+    m = read_manifest(run_dir)
     return None if m is None else str(m.get("status"))
 
 
@@ -57,7 +62,7 @@ def headline_metrics(run_dir: str | Path, target_accuracy: float | None = None) 
         r = pd.read_parquet(run_dir / "rounds.parquet")
     except Exception:  # noqa: BLE001 - a run without rounds has NaN metrics
         r = pd.DataFrame()
-    m = _manifest(run_dir) or {}
+    m = read_manifest(run_dir) or {}
     return _headline(r, target_accuracy, m.get("sim_end_s"))
 
 
@@ -75,12 +80,13 @@ def _grid_column(values: list[Any]) -> list[Any]:
             kinds.add("other")
     if len(kinds) == 1 and "other" not in kinds:
         return values
-    return [v if isinstance(v, str) else _value_json(v) for v in values]
+    return [v if isinstance(v, str) else value_json(v) for v in values]
 
 
-def _build_index(
+def build_index(
     tasks: list[RunTask], rows: dict[int, dict[str, Any]], grid_keys: list[str]
 ) -> pd.DataFrame:
+    """The sweep index: one row per task (run directory, seed, grid values, headline metrics from ``rows`` by task index)."""
     import pandas as pd
 
     records = []

@@ -10,13 +10,14 @@ from typing import Any
 
 from fedsim.build import load_checked
 from fedsim.config import LoadedScenario, ScenarioError
-from fedsim.sweep.index import _manifest
-from fedsim.sweep.spec import SweepSpec, _value_json, grid_cells, run_names
+from fedsim.sweep.index import read_manifest
+from fedsim.sweep.spec import SweepSpec, grid_cells, run_names, value_json
 
 __all__ = [
     "RunTask",
     "plan_runs",
     "TRASH_DIR",
+    "check_or_trash",
 ]
 
 TRASH_DIR = ".trash"
@@ -59,7 +60,7 @@ def plan_runs(spec: SweepSpec) -> tuple[list[RunTask], list[LoadedScenario]]:
     loaded: list[LoadedScenario] = []
     i = 0
     for cell in grid_cells(spec.grid):
-        cell_ov = [f"{k}={_value_json(v)}" for k, v in cell.items()]
+        cell_ov = [f"{k}={value_json(v)}" for k, v in cell.items()]
         for seed in spec.seeds:
             ov = (*spec.overrides, *cell_ov)
             try:
@@ -113,14 +114,14 @@ def _resumable(d: Path, m: dict[str, Any] | None, loaded: LoadedScenario) -> boo
     return True
 
 
-def _check_or_trash(task: RunTask, loaded: LoadedScenario, out: Path, *, resumable: bool = False) -> bool | str:
+def check_or_trash(task: RunTask, loaded: LoadedScenario, out: Path, *, resumable: bool = False) -> bool | str:
     """True if ``task`` already completed; ``"resume"`` if ``resumable`` and its directory
     holds an interrupted run of the same scenario with a sound checkpoint; otherwise
     False, after clearing its directory (moving it to the trash)."""
     d = Path(task.out_dir)
     if not d.exists():
         return False
-    m = _manifest(d)
+    m = read_manifest(d)
     if resumable and _resumable(d, m, loaded):
         return "resume"
     if m is not None and m.get("status") == "completed":

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import LoadedScenario, ScenarioError
-from fedsim.sweep.backends import ExecOptions, Runner, RunOutcome, _one_line
-from fedsim.sweep.plan import RunTask, _check_or_trash
+from fedsim.sweep.backends import ExecOptions, Runner, RunOutcome, one_line
+from fedsim.sweep.plan import RunTask, check_or_trash
 from fedsim.sweep.shipping import (
     PATH_KEYS,
     apply_checkpoint,
@@ -198,10 +198,10 @@ class _Pool:
             except StopIteration:
                 msg = {"lost": "the worker's stream ended without a result"}
             except self.ray.exceptions.RayActorError as e:
-                msg = {"lost": _ANSI.sub("", _one_line(e))[:300]}
+                msg = {"lost": _ANSI.sub("", one_line(e))[:300]}
             except Exception as e:  # noqa: BLE001 - a bug in the worker is one failed run
                 cause = getattr(e, "cause", None)
-                msg = {"error": _ANSI.sub("", _one_line(cause if isinstance(cause, BaseException) else e))[:500]}
+                msg = {"error": _ANSI.sub("", one_line(cause if isinstance(cause, BaseException) else e))[:500]}
             if "checkpoint" in msg:
                 apply_checkpoint(Path(r.task.out_dir), msg["checkpoint"])
                 continue
@@ -232,7 +232,7 @@ class _Pool:
                 r.task.index, "failed", f"worker lost {r.attempt + 1} times (node died?): {why}", attempts=r.attempt + 1
             )
         loaded = self.opts.loaded[r.task.index]
-        state = _check_or_trash(r.task, loaded, Path(r.task.out_dir).parent, resumable=self.runner is None)
+        state = check_or_trash(r.task, loaded, Path(r.task.out_dir).parent, resumable=self.runner is None)
         task = dataclasses.replace(r.task, resume=state == "resume")
         todo.appendleft((task, r.attempt + 1))
         return None

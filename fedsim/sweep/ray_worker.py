@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import LoadedScenario
-from fedsim.sweep.backends import Runner, RunOutcome, _one_line, run_loaded
+from fedsim.sweep.backends import Runner, RunOutcome, one_line, run_loaded
 from fedsim.sweep.plan import RunTask
 from fedsim.sweep.shipping import (
     CheckpointWatcher,
@@ -124,7 +124,7 @@ class SweepWorker:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(data)
         except Exception as exc:  # noqa: BLE001 - one failed run, reported in one line
-            failed = RunOutcome(job.task.index, "failed", _one_line(exc), time.perf_counter() - t0, os.getpid(), self.node)
+            failed = RunOutcome(job.task.index, "failed", one_line(exc), time.perf_counter() - t0, os.getpid(), self.node)
             yield {"outcome": failed, "files": {}}
             return
         watcher = CheckpointWatcher(run_dir)
@@ -139,7 +139,7 @@ class SweepWorker:
             try:
                 q.put(("done", run_loaded(job.task, job.loaded, run_dir, job.runner, progress=progress, t0=t0)))
             except BaseException as exc:  # noqa: BLE001 - SystemExit / KeyboardInterrupt inside the run
-                q.put(("done", RunOutcome(job.task.index, "failed", _one_line(exc), time.perf_counter() - t0, os.getpid())))
+                q.put(("done", RunOutcome(job.task.index, "failed", one_line(exc), time.perf_counter() - t0, os.getpid())))
 
         threading.Thread(target=target, name=f"fedsim-run-{job.task.index}", daemon=True).start()
         while True:

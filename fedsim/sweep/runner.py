@@ -16,12 +16,12 @@ from fedsim.sweep.index import (
     INDEX_FILE,
     META_FILE,
     METRICS,
-    _build_index,
-    _manifest,
+    build_index,
     headline_metrics,
+    read_manifest,
 )
-from fedsim.sweep.plan import RunTask, _check_or_trash, plan_runs
-from fedsim.sweep.spec import SweepSpec, _value_json
+from fedsim.sweep.plan import RunTask, check_or_trash, plan_runs
+from fedsim.sweep.spec import SweepSpec, value_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -140,7 +140,7 @@ def _write_meta(out: Path, spec: SweepSpec) -> None:
         {
             "scenario": str(spec.scenario),
             "overrides": list(spec.overrides),
-            "grid": {k: [_value_json(v) for v in vals] for k, vals in spec.grid.items()},
+            "grid": {k: [value_json(v) for v in vals] for k, vals in spec.grid.items()},
             "grid_keys": list(spec.grid),
             "seeds": list(spec.seeds),
             "metrics": list(METRICS),
@@ -158,7 +158,7 @@ class _Sweep:
         self.nodes: dict[str, str] = {}
 
     def index(self) -> pd.DataFrame:
-        return _build_index(self.tasks, self.rows, self.grid_keys)
+        return build_index(self.tasks, self.rows, self.grid_keys)
 
     def write_index(self) -> None:
         from fedsim.rundir import write_parquet
@@ -170,11 +170,11 @@ class _Sweep:
         resume from their checkpoint (a custom runner starts them over)."""
         todo: list[RunTask] = []
         for t, ls in zip(self.tasks, self.loaded):
-            state = _check_or_trash(t, ls, self.out, resumable=resumable)
+            state = check_or_trash(t, ls, self.out, resumable=resumable)
             if state == "resume":
                 todo.append(dataclasses.replace(t, resume=True))
             elif state:
-                m = _manifest(Path(t.out_dir)) or {}
+                m = read_manifest(Path(t.out_dir)) or {}
                 self.rows[t.index] = {
                     "status": "completed",
                     "wall_s": float(m.get("wall_s") or math.nan),

@@ -23,6 +23,7 @@ __all__ = [
     "run_names",
     "is_sweep_file",
     "load_sweep_file",
+    "value_json",
 ]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -97,7 +98,7 @@ def parse_grid(items: Sequence[str] | None) -> dict[str, list[Any]]:
 def _check_values(key: str, vals: list[Any], file: str) -> list[Any]:
     if not vals:
         raise ScenarioError("grid key has no values", file=file, key=key)
-    seen = [_value_json(v) for v in vals]
+    seen = [value_json(v) for v in vals]
     if len(set(seen)) != len(seen):
         raise ScenarioError(f"grid key has duplicate values {vals!r}", file=file, key=key)
     return vals
@@ -146,7 +147,7 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     return seeds
 
 
-def _value_json(v: Any) -> str:
+def value_json(v: Any) -> str:
     """Canonical text of a grid value, readable back by the YAML loader of ``--set``."""
     if isinstance(v, float) and not math.isfinite(v):
         return ".nan" if math.isnan(v) else (".inf" if v > 0 else "-.inf")
@@ -162,10 +163,10 @@ def _value_label(v: Any) -> str:
     elif isinstance(v, int | float | str):
         text = str(v)
     else:
-        text = _value_json(v)
+        text = value_json(v)
     safe = re.sub(r"_{2,}", "_", _SAFE.sub("_", text)).strip("_")[:40]
     if safe != text or not safe:
-        safe = f"{safe}-{hashlib.sha1(_value_json(v).encode()).hexdigest()[:6]}"
+        safe = f"{safe}-{hashlib.sha1(value_json(v).encode()).hexdigest()[:6]}"
     return safe
 
 
@@ -298,7 +299,7 @@ def load_sweep_file(path: str | Path) -> dict[str, Any]:
             raise ScenarioError(e.rule, file=fname, key="seeds") from None
     sets = data.get("set") or []
     if isinstance(sets, dict):
-        sets = [f"{k}={_value_json(v)}" for k, v in sets.items()]
+        sets = [f"{k}={value_json(v)}" for k, v in sets.items()]
     if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
         raise ScenarioError(
             "must be a list of key=value strings or a mapping", file=fname, key="set"
