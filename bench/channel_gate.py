@@ -1,0 +1,161 @@
+"""Channel-aware gating study (issue 33, item 1; docs/channel-aware-gating-prereg.md).
+
+Sweeps ``protocol.nmoe.channel_gate_weight`` on ``scenarios/nmoe-outage.yaml`` (digits,
+mobile clients, cells in outage) over seeds. Per seed the three training stages run
+once: every learning call (stage 1, the experts, the gate, the evaluation) goes through
+the trainer's replay seam, which this script memoises, so the runs of the other weights
+replay the same trained model (only inference differs; the script checks that every
+weight's ``rounds`` and ``nmoe_eval`` tables are equal). Writes ``<out>/channel_gate.csv``
+(one row per seed and weight), ``<out>/channel_gate.md`` (mean and 95 % t-interval over
+seeds) and ``<out>/channel_gate.png``.
+
+    nice -n 10 python bench/channel_gate.py --seeds 3 --weights 0 0.5 1 2 4 --out runs/channel_gate
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIO = REPO / "scenarios" / "nmoe-outage.yaml"
+COLUMNS = ["seed", "weight", "requests", "accuracy", "p50_s", "p95_s", "timeout_share", "completed_share", "local_share", "remote_per_request"]
+METRICS = COLUMNS[3:]
+
+
+def measure(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The study's figures of one run's ``requests`` rows (pre-registered)."""
+    lat = np.array([r["latency_s"] for r in rows], dtype=float)
+    return {
+        "requests": float(len(rows)),
+        "accuracy": float(np.mean([r["correct"] for r in rows])),
+        "p50_s": float(np.percentile(lat, 50)),
+        "p95_s": float(np.percentile(lat, 95)),
+        "timeout_share": float(np.mean([r["fail_reason"] == "timeout" for r in rows])),
+        "completed_share": float(np.mean([r["completed"] for r in rows])),
+        "local_share": float(np.mean([r["local"] for r in rows])),
+        "remote_per_request": float(np.mean([r["remote"] for r in rows])),
+    }
+
+
+def run_seed(seed: int, weights: list[float], extra: list[str]) -> list[dict[str, Any]]:
+    """Every weight on one seed, the learning memoised across weights; one row per weight."""
+    from fedsim.api import load_scenario
+    from fedsim.build import build_parts
+    from fedsim.protocols.nmoe import NMoE
+
+    memo: dict[str, Any] = {}
+    ref: tuple[Any, Any] | None = None
+    out = []
+    for w in weights:
+        world = build_parts(load_scenario(SCENARIO, [*extra, f"protocol.nmoe.channel_gate_weight={w}"], seed=seed))
+        inner = world.trainer.replayed
+
+        def replayed(key: str, fn: Any, inner: Any = inner) -> Any:
+            if key not in memo:
+                memo[key] = inner(key, fn)
+            return memo[key]
+
+        world.trainer.replayed = replayed  # type: ignore[method-assign]
+        t0 = time.perf_counter()
+        NMoE(world).run()
+        rec = world.sim.rec
+        got = (rec.rows("rounds"), rec.rows("nmoe_eval"))
+        if ref is None:
+            ref = got
+        elif got != ref:
+            raise RuntimeError(f"seed {seed} weight {w}: training differs from the first weight's")
+        row = {"seed": seed, "weight": w, **measure(rec.rows("requests"))}
+        out.append(row)
+        print(f"  seed {seed} weight {w:g}: acc {row['accuracy']:.3f} p50 {row['p50_s']:.3f} s p95 {row['p95_s']:.2f} s "
+              f"timeouts {row['timeout_share']:.3f} ({time.perf_counter() - t0:.0f} s wall)", flush=True)
+    return out
+
+
+def interval(v: np.ndarray) -> tuple[float, float]:
+    """Mean and half-width of the 95 % t-interval over seeds (NaN half-width for one seed)."""
+    from scipy import stats
+
+    m = float(np.mean(v))
+    if len(v) < 2:
+        return m, math.nan
+    return m, float(stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v)))
+
+
+def table(df: Any) -> str:
+    """Markdown: per weight, mean ± 95 % t-interval half-width over seeds."""
+    head = "| weight | seeds | accuracy | p50 latency (s) | p95 latency (s) | timeouts (share) | completed (share) | local expert used |"
+    lines = [head, "|" + "---|" * 8]
+    for w, g in df.groupby("weight", sort=True):
+        cells = [f"{w:g}", str(len(g))]
+        for k, fmt in (("accuracy", ".3f"), ("p50_s", ".3f"), ("p95_s", ".2f"), ("timeout_share", ".3f"), ("completed_share", ".3f"), ("local_share", ".3f")):
+            m, h = interval(g[k].to_numpy())
+            cells.append(f"{m:{fmt}} ± {h:{fmt}}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(df: Any, path: Path) -> None:
+    """Accuracy against p50 / p95 latency (one point per weight, 95 % intervals over
+    seeds), and the timeout share against the weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ws = sorted(df["weight"].unique())
+    stat = {k: [interval(df[df.weight == w][k].to_numpy()) for w in ws] for k in ("accuracy", "p50_s", "p95_s", "timeout_share")}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
+    for ax, k, name in ((axes[0], "p50_s", "p50"), (axes[1], "p95_s", "p95")):
+        x = [m for m, _ in stat[k]]
+        y = [m for m, _ in stat["accuracy"]]
+        ax.errorbar(x, y, xerr=[h for _, h in stat[k]], yerr=[h for _, h in stat["accuracy"]], fmt="o-", capsize=3)
+        for w, xi, yi in zip(ws, x, y):
+            ax.annotate(f"w={w:g}", (xi, yi), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        ax.set_xlabel(f"{name} request latency (s, simulated)")
+        ax.set_ylabel("request accuracy")
+        ax.set_title(f"accuracy vs {name} latency")
+        ax.grid(alpha=0.3)
+    ax = axes[2]
+    ax.errorbar(ws, [m for m, _ in stat["timeout_share"]], yerr=[h for _, h in stat["timeout_share"]], fmt="s-", capsize=3, color="C3")
+    ax.set_xlabel("channel_gate_weight w")
+    ax.set_ylabel("share of requests timed out")
+    ax.set_title("timeouts vs weight")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"Channel-aware gating, nmoe-outage ({df.seed.nunique()} seeds, mean ± 95 % t-interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3, help="number of seeds: first-seed .. first-seed + N - 1")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 4.0])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override (repeatable)")
+    ap.add_argument("--out", type=Path, default=Path("runs/channel_gate"))
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        rows += run_seed(seed, args.weights, args.set)
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(args.out / "channel_gate.csv", index=False)  # partial results survive
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    md = table(df)
+    (args.out / "channel_gate.md").write_text(md + "\n")
+    figure(df, args.out / "channel_gate.png")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
