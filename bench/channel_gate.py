@@ -2,10 +2,10 @@
 
 Sweeps ``protocol.nmoe.channel_gate_weight`` on ``scenarios/nmoe-outage.yaml`` (digits,
 mobile clients, cells in outage) over seeds. Per seed the three training stages run
-once: every learning call (stage 1, the experts, the gate, the evaluation) goes through
-the trainer's replay seam, which this script memoises, so the runs of the other weights
-replay the same trained model (only inference differs; the script checks that every
-weight's ``rounds`` and ``nmoe_eval`` tables are equal). Writes ``<out>/channel_gate.csv``
+once (on the simulated clock, as ``fedsim run`` does); then, for every weight, the
+trained model serves the inference traffic on a fresh world of the same seed from
+t = 0, so every weight sees the same mobility, fading, availability and requests
+(only the gate differs). Writes ``<out>/channel_gate.csv``
 (one row per seed and weight), ``<out>/channel_gate.md`` (mean and 95 % t-interval over
 seeds) and ``<out>/channel_gate.png``.
 
@@ -45,33 +45,28 @@ def measure(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_seed(seed: int, weights: list[float], extra: list[str]) -> list[dict[str, Any]]:
-    """Every weight on one seed, the learning memoised across weights; one row per weight."""
+    """Train once on ``seed``, then serve the trained model with every weight; one row per weight.
+
+    Each weight's inference runs on a fresh world of the same seed from t = 0 (same
+    mobility, fading, availability and request streams for every weight: paired)."""
     from fedsim.api import load_scenario
     from fedsim.build import build_parts
     from fedsim.protocols.nmoe import NMoE
 
-    memo: dict[str, Any] = {}
-    ref: tuple[Any, Any] | None = None
+    def world(w: float) -> Any:
+        return build_parts(load_scenario(SCENARIO, [*extra, f"protocol.nmoe.channel_gate_weight={w}"], seed=seed))
+
+    t0 = time.perf_counter()
+    trained = NMoE(world(0.0))
+    trained.train()
+    print(f"  seed {seed}: trained in {time.perf_counter() - t0:.0f} s wall", flush=True)
     out = []
     for w in weights:
-        world = build_parts(load_scenario(SCENARIO, [*extra, f"protocol.nmoe.channel_gate_weight={w}"], seed=seed))
-        inner = world.trainer.replayed
-
-        def replayed(key: str, fn: Any, inner: Any = inner) -> Any:
-            if key not in memo:
-                memo[key] = inner(key, fn)
-            return memo[key]
-
-        world.trainer.replayed = replayed  # type: ignore[method-assign]
         t0 = time.perf_counter()
-        NMoE(world).run()
-        rec = world.sim.rec
-        got = (rec.rows("rounds"), rec.rows("nmoe_eval"))
-        if ref is None:
-            ref = got
-        elif got != ref:
-            raise RuntimeError(f"seed {seed} weight {w}: training differs from the first weight's")
-        row = {"seed": seed, "weight": w, **measure(rec.rows("requests"))}
+        p = NMoE(world(w))
+        p.model, p.clients_data, p.model_config = trained.model, trained.clients_data, trained.model_config
+        p.inference().run()
+        row = {"seed": seed, "weight": w, **measure(p.sim.rec.rows("requests"))}
         out.append(row)
         print(f"  seed {seed} weight {w:g}: acc {row['accuracy']:.3f} p50 {row['p50_s']:.3f} s p95 {row['p95_s']:.2f} s "
               f"timeouts {row['timeout_share']:.3f} ({time.perf_counter() - t0:.0f} s wall)", flush=True)
