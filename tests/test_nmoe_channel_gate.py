@@ -147,3 +147,69 @@ def test_channel_aware_topk_validates() -> None:
     with pytest.raises(ValueError, match="positive"):
         channel_aware_topk(torch.zeros(3), [0.0] * 3, 1)
     assert channel_aware_topk(torch.tensor([0.5, 0.0, 0.5]), [0.0, 0.0, 1.0], 3)[0] == [0, 2]
+
+
+def _tiny_router(monkeypatch: pytest.MonkeyPatch, forbid: bool) -> Any:
+    """NMoE's real router on a hand-made 3-expert learned gate (features = inputs);
+    with ``forbid`` the channel-aware functions raise when called."""
+    from types import SimpleNamespace
+
+    import fedsim.protocols.nmoe as nmoe_mod
+    from fedsim.learning.models import MoEConfig
+    from fedsim.learning.nmoe_model import NMoEModel, gate_module
+    from fedsim.protocols.nmoe import NMoE
+
+    if forbid:
+        def boom(*a: Any, **k: Any) -> Any:
+            raise AssertionError("channel-aware code reached")
+
+        monkeypatch.setattr(nmoe_mod, "channel_aware_topk", boom)
+        monkeypatch.setattr(nmoe_mod, "gate_probs", boom)
+        monkeypatch.setattr(nmoe_mod, "LatencyEstimator", boom)
+    cfg = MoEConfig((4,), 3, backbone="mlp", widths=(4,), feature_dim=4, num_experts=3, top_k=1, expert_hidden=4)
+    gen = torch.Generator().manual_seed(1)
+    gate = gate_module(cfg, 3)
+    m = SimpleNamespace(gate=gate, top_k=1, generator=gen)
+    m.route = lambda h, mask: NMoEModel.route(m, h, mask)  # type: ignore[arg-type]
+    m.expert_proba = lambda h, idx, w: torch.nn.functional.one_hot(idx[:, 0], 3).float()  # expert e answers class e
+    proto = NMoE.__new__(NMoE)
+    proto.model = m
+    h = torch.randn(20, 4, generator=gen)
+    return proto._router(h, torch.zeros(20, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_weight_zero_never_enters_the_channel_aware_code(monkeypatch: pytest.MonkeyPatch, weight: float) -> None:
+    """NMoE's router at weight 0 takes today's path only (the channel-aware functions are
+    never called); the same check at weight 1 must reach them (the test can fail)."""
+    route = _tiny_router(monkeypatch, forbid=True)
+
+    def run() -> list[dict]:
+        sim = Simulation(0)
+        net = StarNetwork(sim.env, CLIENTS)
+        inf = InferenceSim(sim.env, sim.rec, CLIENTS, {c: route for c in CLIENTS}, net.transfer, lambda c: 1e9, COSTS, 1.0, 10.0,
+                           {c: sim.rng.numpy(f"req/{c}") for c in CLIENTS}, timeout_s=5.0, gate_weight=weight)
+        inf.run()
+        return sim.rec.rows("requests")
+
+    if weight == 0.0:
+        assert len(run()) > 10
+    else:
+        with pytest.raises(AssertionError, match="channel-aware code reached"):
+            run()
+
+
+def test_nmoe_router_with_a_large_weight_avoids_the_owner_in_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NMoE's real router, channel-aware: with w = 1000 the outage penalty outweighs any
+    routing probability, so nobody but b itself uses b's expert (b's link is in outage)."""
+    route = _tiny_router(monkeypatch, forbid=False)
+    sim = Simulation(0)
+    net = _OutageNet(sim.env, "b")
+    inf = InferenceSim(sim.env, sim.rec, CLIENTS, {c: route for c in CLIENTS}, net.transfer, lambda c: 1e9, COSTS, 1.0, 20.0,
+                       {c: sim.rng.numpy(f"req/{c}") for c in CLIENTS}, timeout_s=5.0, gate_weight=1000.0, csi=lambda c: c != "b")
+    inf.run()
+    rows = sim.rec.rows("requests")
+    assert len(rows) > 20
+    assert all(r["experts"] != "1" for r in rows if r["client"] != "b")
+    assert all(r["experts"] == "1" for r in rows if r["client"] == "b")  # in outage itself: only its own expert is reachable
+    assert not any(r["fail_reason"] == "timeout" for r in rows)
