@@ -479,7 +479,8 @@ class NMoE(Protocol):
 
     def csi(self) -> Callable[[str], bool] | None:
         """Whether a client's access link has a non-zero rate in the current fading block,
-        both ways (the network's spectral efficiencies); None without a cellular network."""
+        both ways (the network's spectral efficiencies; with ``channel.population: lazy`` an
+        idle client's as of its last evaluation); None without a cellular network."""
         net = getattr(self.systems, "network", None)
         se = getattr(net, "spectral_efficiency", None)
         if se is None:
