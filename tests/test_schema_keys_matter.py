@@ -98,6 +98,9 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     # stage semantics: retries happen only for clients offline / dropped (dropout on), and the retry interval only with a stage deadline
     "protocol.nmoe.stage_retry_s": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
                                     "protocol.nmoe.gate=rangate", "protocol.nmoe.stage_deadline_s=100000"),
+    # the channel-aware gate (issue 33): a short timeout makes every predicted second weigh, so the choice moves
+    "protocol.nmoe.channel_gate_weight": ("protocol.name=nmoe", "devices.dropout=true", "run.rounds=1", "protocol.nmoe.inference_horizon_s=4",
+                                          "protocol.nmoe.request_rate_per_s=1", "protocol.nmoe.request_timeout_s=0.5"),
     "model.aux_loss_weight": ("model.top_k=1", "model.gate_weights=softmax"),  # with k_c <= top_k the Switch loss is constant
     "channel.handover_time_to_trigger_s": ("channel.handover_hysteresis_db=0", "devices.mobility_interval_s=0.2"),
     "channel.handover_hysteresis_db": ("channel.handover_time_to_trigger_s=0", "devices.mobility_interval_s=0.2"),
@@ -136,6 +139,7 @@ VALUES: dict[str, str] = {
     "protocol.nmoe.server": "bs0",  # the aggregator at a base station instead of the cloud
     "protocol.nmoe.deadline_s": "0.05",  # doubling 600 s binds nothing in the tiny run: cut the exchanges
     "protocol.nmoe.request_timeout_s": "0.001",  # likewise: requests time out
+    "protocol.nmoe.channel_gate_weight": "1000",  # the largest: the predicted latency dominates the routing probability
     "training.batch_size": "2",
     "channel.max_spectral_efficiency_bps_hz": "1.0",
     "protocol.fedmoe.clients_per_round": "2",

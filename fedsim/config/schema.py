@@ -313,6 +313,7 @@ class NMoEConfig(_Strict):
     request_rate_per_s: float = Field(0.5, gt=0, le=1e4, description="Poisson inference request rate per client, 1/s.")
     inference_horizon_s: float = Field(120.0, gt=0, le=1e6, description="Simulated seconds of inference traffic.")
     request_timeout_s: float = Field(60.0, gt=0, le=86_400, description="An inference request unanswered this long after issue fails (reason timeout).")
+    channel_gate_weight: float = Field(0.0, ge=0, le=1000, description="Channel-aware gating for inference (dimensionless): each request takes the top_k experts by log(routing probability) - weight * predicted latency / request_timeout_s, the latency as the requesting client predicts it (current fading block's outage, its last measured network and compute seconds to the expert, its unanswered requests there; fedsim.protocols.nmoe_gate); 0: today's gate (routing probability only).")
 
 
 class ProtocolConfig(_Strict):

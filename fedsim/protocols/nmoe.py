@@ -27,7 +27,8 @@ the trained model's). Its life:
 
 0. an arrival while the origin is offline (the systems part's ``is_online``) is dropped;
    the gate chooses among the experts whose owners are online at issue time
-   (masked top-k);
+   (masked top-k; with ``channel_gate_weight`` > 0 the top-k of routing probability
+   and predicted latency, :mod:`fedsim.protocols.nmoe_gate`);
 1. extraction on the origin's compute queue: ``extract_flops / speed``;
 2. for each chosen expert, in parallel: if remote, the latent
    (``feature_dim`` float32 = ``4 * feature_dim`` bytes) travels origin -> owner
@@ -75,6 +76,7 @@ import simpy
 import torch
 
 from fedsim.protocols.base import Protocol
+from fedsim.protocols.nmoe_gate import LatencyEstimator, channel_aware_topk, gate_probs
 
 __all__ = ["NMoE", "InferenceSim", "InferenceCosts", "latency_summary"]
 
@@ -106,10 +108,16 @@ class InferenceSim:
     ``timeout_s`` (optional): a request unanswered this long after issue is
     ended (its transfers interrupted) and fails with reason ``timeout``;
     ``status_of`` (optional) names a failed transfer's cause.
+    ``gate_weight`` (``protocol.nmoe.channel_gate_weight``, >= 0): with a positive
+    weight the routes are called as ``(rng, allowed, penalty)``, ``penalty`` the
+    channel-aware gate's ``w * L_e / T`` per expert (:mod:`fedsim.protocols.nmoe_gate`,
+    needs ``timeout_s``; ``csi(node)``, optional, whether a node's access link has
+    a rate now); 0 (default) is today's gate, called as before.
     Rows go to ``rec.row("requests", ...)``.
 
     Raises:
-        ValueError: ``rate_per_s`` or ``horizon_s`` is not > 0.
+        ValueError: ``rate_per_s`` or ``horizon_s`` is not > 0, ``gate_weight`` < 0, or
+            ``gate_weight`` > 0 without ``timeout_s``.
     """
 
     def __init__(
@@ -117,7 +125,7 @@ class InferenceSim:
         env: simpy.Environment,
         rec: Any,
         clients: Sequence[str],
-        routes: dict[str, Callable[[np.random.Generator, list[bool] | None], tuple[list[int], bool]]],
+        routes: dict[str, Callable[..., tuple[list[int], bool]]],
         transfer: Callable[..., simpy.Process],
         speed: Callable[[str], float],
         costs: InferenceCosts,
@@ -127,6 +135,8 @@ class InferenceSim:
         online: Callable[[str], bool] | None = None,
         timeout_s: float | None = None,
         status_of: Callable[[Any], str] | None = None,
+        gate_weight: float = 0.0,
+        csi: Callable[[str], bool] | None = None,
     ) -> None:
         if rate_per_s <= 0 or horizon_s <= 0:
             raise ValueError('"request_rate_per_s" and "inference_horizon_s" must be > 0')
@@ -140,6 +150,14 @@ class InferenceSim:
             raise ValueError('"request_timeout_s" must be > 0')
         self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.status_of = status_of
+        if not gate_weight >= 0:
+            raise ValueError('"channel_gate_weight" must be >= 0')
+        self.gate_weight = float(gate_weight)
+        self.estimator: LatencyEstimator | None = None
+        if self.gate_weight > 0:  # the channel-aware gate (fedsim.protocols.nmoe_gate); 0: today's gate
+            if self.timeout_s is None:
+                raise ValueError('"channel_gate_weight" > 0 needs "request_timeout_s"')
+            self.estimator = LatencyEstimator(self.clients, self.timeout_s, csi)
         self.skipped_offline = 0
         self.cpu = {c: simpy.Resource(env, capacity=1) for c in self.clients}
         self.pending: list[simpy.Process] = []
@@ -170,10 +188,22 @@ class InferenceSim:
                 self.skipped_offline += 1  # an offline client issues no request
                 continue
             allowed = [bool(self.online(x)) for x in self.clients] if self.online is not None else None
-            experts, correct = self.routes[c](rng, allowed)
+            if self.estimator is None:
+                experts, correct = self.routes[c](rng, allowed)
+            else:
+                experts, correct = self.routes[c](rng, allowed, self.penalty(c))
             rid = self._next_id
             self._next_id += 1
             self.pending.append(self.env.process(self.serve(rid, c, experts, correct)))
+
+    def penalty(self, c: str) -> list[float]:
+        """Channel-aware gate: ``w * L_e / T`` of every expert for a request of ``c`` now
+        (:class:`~fedsim.protocols.nmoe_gate.LatencyEstimator`)."""
+        assert self.estimator is not None and self.timeout_s is not None
+        cpu = self.cpu[c]
+        local_s = self.costs.expert_flops / max(self.speed(c), 1e-9)
+        lat = self.estimator.predict(c, float(self.env.now), len(cpu.users) + len(cpu.queue), local_s)
+        return [self.gate_weight * v / self.timeout_s for v in lat]
 
     def _compute(self, node: str, flops: float) -> Any:
         t0 = self.env.now
@@ -193,9 +223,18 @@ class InferenceSim:
         """One expert's part of a request: (t_network_s, t_queue_s, t_expert_s, bytes, ok, reason).
         An interrupt (the request's timeout) ends it at once, interrupting its transfer."""
         owner = self.clients[e]
+        t_sent = float(self.env.now)
+        est = self.estimator if owner != origin else None
+        if est is not None:
+            est.start(origin, e, t_sent)
+        out = yield from self._branch(origin, owner, t_sent)
+        if est is not None:
+            est.end(origin, e, t_sent, out[0], out[2], out[4])
+        return out
+
+    def _branch(self, origin: str, owner: str, t0: float) -> Any:
         t_net, t_queue, t_exp, nbytes = 0.0, 0.0, 0.0, 0.0
         sub: simpy.Process | None = None
-        t0 = float(self.env.now)
         try:
             if owner != origin:
                 sub = self.transfer(origin, owner, self.costs.latent_bytes, -1, "nmoe_latent")
@@ -392,7 +431,7 @@ class NMoE(Protocol):
         exp = flops_per_sample(self.model.experts[0], (cfg.feature_dim,), train=False)
         return InferenceCosts(ext, exp, 4.0 * cfg.feature_dim, 4.0 * cfg.num_classes)
 
-    def routes(self) -> dict[str, Callable[[np.random.Generator, list[bool] | None], tuple[list[int], bool]]]:
+    def routes(self) -> dict[str, Callable[..., tuple[list[int], bool]]]:
         """Per client: draw one of its test samples, route it with the real model."""
         m = self.model
         out = {}
@@ -406,14 +445,22 @@ class NMoE(Protocol):
                 out[c] = self._router(h, cd_y)
         return out
 
-    def _router(self, h: torch.Tensor, y: torch.Tensor) -> Callable[[np.random.Generator, list[bool] | None], tuple[list[int], bool]]:
+    def _router(self, h: torch.Tensor, y: torch.Tensor) -> Callable[..., tuple[list[int], bool]]:
+        from fedsim.learning.nmoe_model import RanGate
+
         m = self.model
 
-        def route(rng: np.random.Generator, allowed: list[bool] | None) -> tuple[list[int], bool]:
+        def route(rng: np.random.Generator, allowed: list[bool] | None, penalty: list[float] | None = None) -> tuple[list[int], bool]:
             i = int(rng.integers(h.shape[0]))
             mask = None if allowed is None else torch.tensor(allowed, dtype=torch.bool)
             with torch.no_grad():
-                idx, wts = m.route(h[i : i + 1], mask)
+                if penalty is None:  # today's gate
+                    idx, wts = m.route(h[i : i + 1], mask)
+                else:  # channel-aware (fedsim.protocols.nmoe_gate)
+                    rand = isinstance(m.gate, RanGate)
+                    chosen, w = channel_aware_topk(gate_probs(m, h[i : i + 1], mask), penalty, m.top_k, m.generator if rand else None)
+                    idx = torch.tensor([chosen])
+                    wts = torch.full((1, len(chosen)), 1.0 / len(chosen)) if rand else w[None, :]
                 p = m.expert_proba(h[i : i + 1], idx, wts)
             return [int(e) for e in idx[0]], bool(int(p.argmax(1)) == int(y[i]))
 
@@ -427,7 +474,19 @@ class NMoE(Protocol):
             self.env, self.rec, self.clients, self.routes(), sy.transfer, sy.speed_flops, self.costs(),
             self.cfg.request_rate_per_s, self.cfg.inference_horizon_s, rngs,
             online=sy.is_online, timeout_s=self.cfg.request_timeout_s, status_of=sy.cause_status,
+            gate_weight=self.cfg.channel_gate_weight, csi=self.csi(),
         )
+
+    def csi(self) -> Callable[[str], bool] | None:
+        """Whether a client's access link has a non-zero rate in the current fading block,
+        both ways (the network's spectral efficiencies; with ``channel.population: lazy`` an
+        idle client's as of its last evaluation); None without a cellular network."""
+        net = getattr(self.systems, "network", None)
+        se = getattr(net, "spectral_efficiency", None)
+        if se is None:
+            return None
+        cl = set(self.clients)
+        return lambda c: c not in cl or (se(c, "up") > 0 and se(c, "down") > 0)
 
     def run(self) -> None:
         """Train (the three stages on the simulated clock), evaluate, then simulate the inference traffic."""
