@@ -2,7 +2,7 @@
 
 Three panels over the street grid (:func:`plot_coverage`):
 
-1. best downlink SINR (dB) of a reference device (1.5 m) anywhere, with the
+1. downlink SINR (dB) from the serving cell of a reference device (1.5 m) anywhere, with the
    cell borders and the outage threshold;
 2. the achievable uplink rate (Mbit/s) of that device alone in its cell;
 3. every client at its start position, joined to the cell that served it
@@ -10,8 +10,8 @@ Three panels over the street grid (:func:`plot_coverage`):
    over seconds of all its uploads, sharing included), with the clients that
    straggled or dropped out marked.
 
-Panels 1 and 2 come from :mod:`analysis.coverage` (mean path loss and
-shadowing of the run's channel model, no fast fading). Base stations, edge
+Panels 1 and 2 come from :mod:`analysis.coverage` (the simulator's radio model,
+:mod:`fedsim.net.radio`, at the mean path loss and shadowing, no fast fading). Base stations, edge
 servers and the cloud are marked on every panel.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._style import FORMATS, STATUS_COLOURS, new_figure, save, skip, style
-from analysis.coverage import Radio, coverage_at, radio_of, shadowing_std_db
+from analysis.coverage import Radio, coverage_at, radio_of
 from analysis.rundir import RunDir, as_rundir
 
 RunLike = RunDir | str | Path
@@ -72,6 +72,12 @@ def client_uplink_summary(run: RunDir) -> pd.DataFrame:
             rate = (8.0 * g["bytes"].sum() / secs.where(secs > 0)).reindex(out.index)
             out["rate_up_bps"] = rate
     return out.reset_index()
+
+
+def _mhz(bw_hz: np.ndarray) -> str:
+    """Cell bandwidths in MHz for a title: one value, or the range when cells differ."""
+    lo, hi = float(bw_hz.min()) / 1e6, float(bw_hz.max()) / 1e6
+    return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
 
 
 def _log_tick(v: float, _pos: Any = None) -> str:
@@ -202,7 +208,7 @@ def plot_coverage(
     wide = (x1 - x0) > 1.8 * (y1 - y0)
     lo = float(np.floor(min(np.nanpercentile(sinr, 1), outage - 5.0)))
     hi = float(np.ceil(np.nanpercentile(sinr, 99)))
-    rmax = float(cp["bandwidth_up_hz"]) * float(cp["max_spectral_efficiency_bps_hz"]) / 1e6
+    rmax = float(radio.cells.bw_up_hz.max()) * float(cp["max_spectral_efficiency_bps_hz"]) / 1e6
     cl_rate = cl["rate_up_bps"].to_numpy(float) / 1e6
     rnorm = Normalize(0.0, rmax)
     fin = cl_rate[np.isfinite(cl_rate) & (cl_rate > 0)]
@@ -225,12 +231,12 @@ def plot_coverage(
         im = ax.imshow(sinr, origin="lower", extent=ext, cmap="viridis", vmin=lo, vmax=hi,
                        interpolation="bilinear", zorder=1)
         cb = fig.colorbar(im, ax=ax, extend="both", **cb_kw)
-        cb.set_label("Best downlink SINR [dB] (reference device, 1.5 m)")
+        cb.set_label("Downlink SINR from the serving cell [dB] (reference device, 1.5 m)")
         cb.ax.axvline(outage, color="red", lw=2)
         if np.nanmin(sinr) < outage < np.nanmax(sinr):
             ax.contour(X / scale, Y / scale, sinr, levels=[outage], colors="red",
                        linewidths=1.2, linestyles="--", zorder=3)
-        ax.set_title("Downlink: best SINR (mean path loss + shadowing, no fading)")
+        ax.set_title("Downlink: SINR (mean path loss + shadowing, no fading)")
         # 2: uplink rate
         ax = axes[1]
         cmap = colormaps["cividis"].with_extremes(under="#bbbbbb")
@@ -319,14 +325,17 @@ def plot_coverage(
             a.grid(False)
         outage_h = Line2D([], [], color="red", ls="--", lw=1.2,
                           label=f"DL outage threshold ({outage:g} dB SINR)")
-        border_h = Line2D([], [], color="white", lw=2, label="cell border (best mean power)")
+        border_h = Line2D([], [], color="white", lw=2, label=f"cell border (attachment by {cp['attachment']})")
         leg = handles + infra + [outage_h, border_h]
         fig.legend(handles=leg, loc="outside lower center", ncol=min(5, len(leg)), fontsize=9,
                    facecolor="#dddddd")
-        sl, sn = shadowing_std_db(cp)
+        from fedsim.net.channel import channel_model
+        from fedsim.net.radio import shadowing_std_db
+
+        sl, sn = shadowing_std_db(channel_model(radio.params.model), radio.params)
         sig = f"{sl:g} dB" if sl == sn else f"{sl:g} / {sn:g} dB (LOS / NLOS)"
         fig.suptitle(f"Coverage map — {run.label}: channel {cp['model']} at {cp['fc_ghz']:g} GHz, "
-                     f"UL {float(cp['bandwidth_up_hz']) / 1e6:g} MHz, "
-                     f"DL {float(cp['bandwidth_down_hz']) / 1e6:g} MHz; maps at the mean "
+                     f"UL {_mhz(radio.cells.bw_up_hz)} MHz, "
+                     f"DL {_mhz(radio.cells.bw_down_hz)} MHz; maps at the mean "
                      f"shadowing (0 dB), a client's own differs by σ = {sig}")
         return save(fig, out_dir, "coverage", formats)

@@ -49,7 +49,8 @@ def drive(cls: type[Network], seed: int, seconds: float, blocks: int, **ch: Any)
     per = {"vehicle": 80, "phone": 40, "sensor": 30}
     g = manhattan_grid(blocks_x=blocks, blocks_y=blocks, block_m=150.0, bs_sites=sites,
                        clients_per_class=per, rng=sim.rng.numpy("topology"))
-    net = cls(sim, g, NetworkParams(channel=ChannelParams(**ch), link_sample_interval_s=0.0),
+    net = cls(sim, g, NetworkParams(channel=ChannelParams(**{"attachment": "downlink", **ch}),  # as measured
+                                   link_sample_interval_s=0.0),
               server="cloud", classes=default_device_classes())
     rates: list[float] = []
     se: list[float] = []

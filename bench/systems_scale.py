@@ -37,8 +37,8 @@ def build(n_clients: int, seed: int, mobility_interval_s: float, nearest_bs: int
     graph = manhattan_grid(blocks_x=blocks, blocks_y=blocks, block_m=100.0, bs_sites=sites,
                            clients_per_class=per, rng=sim.rng.numpy("topology"))
     classes = default_device_classes()
-    params = NetworkParams(channel=ChannelParams(coherence_s=1.0, nearest_bs=nearest_bs,
-                                                 population=population),
+    params = NetworkParams(channel=ChannelParams(coherence_s=1.0, nearest_bs=nearest_bs,  # attachment: as measured
+                                                 population=population, attachment="downlink"),
                            mobility_interval_s=mobility_interval_s, link_sample_interval_s=10.0)
     cls: type[Network] = Network
     if population == "lazy":

@@ -28,7 +28,7 @@ from fedsim.parts.systems import Systems
 if TYPE_CHECKING:
     from fedsim.config.loader import LoadedScenario
 
-__all__ = ["TopologyError", "build_graph", "check_world_rules", "load_checked", "unreachable_clients_of", "build_parts"]
+__all__ = ["TopologyError", "build_graph", "check_world_rules", "load_checked", "build_parts"]
 
 
 class TopologyError(ValueError):
@@ -69,13 +69,6 @@ def build_graph(loaded: LoadedScenario, seed: int | None = None) -> nx.Graph:
         return topo.from_graphml(loaded.paths.graphml)
     except (ValueError, KeyError, TypeError) as e:
         raise TopologyError(str(e), key=f"topology.{ {'manhattan_grid': 'grid', 'explicit': 'nodes', 'graphml': 'graphml'}[t.kind] }") from None
-
-
-def unreachable_clients_of(graph: nx.Graph, server: str) -> list[str]:
-    """Clients of ``graph`` that cannot reach ``server`` (see :func:`fedsim.net.topology.unreachable_clients`)."""
-    from fedsim.net.topology import unreachable_clients
-
-    return unreachable_clients(graph, server)
 
 
 def check_world_rules(loaded: LoadedScenario) -> nx.Graph:

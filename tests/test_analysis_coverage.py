@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A macro BS (46 dBm, 25 m) at the origin and a small cell (30 dBm, 10 m) 400 m east;
 # UMi at 3.5 GHz, 20 MHz down / 10 MHz up, NF 7 dB, half the other cells' power as
-# downlink interference, 23 dBm reference device at 1.5 m.
+# downlink interference, a phone (23 dBm, its class default) as reference device at 1.5 m;
+# cells selected by uplink SNR (the schema's default attachment).
 CHANNEL = {
     "model": "umi", "fc_ghz": 3.5, "bandwidth_up_hz": 10e6, "bandwidth_down_hz": 20e6,
     "bs_tx_power_macro_dbm": 46.0, "bs_tx_power_small_dbm": 30.0, "noise_figure_db": 7.0,
@@ -48,8 +49,7 @@ def _two_cell_run(path: Path) -> Path:
     nodes.to_parquet(path / "nodes.parquet")
     pd.DataFrame({"round": [0], "t_end_s": [1.0]}).to_parquet(path / "rounds.parquet")
     scenario = {"run": {"name": "two-cells"}, "protocol": {"name": "fedmoe"},
-                "topology": {"kind": "explicit"}, "channel": CHANNEL,
-                "devices": {"ue_tx_power_dbm": 23.0}}
+                "topology": {"kind": "explicit"}, "channel": CHANNEL}
     (path / "manifest.json").write_text(json.dumps({"seed": 0, "scenario": scenario}))
     return path
 
@@ -77,7 +77,8 @@ def test_coverage_agrees_with_hand_computed_tr38901_points(tmp_path: Path) -> No
     run = RunDir(_two_cell_run(tmp_path / "r"))
     radio = radio_of(run)
     assert radio.bs_ids == ["bs0", "bs1"]
-    assert radio.noise_down_dbm == pytest.approx(-93.990, abs=1e-3)
+    assert radio.cells.noise_down_dbm[0] == pytest.approx(-93.990, abs=1e-3)
+    assert radio.ue_power_dbm == 23.0
     cov = coverage_at(radio, np.array([[10.0, 0.0], [400.0, 5.0], [200.0, 150.0]]), 1.5)
     assert cov.serving.tolist() == [0, 1, 0]
     assert cov.sinr_down_db == pytest.approx([65.532, 44.616, 17.617], abs=2e-3)
@@ -85,7 +86,8 @@ def test_coverage_agrees_with_hand_computed_tr38901_points(tmp_path: Path) -> No
 
 
 def test_coverage_independent_formula_on_random_points(tmp_path: Path) -> None:
-    """The same model, re-derived without fedsim.net.channel, at 50 random points."""
+    """The same model, re-derived without fedsim.net, at 50 random points (serving cell by
+    uplink SNR: the least mean loss, both cells having the same uplink band)."""
     run = RunDir(_two_cell_run(tmp_path / "r"))
     radio = radio_of(run)
     c = 299_792_458.0
@@ -109,7 +111,7 @@ def test_coverage_independent_formula_on_random_points(tmp_path: Path) -> None:
     for k, (x, y) in enumerate(pts):
         rs = [p - mean_loss(sqrt((x - bx) ** 2 + (y - by) ** 2), hb)
               for (bx, by, hb), p in zip([(0, 0, 25), (400, 0, 10)], [46.0, 30.0])]
-        s = int(np.argmax(rs))
+        s = int(np.argmax([r - p for r, p in zip(rs, [46.0, 30.0])]))  # uplink SNR: least loss
         sinr = rs[s] - 10 * log10(10 ** (-93.98970004 / 10) + 0.5 * 10 ** (rs[1 - s] / 10))
         up = 23 - (([46.0, 30.0][s]) - rs[s]) + 97.0
         rate = 10e6 * (min(log2(1 + 10 ** (up / 10)), 7.4) if up >= -5 else 0.0)
@@ -169,3 +171,52 @@ def test_coverage_map_drawn_for_every_fedmoe_scenario(path: Path, tmp_path: Path
     paths = plot_coverage(run, tmp_path / "fig", resolution=120, formats=("png",))
     assert [p.name for p in paths] == ["coverage.png"]
     assert_readable_png(paths[0])
+
+
+def test_coverage_equals_the_network_for_clients_standing_at_the_points(tmp_path: Path) -> None:
+    """The map is the simulator's radio model: at sampled points, its serving cell, downlink SINR
+    and uplink rate equal what :class:`Network` computes for a client standing there.
+
+    Small cells with their own bandwidth (one per node, one from ``small_bandwidth_*_hz``),
+    clients transmitting at 10 dBm (not the 23 dBm default), cells selected by uplink SNR,
+    downlink interference; no shadowing, fading or LOS draw (log-distance), so the network's
+    channel is the map's mean channel."""
+    import dataclasses
+
+    from fedsim.devices.params import default_device_classes
+    from fedsim.engine import Simulation
+    from fedsim.net.network import Network
+    from fedsim.net.params import ChannelParams, NetworkParams
+    from fedsim.net.topology import explicit
+
+    cp = ChannelParams(model="log_distance", fading="none", shadowing_std_db=0.0, attachment="uplink",
+                       interference_load_factor=0.5, max_spectral_efficiency_bps_hz=30.0,
+                       small_bandwidth_up_hz=40e6, small_bandwidth_down_hz=30e6)
+    pts = np.random.default_rng(5).uniform([-150, -150], [450, 450], size=(40, 2))
+    nodes = [{"id": "cloud", "kind": "cloud", "x": 0, "y": 900},
+             {"id": "m0", "kind": "bs_macro", "x": 0, "y": 0, "z": 25},
+             {"id": "s1", "kind": "bs_small", "x": 300, "y": 0, "z": 10,
+              "bandwidth_up_hz": 5e6, "bandwidth_down_hz": 10e6},
+             {"id": "s2", "kind": "bs_small", "x": 0, "y": 300, "z": 10}]
+    nodes += [{"id": f"c{k:02d}", "kind": "client", "device_class": "phone", "x": x, "y": y, "z": 1.5}
+              for k, (x, y) in enumerate(pts)]
+    edges = [{"src": b, "dst": "cloud", "capacity_bps": 1e13, "latency_s": 0.001} for b in ("m0", "s1", "s2")]
+    classes = default_device_classes()
+    classes["phone"] = dataclasses.replace(classes["phone"], mobility="static", tx_power_dbm=10.0)
+    sim = Simulation(0)
+    net = Network(sim, explicit(nodes, edges), NetworkParams(channel=cp), classes=classes)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    sim.rec.frame("nodes").to_parquet(run / "nodes.parquet")
+    (run / "manifest.json").write_text(json.dumps({"seed": 0, "scenario": {"channel": dataclasses.asdict(cp)}}))
+    cov = coverage_at(radio_of(RunDir(run)), pts, 1.5)
+
+    clients = [f"c{k:02d}" for k in range(len(pts))]
+    bs_ids = ["m0", "s1", "s2"]
+    assert [bs_ids[j] for j in cov.serving] == [net.serving_bs(c) for c in clients]
+    assert len(set(cov.serving.tolist())) == 3  # every cell serves some point
+    assert cov.rate_up_bps == pytest.approx([net.nominal_rate_bps(c, "up") for c in clients], rel=1e-12)
+    se_down = np.minimum(np.log2(1.0 + 10.0 ** (cov.sinr_down_db / 10.0)), 30.0)
+    se_down = np.where(cov.sinr_down_db >= cp.outage_sinr_db, se_down, 0.0)
+    assert se_down == pytest.approx([net.spectral_efficiency(c, "down") for c in clients], rel=1e-12)

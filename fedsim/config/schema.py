@@ -12,7 +12,7 @@ Units are in the key names: ``_s`` seconds, ``_bps`` bits per second,
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +36,7 @@ __all__ = [
     "EvaluationConfig",
     "OutputConfig",
     "DEVICE_CLASSES",
+    "defaults_of",
 ]
 
 DEVICE_CLASSES = ("vehicle", "drone", "camera", "sensor", "phone")
@@ -359,3 +360,9 @@ class Scenario(_Strict):
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+def defaults_of(section: type[BaseModel]) -> dict[str, Any]:
+    """``{key: default}`` of a schema section: the one home of the defaults that the layers'
+    parameter classes share (``ChannelParams``, ``MoEConfig``, ``TrainConfig`` take theirs from here)."""
+    return {name: f.get_default(call_default_factory=True) for name, f in section.model_fields.items()}

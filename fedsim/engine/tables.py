@@ -191,6 +191,9 @@ _NODES = TableSchema("nodes", "topology nodes with positions", (
     _c("x", "float", "m", "position x"),
     _c("y", "float", "m", "position y"),
     _c("z", "float", "m", "height"),
+    _c("tx_power_dbm", "float", "dBm", "transmit power the run used (cells and clients; NaN elsewhere)", required=False),
+    _c("bandwidth_up_hz", "float", "hz", "uplink bandwidth of a cell (NaN for other nodes)", required=False),
+    _c("bandwidth_down_hz", "float", "hz", "downlink bandwidth of a cell (NaN for other nodes)", required=False),
 ))
 
 _EDGES = TableSchema("edges", "topology edges with bytes carried", (

@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim.config.schema import ModelConfig, defaults_of
+
 __all__ = [
     "MoEConfig",
     "MoEOutput",
@@ -60,6 +62,8 @@ __all__ = [
 ]
 
 GATE_WEIGHTS = ("renormalised", "softmax")
+#: the schema's ``model`` defaults, the only copy (MoEConfig takes its defaults from them)
+_D = defaults_of(ModelConfig)
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,9 @@ class MoEConfig:
     the gate and the experts read the flattened input (``feature_dim`` must
     equal its size). ``gate_weights``: ``"renormalised"`` or ``"softmax"`` (see
     the module docstring). ``aux_loss_weight`` and ``route_target_weight``
-    are used by training (see :class:`MoEOutput`).
+    are used by training (see :class:`MoEOutput`). Defaults are the scenario
+    schema's ``model`` section (:class:`fedsim.config.schema.ModelConfig`; ``widths``:
+    its one hidden layer of ``hidden`` units).
     ``top1_gate_prob``: at ``top_k = 1`` weight the chosen expert by its gate
     probability instead of the renormalised 1 (Switch Transformer, Fedus et
     al. 2021), so the task loss reaches the gate; otherwise only the auxiliary
@@ -93,20 +99,20 @@ class MoEConfig:
 
     input_shape: tuple[int, ...]
     num_classes: int
-    backbone: str = "mlp"
-    widths: tuple[int, ...] = (128,)
-    feature_dim: int = 64
-    num_experts: int = 4
-    top_k: int = 1
-    expert_hidden: int = 64
-    gate_noise_std: float = 0.0
-    aux_loss_weight: float = 0.01
-    feature_layer: bool = True
-    expert_layers: int = 1
-    gate_weights: str = "renormalised"
-    stem_projection: bool = True
+    backbone: str = _D["backbone"]
+    widths: tuple[int, ...] = (_D["hidden"],)  # the schema's mlp stem: one hidden layer of `hidden` units
+    feature_dim: int = _D["feature_dim"]
+    num_experts: int = _D["num_experts"]
+    top_k: int = _D["top_k"]
+    expert_hidden: int = _D["expert_hidden"]
+    gate_noise_std: float = _D["gate_noise_std"]
+    aux_loss_weight: float = _D["aux_loss_weight"]
+    feature_layer: bool = _D["feature_layer"]
+    expert_layers: int = _D["expert_layers"]
+    gate_weights: str = _D["gate_weights"]
+    stem_projection: bool = _D["stem_projection"]
     top1_gate_prob: bool = False
-    route_target_weight: float = 0.0
+    route_target_weight: float = _D["route_target_weight"]
 
     def __post_init__(self) -> None:
         if not self.feature_layer and (self.backbone != "mlp" or self.feature_dim != self.widths[-1]):

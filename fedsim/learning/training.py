@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedsim.config.schema import TrainingConfig, defaults_of
 from fedsim.learning.accounting import flops_per_sample
 from fedsim.learning.models import MoEClassifier, MoEConfig, expert_index
 
@@ -35,6 +36,10 @@ __all__ = [
     "TrainConfig", "TrainJob", "Update", "train_local", "build_model", "init_state", "job_experts", "job_flops",
     "job_expert_losses",
 ]
+
+
+#: the schema's ``training`` defaults, the only copy (TrainConfig takes its defaults from them)
+_D = defaults_of(TrainingConfig)
 
 
 @dataclass(frozen=True)
@@ -51,15 +56,17 @@ class TrainConfig:
     (each assigned expert alone, one forward pass before training; False: None);
     ``gate_feedback`` computes ``Update.mean_gate_prob`` (one eval-mode gate pass
     after training; False: None). Neither changes the trained weights or any
-    other field."""
+    other field. The optimisation defaults are the scenario schema's ``training``
+    section (:class:`fedsim.config.schema.TrainingConfig`); ``device`` is the
+    resolved device, not the schema's ``auto``."""
 
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    local_epochs: int = 1
-    batch_size: int = 32
-    fedprox_mu: float = 0.0
+    optimizer: str = _D["optimizer"]
+    lr: float = _D["lr"]
+    momentum: float = _D["momentum"]
+    weight_decay: float = _D["weight_decay"]
+    local_epochs: int = _D["local_epochs"]
+    batch_size: int = _D["batch_size"]
+    fedprox_mu: float = _D["fedprox_mu"]
     train_shared: bool = True
     device: str = "cpu"
     expert_loss: bool = True

@@ -49,11 +49,9 @@ __all__ = [
     "AERIAL_MAX_HEIGHT_M",
     "pathloss_free_space",
     "pathloss_log_distance",
-    "shadowing_db",
     "rayleigh_power",
     "rician_power",
     "noise_power_dbm",
-    "sinr_linear",
     "spectral_efficiency",
     "rayleigh_ergodic_capacity",
     "db_to_linear",
@@ -165,11 +163,6 @@ def pathloss_log_distance(d3d_m: ArrayLike, fc_ghz: float, exponent: float = 3.0
     return pathloss_free_space(d0_m, fc_ghz) + 10.0 * exponent * np.log10(d / d0_m)
 
 
-def shadowing_db(rng: np.random.Generator, std_db: float, size: int | tuple[int, ...] | None = None) -> Array:
-    """Log-normal shadowing: zero-mean Gaussian in dB with std ``std_db``."""
-    return rng.normal(0.0, std_db, size=size)
-
-
 def rayleigh_power(rng: np.random.Generator, size: int | tuple[int, ...] | None = None) -> Array:
     """Rayleigh block-fading power gain |h|^2 ~ Exp(1) (unit mean)."""
     return rng.exponential(1.0, size=size)
@@ -190,14 +183,6 @@ def rician_power(rng: np.random.Generator, k_db: float, size: int | tuple[int, .
 def noise_power_dbm(bandwidth_hz: float, noise_figure_db: float = 0.0) -> float:
     """Thermal noise power (dBm) over ``bandwidth_hz``: -174 + 10 log10(B) + NF."""
     return THERMAL_NOISE_DBM_HZ + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
-
-
-def sinr_linear(
-    rx_power_dbm: ArrayLike, noise_dbm: ArrayLike, interference_mw: ArrayLike = 0.0
-) -> Array:
-    """SINR (linear) = P_rx / (N + I), powers in dBm, interference in mW."""
-    s = db_to_linear(rx_power_dbm)
-    return s / (db_to_linear(noise_dbm) + np.asarray(interference_mw, dtype=float))
 
 
 def spectral_efficiency(sinr: ArrayLike) -> Array:

@@ -50,11 +50,11 @@ import simpy
 from fedsim.engine.clock import delay_to
 from fedsim.engine.simulation import Simulation
 from fedsim.net import channel as ch
+from fedsim.net import radio
+from fedsim.net.channel_state import ChannelStateMixin
 from fedsim.net.flows import Flow, FlowSystem, Link, TransferResult
 from fedsim.net.mobility import Mobility
 from fedsim.net.params import NetworkParams
-from fedsim.net.radio import RadioMixin
-from fedsim.net.topology import BS_KINDS
 
 __all__ = ["Network", "MobilitySpec"]
 
@@ -84,7 +84,7 @@ class _Active:
         self.dst = dst
 
 
-class Network(RadioMixin):
+class Network(ChannelStateMixin):
     """Links, channels and transfers of one run (see the module docstring)."""
 
     def __init__(self, sim: Simulation, graph: nx.Graph, params: NetworkParams | None = None,
@@ -105,15 +105,6 @@ class Network(RadioMixin):
         self._init_cells()
         specs = self._init_clients(classes)
         self._active: dict[int, list[_Active]] = {}
-        # noise over each cell's bandwidth (dBm, per BS)
-        self.noise_up_dbm = np.array([ch.noise_power_dbm(float(b), self.cp.noise_figure_db)
-                                      for b in self.bw_up_hz])
-        self.noise_down_dbm = np.array([ch.noise_power_dbm(float(b), self.cp.noise_figure_db)
-                                        for b in self.bw_down_hz])
-        # cell selection metric = received power + offset: downlink power, or the uplink
-        # SNR (UE power - path loss - the cell's uplink noise, same UE power for every cell)
-        self.attach_offset_db = (np.zeros(len(self.bs_ids)) if self.cp.attachment == "downlink"
-                                 else -self.bs_power_dbm - self.noise_up_dbm)
         self._caps: dict[int, tuple[Link, Link]] = {}  # per-client access rate caps
         self._init_population(specs)
         self._record_nodes()
@@ -141,30 +132,22 @@ class Network(RadioMixin):
         self._paths: dict[str, dict[str, list[str]]] = {}
 
     def _init_cells(self) -> None:
-        """Base stations and their cells: up / down links, bandwidths, positions, powers."""
-        graph, nodes = self.graph, self.graph.nodes
-        self.bs_ids = sorted(n for n, d in graph.nodes(data=True) if d.get("kind") in BS_KINDS)
-        if not self.bs_ids:
-            raise ValueError("the topology has no base station")
+        """Base stations and their cells (:func:`fedsim.net.radio.cells_of`): up / down links,
+        bandwidths, positions, powers, noise and cell-selection offsets."""
+        self.cells = cells = radio.cells_of(self.graph, self.cp)
+        self.bs_ids = cells.ids
         self._bs_index = {b: j for j, b in enumerate(self.bs_ids)}
+        self.bw_up_hz, self.bw_down_hz = cells.bw_up_hz, cells.bw_down_hz
+        self.bs_pos, self.bs_power_dbm = cells.pos_m, cells.power_dbm
+        self.noise_up_dbm, self.noise_down_dbm = cells.noise_up_dbm, cells.noise_down_dbm
+        self.attach_offset_db = cells.attach_offset_db
         self.up: list[Link] = []
         self.down: list[Link] = []
-        # per-cell bandwidth: the node's own, else the channel's value for its kind
-        self.bw_up_hz = np.array([self._cell_bw(b, "up") for b in self.bs_ids])
-        self.bw_down_hz = np.array([self._cell_bw(b, "down") for b in self.bs_ids])
         for j, b in enumerate(self.bs_ids):
             self.up.append(self.fs.add_link(f"{b}/up", "uplink", b, float(self.bw_up_hz[j])))
             self.down.append(self.fs.add_link(f"{b}/down", "downlink", b, float(self.bw_down_hz[j])))
         for lk in self.up + self.down:  # SE <= cap, so a cell carries <= B x cap bit/s
             lk.min_coeff = 1.0 / self.cp.max_spectral_efficiency_bps_hz
-        # a BS without a positive ``z`` gets the channel's default antenna height
-        self.bs_pos = np.array([[nodes[b]["x"], nodes[b]["y"], float(nodes[b].get("z", 0.0)) or (
-            self.cp.bs_height_macro_m if nodes[b]["kind"] == "bs_macro" else self.cp.bs_height_small_m)]
-            for b in self.bs_ids], dtype=float)
-        self.bs_power_dbm = np.array([
-            float(nodes[b].get("tx_power_dbm", self.cp.bs_tx_power_macro_dbm
-                               if nodes[b]["kind"] == "bs_macro" else self.cp.bs_tx_power_small_dbm))
-            for b in self.bs_ids])
 
     def _init_clients(self, classes: Mapping[str, MobilitySpec] | None) -> list[MobilitySpec | None]:
         """Client ids, positions and transmit powers; returns each client's class spec (or None)."""
@@ -181,19 +164,6 @@ class Network(RadioMixin):
                                else self.params.ue_tx_power_dbm))
             for c, s in zip(self.client_ids, specs)])
         return specs
-
-    def _cell_bw(self, bs: str, direction: str) -> float:
-        """Bandwidth (Hz) of ``bs``'s uplink / downlink: the node's ``bandwidth_up_hz`` /
-        ``bandwidth_down_hz`` if set, else the channel's value for the BS kind."""
-        d = self.graph.nodes[bs]
-        own = d.get(f"bandwidth_{direction}_hz")
-        if own is not None:
-            return float(own)
-        cp = self.cp
-        small = cp.small_bandwidth_up_hz if direction == "up" else cp.small_bandwidth_down_hz
-        if d.get("kind") == "bs_small" and small is not None:
-            return float(small)
-        return float(cp.bandwidth_up_hz if direction == "up" else cp.bandwidth_down_hz)
 
     # -- population (eager: every client's channel and position kept up to date) --
     def _bbox(self) -> tuple[float, float, float, float]:
@@ -222,8 +192,7 @@ class Network(RadioMixin):
         self.loss_db = np.zeros((n, m))
         self.rsrp_dbm = np.zeros((n, m))
         self._update_loss(np.arange(n))
-        self.serving = (np.argmax(self.rsrp_dbm + self.attach_offset_db, axis=1) if n
-                        else np.zeros(0, dtype=np.int64))
+        self.serving = radio.serving_cell(self.rsrp_dbm, self.cells)
         self.fading = np.ones(n)
         if self.cp.fading != "none":
             self.fading = self._draw_fading(n)
@@ -531,11 +500,19 @@ class Network(RadioMixin):
 
     # -- records -------------------------------------------------------------
     def _record_nodes(self) -> None:
+        """The ``nodes`` table, with the radio values the run used: every cell's transmit power
+        and bandwidths and every client's transmit power (NaN elsewhere), so an analysis
+        (the coverage map) rebuilds the same cells with :func:`fedsim.net.radio.cells_of`."""
         rec = self.sim.rec
         for nd in sorted(self.graph.nodes):
             d = self.graph.nodes[nd]
+            j, i = self._bs_index.get(nd), self._ci.get(nd)
+            power = (self.bs_power_dbm[j] if j is not None else self.ue_power_dbm[i] if i is not None
+                     else math.nan)
             rec.row("nodes", node=nd, kind=d["kind"], device_class=d.get("device_class"),
-                    x=float(d["x"]), y=float(d["y"]), z=float(d["z"]))
+                    x=float(d["x"]), y=float(d["y"]), z=float(d["z"]), tx_power_dbm=float(power),
+                    bandwidth_up_hz=float(self.bw_up_hz[j]) if j is not None else math.nan,
+                    bandwidth_down_hz=float(self.bw_down_hz[j]) if j is not None else math.nan)
 
     def finish(self) -> None:
         """Write the ``edges`` table: every link with the bytes it carried.

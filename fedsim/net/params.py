@@ -1,18 +1,22 @@
 """Parameter dataclasses of the network layer (units in the field names).
 
-The scenario schema mirrors these field by field; defaults are a 3.5 GHz
-urban micro-cell deployment (3GPP TR 38.901 UMi street canyon).
+:class:`ChannelParams` mirrors the scenario schema's ``channel`` section field by field and
+takes every default from it (:func:`fedsim.config.schema.defaults_of`, one home per default):
+a 3.5 GHz urban micro-cell deployment (3GPP TR 38.901 UMi street canyon).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedsim.config.schema import ChannelConfig, DevicesConfig, OutputConfig, defaults_of
 from fedsim.net.channel import CHANNEL_MODELS
 
 __all__ = ["ChannelParams", "NetworkParams"]
 
 _FADING = ("rayleigh", "rician", "none")
+#: the schema's ``channel`` defaults, the only copy
+_D = defaults_of(ChannelConfig)
 
 
 @dataclass(frozen=True)
@@ -84,34 +88,34 @@ class ChannelParams:
             cell, as in downlink / uplink decoupling).
     """
 
-    model: str = "umi"
-    fc_ghz: float = 3.5
-    bandwidth_up_hz: float = 20e6
-    bandwidth_down_hz: float = 20e6
-    bs_tx_power_macro_dbm: float = 46.0
-    bs_tx_power_small_dbm: float = 30.0
-    bs_height_macro_m: float = 25.0
-    bs_height_small_m: float = 10.0
-    noise_figure_db: float = 7.0
-    shadowing_std_db: float | None = None
-    shadowing_decorrelation_m: float = 50.0
-    log_distance_exponent: float = 3.0
-    fading: str = "rayleigh"
-    rician_k_db: float = 9.0
-    coherence_s: float = 1.0
-    outage_sinr_db: float = -5.0
-    max_spectral_efficiency_bps_hz: float = 7.4
-    interference_margin_db: float = 0.0
-    interference_load_factor: float = 0.0
-    handover_hysteresis_db: float = 3.0
-    handover_time_to_trigger_s: float = 2.0
-    access_latency_s: float = 1e-3
-    max_ue_height_m: float = 22.5
-    nearest_bs: int = 0
-    population: str = "eager"
-    small_bandwidth_up_hz: float | None = None
-    small_bandwidth_down_hz: float | None = None
-    attachment: str = "downlink"
+    model: str = _D["model"]
+    fc_ghz: float = _D["fc_ghz"]
+    bandwidth_up_hz: float = _D["bandwidth_up_hz"]
+    bandwidth_down_hz: float = _D["bandwidth_down_hz"]
+    bs_tx_power_macro_dbm: float = _D["bs_tx_power_macro_dbm"]
+    bs_tx_power_small_dbm: float = _D["bs_tx_power_small_dbm"]
+    bs_height_macro_m: float = _D["bs_height_macro_m"]
+    bs_height_small_m: float = _D["bs_height_small_m"]
+    noise_figure_db: float = _D["noise_figure_db"]
+    shadowing_std_db: float | None = _D["shadowing_std_db"]
+    shadowing_decorrelation_m: float = _D["shadowing_decorrelation_m"]
+    log_distance_exponent: float = _D["log_distance_exponent"]
+    fading: str = _D["fading"]
+    rician_k_db: float = _D["rician_k_db"]
+    coherence_s: float = _D["coherence_s"]
+    outage_sinr_db: float = _D["outage_sinr_db"]
+    max_spectral_efficiency_bps_hz: float = _D["max_spectral_efficiency_bps_hz"]
+    interference_margin_db: float = _D["interference_margin_db"]
+    interference_load_factor: float = _D["interference_load_factor"]
+    handover_hysteresis_db: float = _D["handover_hysteresis_db"]
+    handover_time_to_trigger_s: float = _D["handover_time_to_trigger_s"]
+    access_latency_s: float = _D["access_latency_s"]
+    max_ue_height_m: float = _D["max_ue_height_m"]
+    nearest_bs: int = _D["nearest_bs"]
+    population: str = _D["population"]
+    small_bandwidth_up_hz: float | None = _D["small_bandwidth_up_hz"]
+    small_bandwidth_down_hz: float | None = _D["small_bandwidth_down_hz"]
+    attachment: str = _D["attachment"]
 
     def __post_init__(self) -> None:
         if self.model not in CHANNEL_MODELS:
@@ -143,19 +147,19 @@ class NetworkParams:
     Attributes:
         channel: the wireless channel of every cell.
         mobility_interval_s: how often moving clients' positions are
-            advanced and their channels / serving BS re-evaluated (s).
+            advanced and their channels / serving BS re-evaluated (s); default
+            the schema's ``devices.mobility_interval_s``.
         link_sample_interval_s: how often link utilisation rows are written
-            to the ``links`` table (s); ``0`` disables sampling.
+            to the ``links`` table (s); ``0`` disables sampling; default the
+            schema's ``output.link_sample_s``.
         ue_tx_power_dbm: default client transmit power when the device
             class does not give one (dBm).
-        ue_height_m: default client antenna height when a node has no ``z``.
     """
 
     channel: ChannelParams = ChannelParams()
-    mobility_interval_s: float = 1.0
-    link_sample_interval_s: float = 10.0
+    mobility_interval_s: float = defaults_of(DevicesConfig)["mobility_interval_s"]
+    link_sample_interval_s: float = defaults_of(OutputConfig)["link_sample_s"]
     ue_tx_power_dbm: float = 23.0
-    ue_height_m: float = 1.5
 
     def __post_init__(self) -> None:
         if not self.mobility_interval_s > 0:

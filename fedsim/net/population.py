@@ -54,7 +54,7 @@ import numpy as np
 from fedsim.engine.clock import block_index, delay_to
 from fedsim.net import channel as ch
 from fedsim.net.network import Network
-from fedsim.net.radio import NEAR_CELL_M
+from fedsim.net.radio import NearestGrid
 from fedsim.net.trajectory import Trajectories
 
 __all__ = ["LazyNetwork", "DEFAULT_CANDIDATES", "next_block"]
@@ -99,7 +99,7 @@ class LazyNetwork(Network):
         k = int(cp.nearest_bs)
         self._near_k = k if 0 < k < m else min(DEFAULT_CANDIDATES, m)
         self._kk = min(self._near_k + 1, m)
-        self._grid = self._nearest_grid(bbox, self._kk)
+        self._grid = NearestGrid(self.bs_pos, bbox, self._kk, self.pos)
         kk = self._kk
         self._cand = np.full((n, kk), -1, dtype=np.int64)
         self._cz = np.zeros((n, kk))
@@ -120,40 +120,10 @@ class LazyNetwork(Network):
         self._std = self._shadowing_std_db()
         self._upkeep = False
 
-    def _nearest_grid(self, bbox: tuple[float, float, float, float], kk: int) -> tuple[Any, ...]:
-        """The ``kk`` nearest BSs of every cell of a grid over the area."""
-        x0, y0, x1, y1 = bbox
-        if self.pos.size:
-            x0 = min(x0, float(self.pos[:, 0].min()))
-            y0 = min(y0, float(self.pos[:, 1].min()))
-            x1 = max(x1, float(self.pos[:, 0].max()))
-            y1 = max(y1, float(self.pos[:, 1].max()))
-        g = max(NEAR_CELL_M, (x1 - x0) / 1024.0, (y1 - y0) / 1024.0)
-        nx_ = max(1, math.ceil((x1 - x0) / g))
-        ny_ = max(1, math.ceil((y1 - y0) / g))
-        cx = x0 + (np.arange(nx_) + 0.5) * g
-        cy = y0 + (np.arange(ny_) + 0.5) * g
-        gx, gy = np.meshgrid(cx, cy, indexing="ij")
-        order = np.empty((nx_ * ny_, kk), dtype=np.int64)
-        flat_x, flat_y = gx.reshape(-1), gy.reshape(-1)
-        for a in range(0, flat_x.size, 4096):  # bounded memory at city scale
-            d = np.hypot(flat_x[a:a + 4096, None] - self.bs_pos[None, :, 0],
-                         flat_y[a:a + 4096, None] - self.bs_pos[None, :, 1])
-            order[a:a + 4096] = np.argsort(d, axis=1, kind="stable")[:, :kk]
-        return (x0, y0, g, nx_, ny_, order)
-
     # -- evaluation --------------------------------------------------------------
     def _candidates(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """(rows, kk) candidate BS indices, sorted, the serving BS always among them."""
-        x0, y0, g, nx_, ny_, order = self._grid
-        ix = np.clip(((pos[:, 0] - x0) / g).astype(np.int64), 0, nx_ - 1)
-        iy = np.clip(((pos[:, 1] - y0) / g).astype(np.int64), 0, ny_ - 1)
-        cols = order[ix * ny_ + iy].copy()
-        k = self._near_k
-        s = self.serving[rows]
-        if cols.shape[1] > k:
-            has = (cols[:, :k] == s[:, None]).any(axis=1) | (s < 0)
-            cols[~has, k] = s[~has]
+        cols = self._grid.lookup(pos, self._near_k, self.serving[rows])
         return np.sort(cols, axis=1)
 
     def _pair_loss(self, rows: np.ndarray, pos: np.ndarray, cols: np.ndarray) -> np.ndarray:
