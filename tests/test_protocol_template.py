@@ -254,12 +254,13 @@ def test_schema_names_every_registered_protocol() -> None:
 
 
 def test_aggregation_modes_are_one_registry_held_equal_to_the_schema() -> None:
-    """Each aggregation mode is one Loop class listed once in AGGREGATION_MODES; the config
-    layer cannot import protocols, so its ``Literal`` is held equal to the registry here."""
+    """Each aggregation mode is one Loop class listed once in the config layer's registry
+    (AGGREGATION_MODES), which the schema's ``Literal`` is built from and loop_class resolves."""
     import typing
 
+    from fedsim.config.registry import AGGREGATION_MODES
     from fedsim.config.schema import FedMoEConfig
-    from fedsim.protocols.base import AGGREGATION_MODES, Loop, loop_class
+    from fedsim.protocols.base import Loop, loop_class
 
     assert typing.get_args(FedMoEConfig.model_fields["aggregation"].annotation) == tuple(AGGREGATION_MODES)
     for mode in AGGREGATION_MODES:

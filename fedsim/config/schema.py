@@ -16,6 +16,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedsim.config.registry import AGGREGATION_MODES
+
+#: ``protocol.fedmoe.aggregation``: the names registered in :data:`fedsim.config.registry.AGGREGATION_MODES`.
+AggregationMode = Literal[tuple(AGGREGATION_MODES)]  # type: ignore[valid-type]
+
 __all__ = [
     "Scenario",
     "RunConfig",
@@ -283,7 +288,7 @@ class FedMoEConfig(_Strict):
     train_shared: bool = Field(True, description="Clients also train the backbone and gate.")
     server_compute_s: float = Field(0.0, ge=0, le=1e6, description="Server aggregation time per round, s.")
     round_interval_s: float = Field(0.0, ge=0, le=86400, description="Idle time between the end of a round and the next selection, s (devices keep moving and going on/offline meanwhile).")
-    aggregation: Literal["sync", "async", "semi_async"] = Field(
+    aggregation: AggregationMode = Field(
         "sync", description="sync: rounds cut at the deadline; async: FedBuff; semi_async: rounds close every deadline_s, late updates folded in later (see fedbuff).",
     )
     expert_widths: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(

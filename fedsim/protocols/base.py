@@ -25,7 +25,7 @@ ends in any status but ``completed`` gets one ``client_lost`` event (the
 device already logged its ``oom`` / ``dropout``).
 
 The server loop is an *aggregation mode*: one :class:`Loop` subclass, listed
-once by name in :data:`AGGREGATION_MODES` (the one place modes are listed);
+once by name in :data:`fedsim.config.registry.AGGREGATION_MODES` (the one place modes are listed);
 :meth:`Protocol.serve` runs the loop named by :meth:`Protocol.aggregation_mode`.
 ``sync`` is :class:`SyncLoop` (the round above). The buffered loops
 (``async`` / ``semi_async``, :mod:`fedsim.protocols.fedbuff`) use the same
@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from fedsim.config.registry import AGGREGATION_MODES
 from fedsim.devices.causes import Deadline
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Protocol", "ClientOutcome", "RoundState", "StaleUpdate", "Loop", "SyncLoop", "STATUSES", "IDLE_RETRY_S",
-    "AGGREGATION_MODES", "loop_class", "crn_select",
+    "loop_class", "crn_select",
 ]
 
 #: Client-round statuses, in the order the ``rounds`` table counts them.
@@ -72,21 +73,13 @@ STATUSES = ("completed", "straggler", "dropout", "oom", "skipped")
 #: async loop polls as often): the clock always advances.
 IDLE_RETRY_S = 10.0
 
-#: Aggregation mode name -> ``"module:Class"`` of its :class:`Loop`: the one place a mode is
-#: registered (imported only when looked up). ``protocol.fedmoe.aggregation``'s ``Literal``
-#: is held equal to these keys by ``tests/test_fedbuff.py``.
-AGGREGATION_MODES: dict[str, str] = {
-    "sync": "fedsim.protocols.base:SyncLoop",
-    "async": "fedsim.protocols.fedbuff:AsyncLoop",
-    "semi_async": "fedsim.protocols.fedbuff:SemiAsyncLoop",
-}
 
 
 def loop_class(mode: str) -> type[Loop]:
     """The :class:`Loop` class of aggregation mode ``mode``.
 
     Raises:
-        ValueError: ``mode`` is not in :data:`AGGREGATION_MODES`.
+        ValueError: ``mode`` is not in :data:`fedsim.config.registry.AGGREGATION_MODES`.
     """
     if mode not in AGGREGATION_MODES:
         raise ValueError(f"unknown aggregation mode {mode!r} (valid: {', '.join(AGGREGATION_MODES)})")
@@ -215,7 +208,7 @@ class Protocol:
 
     # ------------------------------------------------------------ hooks
     def aggregation_mode(self) -> str:
-        """Name of the server loop in :data:`AGGREGATION_MODES` this protocol runs. Default ``sync``."""
+        """Name of the server loop in :data:`fedsim.config.registry.AGGREGATION_MODES` this protocol runs. Default ``sync``."""
         return "sync"
 
     def select(self, r: int, slots: int | None = None, busy: Collection[str] = ()) -> list[str]:
@@ -500,7 +493,7 @@ class Protocol:
 class Loop:
     """An aggregation mode: the server process of a :class:`Protocol`, driven through the
     protocol's hooks only (module docstring). Subclasses implement :meth:`serve` and are
-    listed in :data:`AGGREGATION_MODES`."""
+    listed in :data:`fedsim.config.registry.AGGREGATION_MODES`."""
 
     def __init__(self, p: Protocol) -> None:
         self.p = p

@@ -1,7 +1,7 @@
 """``protocol.fedmoe.aggregation: async | semi_async``: buffered asynchronous
 aggregation (FedBuff, Nguyen et al., AISTATS 2022), per expert: two
 aggregation modes (:class:`AsyncLoop`, :class:`SemiAsyncLoop`, registered in
-:data:`fedsim.protocols.base.AGGREGATION_MODES`) that drive a protocol through
+:data:`fedsim.config.registry.AGGREGATION_MODES`) that drive a protocol through
 the hooks of :class:`~fedsim.protocols.base.Protocol` only (``select`` with the
 free slots, ``assign`` with the tasks in flight, ``client_process``,
 ``fold_stale`` / ``publish``, ``evaluate``, ``record_round_extra``,
@@ -68,7 +68,7 @@ alignment, estimator and rng streams as in sync.
 
 A new buffered mode is one subclass of :class:`BufferedLoop` (its
 :meth:`~BufferedLoop.rounds`, and whether freed slots are refilled during
-the server's compute) plus its line in ``AGGREGATION_MODES``.
+the server's compute) plus its line in ``fedsim.config.registry.AGGREGATION_MODES``.
 """
 
 from __future__ import annotations
