@@ -29,7 +29,7 @@ __all__ = [
     "Runner",
     "RunOutcome",
     "execute_run",
-    "EXECUTORS",
+    "LOCAL_BACKENDS",
     "one_line",
 ]
 
@@ -188,6 +188,6 @@ def _iter_process(tasks: list[RunTask], runner: Runner | None, opts: ExecOptions
     ex.shutdown(wait=True)
 
 
-# the local executors; ``ray`` lives in :mod:`fedsim.sweep.ray_pool` (which imports this module)
+# the local sweep backends (not the training executors of fedsim.learning.executor_registry); ``ray`` lives in :mod:`fedsim.sweep.ray_pool` (which imports this module)
 # and is added by :func:`fedsim.sweep.runner.executor`, so no import cycle
-EXECUTORS = {"inprocess": _iter_inprocess, "process": _iter_process}
+LOCAL_BACKENDS = {"inprocess": _iter_inprocess, "process": _iter_process}

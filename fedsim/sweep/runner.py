@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsim.config import ScenarioError
-from fedsim.sweep.backends import BACKENDS, EXECUTORS, ExecOptions, Runner
+from fedsim.sweep.backends import BACKENDS, LOCAL_BACKENDS, ExecOptions, Runner
 from fedsim.sweep.index import (
     INDEX_FILE,
     META_FILE,
@@ -52,7 +52,7 @@ def executor(backend: str) -> Any:
         from fedsim.sweep.ray_pool import iter_ray
 
         return iter_ray
-    return EXECUTORS[backend]
+    return LOCAL_BACKENDS[backend]
 
 
 def run_sweep(
