@@ -242,3 +242,20 @@ def test_lazy_nominal_rate_is_the_networks_own_with_the_access_cap() -> None:
     assert net.nominal_rate_bps(c, "down") > 1e6 and net.nominal_rate_bps(c, "up") > 1e5
     net.set_rate_cap(c, 1e5)
     assert net.nominal_rate_bps(c, "down") == 1e5 and net.nominal_rate_bps(c, "up") == 1e5
+
+
+def test_one_fading_loop_across_idle_gaps() -> None:
+    """A client idle for less than a coherence block, after the mobility loop stopped, gets
+    no second fading loop (two ran side by side, each refreshing every flow every block)."""
+    sim, net = _build(LazyNetwork, 1, {"phone": 3}, coherence_s=5.0)
+    c = max(net.client_ids, key=lambda x: net.nominal_rate_bps(x, "down"))
+    net.set_rate_cap(c, 1e6)
+
+    def client() -> object:
+        while sim.env.now < 60.0:
+            yield net.transfer("cloud", c, 3e6 / 8)  # 3 s at the cap
+            yield sim.env.timeout(1.5)  # the mobility loop (1 s) stops; the fading one sleeps
+
+    sim.env.process(client())
+    sim.env.run(until=60.0)
+    assert 0 < net.fading_blocks <= 60.0 / 5.0

@@ -119,6 +119,7 @@ class LazyNetwork(Network):
         self._channel = ch.channel_model(cp.model)  # the one look-up of the path-loss model
         self._std = self._shadowing_std_db()
         self._upkeep = False
+        self._fading_on = False
         self._pend: dict[int, None] = {}  # client rows whose transfer started at _pend_t
         self._pend_t = -math.inf
         self._pre: dict[int, tuple[dict[str, Any], int, tuple[Any, ...]]] = {}  # their measurements
@@ -395,8 +396,11 @@ class LazyNetwork(Network):
         if not self._upkeep:
             self._upkeep = True
             self.env.process(self._mobility_upkeep())
-            if self.cp.fading != "none":
-                self.env.process(self._fading_upkeep())
+        if not self._fading_on and self.cp.fading != "none":
+            # one fading loop at a time: the last one may still wait for its next block
+            # when the mobility loop restarts (two loops did the same refresh twice)
+            self._fading_on = True
+            self.env.process(self._fading_upkeep())
 
     def _mobility_upkeep(self) -> Any:
         dt = self.params.mobility_interval_s
@@ -419,6 +423,7 @@ class LazyNetwork(Network):
                 self.fading_blocks += 1
                 self._se_now(rows, b)
                 self._refresh(rows.tolist())
+        self._fading_on = False
 
     # -- public queries (evaluate first) -----------------------------------------
     def _route(self, src: str, dst: str) -> tuple[list[Any], list[float], tuple[str, ...], float]:
