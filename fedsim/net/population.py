@@ -30,7 +30,9 @@ periodic process for clients that are not transferring:
   connected one (a flow active now or within the RRC inactivity time,
   10 s) hands over with the eager model's hysteresis and time-to-trigger.
   Handovers are therefore counted for connected clients only (idle
-  reselections are not handovers).
+  reselections are not handovers). The clients of the transfers started at
+  one instant (a round's downloads) are measured in one vectorised pass and
+  each applies its measurement at its own turn (same numbers as one at a time).
 
 The devices of a lazy population are columns too
 (:class:`fedsim.devices.population.DevicePopulation`: availability, background
