@@ -12,7 +12,9 @@ scenarios smart-city-small and downtown-grid also run with
 case and table, ``bytes`` (the Parquet files are byte-identical) or ``frame``
 (the frames are equal though the files differ: Parquet metadata), ``absent``
 (neither run wrote the table: nmoe has no ``clients``) or ``DIFF``;
-it exits 1 on any ``DIFF``. metro-100k is left out: building its 100 000-client
+it exits 1 on any ``DIFF``. ``--set KEY=VALUE`` adds an override to every case
+(``--set channel.population=lazy`` checks the lazy population on the small
+scenarios). metro-100k is left out: building its 100 000-client
 population alone takes minutes on two cores. nmoe-cifar10 needs the CIFAR-10
 subset; pass ``--data DIR`` (default ``../shared/data`` beside the repository).
 """
@@ -81,13 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dir", type=Path)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--only", nargs="*", default=None, help="case names to run (default: all)")
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra override for every case, e.g. channel.population=lazy (repeatable)")
     args = ap.parse_args(argv)
     todo = [c for c in cases(args.data) if args.only is None or c[0] in args.only]
     bad = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name, path, overrides in todo:
             out = (args.dir if args.action == "record" else Path(tmp)) / name
-            run_case(path, overrides, out)
+            run_case(path, [*overrides, *args.extra], out)
             if args.action == "record":
                 print(f"{name}: recorded", flush=True)
                 continue

@@ -317,7 +317,7 @@ class Network(ChannelStateMixin):
         i = self._index(client)
         up = self._dir(direction) == "up"
         s = self.serving[i]
-        loss = self.loss_db[i, s]
+        loss = self._mean_loss_db(i, s)
         if up:
             sinr_db = self.ue_power_dbm[i] - loss - self.noise_up_dbm[s] - self.cp.interference_margin_db
             bw = self.bw_up_hz[s]
@@ -334,6 +334,10 @@ class Network(ChannelStateMixin):
         for u, v in zip(wp, wp[1:]):
             rate = min(rate, self._wlink[(u, v)].capacity)
         return rate
+
+    def _mean_loss_db(self, i: int, s: int) -> float:
+        """Path loss + shadowing (dB, no fast fading) between client row ``i`` and BS ``s``."""
+        return float(self.loss_db[i, s])
 
     def path_latency_s(self, src: str, dst: str) -> float:
         """One-way latency of the current path src -> dst (s), without queueing."""

@@ -30,7 +30,9 @@ periodic process for clients that are not transferring:
   connected one (a flow active now or within the RRC inactivity time,
   10 s) hands over with the eager model's hysteresis and time-to-trigger.
   Handovers are therefore counted for connected clients only (idle
-  reselections are not handovers).
+  reselections are not handovers). The clients of the transfers started at
+  one instant (a round's downloads) are measured in one vectorised pass and
+  each applies its measurement at its own turn (same numbers as one at a time).
 
 The devices of a lazy population are columns too
 (:class:`fedsim.devices.population.DevicePopulation`: availability, background
@@ -119,6 +121,10 @@ class LazyNetwork(Network):
         self._channel = ch.channel_model(cp.model)  # the one look-up of the path-loss model
         self._std = self._shadowing_std_db()
         self._upkeep = False
+        self._fading_on = False
+        self._pend: dict[int, None] = {}  # client rows whose transfer started at _pend_t
+        self._pend_t = -math.inf
+        self._pre: dict[int, tuple[dict[str, Any], int, tuple[Any, ...]]] = {}  # their measurements
 
     # -- evaluation --------------------------------------------------------------
     def _candidates(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -145,44 +151,61 @@ class LazyNetwork(Network):
         pl = model.path_loss(geom, True, cp.fc_ghz, cp)
         return np.stack([pl, np.full_like(pl, std_los)])
 
-    def _merge(self, rows: np.ndarray, cand: np.ndarray) -> None:
-        """Carry the shadowing state of BSs that stay candidates; new ones start fresh."""
+    def _merged(self, rows: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shadowing state (z, odometer) of ``rows`` over the candidates ``cand``: that of BSs
+        that stay candidates carried over, new ones fresh (0, NaN). Reads, writes nothing."""
         old = self._cand[rows]
+        cz, codo = self._cz[rows], self._codo[rows]
         for r in np.nonzero((cand != old).any(axis=1))[0].tolist():
-            i = int(rows[r])
-            keep = {int(j): (self._cz[i, c], self._codo[i, c]) for c, j in enumerate(old[r]) if j >= 0}
-            for c, j in enumerate(cand[r].tolist()):
-                self._cz[i, c], self._codo[i, c] = keep.get(j, (0.0, np.nan))
-            self._cand[i] = cand[r]
+            keep = {int(j): (cz[r, c], codo[r, c]) for c, j in enumerate(old[r]) if j >= 0}
+            nz, no = zip(*(keep.get(j, (0.0, np.nan)) for j in cand[r].tolist()))
+            cz[r], codo[r] = nz, no
+        return cz, codo
 
-    def _evaluate(self, rows: np.ndarray) -> np.ndarray:
-        """Position, shadowing, path loss and serving cell of ``rows`` now; returns the rows
-        (connected ones) that handed over."""
+    def _measure(self, rows: np.ndarray, with_se: bool = False) -> dict[str, Any]:
+        """The channel of ``rows`` now (position, candidates, shadowing, path loss, received
+        powers, best cell), computed without changing any state (:meth:`_commit` applies it).
+
+        A row's values depend only on its own state, so measuring rows together or one at a
+        time gives the same numbers. ``with_se``: also the spectral efficiencies each row
+        would have when served by its best cell (what an idle row gets)."""
         now = self.env.now
-        self.evaluations += rows.size
         pos, odo = self.traj.positions(rows, now)
-        self.pos[rows] = pos
         cand = self._candidates(rows, pos)
-        self._merge(rows, cand)
-        self._gen[rows] += 1
-        gen = self._gen[rows][:, None]
-        innov = self._cr_shadow.normal(rows[:, None], cand, gen)
-        z = self._cz[rows]
-        d = odo[:, None] - self._codo[rows]
+        z, codo = self._merged(rows, cand)
+        gen = self._gen[rows] + 1
+        innov = self._cr_shadow.normal(rows[:, None], cand, gen[:, None])
+        d = odo[:, None] - codo
         fresh = np.isnan(d)
         rho = np.exp(-np.where(fresh, 0.0, np.maximum(d, 0.0)) / self.cp.shadowing_decorrelation_m)
         z = np.where(fresh, innov, np.where(d > 0.0, rho * z + np.sqrt(1.0 - rho * rho) * innov, z))
-        self._cz[rows] = z
-        self._codo[rows] = odo[:, None]
         pl, std = self._pair_loss(rows, pos, cand)
         loss = pl + std * z
         rsrp = self.bs_power_dbm[cand] - loss
-        self._closs[rows] = loss
-        self._crsrp[rows] = rsrp
         rs = rsrp + self.attach_offset_db[cand]  # the cell-selection metric
-        k = np.arange(rows.size)
         bc = np.argmax(rs, axis=1)
-        best = cand[k, bc]
+        m = {"t": now, "pos": pos, "odo": odo, "cand": cand, "z": z, "gen": gen, "loss": loss,
+             "rsrp": rsrp, "rs": rs, "bc": bc, "best": cand[np.arange(rows.size), bc]}
+        if with_se:
+            m["block"] = self._block()
+            m["se"] = self._se_of(rows, cand, m["best"], loss, rsrp, m["block"])
+        return m
+
+    def _commit(self, rows: np.ndarray, m: dict[str, Any]) -> np.ndarray:
+        """Apply a measurement of ``rows`` taken now (:meth:`_measure`): channel state, serving
+        cell (idle: the best; connected: hysteresis + time-to-trigger) and spectral
+        efficiencies. Returns the (connected) rows that handed over."""
+        now = self.env.now
+        self.evaluations += rows.size
+        self.pos[rows] = m["pos"]
+        self._cand[rows] = m["cand"]
+        self._gen[rows] = m["gen"]
+        self._cz[rows] = m["z"]
+        self._codo[rows] = m["odo"][:, None]
+        self._closs[rows] = m["loss"]
+        self._crsrp[rows] = m["rsrp"]
+        cand, rs, bc, best = m["cand"], m["rs"], m["bc"], m["best"]
+        k = np.arange(rows.size)
         cur = self.serving[rows]
         act = np.array([int(i) in self._active for i in rows.tolist()], dtype=bool)
         self._t_conn[rows[act]] = now
@@ -192,7 +215,8 @@ class LazyNetwork(Network):
         self._ho_time[rows[idle]] = 0.0
         self._ho_cand[rows[idle]] = -1
         ho_rows = np.zeros(0, dtype=np.int64)
-        if connected.any():
+        anyc = bool(connected.any())
+        if anyc:
             cr = rows[connected]
             dt = np.maximum(now - self._t_eval[cr], 0.0)
             kc = k[connected]
@@ -202,8 +226,63 @@ class LazyNetwork(Network):
             ttt = np.maximum(self.cp.handover_time_to_trigger_s, dt)
             ho_rows = self._handover_step(cr, b, cond, dt, ttt)
         self._t_eval[rows] = now
-        self._se_now(rows)
+        if "se" in m and not anyc:  # every row idle: served by its best cell, as measured
+            self._block_se[rows] = m["block"]
+            self.se_up[rows], self.se_down[rows] = m["se"]
+        else:
+            self._se_now(rows)
         return ho_rows
+
+    def _evaluate(self, rows: np.ndarray) -> np.ndarray:
+        """Position, shadowing, path loss and serving cell of ``rows`` now; returns the rows
+        (connected ones) that handed over."""
+        return self._commit(rows, self._measure(rows))
+
+    def _prefetched(self, i: int) -> dict[str, Any] | None:
+        """The measurement of row ``i`` taken now together with the other rows whose
+        transfers were started at this instant (one vectorised :meth:`_measure` for the
+        whole cohort instead of one per row), or ``None`` (not pending, or its state
+        changed since: the caller measures it alone). Same numbers either way."""
+        now = self.env.now
+        if self._pend_t != now:
+            return None
+        if i not in self._pre and i in self._pend:
+            rows = np.fromiter(self._pend, dtype=np.int64, count=len(self._pend))
+            te = self._t_eval[rows]
+            due = (te != now) & ~((self.serving[rows] >= 0) & (now - te < self.params.mobility_interval_s))
+            rows = rows[due]
+            self._pend.clear()
+            if rows.size:
+                m = self._measure(rows, with_se=True)
+                for k, r in enumerate(rows.tolist()):
+                    self._pre[r] = (m, k, self._snapshot(r))
+        hit = self._pre.pop(i, None)
+        if hit is None or hit[2] != self._snapshot(i):
+            return None
+        m, k, _ = hit
+        one = {key: (v[k:k + 1] if isinstance(v, np.ndarray) else v) for key, v in m.items()}
+        if "se" in m:
+            one["se"] = (m["se"][0][k:k + 1], m["se"][1][k:k + 1])
+        return one
+
+    def _snapshot(self, i: int) -> tuple[Any, ...]:
+        """The state of row ``i`` that a measurement and its commit read (besides time)."""
+        return (float(self._t_eval[i]), int(self.serving[i]), float(self._t_conn[i]), i in self._active)
+
+    def transfer(self, src: str, dst: str, nbytes: float, *, round: int = -1, tag: str = "") -> Any:
+        """:meth:`Network.transfer`; the client ends are noted, so that the channels of all
+        the transfers started at one instant are measured in one vectorised pass."""
+        proc = super().transfer(src, dst, nbytes, round=round, tag=tag)
+        now = self.env.now
+        if self._pend_t != now:
+            self._pend_t = now
+            self._pend.clear()
+            self._pre.clear()
+        for nd in (src, dst):
+            i = self._ci.get(nd)
+            if i is not None and i not in self._pre:
+                self._pend[i] = None
+        return proc
 
     def _block(self) -> int:
         """Coherence block of now: the largest ``b`` with ``b * coherence_s <= now``."""
@@ -229,24 +308,29 @@ class LazyNetwork(Network):
             return
         block = self._block() if block is None else block
         self._block_se[rows] = block
+        self.se_up[rows], self.se_down[rows] = self._se_of(
+            rows, self._cand[rows], self.serving[rows], self._closs[rows], self._crsrp[rows], block)
+
+    def _se_of(self, rows: np.ndarray, cand: np.ndarray, s: np.ndarray, closs: np.ndarray,
+               crsrp: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(up, down) spectral efficiencies (bit/s/Hz) of ``rows`` served by BSs ``s``, with
+        candidate losses ``closs`` and received powers ``crsrp`` (dB, dBm; (rows, kk)) over
+        candidates ``cand`` and the fading of ``block``."""
         k = np.arange(rows.size)
-        cand = self._cand[rows]
-        sc = np.argmax(cand == self.serving[rows][:, None], axis=1)
-        loss = self._closs[rows][k, sc]
+        sc = np.argmax(cand == s[:, None], axis=1)
+        loss = closs[k, sc]
         fad_db = ch.linear_to_db(np.maximum(self.fading_power(rows, block), 1e-30))
         margin = self.cp.interference_margin_db
-        s = self.serving[rows]
         up_db = self.ue_power_dbm[rows] - loss + fad_db - self.noise_up_dbm[s] - margin
         rx_down = self.bs_power_dbm[s] - loss + fad_db
         if self.cp.interference_load_factor > 0 and len(self.bs_ids) > 1:
-            mw = ch.db_to_linear(self._crsrp[rows])
+            mw = ch.db_to_linear(crsrp)
             interf = self.cp.interference_load_factor * (mw.sum(axis=1) - mw[k, sc])
             down_db = ch.linear_to_db(ch.db_to_linear(rx_down) / (
                 ch.db_to_linear(self.noise_down_dbm[s] + margin) + interf))
         else:
             down_db = rx_down - self.noise_down_dbm[s] - margin
-        self.se_up[rows] = self._se(up_db)
-        self.se_down[rows] = self._se(down_db)
+        return self._se(up_db), self._se(down_db)
 
     def _ensure(self, i: int) -> None:
         """Bring client row ``i`` up to date now.
@@ -262,8 +346,10 @@ class LazyNetwork(Network):
             if self._block_se[i] != self._block():
                 self._se_now(np.array([i], dtype=np.int64))
             return
-        ho = self._evaluate(np.array([i], dtype=np.int64))
-        self._after_handover(ho, np.array([i], dtype=np.int64))
+        row = np.array([i], dtype=np.int64)
+        m = self._prefetched(i)
+        ho = self._evaluate(row) if m is None else self._commit(row, m)
+        self._after_handover(ho, row)
 
     def _after_handover(self, ho_rows: np.ndarray, rows: np.ndarray) -> None:
         """Reroute the flows of clients that handed over; push new rates of ``rows``."""
@@ -282,8 +368,11 @@ class LazyNetwork(Network):
         if not self._upkeep:
             self._upkeep = True
             self.env.process(self._mobility_upkeep())
-            if self.cp.fading != "none":
-                self.env.process(self._fading_upkeep())
+        if not self._fading_on and self.cp.fading != "none":
+            # one fading loop at a time: the last one may still wait for its next block
+            # when the mobility loop restarts (two loops did the same refresh twice)
+            self._fading_on = True
+            self.env.process(self._fading_upkeep())
 
     def _mobility_upkeep(self) -> Any:
         dt = self.params.mobility_interval_s
@@ -306,6 +395,7 @@ class LazyNetwork(Network):
                 self.fading_blocks += 1
                 self._se_now(rows, b)
                 self._refresh(rows.tolist())
+        self._fading_on = False
 
     # -- public queries (evaluate first) -----------------------------------------
     def _route(self, src: str, dst: str) -> tuple[list[Any], list[float], tuple[str, ...], float]:
@@ -330,24 +420,11 @@ class LazyNetwork(Network):
         return super().spectral_efficiency(client, direction)
 
     def nominal_rate_bps(self, client: str, direction: str) -> float:
-        i = self._index(client)
-        self._ensure(i)
-        up = self._dir(direction) == "up"
-        s = int(self.serving[i])
-        loss = float(self._closs[i, int(np.argmax(self._cand[i] == s))])
-        if up:
-            sinr_db = self.ue_power_dbm[i] - loss - self.noise_up_dbm[s] - self.cp.interference_margin_db
-            bw = self.bw_up_hz[s]
-        else:
-            sinr_db = (self.bs_power_dbm[s] - loss - self.noise_down_dbm[s]
-                       - self.cp.interference_margin_db)
-            bw = self.bw_down_hz[s]
-        rate = bw * float(self._se(np.array([sinr_db]))[0])
-        bs = self.bs_ids[s]
-        wp = self._wired_path(bs, self.server) if up else self._wired_path(self.server, bs)
-        for u, v in zip(wp, wp[1:]):
-            rate = min(rate, self._wlink[(u, v)].capacity)
-        return rate
+        self._ensure(self._index(client))
+        return super().nominal_rate_bps(client, direction)
+
+    def _mean_loss_db(self, i: int, s: int) -> float:
+        return float(self._closs[i, int(np.argmax(self._cand[i] == s))])
 
     def move_client(self, client: str, x: float, y: float, z: float) -> None:
         """Teleport ``client`` now (it then stands still) and re-evaluate its channel."""
