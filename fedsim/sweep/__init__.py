@@ -48,7 +48,7 @@ is in :mod:`fedsim.cli`.
 """
 
 from fedsim.sweep.backends import BACKENDS, Runner, RunOutcome, execute_run
-from fedsim.sweep.index import INDEX_FILE, METRICS, headline_metrics
+from fedsim.sweep.index import INDEX_FILE, METRICS, run_dir_headline
 from fedsim.sweep.plan import RunTask, plan_runs
 from fedsim.sweep.runner import SweepResult, run_sweep
 from fedsim.sweep.spec import (
@@ -78,6 +78,6 @@ __all__ = [
     "is_sweep_file",
     "plan_runs",
     "execute_run",
-    "headline_metrics",
+    "run_dir_headline",
     "run_sweep",
 ]

@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsim.engine.headline import HEADLINE_METRICS
-from fedsim.engine.headline import headline_metrics as _headline
+from fedsim.engine.headline import HEADLINE_METRICS, headline_metrics
 from fedsim.sweep.spec import value_json
 
 if TYPE_CHECKING:
@@ -20,7 +19,7 @@ __all__ = [
     "METRICS",
     "INDEX_FILE",
     "META_FILE",
-    "headline_metrics",
+    "run_dir_headline",
     "read_manifest",
     "manifest_status",
     "build_index",
@@ -51,7 +50,7 @@ def manifest_status(run_dir: Path) -> str | None:
     return None if m is None else str(m.get("status"))
 
 
-def headline_metrics(run_dir: str | Path, target_accuracy: float | None = None) -> dict[str, float]:
+def run_dir_headline(run_dir: str | Path, target_accuracy: float | None = None) -> dict[str, float]:
     """Headline metrics of a run directory (:func:`fedsim.engine.headline.headline_metrics`
     on its ``rounds.parquet``). A run without a readable rounds table has NaN metrics,
     never an error."""
@@ -63,7 +62,7 @@ def headline_metrics(run_dir: str | Path, target_accuracy: float | None = None) 
     except Exception:  # noqa: BLE001 - a run without rounds has NaN metrics
         r = pd.DataFrame()
     m = read_manifest(run_dir) or {}
-    return _headline(r, target_accuracy, m.get("sim_end_s"))
+    return headline_metrics(r, target_accuracy, m.get("sim_end_s"))
 
 
 def _grid_column(values: list[Any]) -> list[Any]:

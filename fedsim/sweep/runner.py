@@ -17,8 +17,8 @@ from fedsim.sweep.index import (
     META_FILE,
     METRICS,
     build_index,
-    headline_metrics,
     read_manifest,
+    run_dir_headline,
 )
 from fedsim.sweep.plan import RunTask, check_or_trash, plan_runs
 from fedsim.sweep.spec import SweepSpec, value_json
@@ -178,7 +178,7 @@ class _Sweep:
                 self.rows[t.index] = {
                     "status": "completed",
                     "wall_s": float(m.get("wall_s") or math.nan),
-                    **headline_metrics(t.out_dir, self.targets[t.index]),
+                    **run_dir_headline(t.out_dir, self.targets[t.index]),
                 }
             else:
                 todo.append(t)
@@ -195,7 +195,7 @@ class _Sweep:
             for res in it:
                 t = self.tasks[res.index]
                 row: dict[str, Any] = {"status": res.status, "error": res.error, "wall_s": res.wall_s}
-                row.update(headline_metrics(t.out_dir, self.targets[t.index]))
+                row.update(run_dir_headline(t.out_dir, self.targets[t.index]))
                 self.rows[res.index] = row
                 failed += res.status != "completed"
                 if res.node:
