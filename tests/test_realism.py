@@ -114,7 +114,7 @@ def test_attachment_follows_uplink_and_cells_have_own_bandwidth(population: str)
     pl_s = float(ch.pathloss_free_space(d_small, fc))
     assert 46.0 - pl_m > 30.0 - pl_s and pl_s < pl_m
     g = _macro_and_small()
-    net = _net(population, g)
+    net = _net(population, g, attachment="downlink")
     assert net.serving_bs("c") == "macro"
     snr_m = 23.0 - pl_m - ch.noise_power_dbm(20e6, 7.0)
     assert net.nominal_rate_bps("c", "up") == pytest.approx(20e6 * math.log2(1 + 10 ** (snr_m / 10)))
@@ -125,7 +125,7 @@ def test_attachment_follows_uplink_and_cells_have_own_bandwidth(population: str)
     assert net.up[net.bs_ids.index("small")].capacity == 5e6
     assert net.down[net.bs_ids.index("small")].capacity == 20e6
     # a node's own bandwidth wins over the per-kind value
-    net = _net(population, _macro_and_small(bandwidth_up_hz=1e6), small_bandwidth_up_hz=5e6)
+    net = _net(population, _macro_and_small(bandwidth_up_hz=1e6), attachment="downlink", small_bandwidth_up_hz=5e6)
     assert net.up[net.bs_ids.index("small")].capacity == 1e6
 
 
