@@ -19,3 +19,16 @@ def missing_data_dir(scenario: Path) -> Path | None:
         return None
     p = Path(d) if Path(d).is_absolute() else (Path(scenario).parent / d)
     return None if p.resolve().is_dir() else p.resolve()
+
+
+#: Shipped scenarios too large for the fast suite: each per-scenario test still runs them
+#: under ``pytest -m slow`` (metro-1m: validating alone builds a million-device world, ~80 s).
+CITY_SCALE = frozenset({"metro-1m"})
+
+
+def scenario_param(path: Path, *marks: object) -> object:
+    """``pytest.param(path, id=stem)`` with ``marks``, plus ``slow`` for a :data:`CITY_SCALE` scenario."""
+    import pytest
+
+    ms = list(marks) + ([pytest.mark.slow] if Path(path).stem in CITY_SCALE else [])
+    return pytest.param(path, id=Path(path).stem, marks=ms)

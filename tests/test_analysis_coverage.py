@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 try:
-    from tests.shared_data import missing_data_dir
+    from tests.shared_data import missing_data_dir, scenario_param
     from tests.test_analysis_plots import assert_readable_png
 except ImportError:  # tests/ is not a package
     sys.path.insert(0, str(Path(__file__).parent))
-    from shared_data import missing_data_dir
+    from shared_data import missing_data_dir, scenario_param
     from test_analysis_plots import assert_readable_png
 
 from analysis.coverage import coverage_at, radio_of
@@ -147,7 +147,7 @@ def _fedmoe_scenarios() -> list[Path]:
             if ((yaml.safe_load(p.read_text()) or {}).get("protocol") or {}).get("name", "fedmoe") == "fedmoe"]
 
 
-@pytest.mark.parametrize("path", _fedmoe_scenarios(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [scenario_param(p) for p in _fedmoe_scenarios()])
 def test_coverage_map_drawn_for_every_fedmoe_scenario(path: Path, tmp_path: Path) -> None:
     """The map of each shipped fedmoe scenario's own topology (full client count)."""
     from fedsim.build import build_graph

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.cli import main
-from tests.shared_data import missing_data_dir
+from tests.shared_data import missing_data_dir, scenario_param
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "scenarios" / "smart-city-small.yaml"
@@ -101,7 +101,7 @@ def test_run_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert (out / "precious.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "scenarios").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [scenario_param(p) for p in sorted((REPO / "scenarios").glob("*.yaml"))])
 def test_shipped_scenarios_validate(path: Path, capsys: pytest.CaptureFixture) -> None:
     # data-bound scenarios name ../../shared/data relative to themselves: CI has it beside the repo
     if (gone := missing_data_dir(path)) is not None:

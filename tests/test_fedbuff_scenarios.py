@@ -10,7 +10,7 @@ import pytest
 
 from fedsim.cli import main
 from fedsim.config import load_scenario
-from tests.shared_data import missing_data_dir
+from tests.shared_data import missing_data_dir, scenario_param
 from tests.test_scenarios import SCENARIOS, SMALL, smoke_overrides
 
 
@@ -33,7 +33,7 @@ def test_every_fedmoe_scenario_is_listed() -> None:
 
 
 @pytest.mark.parametrize("mode", ["async", "semi_async"])
-@pytest.mark.parametrize("path", FEDMOE, ids=[p.stem for p in FEDMOE])
+@pytest.mark.parametrize("path", [scenario_param(p) for p in FEDMOE])
 def test_mode_smoke_run(path: Path, mode: str, tmp_path: Path) -> None:
     if (gone := missing_data_dir(path)) is not None:
         pytest.skip(f"{path.name}: data directory {gone} is missing")

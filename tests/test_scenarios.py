@@ -22,7 +22,7 @@ import pytest
 
 from fedsim.cli import main
 from fedsim.config import load_scenario
-from tests.shared_data import missing_data_dir
+from tests.shared_data import missing_data_dir, scenario_param
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((REPO / "scenarios").glob("*.yaml"))
@@ -87,7 +87,7 @@ def _smoke_params() -> list:
             proto = "fedmoe"
         if proto != "fedmoe":
             marks.append(pytest.mark.slow)
-        params.append(pytest.param(path, id=path.stem, marks=marks))
+        params.append(scenario_param(path, *marks))
     return params
 
 
