@@ -302,6 +302,7 @@ def plot_client_timeline(
         extra = "" if n_all <= max_clients else f" ({n - len(off_rows)} of {n_all:,} selected clients, most failures)"
         if off and not off_rows:
             extra += f"; {len(off):,} clients never online (not shown)"
-        ax.set_title(f"Client timeline by status — {run.label}{extra}")
+        # the qualifiers go on a second line: one line was wider than the figure at city scale
+        ax.set_title(f"Client timeline by status — {run.label}" + (f"\n{extra.strip(' ;')}" if extra else ""))
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="status (bars shown)")
         return save(fig, out_dir, "client_timeline", formats)
