@@ -212,8 +212,14 @@ def from_csv(args: argparse.Namespace) -> str:
     for r in rows:  # a CSV written before the exact total replaced the PRV accountant's (equal within 0.01)
         if "dp_epsilon_prv" in r:
             r["dp_epsilon_exact"] = r.pop("dp_epsilon_prv")
-    order = list(dict.fromkeys(r["setting"] for r in rows if r["variant"] == "paper"))
-    args.topk_setting = order[-1]
+    # the run's column order (IID, then tau falling), not the order units finished in, and
+    # Fig. 4 at the setting its K / top-k rows were run at (a partial CSV may finish it elsewhere)
+    def key(name: str) -> tuple[int, float]:
+        return (0, 0.0) if name == "IID" else (1, -float(name.split("=")[1]))
+
+    order = sorted(dict.fromkeys(r["setting"] for r in rows if r["variant"] == "paper"), key=key)
+    fig4 = [r["setting"] for r in rows if r["variant"].startswith(("K=", "top-k="))]
+    args.topk_setting = fig4[0] if fig4 else order[-1]
     return report(args, rows, order, None, None)
 
 
