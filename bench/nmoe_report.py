@@ -203,6 +203,18 @@ def report(args: argparse.Namespace, rows: list[dict], settings: list[str], wall
     return md
 
 
+def settings_of(rows: list[dict]) -> tuple[list[str], str]:
+    """``(columns, Fig. 4 setting)`` of long-format rows: the run's column order (IID, then
+    tau falling), not the order its units finished in, and Fig. 4 at the setting its K / top-k
+    rows were run at (a partial run may hold no Fig. 4 row at the last setting)."""
+    def key(name: str) -> tuple[int, float]:
+        return (0, 0.0) if name == "IID" else (1, -float(name.split("=")[1]))
+
+    order = sorted(dict.fromkeys(r["setting"] for r in rows if r["variant"] == "paper"), key=key)
+    fig4 = [r["setting"] for r in rows if r["variant"].startswith(("K=", "top-k="))]
+    return order, (fig4[0] if fig4 else order[-1])
+
+
 def from_csv(args: argparse.Namespace) -> str:
     """The tables of a written ``nmoe_table.csv`` (``args.from_csv``), rewritten to ``args.out``."""
     with open(args.from_csv, newline="") as f:
@@ -212,14 +224,7 @@ def from_csv(args: argparse.Namespace) -> str:
     for r in rows:  # a CSV written before the exact total replaced the PRV accountant's (equal within 0.01)
         if "dp_epsilon_prv" in r:
             r["dp_epsilon_exact"] = r.pop("dp_epsilon_prv")
-    # the run's column order (IID, then tau falling), not the order units finished in, and
-    # Fig. 4 at the setting its K / top-k rows were run at (a partial CSV may finish it elsewhere)
-    def key(name: str) -> tuple[int, float]:
-        return (0, 0.0) if name == "IID" else (1, -float(name.split("=")[1]))
-
-    order = sorted(dict.fromkeys(r["setting"] for r in rows if r["variant"] == "paper"), key=key)
-    fig4 = [r["setting"] for r in rows if r["variant"].startswith(("K=", "top-k="))]
-    args.topk_setting = fig4[0] if fig4 else order[-1]
+    order, args.topk_setting = settings_of(rows)
     return report(args, rows, order, None, None)
 
 
