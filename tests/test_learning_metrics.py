@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from fedsim.learning.metrics import evaluate, personalised_accuracy
+from fedsim.learning.metrics import _auc, evaluate, personalised_accuracy
 from fedsim.learning.partition import ClientSplit
 
 
@@ -41,6 +43,26 @@ def test_auc_nan_safe_with_absent_class() -> None:
     assert m["auc"] == pytest.approx(1.0)  # classes 2 and 3 absent: skipped
     m = evaluate(Lookup(4), x[:1], torch.tensor([0]))
     assert math.isnan(m["auc"])  # one class only: AUC undefined, no exception
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 60), st.integers(2, 6), st.booleans())
+def test_rank_auc_equals_scikit_learns_macro_of_roc_auc_score(seed: int, n: int, c: int, coarse: bool) -> None:
+    """The vectorised AUC is scikit-learn's per-class ``roc_auc_score`` averaged over
+    the classes where it is defined, ties (coarse probabilities) and absent classes included."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    p = rng.dirichlet(np.ones(c), n)
+    if coarse:
+        p = np.round(p, 1)  # many ties
+    ref = [roc_auc_score((y == k).astype(int), p[:, k]) for k in range(c) if 0 < (y == k).sum() < n]
+    got = _auc(y, p)
+    if ref:
+        assert got == pytest.approx(float(np.mean(ref)), abs=1e-12)
+    else:
+        assert math.isnan(got)
 
 
 def test_personalised_accuracy_per_client() -> None:

@@ -183,3 +183,26 @@ def test_init_state_is_pure_function_of_seed() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
     assert set(a) == set(MoEClassifier(CFG).state_dict())
+
+
+def test_cnn_backbone_runs_channels_last_with_the_plain_values_and_keys() -> None:
+    """The ``cnn`` backbone converts its input to channels-last (speed only): its
+    features and gradients equal those of an ``nn.Sequential`` of the same layers
+    to float rounding, and the state-dict keys are unchanged."""
+    from torch import nn
+
+    from fedsim.learning.models import ChannelsLastSequential
+
+    cfg = MoEConfig(input_shape=(3, 16, 16), num_classes=10, num_experts=2, backbone="cnn", widths=(8, 16))
+    m = MoEClassifier(cfg)
+    assert isinstance(m.backbone, ChannelsLastSequential)
+    plain = nn.Sequential(*m.backbone)
+    assert list(plain.state_dict()) == list(m.backbone.state_dict())
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = m.backbone(x)
+    ga = torch.autograd.grad(a.sum(), list(m.backbone.parameters()))
+    b = plain(x)
+    gb = torch.autograd.grad(b.sum(), list(plain.parameters()))
+    assert torch.allclose(a, b, atol=1e-5)
+    for u, v in zip(ga, gb):
+        assert torch.allclose(u, v, atol=1e-4)

@@ -289,3 +289,32 @@ def test_noniid_tau_definitions(definition: str, share: float) -> None:
     for i, s in enumerate(splits):
         y = labels[s.train_idx]
         assert np.mean(y == i) == pytest.approx(share, abs=0.01)
+
+
+def test_gates_sharing_a_cache_learn_stages_1_and_2_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bench runs three gates on one world and seed with one ``cache``: the
+    second and third reuse stage 1's extractor *and* stage 2's experts (a
+    cache hit on stage 1 used to leave the stage-2 key unset, so stage 2 was
+    learned again for every gate), and reuse gives the model a fresh run gives."""
+    import fedsim.learning.nmoe as nmoe_learning
+
+    calls = {"n": 0}
+    real = nmoe_learning.train_experts
+
+    def counted(*a: object, **k: object) -> object:
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(nmoe_learning, "train_experts", counted)
+    cache: dict = {}
+    models = []
+    for gate in ("rangate", "fedgate", "fedgate"):
+        p = NMoE(_world(["protocol.nmoe.extractor=fedce", f"protocol.nmoe.gate={gate}", "protocol.nmoe.inference_horizon_s=1"]))
+        p.cache = cache
+        p.train()
+        models.append(p.model.state_dict())
+    assert calls["n"] == 1
+    fresh = NMoE(_world(["protocol.nmoe.extractor=fedce", "protocol.nmoe.gate=fedgate", "protocol.nmoe.inference_horizon_s=1"]))
+    fresh.train()
+    for k, v in fresh.model.state_dict().items():
+        assert torch.equal(models[1][k], v) and torch.equal(models[2][k], v), k

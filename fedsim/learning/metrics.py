@@ -1,7 +1,7 @@
 """Evaluation metrics: accuracy, macro F1, one-vs-rest macro AUC.
 
 ``evaluate`` runs the model in eval mode without gradients, in batches, and
-computes the metrics with scikit-learn. AUC is NaN-safe: classes absent from
+computes accuracy and F1 with scikit-learn, AUC from average ranks (SciPy). AUC is NaN-safe: classes absent from
 ``y`` (or present with no negatives) are skipped and the macro average is over
 the classes where it is defined; if none is, AUC is NaN.
 """
@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score, roc_auc_score
+from scipy.stats import rankdata
+from sklearn.metrics import f1_score
 from torch import nn
 
 from fedsim.learning.partition import ClientSplit
@@ -45,12 +46,21 @@ def predict_proba(
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    aucs = []
-    for c in range(p.shape[1]):
-        pos = y == c
-        if pos.any() and (~pos).any():
-            aucs.append(roc_auc_score(pos.astype(int), p[:, c]))
-    return float(np.mean(aucs)) if aucs else float("nan")
+    """One-vs-rest macro AUC of labels ``y`` (N,) and probabilities ``p`` (N, C)
+    over the classes with both positives and negatives (NaN if none). Each
+    class's AUC is the Mann-Whitney U statistic from average ranks (ties count
+    one half), the value of ``sklearn.metrics.roc_auc_score``, computed for all
+    classes at once (scikit-learn's per-class call cost ~80 ms of validation
+    per evaluation of the NMoE table; tested equal to it)."""
+    pos = y[:, None] == np.arange(p.shape[1])[None, :]
+    n_pos = pos.sum(0)
+    n_neg = len(y) - n_pos
+    ok = (n_pos > 0) & (n_neg > 0)
+    if not ok.any():
+        return float("nan")
+    ranks = rankdata(p[:, ok], axis=0)  # average ranks of ties
+    u = (ranks * pos[:, ok]).sum(0) - n_pos[ok] * (n_pos[ok] + 1) / 2.0
+    return float(np.mean(u / (n_pos[ok] * n_neg[ok])))
 
 
 def evaluate(

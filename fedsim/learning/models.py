@@ -180,6 +180,23 @@ def _mlp_backbone(cfg: MoEConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ChannelsLastSequential(nn.Sequential):
+    """``nn.Sequential`` that runs its convolutions on a channels-last (NHWC)
+    copy of a 4-D input (N, C, H, W); the values are those of the plain
+    sequential up to float rounding, the parameters and their state-dict keys
+    are the same. On one CPU thread a training step of the ``cnn`` backbone
+    took ~1.4x less time and its inference 2-3x less (oneDNN's NHWC
+    convolution and max-pool kernels; measured for issue 27)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - as nn.Sequential
+        if x.dim() == 4 and x.device.type == "cpu":
+            try:
+                x = x.contiguous(memory_format=torch.channels_last)
+            except RuntimeError:  # inside torch.func.vmap (the batched executor): memory formats are not supported
+                pass
+        return super().forward(x)
+
+
 def _cnn_backbone(cfg: MoEConfig) -> nn.Sequential:
     c, h, w = cfg.input_shape
     layers: list[nn.Module] = []
@@ -187,7 +204,7 @@ def _cnn_backbone(cfg: MoEConfig) -> nn.Sequential:
         layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
         c, h, w = width, h // 2, w // 2
     layers += [nn.Flatten(), nn.Linear(c * h * w, cfg.feature_dim), nn.ReLU()]
-    return nn.Sequential(*layers)
+    return ChannelsLastSequential(*layers)
 
 
 class BasicBlock(nn.Module):

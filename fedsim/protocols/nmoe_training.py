@@ -145,6 +145,7 @@ class NMoETraining:
         self.ext: Any = None
         self.model: Any = None
         self.info: dict[str, Any] = {}
+        self.stage1_key: tuple | None = None  # the cache key of stage 1's learning (stage 2's key starts with it)
 
     # ------------------------------------------------------------- records
     def _row(self, stage: int, stage_round: int, phase: str, res: list[ExchangeResult], t0: float, loss: float, selected: int) -> None:
@@ -278,6 +279,7 @@ class NMoETraining:
 
         tc = self.tc
         key = ("stage1", tc.extractor, tuple((tuple(a), tuple(b)) for a, b in plan))
+        self.stage1_key = key  # stage 2's cache key starts with it, on a hit as on a miss
         if self.cache is not None and key in self.cache:
             return self.cache[key]
 
@@ -298,7 +300,6 @@ class NMoETraining:
         out = self.p.trainer.replayed(f"nmoe/stage1/{tc.extractor}", learn)
         if self.cache is not None:
             self.cache[key] = out
-        self.stage1_key = key
         return out
 
     def stage2(self) -> Any:
@@ -322,7 +323,7 @@ class NMoETraining:
         res = yield from self._until_all(sel, attempt)
         done = self._idx(self._completed(res))
         self.info["experts_untrained"] = len(self.clients) - len(done)
-        key = (getattr(self, "stage1_key", None), "stage2", tuple(done))
+        key = (self.stage1_key, "stage2", tuple(done))
         if self.cache is not None and key[0] is not None and key in self.cache:
             self.feats, self.experts = self.cache[key]
         else:
