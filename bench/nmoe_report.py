@@ -109,23 +109,58 @@ def _mean(rows: list[dict], meth: str, s: str, test: str, k: str = "acc", varian
     return float(np.mean(v)) if v else math.nan
 
 
-def orderings(rows: list[dict], settings: list[str]) -> str:
-    """The paper's orderings, each held or not per setting (means over the seeds present; Table I unless said)."""
-    lines = ["### The paper's orderings against ours (mean over the seeds present)", "",
-             "| ordering | setting | held? | ours |", "|---|---|---|---|"]
+def _by_seed(rows: list[dict], meth: str, s: str, test: str, k: str = "acc") -> dict[int, float]:
+    return {int(r["seed"]): r[k] for r in _sel(rows, "paper", meth, s, test) if not math.isnan(r[k])}
 
-    def add(name: str, s: str, ok: bool | None, detail: str) -> None:
-        lines.append(f"| {name} | {s} | {'-' if ok is None else ('held' if ok else 'not held')} | {detail} |")
+
+def _paired_p(d: np.ndarray) -> float:
+    """Two-sided one-sample t-test of per-seed differences ``d`` against 0 (NaN below 2 seeds
+    or with zero spread and a zero mean; zero spread and a nonzero mean: 0)."""
+    from scipy.stats import ttest_1samp
+
+    if len(d) < 2:
+        return math.nan
+    if np.allclose(d, d[0]):
+        return math.nan if d[0] == 0 else 0.0
+    return float(ttest_1samp(d, 0.0).pvalue)
+
+
+def orderings(rows: list[dict], settings: list[str]) -> str:
+    """The paper's orderings, each held or not per setting (Table I unless said). "held":
+    the mean over seeds goes the paper's way; each row also has the per-seed paired
+    difference (mean and 95 % CI half-width), a two-sided paired t-test and its Holm-adjusted
+    p over every row of the table (one family). Differences per seed: (1) FedGate minus the
+    better of the other two gates; (5) the centralised MoE minus the best other method;
+    (6) Table I minus Table II accuracy of Local."""
+    try:
+        from bench.alignment_stats import ci95, holm
+    except ImportError:  # run as a script: bench/ is on sys.path
+        from alignment_stats import ci95, holm  # type: ignore[no-redef]
+
+    out: list[list] = []
+
+    def add(name: str, s: str, ok: bool | None, detail: str, diffs: list[float]) -> None:
+        d = np.asarray(diffs, dtype=float)
+        mean, half = ci95(d) if len(d) else (math.nan, math.nan)
+        out.append([name, s, "-" if ok is None else ("held" if ok else "not held"), detail, mean, half, len(d), _paired_p(d)])
+
+    def paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
+        return [a[k] - b[k] for k in sorted(set(a) & set(b))]
 
     def cmp(name: str, s: str, a: str, b: str, test: str = "same") -> None:
         x, y = _mean(rows, a, s, test), _mean(rows, b, s, test)
-        add(name, s, None if math.isnan(x) or math.isnan(y) else x > y, f"{a} {x:.1f} vs {b} {y:.1f}")
+        add(name, s, None if math.isnan(x) or math.isnan(y) else x > y, f"{a} {x:.1f} vs {b} {y:.1f}",
+            paired(_by_seed(rows, a, s, test), _by_seed(rows, b, s, test)))
 
     for s in settings:
         for e in ("FedCE", "FedSC"):
-            accs = {g: _mean(rows, f"{e}+{g}", s, "same") for g in ("RanGate", "RollGate", "FedGate")}
+            gates = ("RanGate", "RollGate", "FedGate")
+            accs = {g: _mean(rows, f"{e}+{g}", s, "same") for g in gates}
             ok = None if any(math.isnan(v) for v in accs.values()) else accs["FedGate"] >= max(accs.values())
-            add(f"(1) FedGate the best {e} gate", s, ok, ", ".join(f"{g} {v:.1f}" for g, v in accs.items()))
+            per = {g: _by_seed(rows, f"{e}+{g}", s, "same") for g in gates}
+            seeds = sorted(set(per["RanGate"]) & set(per["RollGate"]) & set(per["FedGate"]))
+            add(f"(1) FedGate the best {e} gate", s, ok, ", ".join(f"{g} {v:.1f}" for g, v in accs.items()),
+                [per["FedGate"][k] - max(per["RanGate"][k], per["RollGate"][k]) for k in seeds])
             cmp(f"(2) {e}: RollGate > RanGate", s, f"{e}+RollGate", f"{e}+RanGate")
         if s != "IID":
             for g in ("RanGate", "RollGate", "FedGate"):
@@ -134,11 +169,27 @@ def orderings(rows: list[dict], settings: list[str]) -> str:
                 cmp("(4) NMoE beats FedAvg (non-IID)", s, m, "FedAvg")
         t2 = {m: _mean(rows, m, s, "iid-test") for m in METHODS}
         best = max((m for m in t2 if not math.isnan(t2[m])), key=lambda m: t2[m], default=None)
+        per2 = {m: _by_seed(rows, m, s, "iid-test") for m in METHODS}
+        cen = per2["Centralised MoE"]
+        others = [m for m in METHODS if m != "Centralised MoE" and per2[m]]
+        d5 = [cen[k] - max(per2[m][k] for m in others) for k in sorted(cen) if all(k in per2[m] for m in others)] if others else []
         add("(5) centralised MoE best on Table II", s, None if best is None else best == "Centralised MoE",
-            f"best {best} {t2.get(best, math.nan):.1f}; centralised {t2['Centralised MoE']:.1f}" if best else "-")
+            f"best {best} {t2.get(best, math.nan):.1f}; centralised {t2['Centralised MoE']:.1f}" if best else "-", d5)
         a, b, f = _mean(rows, "Local", s, "same"), _mean(rows, "Local", s, "iid-test"), _mean(rows, "Local", s, "same", "f1")
         add("(6) Local: Table I > Table II, low macro-F1", s, None if math.isnan(a) else (a > b and f < a),
-            f"I {a:.1f}, II {b:.1f}, F1 {f:.1f}")
+            f"I {a:.1f}, II {b:.1f}, F1 {f:.1f}", paired(_by_seed(rows, "Local", s, "same"), _by_seed(rows, "Local", s, "iid-test")))
+    p_holm = holm([r[7] for r in out]) if out else []
+    lines = ["### The paper's orderings against ours", "",
+             "Held: the mean over seeds goes the paper's way. Diff: per-seed paired difference in points, mean ± 95 % CI "
+             "half-width (n seeds); p: two-sided paired t-test; p Holm: adjusted over all rows (one family).", "",
+             "| ordering | setting | held? | ours (means) | diff | n | p | p Holm |", "|---|---|---|---|---|---|---|---|"]
+
+    def num(x: float, f: str) -> str:
+        return "-" if math.isnan(x) else format(x, f)
+
+    for r, ph in zip(out, p_holm):
+        diff = "-" if math.isnan(r[4]) else (f"{r[4]:+.1f}" + ("" if math.isnan(r[5]) else f" ± {r[5]:.1f}"))
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {diff} | {r[6]} | {num(r[7], '.3f')} | {num(ph, '.3f')} |")
     return "\n".join(lines)
 
 
