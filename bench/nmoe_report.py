@@ -104,6 +104,53 @@ def fig4(rows: list[dict], setting: str) -> str:
     return "\n".join(lines)
 
 
+def fig4_png(rows: list[dict], setting: str, path: object) -> bool:
+    """Fig. 4 as a PNG at ``path``: Table-I accuracy (mean, error bar = std over seeds)
+    against the number of clients K (left) and the experts per request top-k (right), one
+    line per method (colour: gate, line style: extractor; FedAvg black). False if no Fig. 4
+    row exists."""
+    ks = sorted({int(r["variant"][2:]) for r in rows if r["variant"].startswith("K=")} | {10})
+    tops = sorted({int(r["variant"][6:]) for r in rows if r["variant"].startswith("top-k=")})
+    if len(ks) < 2 and not tops:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colour = {"RanGate": "tab:blue", "RollGate": "tab:orange", "FedGate": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True)
+    panels = [(axes[0], ks, lambda k: "paper" if k == 10 else f"K={k}", "number of clients K"),
+              (axes[1], tops, lambda k: f"top-k={k}", "experts per request (top-k; gate trained at top-1)")]
+    for ax, xs, variant, label in panels:
+        for meth in ["FedAvg", *GATED]:
+            m, s = [], []
+            for x in xs:
+                v = [r["acc"] for r in _sel(rows, variant(x), meth, setting, "same") if not math.isnan(r["acc"])]
+                m.append(np.mean(v) if v else math.nan)
+                s.append(np.std(v) if len(v) > 1 else 0.0)
+            if all(math.isnan(v) for v in m):
+                continue
+            ext, _, gate = meth.partition("+")
+            ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label=meth,
+                        color=colour.get(gate, "black"), linestyle="--" if ext == "FedSC" else "-")
+        ax.set_xticks(xs)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    n = sorted({len({r["seed"] for r in rows if r["variant"] == v and r["setting"] == setting})
+                for v in {r["variant"] for r in rows if r["variant"].startswith(("K=", "top-k="))} | {"paper"}})
+    seeds = f"{n[0]} seeds" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds per point"
+    axes[0].set_ylabel(f"Table I accuracy, % (mean ± std, {seeds})")
+    axes[0].set_title(f"{setting}: clients (the same data split among K)")
+    axes[1].set_title(f"{setting}: top-k at inference, K = 10 (no FedAvg: one model)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(0.86, 0.5))
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(str(path), dpi=120)
+    plt.close(fig)
+    return True
+
+
 def _mean(rows: list[dict], meth: str, s: str, test: str, k: str = "acc", variant: str = "paper") -> float:
     v = [r[k] for r in _sel(rows, variant, meth, s, test) if not math.isnan(r[k])]
     return float(np.mean(v)) if v else math.nan
@@ -251,6 +298,7 @@ def report(args: argparse.Namespace, rows: list[dict], settings: list[str], wall
         fig4(rows, args.topk_setting if hasattr(args, "topk_setting") else settings[-1]),
     ])
     (args.out / "nmoe_table.md").write_text(md + "\n")
+    fig4_png(rows, args.topk_setting if hasattr(args, "topk_setting") else settings[-1], args.out / "nmoe_fig4.png")
     return md
 
 
