@@ -8,7 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fedsim.devices import AvailabilityTrace, Device, DeviceClassParams
@@ -128,6 +128,7 @@ def traces(draw: st.DrawFn) -> tuple[list[float], list[float], float]:
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(traces(), st.floats(min_value=0.0, max_value=5.0))
+@example(([0.0], [536871.3660526399], 536871.36605264), 0.0)  # CI: a 1-ulp offline gap at the period's end
 def test_property_clock_advances_and_sequence_repeats(tr_args: tuple[list[float], list[float], float],
                                                       start_frac: float) -> None:
     """Thousands of random traces and periods: every state change moves the clock
@@ -141,9 +142,24 @@ def test_property_clock_advances_and_sequence_repeats(tr_args: tuple[list[float]
     ts = [t for t, _ in ch]
     assert all(b > a for a, b in zip(ts, ts[1:])), "the clock must advance between state changes"
     # expected sequence over the horizon (excluding the instant 0 itself)
-    exp = [(c * period + off, on) for c in range(periods + 1) for off, on in want
+    raw = [(c * period + off, on) for c in range(periods + 1) for off, on in want
            if 0.0 < c * period + off <= periods * period * (1 + 1e-12)]
     assert first == (want[0][1] if want and want[0][0] == 0.0 else tr.timeline(0.0)[0])
+    # edges the float clock cannot separate (an offline gap of an ulp at the period's end, whose
+    # off edge rounds onto the next period's on edge) are one instant: the state after it is
+    # the last edge's, and an instant that leaves the state unchanged is no change (documented
+    # in AvailabilityTrace.timeline)
+    exp: list[tuple[float, bool]] = []
+    state = first
+    i = 0
+    while i < len(raw):
+        j = i
+        while j + 1 < len(raw) and raw[j + 1][0] == raw[i][0]:
+            j += 1
+        if raw[j][1] != state:
+            exp.append((raw[i][0], raw[j][1]))
+            state = raw[j][1]
+        i = j + 1
     assert [on for _, on in ch] == [on for _, on in exp][:len(ch)]
     assert len(exp) - len(ch) <= 1  # the very last edge may fall just past the horizon by rounding
     for (t, _), (te, _) in zip(ch, exp):

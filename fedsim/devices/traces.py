@@ -27,6 +27,10 @@ __all__ = [
     "load_fedscale_capacity",
 ]
 
+#: whole periods without a state change after which a trace's changes are taken to be
+#: merged for good by the float clock (AvailabilityTrace.timeline)
+_MERGED_PERIODS = 64
+
 
 @dataclass(frozen=True)
 class AvailabilityTrace:
@@ -129,7 +133,10 @@ class AvailabilityTrace:
         states = self._states  # type: ignore[attr-defined]
         n = len(offs)
         idle = 0  # edges consumed since the last change
-        while idle <= n:  # a whole period without a change: the float clock merged every interval
+        # stop after _MERGED_PERIODS whole periods without a change: the float clock has merged
+        # every interval. One period is not enough: near the clock's resolution a gap of an ulp
+        # merges in some periods and not in others (c * period rounds either way)
+        while idle <= n * _MERGED_PERIODS:
             t = self._edge(cycle, k)
             s = states[k]
             k += 1
