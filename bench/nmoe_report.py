@@ -87,10 +87,16 @@ def ablation(rows: list[dict], settings: list[str]) -> str:
     return "\n".join(lines)
 
 
-def fig4(rows: list[dict], setting: str) -> str:
-    """Fig. 4's ablations at ``setting``: Table-I accuracy against the number of clients and against top-k."""
+def _fig4_axes(rows: list[dict]) -> tuple[list[int], list[int]]:
+    """Fig. 4's client counts (10 = the main run) and top-k values present in ``rows``."""
     ks = sorted({int(r["variant"][2:]) for r in rows if r["variant"].startswith("K=")} | {10})
     tops = sorted({int(r["variant"][6:]) for r in rows if r["variant"].startswith("top-k=")})
+    return ks, tops
+
+
+def fig4(rows: list[dict], setting: str) -> str:
+    """Fig. 4's ablations at ``setting``: Table-I accuracy against the number of clients and against top-k."""
+    ks, tops = _fig4_axes(rows)
     head = ["Method"] + [f"K={k}" for k in ks] + [f"top-{k}" for k in tops]
     lines = [f"### Fig. 4: {setting}, Table-I accuracy % against the number of clients K and the experts per request (top-k; the gate trained at top-1)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -109,8 +115,7 @@ def fig4_png(rows: list[dict], setting: str, path: object) -> bool:
     against the number of clients K (left) and the experts per request top-k (right), one
     line per method (colour: gate, line style: extractor; FedAvg black). False if no Fig. 4
     row exists."""
-    ks = sorted({int(r["variant"][2:]) for r in rows if r["variant"].startswith("K=")} | {10})
-    tops = sorted({int(r["variant"][6:]) for r in rows if r["variant"].startswith("top-k=")})
+    ks, tops = _fig4_axes(rows)
     if len(ks) < 2 and not tops:
         return False
     import matplotlib
